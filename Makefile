@@ -1,0 +1,30 @@
+# The two Quickstart commands: `make run` (install + demo) and `make test` (install + test suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test bench clean
+
+# torch is pinned and installed first: 2.13.0 is the local CPU wheel; letting a dependency resolve torch on its
+# own pulls a multi-GB CUDA build. foolbox is installed without its dependencies: we only read its sample photos.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[demo,test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps foolbox==3.3.4
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/pixsearch demo
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV)

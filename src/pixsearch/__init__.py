@@ -1,0 +1,3 @@
+"""pixsearch: self-hosted semantic image search on PostgreSQL + pgvector."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,102 @@
+"""Connection pool with pgvector types registered, and the checks that the server can do what we need."""
+from __future__ import annotations
+
+import logging
+import re
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg_pool import ConnectionPool
+
+from pixsearch.config import Settings
+
+log = logging.getLogger(__name__)
+
+MIN_PGVECTOR = (0, 8, 0)
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be reached or cannot do what pixsearch needs; the message says how to fix it."""
+
+
+def _redact(conninfo: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", conninfo)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def ensure_extensions(conninfo: str) -> str:
+    """Create the vector extension if missing and check its version; return the pgvector version."""
+    try:
+        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(
+            f"cannot connect to PostgreSQL at {_redact(conninfo)}: {str(exc).strip()}\n"
+            "Check PIXSEARCH_DATABASE_URL, or unset it to use the embedded database."
+        ) from None
+    with conn:
+        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        if row is None:
+            available = conn.execute(
+                "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+            ).fetchone()
+            if available is None:
+                raise DatabaseError(
+                    "the PostgreSQL server has no pgvector extension installed. Install pgvector >= 0.8 on the server "
+                    "(https://github.com/pgvector/pgvector#installation, e.g. the postgresql-NN-pgvector package), "
+                    "or unset PIXSEARCH_DATABASE_URL to use the embedded database, which includes it."
+                )
+            try:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            except psycopg.errors.InsufficientPrivilege:
+                raise DatabaseError(
+                    "the pgvector extension is installed on the server but not enabled in this database, and this "
+                    "user may not enable it. Ask an administrator to run: CREATE EXTENSION vector;"
+                ) from None
+            row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+        version = row[0]
+        if _version_tuple(version) < MIN_PGVECTOR:
+            raise DatabaseError(
+                f"pgvector {version} is too old: pixsearch needs >= 0.8.0 (iterative index scans). Upgrade the "
+                "server package, then run: ALTER EXTENSION vector UPDATE;"
+            )
+        return version
+
+
+class Database:
+    """A pool of connections to one database, each with pgvector's types registered."""
+
+    def __init__(self, conninfo: str, *, embedded: bool, max_size: int = 4):
+        self.conninfo = conninfo
+        self.embedded = embedded
+        self.pgvector_version = ensure_extensions(conninfo)
+        self.pool = ConnectionPool(
+            conninfo, min_size=1, max_size=max_size, configure=register_vector, open=False, name="pixsearch"
+        )
+        self.pool.open(wait=True, timeout=15)
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        with self.pool.connection() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_database(settings: Settings) -> Database:
+    if settings.database_url:
+        return Database(settings.database_url, embedded=False)
+    from pixsearch.db.embedded import start_embedded
+
+    return Database(start_embedded(settings.pgdata), embedded=True)

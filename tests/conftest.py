@@ -1,0 +1,69 @@
+"""Shared fixtures: one embedded Postgres, one loaded model and one folder of sample photos per test session.
+
+Everything is real: the embedded PostgreSQL 18 + pgvector server, the offline models, photos from installed packages.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pixsearch.config import Settings
+from pixsearch.models import load_embedder
+from pixsearch.samples import write_samples
+from pixsearch.service import Engine
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pixsearch-home")
+    os.environ["PIXSEARCH_HOME"] = str(path)
+    os.environ.pop("PIXSEARCH_DATABASE_URL", None)
+    os.environ.pop("PIXSEARCH_INDEX", None)
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedder(home):
+    return load_embedder("offline", cache_dir=home / "cache")
+
+
+@pytest.fixture(scope="session")
+def samples(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("samples")
+    write_samples(folder)
+    return folder
+
+
+@pytest.fixture
+def engine(home, embedder):
+    with Engine(Settings.load(home=home, batch_size=8), embedder=embedder) as eng:
+        yield eng
+
+
+@pytest.fixture
+def index_name() -> str:
+    return "t-" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def sample_index(home, embedder, samples) -> str:
+    """An index holding all sample photos, shared by the read-only search tests."""
+    name = "samples"
+    with Engine(Settings.load(home=home), embedder=embedder) as eng:
+        report = eng.index(name, create=True).add_paths([samples])
+        assert not report.failed, report.failed
+    return name
+
+
+def run_cli(*args: str, home: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real `pixsearch` console script in a subprocess, as a user would."""
+    full_env = dict(os.environ, PIXSEARCH_HOME=str(home), **(env or {}))
+    exe = Path(sys.executable).with_name("pixsearch")
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, env=full_env, timeout=timeout, stdin=subprocess.DEVNULL
+    )

@@ -1,0 +1,39 @@
+"""Test data the tests make themselves: altered copies of sample photos and broken files."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from PIL import Image
+
+
+def altered_copy(source: Path, dest: Path) -> Path:
+    """Resize to 60%, crop 10% off each side and recompress as a low-quality JPEG: the same photo, other bytes."""
+    img = Image.open(source).convert("RGB")
+    w, h = img.size
+    img = img.resize((int(w * 0.6), int(h * 0.6)), Image.Resampling.BILINEAR)
+    w, h = img.size
+    img = img.crop((int(w * 0.1), int(h * 0.1), int(w * 0.9), int(h * 0.9)))
+    img.save(dest, "JPEG", quality=55)
+    return dest
+
+
+def broken_files(folder: Path) -> dict[str, Path]:
+    """A truncated JPEG, a text file named .jpg and an empty .png."""
+    folder.mkdir(parents=True, exist_ok=True)
+    truncated = folder / "truncated.jpg"
+    good = folder / "_tmp_good.jpg"
+    Image.new("RGB", (640, 480), (10, 120, 200)).save(good, "JPEG")
+    data = good.read_bytes()
+    good.unlink()
+    truncated.write_bytes(data[: len(data) // 3])
+    text = folder / "notes.jpg"
+    text.write_text("shopping list: eggs, milk\n")
+    empty = folder / "empty.png"
+    empty.write_bytes(b"")
+    return {"truncated": truncated, "text": text, "empty": empty}
+
+
+def copy_some(samples: Path, dest: Path, names: list[str]) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(samples / name, dest / name)) for name in names]
