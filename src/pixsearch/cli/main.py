@@ -16,7 +16,7 @@ from pixsearch.service import Engine, Query
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic image search on PostgreSQL + pgvector.")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # paths stay on one line for grep and scripts
 
 # Exit statuses scripts can rely on.
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
@@ -118,8 +118,8 @@ def _print_hits(query: str, hits) -> None:
     table = Table(title=f"[bold]{query}[/]", title_justify="left", show_edge=False)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
-    table.add_column("path")
-    table.add_column("tags")
+    table.add_column("path", overflow="fold")
+    table.add_column("tags", overflow="fold")
     for rank, hit in enumerate(hits, 1):
         table.add_row(str(rank), f"{hit.score:.3f}", hit.path, ", ".join(hit.tags or []))
     out.print(table)
@@ -202,8 +202,8 @@ def demo_cmd(
         idx = engine.index(index)
         for text in DEMO_QUERIES:
             _print_hits(text, idx.search(text, k=k))
-        first = written[0]
-        _print_hits(f"more like {first.name}", idx.search(Query(image=first), k=k))
+        example = next((p for p in written if "chelsea" in p.name), written[0])
+        _print_hits(f"more like {example.name}", idx.search(Query(image=example), k=k))
     raise typer.Exit(status)
 
 

@@ -267,9 +267,9 @@ def make_views(img: Image.Image, size: int = 224) -> tuple[Image.Image, Image.Im
     w, h = img.size
     if w < 1 or h < 1:
         raise ValueError("empty image")
-    # Shrink big images once by an integer factor (cheap box reduce), keeping >= 3x the target on the short side,
-    # then resample both views from that with bicubic.
-    factor = min(w, h) // (3 * size)
+    # Shrink big images once by an integer factor (cheap box reduce), keeping >= 2x the target on the short side,
+    # then resample both views from that with (antialiased) bicubic: ~2x faster than bicubic from full size.
+    factor = min(w, h) // (2 * size)
     if factor >= 2:
         img = img.reduce(factor)
         w, h = img.size

