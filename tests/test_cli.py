@@ -61,3 +61,54 @@ def test_errors_are_one_clear_line_not_a_traceback(home, tmp_path):
 
     both = run_cli("search", "cat", "--image", str(tmp_path / "x.jpg"), home=home)
     assert both.returncode == 1 and "not both" in both.stderr
+
+
+def _postgres_running(pgdata) -> bool:
+    return (pgdata / "postmaster.pid").exists()
+
+
+def test_embedded_server_starts_on_demand_stops_after_the_run_and_keeps_its_data(samples, tmp_path, embedder, home):
+    fresh = tmp_path / "fresh-home"
+    (fresh / "cache").mkdir(parents=True)
+    for cached in (home / "cache").glob("*.npy"):  # reuse the class-text cache, not the database
+        (fresh / "cache" / cached.name).write_bytes(cached.read_bytes())
+    photos = tmp_path / "photos"
+    copy_some(samples, photos, ["coffee.png", "rocket.jpg"])
+    first = run_cli("index", str(photos), home=fresh)
+    assert first.returncode == 0, first.stderr
+    assert not _postgres_running(fresh / "pgdata")  # stopped cleanly when the command ended
+    again = run_cli("search", "a cup of coffee", "--json", "--k", "1", home=fresh)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)[0]["path"].endswith("coffee.png")
+    assert not _postgres_running(fresh / "pgdata")
+
+
+def test_a_killed_run_leaves_whole_batches_and_the_next_run_completes(engine, index_name, samples, tmp_path, home):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    photos = tmp_path / "photos"
+    names = sorted(p.name for p in samples.iterdir())
+    copy_some(samples, photos, names)
+    idx = engine.index(index_name, create=True)
+    exe = Path(sys.executable).with_name("pixsearch")
+    env = dict(os.environ, PIXSEARCH_HOME=str(home), PIXSEARCH_BATCH_SIZE="4")
+    proc = subprocess.Popen([str(exe), "index", str(photos), "--index", index_name], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while idx.count() < 8 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    written = idx.count()
+    assert 0 < written < len(names), "the run should have been killed part-way"
+    assert written % 4 == 0  # whole batches only
+    report = idx.add_paths([photos])
+    assert (report.added, report.failed) == (len(names) - written, [])
+    assert idx.count() == len(names)

@@ -72,6 +72,17 @@ def test_architecture_loads_strict():
     assert set(SUPPORTED_VARIANTS) == set(lite.VARIANTS)
 
 
+def test_cpu_optimisation_keeps_outputs():
+    import torch
+
+    plain = lite.load_efficientnet_lite("lite0")
+    fast = lite.load_efficientnet_lite("lite0", optimize=True)
+    x = lite.views_to_batch(list(lite.make_views(Image.fromarray(skimage_data.chelsea()))))
+    with torch.inference_mode():
+        for a, b in zip(plain.forward_features_and_logits(x), fast.forward_features_and_logits(x)):
+            torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)
+
+
 @pytest.mark.parametrize("variant,blocks", [("lite1", 21), ("lite2", 21)])
 def test_optional_variants_load_strict(variant, blocks):
     pytest.importorskip(lite.VARIANTS[variant].module)

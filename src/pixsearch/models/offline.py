@@ -104,7 +104,7 @@ class OfflineEmbedder:
                 if self._image_model is None:
                     from .efficientnet_lite import load_efficientnet_lite  # noqa: PLC0415
 
-                    self._image_model = load_efficientnet_lite(self.variant)
+                    self._image_model = load_efficientnet_lite(self.variant, optimize=True)
         return self._image_model
 
     @property
