@@ -47,7 +47,8 @@ def read_and_decode(path: str) -> DecodedImage:
     return decode_bytes(data)
 
 
-def decode_bytes(data: bytes) -> DecodedImage:
+def decode_bytes(data: bytes, digest: str | None = None) -> DecodedImage:
+    """Decode an image file's bytes; `digest` is their content_hash when the caller already computed it."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
     try:
@@ -72,7 +73,7 @@ def decode_bytes(data: bytes) -> DecodedImage:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DecodeError(f"corrupt or truncated image: {exc}") from None
     meta = _photo_metadata(exif)
-    return DecodedImage(image=img, content_hash=content_hash(data), format=fmt, width=width, height=height, **meta)
+    return DecodedImage(image=img, content_hash=digest or content_hash(data), format=fmt, width=width, height=height, **meta)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -156,10 +156,11 @@ def _decode(work: _Work, report: IngestReport) -> _Work:
     try:
         with open(work.file.path, "rb") as fh:
             data = fh.read()
-        if work.stored is not None and work.stored.content_hash == content_hash(data):
+        digest = content_hash(data)
+        if work.stored is not None and work.stored.content_hash == digest:
             work.same_content = True
         else:
-            work.decoded = decode_bytes(data)
+            work.decoded = decode_bytes(data, digest)
     except DecodeError as exc:
         work.error = str(exc)
     except PermissionError:
