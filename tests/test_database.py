@@ -9,6 +9,7 @@ from pixsearch.config import Settings
 from pixsearch.db import DatabaseError
 from pixsearch.db.database import _version_tuple, ensure_extensions
 from pixsearch.service import Engine
+from pixsearch.store.registry import MIGRATIONS
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,8 @@ def test_external_dsn_uses_the_same_code_path(second_server, home, embedder, sam
         assert not engine.db.embedded
     with psycopg.connect(second_server) as conn:
         assert conn.execute("SELECT count(*) FROM px_external").fetchone()[0] == 2
-        applied = conn.execute("SELECT version FROM pixsearch_migrations").fetchall()
-        assert applied == [(1,)]
+        applied = [v for (v,) in conn.execute("SELECT version FROM pixsearch_migrations ORDER BY 1")]
+        assert applied == [version for version, _ in MIGRATIONS]
     with Engine(Settings.load(home=home), embedder=embedder) as default:
         assert "external" not in [spec.name for spec in default.list_indexes()]
 

@@ -6,7 +6,7 @@ import pytest
 
 from helpers import altered_copy
 from pixsearch.service import ModelMismatchError, Query
-from pixsearch.store import PhotoRecord, VectorField, create_index
+from pixsearch.store import PHOTO_FIELDS, VectorField, create_index
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_k_bounds_and_empty_query_are_errors(idx):
     with pytest.raises(ValueError, match="k must be"):
         idx.search("cat", k=0)
     with pytest.raises(ValueError, match="dimensions"):
-        idx.search_vector("semantic", np.ones(7, dtype=np.float32))
+        idx.search_vector(np.ones(7, dtype=np.float32), field="semantic")
 
 
 def test_a_corrupt_query_image_is_a_clear_error(idx, tmp_path):
@@ -61,26 +61,19 @@ def test_a_corrupt_query_image_is_a_clear_error(idx, tmp_path):
 
 def test_querying_an_index_built_by_another_model_is_refused(engine, index_name):
     create_index(engine.db, index_name, [VectorField("semantic", 384, "some-other-model"),
-                                         VectorField("image", 1280, "efficientnet-lite0")])
+                                         VectorField("image", 1280, "efficientnet-lite0")], PHOTO_FIELDS, kind="photos")
     with pytest.raises(ModelMismatchError, match="some-other-model"):
         engine.index(index_name).search("a cat")
 
 
 def test_explain_shows_the_hnsw_index_is_used(engine, index_name):
     """With enough rows that a scan is dear, the planner must pick the HNSW index for ORDER BY v <=> q LIMIT k."""
-    spec = create_index(engine.db, index_name, [VectorField("semantic", 32, "test")])
-    idx = engine.index(index_name)
+    idx = engine.create_index(index_name, [VectorField("semantic", 32)])
     rng = np.random.default_rng(1)
-    records = [
-        PhotoRecord(id=f"p{i}", path=f"/p/{i}.jpg", folder="/p", filename=f"{i}.jpg", content_hash="h",
-                    size_bytes=1, mtime_ns=1, vectors={"semantic": rng.normal(size=32).astype(np.float32)})
-        for i in range(3000)
-    ]
+    vectors = rng.normal(size=(3000, 32)).astype(np.float32)
+    idx.add_vectors([f"p{i}" for i in range(3000)], vectors)
     with engine.db.connection() as conn:
-        idx.table.write(conn, records)
-        conn.execute("ANALYZE " + spec.table_name)
-        plan = idx.table.explain(conn, "semantic", rng.normal(size=32), 10)
-    assert f"Index Scan using {spec.table_name}_semantic_hnsw" in plan, plan
-    with engine.db.connection() as conn:
-        hits = idx.table.search(conn, "semantic", records[42].vectors["semantic"], 5)
-    assert hits[0].id == "p42"
+        conn.execute("ANALYZE " + idx.spec.table_name)
+    plan = idx.explain(vector=rng.normal(size=32), k=10)
+    assert f"Index Scan using {idx.spec.table_name}_semantic_hnsw" in plan, plan
+    assert idx.search_vector(vectors[42], 5)[0].id == "p42"

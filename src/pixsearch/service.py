@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -15,23 +15,33 @@ from pixsearch.ingest import IngestProgress, IngestReport, ingest_paths
 from pixsearch.ingest.decode import read_and_decode
 from pixsearch.models import load_embedder
 from pixsearch.models.base import Embedder
+from pixsearch.search import evaluation
 from pixsearch.store import (
-    Hit,
+    PHOTO_FIELDS,
+    DocumentTable,
+    Field,
+    Filter,
     IndexNotFoundError,
     IndexSpec,
-    PhotoTable,
+    QueryOptions,
+    SchemaError,
+    SearchResult,
     VectorField,
     create_index,
     delete_index,
     get_index,
     list_indexes,
     migrate,
+    rename_index,
+    update_settings,
 )
+from pixsearch.store.tables import iter_chunks
 
 log = logging.getLogger(__name__)
 
 MAX_K = 1000
 IMAGE_QUERY_PREFIX = "image:"
+VECTOR_BATCH = 5000
 
 
 class ModelMismatchError(ValueError):
@@ -80,8 +90,9 @@ class Engine:
             self._embedder = load_embedder(self.settings.model, cache_dir=self.settings.cache_dir)
         return self._embedder
 
-    def index(self, name: str | None = None, *, create: bool = False) -> "Index":
-        """Open the index `name` (default from settings); with create=True make it for the loaded model if absent."""
+    def index(self, name: str | None = None, *, create: bool = False, **vector_options: Any) -> "Index":
+        """Open the index `name` (default from settings). With create=True a missing index is made as a photo
+        index for the loaded model; `vector_options` (algorithm, storage, metric, params) shape its vector fields."""
         name = name or self.settings.index
         try:
             spec = get_index(self.db, name)
@@ -90,18 +101,30 @@ class Engine:
                 raise IndexNotFoundError(
                     f"no index named {name!r}: index some photos first (pixsearch index PATH --index {name})"
                 ) from None
-            fields = [
-                VectorField(name=s.name, dims=s.dims, model_id=s.model_id, metric=s.metric)
-                for s in self.embedder.spaces.values()
-            ]
-            spec = create_index(self.db, name, fields)
+            spec = self.create_photo_index(name, **vector_options).spec
         return Index(self, spec)
+
+    def create_photo_index(self, name: str, **vector_options: Any) -> "Index":
+        vector_fields = [
+            VectorField(name=s.name, dims=s.dims, model_id=s.model_id, metric=s.metric, **vector_options)
+            for s in self.embedder.spaces.values()
+        ]
+        return Index(self, create_index(self.db, name, vector_fields, PHOTO_FIELDS, kind="photos"))
+
+    def create_index(
+        self, name: str, vector_fields: Sequence[VectorField], fields: Sequence[Field] = (), *, key_field: str = "id"
+    ) -> "Index":
+        """An index of documents with precomputed vectors (no model): a key, metadata fields, vector fields."""
+        return Index(self, create_index(self.db, name, list(vector_fields), tuple(fields), key_field=key_field))
 
     def list_indexes(self) -> list[IndexSpec]:
         return list_indexes(self.db)
 
     def delete_index(self, name: str) -> None:
         delete_index(self.db, name)
+
+    def rename_index(self, name: str, new_name: str) -> "Index":
+        return Index(self, rename_index(self.db, name, new_name))
 
     def close(self) -> None:
         if self._db is not None:
@@ -119,15 +142,29 @@ class Index:
     def __init__(self, engine: Engine, spec: IndexSpec):
         self.engine = engine
         self.spec = spec
-        self.table = PhotoTable(spec)
+        self.table = DocumentTable(spec)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def db(self) -> Database:
+        return self.engine.db
+
+    def refresh(self) -> "Index":
+        self.spec = get_index(self.db, self.name)
+        self.table = DocumentTable(self.spec)
+        return self
+
     def _checked_embedder(self) -> Embedder:
+        modelled = [vf for vf in self.spec.vector_fields if vf.model_id]
+        if not modelled:
+            raise ModelMismatchError(
+                f"index {self.name!r} holds precomputed vectors and has no model: search it with a vector"
+            )
         embedder = self.engine.embedder
-        for vf in self.spec.vector_fields:
+        for vf in modelled:
             space = embedder.spaces.get(vf.name)
             if space is None or space.model_id != vf.model_id or space.dims != vf.dims:
                 found = f"{space.model_id} ({space.dims}-d)" if space else "nothing"
@@ -138,12 +175,14 @@ class Index:
                 )
         return embedder
 
-    # -- ingest ----------------------------------------------------------------------------------------------------
+    # -- writes ----------------------------------------------------------------------------------------------------
     def add_paths(
         self, paths: Sequence[str | Path], *, prune: bool = True, progress: IngestProgress | None = None
     ) -> IngestReport:
+        if self.spec.kind != "photos":
+            raise SchemaError(f"index {self.name!r} is not a photo index: add vectors to it instead")
         return ingest_paths(
-            self.engine.db,
+            self.db,
             self.table,
             self._checked_embedder(),
             [Path(p) for p in paths],
@@ -153,9 +192,87 @@ class Index:
             progress=progress,
         )
 
+    def add_vectors(
+        self,
+        ids: Sequence[str],
+        vectors: np.ndarray | Mapping[str, np.ndarray],
+        documents: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Upsert precomputed vectors (an array for the index's one vector field, or field -> array) with optional
+        metadata per id, in batches of VECTOR_BATCH rows, each batch one transaction."""
+        if not isinstance(vectors, Mapping):
+            vectors = {self.spec.vector_field(None).name: vectors}
+        ids = [str(i) for i in ids]
+        if len(set(ids)) != len(ids):
+            raise ValueError("ids must be unique")
+        for name, array in vectors.items():
+            vf = self.spec.vector_field(name)
+            array = np.asarray(array)
+            if array.ndim != 2 or array.shape != (len(ids), vf.dims):
+                raise ValueError(
+                    f"vector field {name!r} needs an array of shape ({len(ids)}, {vf.dims}), got {array.shape}"
+                )
+        if documents is not None and len(documents) != len(ids):
+            raise ValueError(f"got {len(documents)} documents for {len(ids)} ids")
+        known = {f.name for f in self.spec.fields}
+        written = 0
+        for chunk in iter_chunks(range(len(ids)), VECTOR_BATCH):
+            rows = []
+            for i in chunk:
+                row = dict(documents[i]) if documents is not None else {}
+                unknown = set(row) - known
+                if unknown:
+                    raise SchemaError(f"unknown field(s) {', '.join(sorted(unknown))} in index {self.name!r}")
+                row[self.spec.key_field] = ids[i]
+                for name, array in vectors.items():
+                    row[name] = array[i]
+                rows.append(row)
+            with self.db.connection() as conn:
+                self.table.write(conn, rows)
+            written += len(rows)
+            if progress:
+                progress(len(rows))
+        return written
+
+    def get(self, ids: Sequence[str], *, vectors: bool = True) -> dict[str, dict[str, Any]]:
+        """Stored documents by id (missing ids are absent from the result); vectors as float32 arrays."""
+        columns = self.table.retrievable + ([vf.name for vf in self.spec.vector_fields] if vectors else [])
+        with self.db.connection() as conn:
+            found = self.table.select(conn, [str(i) for i in ids], columns)
+        if vectors:
+            for doc in found.values():
+                for vf in self.spec.vector_fields:
+                    value = doc.get(vf.name)
+                    if value is not None:
+                        doc[vf.name] = np.asarray(value.to_numpy(), dtype=np.float32)
+        return found
+
+    def remove(self, ids: Sequence[str]) -> int:
+        with self.db.connection() as conn:
+            return self.table.delete(conn, [str(i) for i in ids])
+
     def count(self) -> int:
-        with self.engine.db.connection() as conn:
+        with self.db.connection() as conn:
             return self.table.count(conn)
+
+    def stats(self) -> dict[str, Any]:
+        with self.db.connection() as conn:
+            return self.table.stats(conn)
+
+    def build(self, field: str | None = None, *, progress: Callable[[dict], None] | None = None) -> list[dict]:
+        """(Re)build the ANN index of one or all vector fields; remembers what was built (IVFFlat lists)."""
+        targets = [self.spec.vector_field(field)] if field else list(self.spec.vector_fields)
+        built = []
+        for vf in targets:
+            if vf.algorithm == "exact":
+                continue
+            info = self.table.build_index(self.db, vf, progress=progress)
+            built.append(info)
+            self.spec = update_settings(self.db, self.name, {"built": {vf.name: info}})
+            self.table = DocumentTable(self.spec)
+        return built
 
     # -- search ----------------------------------------------------------------------------------------------------
     def query_vector(self, query: Query) -> tuple[str, np.ndarray]:
@@ -169,21 +286,81 @@ class Index:
             raise ValueError("empty query: give search text or --image FILE")
         return embedder.text_space, embedder.embed_texts([text])[0]
 
-    def search(self, query: Query | str, k: int = 10) -> list[Hit]:
+    def search(
+        self,
+        query: Query | str,
+        k: int = 10,
+        *,
+        filter: Filter | None = None,
+        options: QueryOptions | None = None,
+    ) -> SearchResult:
         if isinstance(query, str):
             query = Query(text=query)
         field_name, vector = self.query_vector(query)
-        return self.search_vector(field_name, vector, k)
+        return self.search_vector(vector, k, field=field_name, filter=filter, options=options)
 
-    def search_vector(self, field_name: str, vector: np.ndarray, k: int = 10) -> list[Hit]:
+    def search_vector(
+        self,
+        vector: Any,
+        k: int = 10,
+        *,
+        field: str | None = None,
+        filter: Filter | None = None,
+        options: QueryOptions | None = None,
+    ) -> SearchResult:
         if not 1 <= k <= MAX_K:
             raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
-        with self.engine.db.connection() as conn:
-            return self.table.search(conn, field_name, vector, k)
+        with self.db.connection() as conn:
+            return self.table.search(conn, field, vector, k, filter=filter, options=options or QueryOptions())
 
-    def explain(self, query: Query | str, k: int = 10) -> str:
-        if isinstance(query, str):
-            query = Query(text=query)
-        field_name, vector = self.query_vector(query)
-        with self.engine.db.connection() as conn:
-            return self.table.explain(conn, field_name, vector, k)
+    def explain(
+        self,
+        query: Query | str | None = None,
+        k: int = 10,
+        *,
+        vector: Any = None,
+        field: str | None = None,
+        filter: Filter | None = None,
+        options: QueryOptions | None = None,
+        analyze: bool = False,
+    ) -> str:
+        if vector is None:
+            if isinstance(query, str):
+                query = Query(text=query)
+            field, vector = self.query_vector(query or Query())
+        with self.db.connection() as conn:
+            return self.table.explain(
+                conn, field, vector, k, filter=filter, options=options or QueryOptions(), analyze=analyze
+            )
+
+    # -- recall ----------------------------------------------------------------------------------------------------
+    def evaluate(
+        self, *, field: str | None = None, k: int = 10, sample: int = 100, options: QueryOptions | None = None
+    ) -> evaluation.Evaluation:
+        """Recall@k of the ANN index against exact search, on `sample` stored vectors used as queries."""
+        vf = self.spec.vector_field(field)
+        truth = evaluation.ground_truth(self.db, self.table, vf, k, sample)
+        return evaluation.evaluate(self.db, self.table, vf, k, truth, options or QueryOptions())
+
+    def tune(
+        self, target_recall: float = 0.95, *, field: str | None = None, k: int = 10, sample: int = 100
+    ) -> dict[str, Any]:
+        """Find the smallest ef_search (HNSW) or probes (IVFFlat) reaching `target_recall` and store it in the index
+        settings, where later searches pick it up."""
+        if not 0 < target_recall <= 1:
+            raise ValueError("target recall must be in (0, 1]")
+        vf = self.spec.vector_field(field)
+        if vf.algorithm == "exact":
+            raise SchemaError(f"vector field {vf.name!r} uses exact search: recall is always 1, nothing to tune")
+        lists = self.spec.settings.get("built", {}).get(vf.name, {}).get("lists")
+        if vf.algorithm == "ivfflat" and lists is None:
+            raise SchemaError(f"the IVFFlat index of {vf.name!r} is not built yet: pixsearch indexes rebuild {self.name}")
+        truth = evaluation.ground_truth(self.db, self.table, vf, k, sample)
+        chosen, tried, reached = evaluation.tune(self.db, self.table, vf, k, truth, target_recall, lists)
+        if chosen is None:
+            raise SchemaError("the index is empty: nothing to tune on")
+        tuned = {**chosen.settings, "target_recall": target_recall, "recall": round(chosen.recall, 4), "k": k,
+                 "reached": reached}
+        self.spec = update_settings(self.db, self.name, {"tuned": {vf.name: tuned}})
+        self.table = DocumentTable(self.spec)
+        return {"field": vf.name, "tuned": tuned, "tried": [t.to_json() for t in tried]}

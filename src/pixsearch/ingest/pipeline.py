@@ -13,7 +13,8 @@ from pixsearch.db import Database
 from pixsearch.ingest.decode import DecodedImage, DecodeError, content_hash, decode_bytes
 from pixsearch.ingest.scan import FoundFile, scan
 from pixsearch.models.base import ClassScore, Embedder
-from pixsearch.store import PhotoRecord, PhotoTable, StoredState
+from pixsearch.store import DocumentTable, PhotoRecord, StoredState
+from pixsearch.store.photos import paths_under, stored_states, touch, write_photos
 
 MAX_TAGS = 5
 MIN_TAG_PROBABILITY = 0.05
@@ -83,7 +84,7 @@ class _Work:
 
 def ingest_paths(
     db: Database,
-    table: PhotoTable,
+    table: DocumentTable,
     embedder: Embedder,
     roots: Sequence[Path],
     *,
@@ -136,18 +137,18 @@ def ingest_paths(
             _embed_and_write(db, table, embedder, batch, report, progress)
     if touched:
         with db.connection() as conn:
-            table.touch(conn, touched)
+            touch(conn, table, touched)
     if prune:
         report.removed = _prune(db, table, roots)
     report.elapsed_seconds = time.perf_counter() - started
     return report
 
 
-def _stored_states(db: Database, table: PhotoTable, ids: list[str]) -> dict[str, StoredState]:
+def _stored_states(db: Database, table: DocumentTable, ids: list[str]) -> dict[str, StoredState]:
     states: dict[str, StoredState] = {}
     with db.connection() as conn:
         for start in range(0, len(ids), _LOOKUP_CHUNK):
-            states.update(table.stored_states(conn, ids[start : start + _LOOKUP_CHUNK]))
+            states.update(stored_states(conn, table, ids[start : start + _LOOKUP_CHUNK]))
     return states
 
 
@@ -191,7 +192,7 @@ def _tags(classes: list[ClassScore]) -> list[str]:
 
 def _embed_and_write(
     db: Database,
-    table: PhotoTable,
+    table: DocumentTable,
     embedder: Embedder,
     batch: list[_Work],
     report: IngestReport,
@@ -228,7 +229,7 @@ def _embed_and_write(
         )
     t0 = time.perf_counter()
     with db.connection() as conn:
-        table.write(conn, records)
+        write_photos(conn, table, records)
     report.stage_seconds["write"] += time.perf_counter() - t0
     for work in batch:
         if work.stored is None:
@@ -239,7 +240,7 @@ def _embed_and_write(
     progress.advance(len(batch))
 
 
-def _prune(db: Database, table: PhotoTable, roots: Sequence[Path]) -> int:
+def _prune(db: Database, table: DocumentTable, roots: Sequence[Path]) -> int:
     """Remove rows of files that were under a scanned folder and are gone from disk."""
     gone: list[str] = []
     with db.connection() as conn:
@@ -247,7 +248,7 @@ def _prune(db: Database, table: PhotoTable, roots: Sequence[Path]) -> int:
             root = Path(root).expanduser().absolute()
             if not root.is_dir():
                 continue
-            for photo_id, path in table.paths_under(conn, str(root).rstrip(os.sep) + os.sep):
+            for photo_id, path in paths_under(conn, table, str(root).rstrip(os.sep) + os.sep):
                 if not os.path.exists(path):
                     gone.append(photo_id)
         return table.delete(conn, gone)

@@ -1,24 +1,40 @@
 """All SQL lives here. Identifiers reach SQL through psycopg.sql, values through parameters."""
+from pixsearch.store.filters import And, AnyEq, Compare, Filter, FilterError, In, Not, Or
+from pixsearch.store.photos import PhotoRecord, StoredState
 from pixsearch.store.registry import (
     IndexExistsError,
     IndexNotFoundError,
-    IndexSpec,
-    VectorField,
     create_index,
     delete_index,
     get_index,
     list_indexes,
     migrate,
+    rename_index,
+    update_settings,
 )
-from pixsearch.store.photos import Hit, PhotoRecord, PhotoTable, StoredState
+from pixsearch.store.schema import PHOTO_FIELDS, Field, IndexSpec, SchemaError, VectorField
+from pixsearch.store.tables import DocumentTable, Hit, QueryOptions, SearchResult
 
 __all__ = [
+    "PHOTO_FIELDS",
+    "And",
+    "AnyEq",
+    "Compare",
+    "DocumentTable",
+    "Field",
+    "Filter",
+    "FilterError",
     "Hit",
+    "In",
     "IndexExistsError",
     "IndexNotFoundError",
     "IndexSpec",
+    "Not",
+    "Or",
     "PhotoRecord",
-    "PhotoTable",
+    "QueryOptions",
+    "SchemaError",
+    "SearchResult",
     "StoredState",
     "VectorField",
     "create_index",
@@ -26,4 +42,6 @@ __all__ = [
     "get_index",
     "list_indexes",
     "migrate",
+    "rename_index",
+    "update_settings",
 ]

@@ -1,14 +1,14 @@
-"""Schema migrations and the registry of named indexes (their fields, vector fields and models)."""
+"""Schema migrations and the registry of named indexes (key, fields, vector fields and models, settings)."""
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pixsearch.db import Database
+from pixsearch.store.schema import PHOTO_FIELDS, Field, IndexSpec, SchemaError, VectorField, table_name_for
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -25,67 +25,24 @@ MIGRATIONS: list[tuple[int, str]] = [
         )
         """,
     ),
+    (
+        2,
+        """
+        ALTER TABLE pixsearch_indexes
+            ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'photos',
+            ADD COLUMN IF NOT EXISTS fields jsonb NOT NULL DEFAULT '[]'::jsonb
+        """,
+    ),
 ]
-
-INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,23}$")
-# Metric -> (pgvector operator class, distance operator) for float vectors; the query operator must match the
-# operator class or the planner cannot use the ANN index.
-METRICS = {
-    "cosine": ("vector_cosine_ops", "<=>"),
-    "ip": ("vector_ip_ops", "<#>"),
-    "l2": ("vector_l2_ops", "<->"),
-}
 
 
 class IndexNotFoundError(LookupError):
-    pass
+    def __str__(self) -> str:  # LookupError's str() would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class IndexExistsError(ValueError):
     pass
-
-
-@dataclass(frozen=True)
-class VectorField:
-    name: str
-    dims: int
-    model_id: str
-    metric: str = "cosine"
-    storage: str = "vector"
-    algorithm: str = "hnsw"
-    params: dict[str, Any] = field(default_factory=lambda: {"m": 16, "ef_construction": 64})
-
-    @property
-    def opclass(self) -> str:
-        return METRICS[self.metric][0]
-
-    @property
-    def operator(self) -> str:
-        return METRICS[self.metric][1]
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    name: str
-    table_name: str
-    vector_fields: tuple[VectorField, ...]
-    key_field: str = "id"
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    def vector_field(self, name: str) -> VectorField:
-        for vf in self.vector_fields:
-            if vf.name == name:
-                return vf
-        raise KeyError(f"index {self.name!r} has no vector field {name!r}")
-
-
-def validate_index_name(name: str) -> str:
-    if not INDEX_NAME.match(name):
-        raise ValueError(
-            f"invalid index name {name!r}: use 1-40 lowercase letters, digits, '-' or '_', starting with a letter or digit"
-        )
-    return name
 
 
 def migrate(db: Database) -> None:
@@ -103,18 +60,24 @@ def migrate(db: Database) -> None:
                 conn.execute("INSERT INTO pixsearch_migrations (version) VALUES (%s)", (version,))
 
 
+_SELECT = "SELECT name, table_name, key_field, vector_fields, settings, kind, fields FROM pixsearch_indexes"
+
+
 def _spec_from_row(row: tuple) -> IndexSpec:
-    name, table_name, key_field, vector_fields, settings = row
+    name, table_name, key_field, vector_fields, settings, kind, fields = row
+    if kind == "photos" and not fields:
+        parsed_fields = PHOTO_FIELDS  # photo indexes made before fields were recorded
+    else:
+        parsed_fields = tuple(Field(**f) for f in fields)
     return IndexSpec(
         name=name,
         table_name=table_name,
         key_field=key_field,
         vector_fields=tuple(VectorField(**vf) for vf in vector_fields),
+        fields=parsed_fields,
+        kind=kind,
         settings=settings,
     )
-
-
-_SELECT = "SELECT name, table_name, key_field, vector_fields, settings FROM pixsearch_indexes"
 
 
 def get_index(db: Database, name: str) -> IndexSpec:
@@ -130,33 +93,109 @@ def list_indexes(db: Database) -> list[IndexSpec]:
         return [_spec_from_row(row) for row in conn.execute(_SELECT + " ORDER BY name")]
 
 
-def create_index(db: Database, name: str, vector_fields: list[VectorField]) -> IndexSpec:
-    """Register an index and create its table and ANN indexes in one transaction."""
-    from pixsearch.store.photos import PhotoTable
+def create_index(
+    db: Database,
+    name: str,
+    vector_fields: list[VectorField],
+    fields: tuple[Field, ...] | list[Field] = (),
+    *,
+    kind: str = "documents",
+    key_field: str = "id",
+) -> IndexSpec:
+    """Register an index and create its table (and the ANN indexes that can be built empty) in one transaction."""
+    from pixsearch.store.tables import DocumentTable
 
-    validate_index_name(name)
-    for vf in vector_fields:
-        if not FIELD_NAME.match(vf.name) or vf.name in PhotoTable.BUILTIN_COLUMNS:
-            raise ValueError(f"invalid vector field name {vf.name!r}")
-        if vf.metric not in METRICS:
-            raise ValueError(f"unknown metric {vf.metric!r}; known: {', '.join(METRICS)}")
-    spec = IndexSpec(name=name, table_name="px_" + name.replace("-", "_"), vector_fields=tuple(vector_fields))
+    spec = IndexSpec(
+        name=name,
+        table_name=table_name_for(name),
+        vector_fields=tuple(vector_fields),
+        fields=tuple(fields),
+        key_field=key_field,
+        kind=kind,
+    )
+    spec.validate()
     with db.connection() as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pixsearch_indexes'))")
-        exists = conn.execute("SELECT 1 FROM pixsearch_indexes WHERE name = %s", (name,)).fetchone()
-        if exists:
+        if conn.execute("SELECT 1 FROM pixsearch_indexes WHERE name = %s", (name,)).fetchone():
             raise IndexExistsError(f"index {name!r} already exists")
         conn.execute(
-            "INSERT INTO pixsearch_indexes (name, table_name, key_field, vector_fields, settings)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            (name, spec.table_name, spec.key_field, Jsonb([asdict(vf) for vf in vector_fields]), Jsonb({})),
+            "INSERT INTO pixsearch_indexes (name, table_name, key_field, vector_fields, settings, kind, fields)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (
+                name,
+                spec.table_name,
+                spec.key_field,
+                Jsonb([vf.to_json() for vf in spec.vector_fields]),
+                Jsonb({}),
+                kind,
+                Jsonb([asdict(f) for f in spec.fields]),
+            ),
         )
-        PhotoTable(spec).create(conn)
+        DocumentTable(spec).create(conn)
     return spec
 
 
 def delete_index(db: Database, name: str) -> None:
+    """Drop the index's table (with its ANN indexes) and its registry row; nothing else."""
     spec = get_index(db, name)
     with db.connection() as conn, conn.transaction():
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(spec.table_name)))
         conn.execute("DELETE FROM pixsearch_indexes WHERE name = %s", (name,))
+
+
+def rename_index(db: Database, name: str, new_name: str) -> IndexSpec:
+    from pixsearch.store.tables import DocumentTable
+
+    spec = get_index(db, name)
+    renamed = IndexSpec(
+        name=new_name,
+        table_name=table_name_for(new_name),
+        vector_fields=spec.vector_fields,
+        fields=spec.fields,
+        key_field=spec.key_field,
+        kind=spec.kind,
+        settings=spec.settings,
+    )
+    renamed.validate()
+    with db.connection() as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('pixsearch_indexes'))")
+        if conn.execute("SELECT 1 FROM pixsearch_indexes WHERE name = %s", (new_name,)).fetchone():
+            raise IndexExistsError(f"index {new_name!r} already exists")
+        DocumentTable(spec).rename_to(conn, renamed)
+        conn.execute(
+            "UPDATE pixsearch_indexes SET name = %s, table_name = %s, updated_at = now() WHERE name = %s",
+            (new_name, renamed.table_name, name),
+        )
+    return renamed
+
+
+def update_settings(db: Database, name: str, changes: dict[str, Any]) -> IndexSpec:
+    """Merge `changes` into the index's settings (one level deep: dict values are merged, others replaced)."""
+    with db.connection() as conn, conn.transaction():
+        row = conn.execute("SELECT settings FROM pixsearch_indexes WHERE name = %s FOR UPDATE", (name,)).fetchone()
+        if row is None:
+            raise IndexNotFoundError(f"no index named {name!r}")
+        settings = dict(row[0])
+        for key, value in changes.items():
+            if isinstance(value, dict) and isinstance(settings.get(key), dict):
+                settings[key] = {**settings[key], **value}
+            else:
+                settings[key] = value
+        conn.execute(
+            "UPDATE pixsearch_indexes SET settings = %s, updated_at = now() WHERE name = %s", (Jsonb(settings), name)
+        )
+    return get_index(db, name)
+
+
+__all__ = [
+    "IndexExistsError",
+    "IndexNotFoundError",
+    "SchemaError",
+    "create_index",
+    "delete_index",
+    "get_index",
+    "list_indexes",
+    "migrate",
+    "rename_index",
+    "update_settings",
+]

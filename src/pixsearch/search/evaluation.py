@@ -1,0 +1,109 @@
+"""Recall you can see and tune: ANN results vs exact search on sampled stored vectors, with latency."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from pixsearch.db import Database
+from pixsearch.store import DocumentTable, QueryOptions, VectorField
+from pixsearch.store.tables import MAX_EF_SEARCH
+
+EF_SEARCH_LADDER = (10, 20, 40, 64, 100, 150, 200, 300, 400, 600, 800, 1000)
+PROBES_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+
+
+@dataclass
+class Evaluation:
+    field: str
+    k: int
+    queries: int
+    recall: float
+    ann_ms_p50: float
+    ann_ms_p95: float
+    exact_ms_p50: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: (round(v, 4) if isinstance(v, float) else v) for key, v in self.__dict__.items()}
+
+
+@dataclass
+class GroundTruth:
+    queries: list[np.ndarray]
+    ids: list[list[str]]
+    exact_ms: list[float]
+
+
+def _timed_ids(db: Database, table: DocumentTable, vf: VectorField, q: np.ndarray, k: int, options: QueryOptions):
+    with db.connection() as conn:
+        t0 = time.perf_counter()
+        result = table.search(conn, vf.name, q, k, options=options)
+        return [h.id for h in result.hits], (time.perf_counter() - t0) * 1000
+
+
+def ground_truth(db: Database, table: DocumentTable, vf: VectorField, k: int, sample: int) -> GroundTruth:
+    """Sample stored vectors as queries (repeatably) and find their exact top-k by a full scan."""
+    with db.connection() as conn:
+        rows = table.sample_vectors(conn, vf, sample)
+    queries = [np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32) for _, v in rows]
+    ids, times = [], []
+    for q in queries:
+        found, ms = _timed_ids(db, table, vf, q, k, QueryOptions(exact=True))
+        ids.append(found)
+        times.append(ms)
+    return GroundTruth(queries, ids, times)
+
+
+def evaluate(
+    db: Database, table: DocumentTable, vf: VectorField, k: int, truth: GroundTruth, options: QueryOptions
+) -> Evaluation:
+    recalls, times = [], []
+    for q, expected in zip(truth.queries, truth.ids):
+        found, ms = _timed_ids(db, table, vf, q, k, options)
+        times.append(ms)
+        if expected:
+            recalls.append(recall_at_k(found, expected))
+    settings = {key: value for key, value in (("ef_search", options.ef_search), ("probes", options.probes)) if value}
+    return Evaluation(
+        field=vf.name,
+        k=k,
+        queries=len(truth.queries),
+        recall=float(np.mean(recalls)) if recalls else 1.0,
+        ann_ms_p50=float(np.percentile(times, 50)) if times else 0.0,
+        ann_ms_p95=float(np.percentile(times, 95)) if times else 0.0,
+        exact_ms_p50=float(np.percentile(truth.exact_ms, 50)) if truth.exact_ms else 0.0,
+        settings=settings,
+    )
+
+
+def ladder(vf: VectorField, k: int, lists: int | None) -> list[QueryOptions]:
+    """The settings tune tries, cheapest first."""
+    if vf.algorithm == "hnsw":
+        wanted = k * vf.params.get("oversample", 1)
+        values = sorted({max(v, min(wanted, MAX_EF_SEARCH)) for v in EF_SEARCH_LADDER})
+        return [QueryOptions(ef_search=v) for v in values]
+    if vf.algorithm == "ivfflat":
+        top = lists or 1
+        values = sorted({min(v, top) for v in PROBES_LADDER})
+        return [QueryOptions(probes=v) for v in values]
+    return []
+
+
+def tune(
+    db: Database, table: DocumentTable, vf: VectorField, k: int, truth: GroundTruth, target: float, lists: int | None
+) -> tuple[Evaluation | None, list[Evaluation], bool]:
+    """Walk the ladder until recall reaches `target`. Returns (chosen, all tried, reached)."""
+    tried: list[Evaluation] = []
+    for options in ladder(vf, k, lists):
+        result = evaluate(db, table, vf, k, truth, options)
+        tried.append(result)
+        if result.recall >= target:
+            return result, tried, True
+    return (tried[-1] if tried else None), tried, False
+
+
+def recall_at_k(found: Sequence[str], expected: Sequence[str]) -> float:
+    return len(set(found) & set(expected)) / len(expected) if expected else 1.0

@@ -1,0 +1,510 @@
+"""One index's table: DDL, ANN index builds, COPY BINARY upserts, gets/deletes, kNN search, EXPLAIN and sizes."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import psycopg
+from pgvector import HalfVector, Vector
+from psycopg import sql
+
+from pixsearch.db import Database
+from pixsearch.store.filters import Filter, compile_filter
+from pixsearch.store.schema import (
+    OPERATORS,
+    IndexSpec,
+    SchemaError,
+    VectorField,
+    default_lists,
+    default_probes,
+)
+
+DEFAULT_EF_SEARCH = 40
+MAX_EF_SEARCH = 1000
+DEFAULT_MAX_SCAN_TUPLES = 20000
+MB = 1024 * 1024
+
+
+@dataclass
+class Hit:
+    """One search result: the key, a similarity score (higher is better), the raw distance, the stored fields."""
+
+    id: str
+    score: float
+    distance: float
+    document: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str | None:
+        return self.document.get("path")
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.document.get("tags") or [])
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "score": self.score, "distance": self.distance}
+        for key, value in self.document.items():
+            out[key] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+@dataclass
+class SearchResult:
+    """Hits plus whether all k were found; when not, why: only `matching` rows pass the filter, or the
+    iterative index scan stopped at its limit (hnsw.max_scan_tuples / ivfflat.max_probes) before finding k."""
+
+    hits: list[Hit]
+    k: int
+    complete: bool = True
+    reason: str | None = None  # None | "fewer_matches" | "scan_limit"
+    matching: int | None = None
+
+    def __iter__(self):
+        return iter(self.hits)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __getitem__(self, i):
+        return self.hits[i]
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    """Per-query ANN knobs; None means the index's tuned value, else pgvector-advised defaults."""
+
+    ef_search: int | None = None
+    probes: int | None = None
+    max_scan_tuples: int | None = None
+    iterative: bool = True
+    exact: bool = False
+
+
+def similarity(metric: str, distance: float, dims: int) -> float:
+    """pgvector distance -> similarity where higher is better."""
+    if metric == "cosine":
+        return 1.0 - distance
+    if metric == "ip":
+        return -distance  # <#> is the negative inner product
+    if metric == "hamming":
+        return 1.0 - distance / dims
+    if metric == "jaccard":
+        return 1.0 - distance
+    return 1.0 / (1.0 + distance)  # l2, l1
+
+
+def _operator(symbol: str) -> sql.SQL:
+    # Jaccard's <%> holds a '%', which psycopg would read as a placeholder unless doubled.
+    return sql.SQL(symbol.replace("%", "%%"))
+
+
+def as_query_vector(vector: Any, vf: VectorField) -> Vector | HalfVector:
+    array = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if array.shape[0] != vf.dims:
+        raise ValueError(f"vector field {vf.name!r} has {vf.dims} dimensions, the query vector has {array.shape[0]}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError("the query vector contains NaN or infinite values")
+    return HalfVector(array) if vf.column_type == "halfvec" else Vector(array)
+
+
+class DocumentTable:
+    def __init__(self, spec: IndexSpec):
+        self.spec = spec
+        self.table = sql.Identifier(spec.table_name)
+        self.key = sql.Identifier(spec.key_field)
+
+    # -- DDL ---------------------------------------------------------------------------------------------------------
+    def create(self, conn: psycopg.Connection) -> None:
+        columns = [sql.SQL("{} text PRIMARY KEY").format(self.key)]
+        columns += [sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(f.sql_type)) for f in self.spec.fields]
+        columns.append(sql.SQL("indexed_at timestamptz NOT NULL DEFAULT now()"))
+        for vf in self.spec.vector_fields:
+            columns.append(
+                sql.SQL("{} {}({})").format(sql.Identifier(vf.name), sql.SQL(vf.column_type), sql.Literal(vf.dims))
+            )
+        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(self.table, sql.SQL(", ").join(columns)))
+        for vf in self.spec.vector_fields:
+            if vf.algorithm == "hnsw":  # IVFFlat needs data for its centroids: built by build_index later
+                conn.execute(self._create_index_sql(vf, lists=None))
+
+    def ann_index_name(self, vf: VectorField) -> str:
+        return f"{self.spec.table_name}_{vf.name}_{vf.algorithm}"
+
+    def _indexed_expression(self, vf: VectorField, query: sql.Composable | None = None) -> sql.Composable:
+        """The column (or for bit storage its binary quantisation) as the ANN index sees it; with `query`, the
+        matching expression for the query vector."""
+        target = sql.Identifier(vf.name) if query is None else query
+        if vf.storage == "bit":
+            return sql.SQL("(binary_quantize({})::bit({}))").format(target, sql.Literal(vf.dims))
+        return target
+
+    def _create_index_sql(self, vf: VectorField, lists: int | None) -> sql.Composed:
+        method = vf.algorithm
+        if method == "hnsw":
+            with_params = {"m": vf.params["m"], "ef_construction": vf.params["ef_construction"]}
+        else:
+            with_params = {"lists": lists}
+        options = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(k), sql.Literal(int(v))) for k, v in with_params.items()
+        )
+        return sql.SQL("CREATE INDEX {} ON {} USING {} ({} {}) WITH ({})").format(
+            sql.Identifier(self.ann_index_name(vf)),
+            self.table,
+            sql.SQL(method),
+            self._indexed_expression(vf),
+            sql.SQL(vf.opclass),
+            options,
+        )
+
+    def ann_index_exists(self, conn: psycopg.Connection, vf: VectorField) -> bool:
+        row = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(self.ann_index_name(vf)).as_string(conn),))
+        return row.fetchone()[0] is not None
+
+    def build_index(
+        self,
+        db: Database,
+        vf: VectorField,
+        *,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        maintenance_work_mem_mb: int | None = None,
+    ) -> dict[str, Any]:
+        """(Re)build the ANN index of one vector field. Returns what was built (lists, rows, seconds, memory)."""
+        if vf.algorithm == "exact":
+            raise SchemaError(f"vector field {vf.name!r} uses exact search: it has no ANN index to build")
+        with db.connection() as conn:
+            rows = self.count(conn)
+        lists = None
+        if vf.algorithm == "ivfflat":
+            if rows == 0:
+                raise SchemaError(
+                    f"cannot build the IVFFlat index of {self.spec.name!r}.{vf.name}: the table is empty. IVFFlat "
+                    "learns its list centroids from the data, so an index built now would be useless. Add vectors "
+                    f"first, then run: pixsearch indexes rebuild {self.spec.name}"
+                )
+            lists = vf.params.get("lists") or default_lists(rows)
+            lists = min(lists, rows)
+        mem_mb = maintenance_work_mem_mb or _maintenance_work_mem_mb(rows, vf)
+        stop = threading.Event()
+        watcher = None
+        if progress is not None:
+            watcher = threading.Thread(target=self._watch_build, args=(db, progress, stop), daemon=True)
+            watcher.start()
+        started = time.perf_counter()
+        try:
+            with db.connection() as conn, conn.transaction():
+                conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (f"{mem_mb}MB",))
+                conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.ann_index_name(vf))))
+                conn.execute(self._create_index_sql(vf, lists))
+        finally:
+            stop.set()
+            if watcher is not None:
+                watcher.join(timeout=5)
+        return {
+            "field": vf.name,
+            "algorithm": vf.algorithm,
+            "rows": rows,
+            "lists": lists,
+            "seconds": round(time.perf_counter() - started, 3),
+            "maintenance_work_mem_mb": mem_mb,
+        }
+
+    def _watch_build(self, db: Database, progress: Callable[[dict[str, Any]], None], stop: threading.Event) -> None:
+        query = (
+            "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total FROM pg_stat_progress_create_index"
+            " WHERE relid = to_regclass(%s)"
+        )
+        name = sql.Identifier(self.spec.table_name)
+        try:
+            with psycopg.connect(db.conninfo, autocommit=True) as conn:
+                while not stop.wait(0.5):
+                    row = conn.execute(query, (name.as_string(conn),)).fetchone()
+                    if row:
+                        progress(dict(zip(("phase", "blocks_done", "blocks_total", "tuples_done", "tuples_total"), row)))
+        except psycopg.Error:
+            pass  # progress is a nicety; the build itself reports real errors
+
+    def rename_to(self, conn: psycopg.Connection, renamed: IndexSpec) -> None:
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(self.table, sql.Identifier(renamed.table_name)))
+        new_table = DocumentTable(renamed)
+        for vf in self.spec.vector_fields:
+            if self.ann_index_exists(conn, vf):
+                conn.execute(
+                    sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                        sql.Identifier(self.ann_index_name(vf)), sql.Identifier(new_table.ann_index_name(vf))
+                    )
+                )
+
+    # -- writes ------------------------------------------------------------------------------------------------------
+    @property
+    def _write_columns(self) -> list[tuple[str, str]]:
+        cols = [(self.spec.key_field, "text")] + [(f.name, f.copy_type) for f in self.spec.fields]
+        return cols + [(vf.name, vf.column_type) for vf in self.spec.vector_fields]
+
+    def write(self, conn: psycopg.Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Upsert rows (dicts keyed by column; missing columns become NULL) atomically.
+
+        COPY BINARY into a staging table, then one INSERT .. ON CONFLICT: the caller's connection context commits
+        the batch as a whole, so an interrupted run never leaves part of one.
+        """
+        if not rows:
+            return
+        columns = self._write_columns
+        names = [name for name, _ in columns]
+        vector_types = {vf.name: vf for vf in self.spec.vector_fields}
+        idents = sql.SQL(", ").join(map(sql.Identifier, names))
+        staging = sql.Identifier("pixsearch_staging")
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(staging, self.table)
+            )
+            with conn.cursor() as cur:
+                with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(staging, idents)) as copy:
+                    copy.set_types([copy_type for _, copy_type in columns])
+                    for row in rows:
+                        values = []
+                        for name in names:
+                            value = row.get(name)
+                            if value is not None and name in vector_types:
+                                value = _checked_vector(value, vector_types[name], row.get(self.spec.key_field))
+                            values.append(value)
+                        copy.write_row(values)
+            updates = sql.SQL(", ").join(
+                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names[1:] + ["indexed_at"]
+            )
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {t} ({cols}, indexed_at) SELECT {cols}, now() FROM {s} "
+                    "ON CONFLICT ({key}) DO UPDATE SET {updates}"
+                ).format(t=self.table, cols=idents, s=staging, key=self.key, updates=updates)
+            )
+
+    def update_columns(self, conn: psycopg.Connection, key: str, values: dict[str, Any]) -> None:
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in values
+        )
+        conn.execute(
+            sql.SQL("UPDATE {} SET {} WHERE {} = %(_key)s").format(self.table, assignments, self.key),
+            {**values, "_key": key},
+        )
+
+    def delete(self, conn: psycopg.Connection, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        query = sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(self.table, self.key)
+        return conn.execute(query, (list(ids),)).rowcount
+
+    # -- reads -------------------------------------------------------------------------------------------------------
+    def count(self, conn: psycopg.Connection) -> int:
+        return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self.table)).fetchone()[0]
+
+    def select(
+        self, conn: psycopg.Connection, ids: Sequence[str], columns: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        query = sql.SQL("SELECT {}, {} FROM {} WHERE {} = ANY(%s)").format(
+            self.key, sql.SQL(", ").join(map(sql.Identifier, columns)), self.table, self.key
+        )
+        return {row[0]: dict(zip(columns, row[1:])) for row in conn.execute(query, (list(ids),))}
+
+    def rows_where_prefix(self, conn: psycopg.Connection, column: str, prefix: str) -> list[tuple[str, Any]]:
+        query = sql.SQL("SELECT {}, {} FROM {} WHERE starts_with({}, %s)").format(
+            self.key, sql.Identifier(column), self.table, sql.Identifier(column)
+        )
+        return [(row[0], row[1]) for row in conn.execute(query, (prefix,))]
+
+    def sample_vectors(self, conn: psycopg.Connection, vf: VectorField, n: int, seed: float = 0.42) -> list[tuple]:
+        """n stored (key, vector) pairs, pseudo-randomly but repeatably chosen."""
+        conn.execute("SELECT setseed(%s)", (seed,))
+        query = sql.SQL("SELECT {}, {} FROM {} WHERE {} IS NOT NULL ORDER BY random() LIMIT %s").format(
+            self.key, sql.Identifier(vf.name), self.table, sql.Identifier(vf.name)
+        )
+        return conn.execute(query, (n,)).fetchall()
+
+    @property
+    def retrievable(self) -> list[str]:
+        return [f.name for f in self.spec.fields if f.retrievable]
+
+    # -- search ------------------------------------------------------------------------------------------------------
+    def knn_sql(self, vf: VectorField, where: sql.Composable | None, *, exact: bool = False) -> sql.Composed:
+        """The kNN query. Its ORDER BY uses the operator of the index's operator class so the index serves it.
+
+        Filtered queries run with relaxed-order iterative scans, so their candidates are re-sorted by distance in an
+        outer query (the MATERIALIZED CTE keeps the planner from merging the two).
+        Fields with an `oversample` parameter take k * oversample candidates in index order and re-rank them by the
+        exact distance: bit (binary-quantised) fields rank candidates by hamming/jaccard on the bits and re-rank by
+        the exact metric on the stored float vectors; halfvec fields re-rank away the float16 rounding of the index.
+        """
+        q = sql.Placeholder("q")
+        column = sql.Identifier(vf.name)
+        cols = sql.SQL(", ").join([self.key] + [sql.Identifier(c) for c in self.retrievable])
+        where_sql = sql.SQL(" WHERE {}").format(where) if where is not None else sql.SQL("")
+        if vf.params.get("oversample") and not exact:
+            rerank_op = _operator(OPERATORS[vf.exact_metric])
+            order = sql.SQL("{} {} {}").format(
+                self._indexed_expression(vf), _operator(vf.operator), self._indexed_expression(vf, q)
+            )
+            return sql.SQL(
+                "WITH candidates AS MATERIALIZED (SELECT {cols}, {col} AS pixsearch_rerank FROM {t}{where} "
+                "ORDER BY {order} LIMIT %(candidates)s) "
+                "SELECT {cols}, pixsearch_rerank {op} {q} AS distance FROM candidates ORDER BY distance LIMIT %(k)s"
+            ).format(cols=cols, col=column, t=self.table, where=where_sql, order=order, op=rerank_op, q=q)
+        op = _operator(OPERATORS[vf.exact_metric])
+        inner = sql.SQL("SELECT {cols}, {col} {op} {q} AS distance FROM {t}{where} ORDER BY {col} {op} {q} LIMIT %(k)s")
+        inner = inner.format(cols=cols, col=column, op=op, q=q, t=self.table, where=where_sql)
+        if where is None:
+            return inner
+        return sql.SQL("WITH hits AS MATERIALIZED ({}) SELECT * FROM hits ORDER BY distance").format(inner)
+
+    def _apply_query_settings(
+        self, conn: psycopg.Connection, vf: VectorField, k: int, filtered: bool, options: QueryOptions
+    ) -> None:
+        """SET LOCAL (via set_config(..., true)) the ANN knobs for this one transaction."""
+
+        def set_local(name: str, value: Any) -> None:
+            conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
+
+        if options.exact:
+            set_local("enable_indexscan", "off")  # force the exact scan-and-sort plan
+            return
+        tuned = self.spec.tuned(vf.name)
+        wanted = k * vf.params.get("oversample", 1)
+        if vf.algorithm == "hnsw":
+            ef = options.ef_search or tuned.get("ef_search") or DEFAULT_EF_SEARCH
+            set_local("hnsw.ef_search", min(MAX_EF_SEARCH, max(ef, wanted)))
+            if filtered and options.iterative:
+                set_local("hnsw.iterative_scan", "relaxed_order")
+                set_local("hnsw.max_scan_tuples", options.max_scan_tuples or DEFAULT_MAX_SCAN_TUPLES)
+        elif vf.algorithm == "ivfflat":
+            lists = self.spec.settings.get("built", {}).get(vf.name, {}).get("lists") or 1
+            probes = options.probes or tuned.get("probes") or default_probes(lists)
+            set_local("ivfflat.probes", probes)
+            if filtered and options.iterative:
+                set_local("ivfflat.iterative_scan", "relaxed_order")
+                set_local("ivfflat.max_probes", lists)
+
+    def search(
+        self,
+        conn: psycopg.Connection,
+        field_name: str | None,
+        vector: Any,
+        k: int,
+        *,
+        filter: Filter | None = None,
+        options: QueryOptions = QueryOptions(),
+    ) -> SearchResult:
+        vf = self.spec.vector_field(field_name)
+        where, params = compile_filter(self.spec, filter)
+        query_params = {**params, "q": as_query_vector(vector, vf), "k": k, "candidates": k * vf.params.get("oversample", 1)}
+        with conn.transaction():
+            self._apply_query_settings(conn, vf, k, where is not None, options)
+            rows = conn.execute(self.knn_sql(vf, where, exact=options.exact), query_params).fetchall()
+        names = [self.spec.key_field] + self.retrievable
+        hits = []
+        for row in rows:
+            distance = row[-1]
+            if distance is None:
+                continue
+            distance = float(distance)
+            document = dict(zip(names[1:], row[1:-1]))
+            hits.append(Hit(row[0], similarity(vf.exact_metric, distance, vf.dims), distance, document))
+        result = SearchResult(hits=hits, k=k)
+        if len(hits) < k:
+            matching = self._count_matching(conn, vf, where, params, limit=k)
+            result.complete = False
+            result.matching = matching
+            result.reason = "scan_limit" if matching > len(hits) else "fewer_matches"
+        return result
+
+    def _count_matching(
+        self, conn: psycopg.Connection, vf: VectorField, where: sql.Composable | None, params: dict, limit: int
+    ) -> int:
+        """How many rows (up to `limit`) have this vector and pass the filter."""
+        condition = sql.SQL("{} IS NOT NULL").format(sql.Identifier(vf.name))
+        if where is not None:
+            condition = sql.SQL("{} AND {}").format(condition, where)
+        query = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} LIMIT %(limit)s) AS matching").format(
+            self.table, condition
+        )
+        return conn.execute(query, {**params, "limit": limit}).fetchone()[0]
+
+    def explain(
+        self,
+        conn: psycopg.Connection,
+        field_name: str | None,
+        vector: Any,
+        k: int,
+        *,
+        filter: Filter | None = None,
+        options: QueryOptions = QueryOptions(),
+        analyze: bool = False,
+    ) -> str:
+        vf = self.spec.vector_field(field_name)
+        where, params = compile_filter(self.spec, filter)
+        query_params = {**params, "q": as_query_vector(vector, vf), "k": k, "candidates": k * vf.params.get("oversample", 1)}
+        prefix = sql.SQL("EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN ")
+        with conn.transaction():
+            self._apply_query_settings(conn, vf, k, where is not None, options)
+            rows = conn.execute(prefix + self.knn_sql(vf, where, exact=options.exact), query_params).fetchall()
+        return "\n".join(row[0] for row in rows)
+
+    # -- sizes -------------------------------------------------------------------------------------------------------
+    def stats(self, conn: psycopg.Connection) -> dict[str, Any]:
+        name = self.table.as_string(conn)
+        rows = self.count(conn)
+        table_bytes, total_bytes = conn.execute(
+            "SELECT pg_table_size(%s::regclass), pg_total_relation_size(%s::regclass)", (name, name)
+        ).fetchone()
+        fields = {}
+        for vf in self.spec.vector_fields:
+            index_name = sql.Identifier(self.ann_index_name(vf)).as_string(conn)
+            index_bytes = conn.execute(
+                "SELECT CASE WHEN to_regclass(%s) IS NULL THEN NULL ELSE pg_relation_size(to_regclass(%s)) END",
+                (index_name, index_name),
+            ).fetchone()[0]
+            fields[vf.name] = {
+                "dims": vf.dims,
+                "metric": vf.metric,
+                "storage": vf.storage,
+                "algorithm": vf.algorithm,
+                "params": vf.params,
+                "model_id": vf.model_id,
+                "ann_index": self.ann_index_name(vf) if index_bytes is not None else None,
+                "ann_index_bytes": index_bytes,
+                "tuned": self.spec.tuned(vf.name) or None,
+            }
+        return {
+            "index": self.spec.name,
+            "rows": rows,
+            "table_bytes": table_bytes,
+            "total_bytes": total_bytes,
+            "vector_fields": fields,
+        }
+
+
+def _checked_vector(value: Any, vf: VectorField, key: Any) -> Vector | HalfVector:
+    array = np.asarray(value, dtype=np.float32).reshape(-1)
+    if array.shape[0] != vf.dims:
+        raise ValueError(f"document {key!r}: vector field {vf.name!r} needs {vf.dims} dimensions, got {array.shape[0]}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"document {key!r}: vector field {vf.name!r} contains NaN or infinite values")
+    return HalfVector(array) if vf.column_type == "halfvec" else Vector(array)
+
+
+def _maintenance_work_mem_mb(rows: int, vf: VectorField) -> int:
+    """Enough memory for the graph/lists to be built in memory (much faster), within sane bounds."""
+    import psutil
+
+    bytes_per_element = {"vector": 4, "halfvec": 2, "bit": 1 / 8}[vf.storage] * vf.dims
+    per_row = bytes_per_element + 2 * vf.params.get("m", 16) * 6 + 96
+    wanted_mb = int(rows * per_row * 1.3 / MB) + 64
+    ceiling_mb = max(64, int(psutil.virtual_memory().total / MB / 4))
+    return max(64, min(wanted_mb, ceiling_mb, 4096))
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
