@@ -3,45 +3,19 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from pixsearch.cli.indexes import evaluate_cmd, indexes_app, stats_cmd, tune_cmd, vectors_app
+from pixsearch.cli.common import EXIT_OK, EXIT_PARTIAL, IndexOption, err, fail, open_engine, out
 from pixsearch.service import Engine, Query
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic image search on PostgreSQL + pgvector.")
-out = Console()
-err = Console(stderr=True, soft_wrap=True)  # paths stay on one line for grep and scripts
-
-# Exit statuses scripts can rely on.
-EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
-
-IndexOption = typer.Option(None, "--index", "-i", help="Index name (default: photos, or PIXSEARCH_INDEX).")
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(EXIT_ERROR)
-
-
-@contextmanager
-def _engine(index: str | None) -> Iterator[Engine]:
-    """Open the engine; turn the errors a user can fix into one clear line instead of a traceback."""
-    from pixsearch.db import DatabaseError
-    from pixsearch.ingest.decode import DecodeError
-    from pixsearch.models.base import ModelNotAvailableError
-    from pixsearch.store import IndexNotFoundError
-
-    try:
-        with Engine(index=index) as engine:
-            yield engine
-    except (DatabaseError, IndexNotFoundError, ModelNotAvailableError, DecodeError, ValueError) as exc:
-        raise _fail(str(exc).strip("'\"")) from None
 
 
 class _RichIngestProgress:
@@ -109,7 +83,7 @@ def index_cmd(
 
     Exit status 0 when every file was indexed, 3 when some files failed (they are listed), 1 on errors.
     """
-    with _engine(index) as engine:
+    with open_engine(index) as engine:
         status = _index_paths(engine, paths, index, prune, as_json)
     raise typer.Exit(status)
 
@@ -129,6 +103,8 @@ def _print_hits(query: str, hits) -> None:
 def search_cmd(
     text: Optional[str] = typer.Argument(None, help="What to look for, in words."),
     image: Optional[Path] = typer.Option(None, "--image", help="Find photos that look like this image file."),
+    vector: Optional[Path] = typer.Option(None, "--vector", help=".npy file holding one query vector."),
+    field: Optional[str] = typer.Option(None, help="Vector field to search with --vector."),
     k: int = typer.Option(10, "--k", "-k", min=1, max=1000, help="How many hits."),
     index: Optional[str] = IndexOption,
     batch: Optional[Path] = typer.Option(
@@ -136,28 +112,35 @@ def search_cmd(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print hits as JSON (id, path, score, ...)."),
 ) -> None:
-    """Search by text or by image. Scores: higher is more similar (cosine similarity)."""
+    """Search by text, by image or by a raw vector. Scores: higher is more similar (cosine similarity for photos)."""
+    given = [name for name, value in (("text", text), ("--image", image), ("--vector", vector), ("--batch", batch))
+             if value]
+    if len(given) > 1:
+        raise fail(f"give one of search text, --image, --vector or --batch, not both {' and '.join(given)}")
     if batch is not None:
-        if text or image:
-            raise _fail("--batch cannot be combined with a query text or --image")
-        with _engine(index) as engine:
+        with open_engine(index) as engine:
             raise typer.Exit(_search_batch(engine, index, batch, k))
-    if image is not None and text:
-        raise _fail("give either search text or --image, not both")
     query = Query(image=image) if image is not None else Query(text=text)
-    with _engine(index) as engine:
-        hits = engine.index(index).search(query, k=k)
+    with open_engine(index) as engine:
+        idx = engine.index(index)
+        if vector is not None:
+            result = idx.search_vector(_load_vector(vector), k, field=field)
+        else:
+            result = idx.search(query, k=k)
+    if not result.complete:
+        why = {"fewer_matches": "no more rows match", "scan_limit": "the index scan reached its limit"}
+        err.print(f"note: {len(result.hits)} of {k} hits: {why.get(result.reason, result.reason)}", highlight=False)
     if as_json:
-        print(json.dumps([h.to_json() for h in hits]))
+        print(json.dumps([h.to_json() for h in result]))
     else:
-        _print_hits(query.describe(), hits)
+        _print_hits(str(vector) if vector is not None else query.describe(), result)
 
 
 def _search_batch(engine: Engine, index: str | None, batch: Path, k: int) -> int:
     try:
         lines = [line for line in batch.read_text(encoding="utf-8").splitlines() if line.strip()]
     except OSError as exc:
-        raise _fail(f"cannot read batch file {batch}: {exc.strerror or exc}") from None
+        raise fail(f"cannot read batch file {batch}: {exc.strerror or exc}") from None
     idx = engine.index(index)
     status = EXIT_OK
     for line in lines:
@@ -177,13 +160,32 @@ def _search_batch(engine: Engine, index: str | None, batch: Path, k: int) -> int
 def explain_cmd(
     text: Optional[str] = typer.Argument(None),
     image: Optional[Path] = typer.Option(None, "--image"),
+    vector: Optional[Path] = typer.Option(None, "--vector", help=".npy file holding one query vector."),
+    field: Optional[str] = typer.Option(None, help="Vector field (with --vector)."),
     k: int = typer.Option(10, "--k", "-k", min=1, max=1000),
     index: Optional[str] = IndexOption,
+    analyze: bool = typer.Option(False, "--analyze", help="Run the query and show actual times (EXPLAIN ANALYZE)."),
 ) -> None:
-    """Show the PostgreSQL plan of a search (is the ANN index used?)."""
-    query = Query(image=image) if image is not None else Query(text=text)
-    with _engine(index) as engine:
-        print(engine.index(index).explain(query, k=k))
+    """Show the PostgreSQL plan of a search and whether the ANN index is used."""
+    with open_engine(index) as engine:
+        idx = engine.index(index)
+        if vector is not None:
+            plan = idx.explain(vector=_load_vector(vector), field=field, k=k, analyze=analyze)
+        else:
+            query = Query(image=image) if image is not None else Query(text=text)
+            plan = idx.explain(query, k=k, analyze=analyze)
+    print(plan)
+    used = [name for name in idx.table.ann_index_names() if f"Index Scan using {name}" in plan]
+    err.print(f"ANN index used: {used[0]}" if used else "ANN index not used: exact scan", highlight=False)
+
+
+def _load_vector(path: Path):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False).reshape(-1)
+    except (OSError, ValueError) as exc:
+        raise fail(f"cannot read vector file {path}: {exc}") from None
 
 
 @app.command("demo")
@@ -194,7 +196,7 @@ def demo_cmd(
     """Index the bundled sample photos and run a few example searches."""
     from pixsearch.samples import DEMO_QUERIES, write_samples
 
-    with _engine(index) as engine:
+    with open_engine(index) as engine:
         folder = engine.settings.home / "samples"
         written = write_samples(folder)
         err.print(f"{len(written)} sample photos in {folder}", highlight=False)
@@ -205,6 +207,13 @@ def demo_cmd(
         example = next((p for p in written if "chelsea" in p.name), written[0])
         _print_hits(f"more like {example.name}", idx.search(Query(image=example), k=k))
     raise typer.Exit(status)
+
+
+app.add_typer(indexes_app, name="indexes")
+app.add_typer(vectors_app, name="vectors")
+app.command("stats")(stats_cmd)
+app.command("evaluate")(evaluate_cmd)
+app.command("tune")(tune_cmd)
 
 
 def main() -> None:  # pragma: no cover - console entry point is `app`

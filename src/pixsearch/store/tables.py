@@ -135,6 +135,9 @@ class DocumentTable:
     def ann_index_name(self, vf: VectorField) -> str:
         return f"{self.spec.table_name}_{vf.name}_{vf.algorithm}"
 
+    def ann_index_names(self) -> list[str]:
+        return [self.ann_index_name(vf) for vf in self.spec.vector_fields if vf.algorithm != "exact"]
+
     def _indexed_expression(self, vf: VectorField, query: sql.Composable | None = None) -> sql.Composable:
         """The column (or for bit storage its binary quantisation) as the ANN index sees it; with `query`, the
         matching expression for the query vector."""
