@@ -59,7 +59,7 @@ def test_errors_are_one_clear_line_not_a_traceback(home, tmp_path):
     assert bad_db.returncode == 1
     assert "cannot connect" in bad_db.stderr and "secret" not in bad_db.stderr and "Traceback" not in bad_db.stderr
 
-    both = run_cli("search", "cat", "--image", str(tmp_path / "x.jpg"), home=home)
+    both = run_cli("search", "cat", "--vector", str(tmp_path / "x.npy"), home=home)
     assert both.returncode == 1 and "not both" in both.stderr
 
 

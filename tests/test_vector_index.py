@@ -142,8 +142,11 @@ def test_a_tiny_scan_limit_is_reported(filtered_index):
 
 @pytest.mark.parametrize("algorithm, params", [("hnsw", {"m": 6, "ef_construction": 12}), ("ivfflat", {"lists": 50})])
 def test_tune_reaches_the_target_and_later_searches_use_it(engine, index_name, algorithm, params):
-    data = clustered(6000, 48, 300, seed=5)
-    data += np.random.default_rng(9).normal(size=data.shape).astype(np.float32) * 1.5  # make neighbours hard
+    if algorithm == "hnsw":
+        data = clustered(6000, 48, 300, seed=5)
+        data += np.random.default_rng(9).normal(size=data.shape).astype(np.float32) * 1.5  # make neighbours hard
+    else:  # no cluster structure, so one list of 50 cannot hold a query's neighbours
+        data = np.random.default_rng(5).normal(size=(6000, 48)).astype(np.float32)
     idx = engine.create_index(index_name, [VectorField("v", 48, metric="l2", algorithm=algorithm, params=params)])
     idx.add_vectors([str(i) for i in range(len(data))], data)
     if algorithm == "ivfflat":
@@ -163,12 +166,25 @@ def test_tune_reaches_the_target_and_later_searches_use_it(engine, index_name, a
 
 
 def test_an_unreachable_target_is_reported_not_hidden(engine, index_name):
-    data = clustered(6000, 48, 300, seed=5)
+    # Big enough that the planner keeps the (poor, m=4) HNSW index even at ef_search 1000 instead of a full scan.
+    data = clustered(30000, 48, 1500, seed=5)
     data += np.random.default_rng(9).normal(size=data.shape).astype(np.float32) * 1.5
     idx = engine.create_index(index_name, [VectorField("v", 48, metric="l2", params={"m": 4, "ef_construction": 8})])
+    idx.drop_ann_indexes()  # bulk load first, then one build: the fast way to fill an HNSW index
     idx.add_vectors([str(i) for i in range(len(data))], data)
-    tuned = idx.tune(0.99, k=10, sample=30)["tuned"]
+    idx.build()
+    report = idx.tune(0.99, k=10, sample=20)
+    tuned = report["tuned"]
     assert not tuned["reached"] and tuned["recall"] < 0.99 and tuned["ef_search"] == 1000
+    assert all(t["index_used"] for t in report["tried"])
+
+
+def test_evaluate_says_when_the_planner_prefers_an_exact_scan(engine, index_name):
+    data = clustered(6000, 48, 300, seed=5)
+    idx = engine.create_index(index_name, [VectorField("v", 48, metric="l2", params={"m": 4, "ef_construction": 8})])
+    idx.add_vectors([str(i) for i in range(len(data))], data)
+    assert idx.evaluate(k=10, sample=5, options=QueryOptions(ef_search=40)).index_used
+    assert not idx.evaluate(k=10, sample=5, options=QueryOptions(ef_search=1000)).index_used
 
 
 def test_ivfflat_refuses_to_build_empty_and_searches_exactly_until_built(engine, index_name, data):

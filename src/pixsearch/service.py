@@ -16,6 +16,8 @@ from pixsearch.ingest.decode import read_and_decode
 from pixsearch.models import load_embedder
 from pixsearch.models.base import Embedder
 from pixsearch.search import evaluation
+from pixsearch.search.request import SearchRequest, SearchResponse
+from pixsearch.search.request import run as run_request
 from pixsearch.store import (
     PHOTO_FIELDS,
     DocumentTable,
@@ -234,6 +236,8 @@ class Index:
             written += len(rows)
             if progress:
                 progress(len(rows))
+        with self.db.connection() as conn:
+            self.table.analyze(conn)
         return written
 
     def get(self, ids: Sequence[str], *, vectors: bool = True) -> dict[str, dict[str, Any]]:
@@ -269,10 +273,19 @@ class Index:
             if vf.algorithm == "exact":
                 continue
             info = self.table.build_index(self.db, vf, progress=progress)
+            with self.db.connection() as conn:
+                self.table.analyze(conn)
             built.append(info)
             self.spec = update_settings(self.db, self.name, {"built": {vf.name: info}})
             self.table = DocumentTable(self.spec)
         return built
+
+    def drop_ann_indexes(self, field: str | None = None) -> list[str]:
+        """Drop the ANN index of one or all vector fields, e.g. before a bulk add_vectors: inserting into a live HNSW
+        graph is far slower than one build() afterwards. Until then searches of those fields scan exactly."""
+        targets = [self.spec.vector_field(field)] if field else list(self.spec.vector_fields)
+        with self.db.connection() as conn:
+            return [self.table.ann_index_name(vf) for vf in targets if self.table.drop_ann_index(conn, vf)]
 
     # -- search ----------------------------------------------------------------------------------------------------
     def query_vector(self, query: Query) -> tuple[str, np.ndarray]:
@@ -286,18 +299,30 @@ class Index:
             raise ValueError("empty query: give search text or --image FILE")
         return embedder.text_space, embedder.embed_texts([text])[0]
 
+    def query(self, request: SearchRequest) -> SearchResponse:
+        """The full search: query expressions, filters, vector/keyword/hybrid modes, cutoffs, sorting, paging,
+        facets (see search/request.py)."""
+        return run_request(self, request)
+
     def search(
         self,
         query: Query | str,
         k: int = 10,
         *,
-        filter: Filter | None = None,
+        filter: str | Filter | None = None,
+        mode: str | None = None,
         options: QueryOptions | None = None,
-    ) -> SearchResult:
+    ) -> SearchResponse:
+        """Search by text (an expression: plain text, or terms like `"beach" + "sunset" - "people"`) or by image."""
         if isinstance(query, str):
             query = Query(text=query)
-        field_name, vector = self.query_vector(query)
-        return self.search_vector(vector, k, field=field_name, filter=filter, options=options)
+        if query.image is None and not (query.text or "").strip():
+            raise ValueError("empty query: give search text or --image FILE")
+        request = SearchRequest(text=query.text, image=query.image, filter=filter, mode=mode, top=k,
+                                options=options or QueryOptions())
+        if not 1 <= k <= MAX_K:
+            raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
+        return self.query(request)
 
     def search_vector(
         self,
@@ -360,7 +385,7 @@ class Index:
         if chosen is None:
             raise SchemaError("the index is empty: nothing to tune on")
         tuned = {**chosen.settings, "target_recall": target_recall, "recall": round(chosen.recall, 4), "k": k,
-                 "reached": reached}
+                 "reached": reached, "index_used": chosen.index_used}
         self.spec = update_settings(self.db, self.name, {"tuned": {vf.name: tuned}})
         self.table = DocumentTable(self.spec)
         return {"field": vf.name, "tuned": tuned, "tried": [t.to_json() for t in tried]}

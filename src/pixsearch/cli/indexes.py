@@ -266,7 +266,9 @@ def evaluate_cmd(
     else:
         out.print(f"{idx.name}.{result.field}: recall@{k} {result.recall:.3f} over {result.queries} queries; "
                   f"ANN p50 {result.ann_ms_p50:.2f} ms (p95 {result.ann_ms_p95:.2f}), exact p50 "
-                  f"{result.exact_ms_p50:.2f} ms", highlight=False)
+                  f"{result.exact_ms_p50:.2f} ms"
+                  + ("" if result.index_used else " (the planner chose an exact scan at these settings)"),
+                  highlight=False)
 
 
 def tune_cmd(
@@ -285,7 +287,8 @@ def tune_cmd(
         print_json(report)
         return
     for tried in report["tried"]:
-        out.print(f"  {tried['settings']}: recall {tried['recall']:.3f}, p50 {tried['ann_ms_p50']:.2f} ms",
+        note = "" if tried["index_used"] else " (planner chose an exact scan)"
+        out.print(f"  {tried['settings']}: recall {tried['recall']:.3f}, p50 {tried['ann_ms_p50']:.2f} ms{note}",
                   highlight=False)
     tuned = report["tuned"]
     verdict = "reached" if tuned["reached"] else "NOT reached (best setting stored)"

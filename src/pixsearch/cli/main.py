@@ -13,6 +13,8 @@ from rich.table import Table
 
 from pixsearch.cli.indexes import evaluate_cmd, indexes_app, stats_cmd, tune_cmd, vectors_app
 from pixsearch.cli.common import EXIT_OK, EXIT_PARTIAL, IndexOption, err, fail, open_engine, out
+from pixsearch.search.ranking import Cutoff
+from pixsearch.search.request import SearchRequest
 from pixsearch.service import Engine, Query
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic image search on PostgreSQL + pgvector.")
@@ -99,41 +101,89 @@ def _print_hits(query: str, hits) -> None:
     out.print(table)
 
 
+def _parse_cutoff(min_score: float | None, cutoff: str | None) -> Cutoff:
+    if cutoff is None:
+        return Cutoff(min_score=min_score)
+    if cutoff == "gap":
+        return Cutoff(min_score=min_score, gap=True)
+    if cutoff.startswith("relative:"):
+        try:
+            fraction = float(cutoff.split(":", 1)[1])
+        except ValueError:
+            fraction = -1.0
+        if 0 < fraction <= 1:
+            return Cutoff(min_score=min_score, relative=fraction)
+    raise fail(f"--cutoff {cutoff!r}: use 'gap' or 'relative:F' with 0 < F <= 1")
+
+
+def _parse_sort(sort: list[str]) -> list[tuple[str, bool]]:
+    keys = []
+    for item in sort:
+        parts = item.split()
+        if not 1 <= len(parts) <= 2 or (len(parts) == 2 and parts[1].lower() not in ("asc", "desc")):
+            raise fail(f"--sort {item!r}: use 'FIELD' or 'FIELD asc|desc'")
+        keys.append((parts[0], len(parts) == 2 and parts[1].lower() == "desc"))
+    return keys
+
+
 @app.command("search")
 def search_cmd(
-    text: Optional[str] = typer.Argument(None, help="What to look for, in words."),
+    text: Optional[str] = typer.Argument(
+        None, help='Words, or an expression: "beach" + "sunset" - "people", 2:"red car", image:PATH, id:KEY, ids:A,B.'
+    ),
     image: Optional[Path] = typer.Option(None, "--image", help="Find photos that look like this image file."),
     vector: Optional[Path] = typer.Option(None, "--vector", help=".npy file holding one query vector."),
-    field: Optional[str] = typer.Option(None, help="Vector field to search with --vector."),
-    k: int = typer.Option(10, "--k", "-k", min=1, max=1000, help="How many hits."),
+    ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated stored ids: more like these."),
+    field: Optional[str] = typer.Option(None, help="Vector field to search (default: from the query)."),
+    k: int = typer.Option(10, "--k", "-k", "--top", min=1, max=1000, help="How many hits (per page)."),
+    skip: int = typer.Option(0, "--skip", min=0, max=999, help="Hits to skip (paging)."),
+    filter_: Optional[str] = typer.Option(
+        None, "--filter", help="OData filter, e.g. \"width ge 1000 and tags/any(t: t eq 'dog')\"."
+    ),
+    mode: Optional[str] = typer.Option(None, "--mode", help="vector | keyword | hybrid (default hybrid for text)."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits scoring below this."),
+    cutoff: Optional[str] = typer.Option(None, "--cutoff", help="'gap' (cut after the largest score drop) or "
+                                         "'relative:F' (keep scores >= F x best)."),
+    sort: List[str] = typer.Option([], "--sort", help="'FIELD [asc|desc]', applied after the relevance cut."),
+    facet: List[str] = typer.Option([], "--facet", help="Count values: tags, folder, camera, 'taken_at,interval:year'."),
     index: Optional[str] = IndexOption,
     batch: Optional[Path] = typer.Option(
         None, "--batch", help="File with one query per line (text, or image:PATH); one JSON line of hits per query."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print hits as JSON (id, path, score, ...)."),
+    as_json: bool = typer.Option(False, "--json", help="Print hits as a JSON array (with --facet: an object)."),
 ) -> None:
-    """Search by text, by image or by a raw vector. Scores: higher is more similar (cosine similarity for photos)."""
+    """Search by text, image, stored ids or a raw vector, with filters, cutoffs, sorting, paging and facets.
+
+    Scores: higher is more similar (cosine similarity in vector mode, fused RRF score in hybrid mode)."""
     given = [name for name, value in (("text", text), ("--image", image), ("--vector", vector), ("--batch", batch))
              if value]
-    if len(given) > 1:
+    if batch is not None and len(given) > 1:
+        raise fail("--batch cannot be combined with other queries")
+    if vector is not None and len(given) > 1:
         raise fail(f"give one of search text, --image, --vector or --batch, not both {' and '.join(given)}")
     if batch is not None:
         with open_engine(index) as engine:
             raise typer.Exit(_search_batch(engine, index, batch, k))
-    query = Query(image=image) if image is not None else Query(text=text)
+    request = SearchRequest(
+        text=text, image=image, ids=[i for i in (ids or "").split(",") if i] or None,
+        vector=_load_vector(vector) if vector is not None else None, field=field, filter=filter_, mode=mode,
+        top=k, skip=skip, cutoff=_parse_cutoff(min_score, cutoff), sort=_parse_sort(sort), facets=facet,
+    )
     with open_engine(index) as engine:
-        idx = engine.index(index)
-        if vector is not None:
-            result = idx.search_vector(_load_vector(vector), k, field=field)
-        else:
-            result = idx.search(query, k=k)
-    if not result.complete:
+        result = engine.index(index).query(request)
+    if not result.complete and len(result.hits) < k:
         why = {"fewer_matches": "no more rows match", "scan_limit": "the index scan reached its limit"}
         err.print(f"note: {len(result.hits)} of {k} hits: {why.get(result.reason, result.reason)}", highlight=False)
-    if as_json:
-        print(json.dumps([h.to_json() for h in result]))
+    if as_json and facet:
+        print(json.dumps({"value": [h.to_json() for h in result], "count": result.total, "facets": result.facets,
+                          "mode": result.mode}, default=str))
+    elif as_json:
+        print(json.dumps([h.to_json() for h in result], default=str))
     else:
-        _print_hits(str(vector) if vector is not None else query.describe(), result)
+        label = " + ".join(str(p) for p in (text, image, ids, vector) if p)
+        _print_hits(f"{label} ({result.mode})", result)
+        for name, counts in result.facets.items():
+            out.print(f"[bold]{name}[/]: " + ", ".join(f"{c['value']} ({c['count']})" for c in counts), highlight=False)
 
 
 def _search_batch(engine: Engine, index: str | None, batch: Path, k: int) -> int:

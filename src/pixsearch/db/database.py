@@ -8,6 +8,7 @@ from typing import Iterator
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from pixsearch.config import Settings
@@ -15,6 +16,8 @@ from pixsearch.config import Settings
 log = logging.getLogger(__name__)
 
 MIN_PGVECTOR = (0, 8, 0)
+# Keyword search: unaccent folds accents, pg_trgm matches partial file names. Both ship in PostgreSQL's contrib.
+KEYWORD_EXTENSIONS = ("unaccent", "pg_trgm")
 
 
 class DatabaseError(RuntimeError):
@@ -64,6 +67,19 @@ def ensure_extensions(conninfo: str) -> str:
                 f"pgvector {version} is too old: pixsearch needs >= 0.8.0 (iterative index scans). Upgrade the "
                 "server package, then run: ALTER EXTENSION vector UPDATE;"
             )
+        for name in KEYWORD_EXTENSIONS:
+            try:
+                conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(name)))
+            except (psycopg.errors.UndefinedFile, psycopg.errors.FeatureNotSupported):
+                raise DatabaseError(
+                    f"the PostgreSQL server lacks the {name} extension (keyword search needs pg_trgm and unaccent): "
+                    "install the server's contrib package (e.g. postgresql-contrib)"
+                ) from None
+            except psycopg.errors.InsufficientPrivilege:
+                raise DatabaseError(
+                    f"this user may not enable the {name} extension. Ask an administrator to run: "
+                    f"CREATE EXTENSION {name};"
+                ) from None
         return version
 
 

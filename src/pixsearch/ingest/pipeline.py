@@ -140,6 +140,9 @@ def ingest_paths(
             touch(conn, table, touched)
     if prune:
         report.removed = _prune(db, table, roots)
+    if report.added or report.updated or report.removed:
+        with db.connection() as conn:
+            table.analyze(conn)
     report.elapsed_seconds = time.perf_counter() - started
     return report
 

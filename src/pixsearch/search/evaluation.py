@@ -25,6 +25,9 @@ class Evaluation:
     ann_ms_p95: float
     exact_ms_p50: float
     settings: dict[str, Any] = field(default_factory=dict)
+    # Whether the planner used the ANN index at these settings: on small tables a large ef_search can make the
+    # exact scan cheaper, and then the recall measured is the exact scan's.
+    index_used: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {key: (round(v, 4) if isinstance(v, float) else v) for key, v in self.__dict__.items()}
@@ -67,6 +70,11 @@ def evaluate(
         if expected:
             recalls.append(recall_at_k(found, expected))
     settings = {key: value for key, value in (("ef_search", options.ef_search), ("probes", options.probes)) if value}
+    index_used = True
+    if truth.queries:
+        with db.connection() as conn:
+            plan = table.explain(conn, vf.name, truth.queries[0], k, options=options)
+        index_used = f"Index Scan using {table.ann_index_name(vf)}" in plan
     return Evaluation(
         field=vf.name,
         k=k,
@@ -76,6 +84,7 @@ def evaluate(
         ann_ms_p95=float(np.percentile(times, 95)) if times else 0.0,
         exact_ms_p50=float(np.percentile(truth.exact_ms, 50)) if truth.exact_ms else 0.0,
         settings=settings,
+        index_used=index_used,
     )
 
 

@@ -1,5 +1,5 @@
 """All SQL lives here. Identifiers reach SQL through psycopg.sql, values through parameters."""
-from pixsearch.store.filters import And, AnyEq, Compare, Filter, FilterError, In, Not, Or
+from pixsearch.store.filters import And, AnyEq, Compare, Filter, FilterError, In, Not, Or, Prefix
 from pixsearch.store.photos import PhotoRecord, StoredState
 from pixsearch.store.registry import (
     IndexExistsError,
@@ -32,6 +32,7 @@ __all__ = [
     "Not",
     "Or",
     "PhotoRecord",
+    "Prefix",
     "QueryOptions",
     "SchemaError",
     "SearchResult",

@@ -30,6 +30,14 @@ class In:
 
 
 @dataclass(frozen=True)
+class Prefix:
+    """A string field starts with `prefix` (OData startswith): folder and path prefixes."""
+
+    field: str
+    prefix: str
+
+
+@dataclass(frozen=True)
 class AnyEq:
     """A collection field holds an element satisfying `element op value` (OData `tags/any(t: t eq 'dog')`)."""
 
@@ -53,7 +61,7 @@ class Not:
     item: "Filter"
 
 
-Filter = Union[Compare, In, AnyEq, And, Or, Not]
+Filter = Union[Compare, In, Prefix, AnyEq, And, Or, Not]
 
 
 class FilterError(ValueError):
@@ -122,6 +130,13 @@ class _Compiler:
             for value in node.values:
                 _check_value(f, value)
             return sql.SQL("{} = ANY({})").format(sql.Identifier(f.name), self.param(list(node.values)))
+        if isinstance(node, Prefix):
+            f = self.filterable(node.field)
+            if f.type != "string":
+                raise FilterError(f"startswith needs a string field; {f.name!r} is {f.type}")
+            if not isinstance(node.prefix, str) or not node.prefix:
+                raise FilterError("startswith needs a non-empty prefix")
+            return sql.SQL("starts_with({}, {})").format(sql.Identifier(f.name), self.param(node.prefix))
         if isinstance(node, AnyEq):
             f = self.filterable(node.field)
             if not f.type.endswith("[]"):

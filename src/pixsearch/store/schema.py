@@ -217,7 +217,7 @@ class IndexSpec:
             )
         if not self.vector_fields:
             raise SchemaError("an index needs at least one vector field")
-        names = [self.key_field, "indexed_at"] + [f.name for f in self.fields] + [v.name for v in self.vector_fields]
+        names = [self.key_field, "indexed_at", "search_text"] + [f.name for f in self.fields] + [v.name for v in self.vector_fields]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise SchemaError(f"field names used twice: {', '.join(duplicates)}")
@@ -247,7 +247,7 @@ def default_probes(lists: int) -> int:
 # The photo index: what ingest fills. Internal bookkeeping fields are not retrievable by default.
 PHOTO_FIELDS: tuple[Field, ...] = (
     Field("path", "string", filterable=True, sortable=True),
-    Field("folder", "string", filterable=True, facetable=True),
+    Field("folder", "string", filterable=True, facetable=True, searchable=True),
     Field("filename", "string", searchable=True, sortable=True),
     Field("content_hash", "string", retrievable=False),
     Field("size_bytes", "int", filterable=True, sortable=True),

@@ -24,6 +24,7 @@ from pixsearch.store.schema import (
 )
 
 DEFAULT_EF_SEARCH = 40
+SEARCH_TEXT = "search_text"  # the tsvector column keyword search reads, maintained on every write
 MAX_EF_SEARCH = 1000
 DEFAULT_MAX_SCAN_TUPLES = 20000
 MB = 1024 * 1024
@@ -37,6 +38,7 @@ class Hit:
     score: float
     distance: float
     document: dict[str, Any] = field(default_factory=dict)
+    subscores: dict[str, dict[str, float]] | None = None  # hybrid: per list {"rank", "score"}
 
     @property
     def path(self) -> str | None:
@@ -50,6 +52,10 @@ class Hit:
         out: dict[str, Any] = {"id": self.id, "score": self.score, "distance": self.distance}
         for key, value in self.document.items():
             out[key] = value.isoformat() if isinstance(value, datetime) else value
+        if self.subscores is not None:
+            out["subscores"] = self.subscores
+        if out["distance"] != out["distance"]:  # NaN: a keyword-only hit has no vector distance
+            out["distance"] = None
         return out
 
 
@@ -123,14 +129,51 @@ class DocumentTable:
         columns = [sql.SQL("{} text PRIMARY KEY").format(self.key)]
         columns += [sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(f.sql_type)) for f in self.spec.fields]
         columns.append(sql.SQL("indexed_at timestamptz NOT NULL DEFAULT now()"))
+        if self.searchable:
+            columns.append(sql.SQL("{} tsvector").format(sql.Identifier(SEARCH_TEXT)))
         for vf in self.spec.vector_fields:
             columns.append(
                 sql.SQL("{} {}({})").format(sql.Identifier(vf.name), sql.SQL(vf.column_type), sql.Literal(vf.dims))
             )
         conn.execute(sql.SQL("CREATE TABLE {} ({})").format(self.table, sql.SQL(", ").join(columns)))
+        self._create_keyword_indexes(conn)
         for vf in self.spec.vector_fields:
             if vf.algorithm == "hnsw":  # IVFFlat needs data for its centroids: built by build_index later
                 conn.execute(self._create_index_sql(vf, lists=None))
+
+    @property
+    def searchable(self) -> list:
+        return [f for f in self.spec.fields if f.searchable]
+
+    def _create_keyword_indexes(self, conn: psycopg.Connection) -> None:
+        """GIN on the full-text column; trigram GIN on searchable single strings (partial file names)."""
+        if not self.searchable:
+            return
+        name = self.spec.table_name
+        conn.execute(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gin ({})").format(
+                sql.Identifier(f"{name}_{SEARCH_TEXT}_gin"), self.table, sql.Identifier(SEARCH_TEXT)
+            )
+        )
+        for f in self.searchable:
+            if f.type == "string":
+                conn.execute(
+                    sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gin ({} gin_trgm_ops)").format(
+                        sql.Identifier(f"{name}_{f.name}_trgm"), self.table, sql.Identifier(f.name)
+                    )
+                )
+
+    def _document_text(self, source: sql.Composable) -> sql.Composable:
+        """SQL for the text keyword search sees: searchable fields, punctuation turned into spaces (file names
+        like IMG_2034-beach.jpg become words), arrays joined."""
+        parts = []
+        for f in self.searchable:
+            column = sql.SQL("{}.{}").format(source, sql.Identifier(f.name))
+            if f.type.endswith("[]"):
+                column = sql.SQL("array_to_string({}, ' ')").format(column)
+            parts.append(sql.SQL("regexp_replace(coalesce({}, ''), '[^[:alnum:]]+', ' ', 'g')").format(column))
+        text = sql.SQL("unaccent(concat_ws(' ', {}))").format(sql.SQL(", ").join(parts))
+        return sql.SQL("(to_tsvector('simple', {0}) || to_tsvector('english', {0}))").format(text)
 
     def ann_index_name(self, vf: VectorField) -> str:
         return f"{self.spec.table_name}_{vf.name}_{vf.algorithm}"
@@ -167,6 +210,12 @@ class DocumentTable:
     def ann_index_exists(self, conn: psycopg.Connection, vf: VectorField) -> bool:
         row = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(self.ann_index_name(vf)).as_string(conn),))
         return row.fetchone()[0] is not None
+
+    def drop_ann_index(self, conn: psycopg.Connection, vf: VectorField) -> bool:
+        """Drop the ANN index of one vector field if it exists; returns whether it did. build_index makes it again."""
+        existed = self.ann_index_exists(conn, vf)
+        conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.ann_index_name(vf))))
+        return existed
 
     def build_index(
         self,
@@ -276,14 +325,27 @@ class DocumentTable:
                                 value = _checked_vector(value, vector_types[name], row.get(self.spec.key_field))
                             values.append(value)
                         copy.write_row(values)
+            extra_names, extra_values = [sql.Identifier("indexed_at")], [sql.SQL("now()")]
+            if self.searchable:
+                extra_names.append(sql.Identifier(SEARCH_TEXT))
+                extra_values.append(self._document_text(staging))
             updates = sql.SQL(", ").join(
-                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names[1:] + ["indexed_at"]
+                sql.SQL("{0} = EXCLUDED.{0}").format(ident)
+                for ident in [sql.Identifier(n) for n in names[1:]] + extra_names
             )
             conn.execute(
                 sql.SQL(
-                    "INSERT INTO {t} ({cols}, indexed_at) SELECT {cols}, now() FROM {s} "
+                    "INSERT INTO {t} ({cols}, {extra_names}) SELECT {cols}, {extra_values} FROM {s} "
                     "ON CONFLICT ({key}) DO UPDATE SET {updates}"
-                ).format(t=self.table, cols=idents, s=staging, key=self.key, updates=updates)
+                ).format(
+                    t=self.table,
+                    cols=idents,
+                    extra_names=sql.SQL(", ").join(extra_names),
+                    extra_values=sql.SQL(", ").join(extra_values),
+                    s=staging,
+                    key=self.key,
+                    updates=updates,
+                )
             )
 
     def update_columns(self, conn: psycopg.Connection, key: str, values: dict[str, Any]) -> None:
@@ -300,6 +362,11 @@ class DocumentTable:
             return 0
         query = sql.SQL("DELETE FROM {} WHERE {} = ANY(%s)").format(self.table, self.key)
         return conn.execute(query, (list(ids),)).rowcount
+
+    def analyze(self, conn: psycopg.Connection) -> None:
+        """Refresh planner statistics after bulk writes, so the planner costs the ANN index against a real row count
+        instead of guessing (a guess can make it pick a full scan, or the index, by chance)."""
+        conn.execute(sql.SQL("ANALYZE {}").format(self.table))
 
     # -- reads -------------------------------------------------------------------------------------------------------
     def count(self, conn: psycopg.Connection) -> int:
@@ -421,6 +488,80 @@ class DocumentTable:
             result.matching = matching
             result.reason = "scan_limit" if matching > len(hits) else "fewer_matches"
         return result
+
+    def keyword_search(
+        self, conn: psycopg.Connection, text: str, limit: int, *, filter: Filter | None = None
+    ) -> list[tuple[str, float]]:
+        """Full-text (simple + english stems, accents folded) and trigram (partial names) matches, best first.
+
+        Score: ts_rank_cd of the full-text match plus the best word similarity of the text to a searchable string.
+        """
+        if not self.searchable:
+            raise SchemaError(f"index {self.spec.name!r} has no searchable fields: keyword search needs some")
+        where, params = compile_filter(self.spec, filter)
+        t = sql.Placeholder("text")
+        query = sql.SQL("(websearch_to_tsquery('simple', unaccent({t})) || websearch_to_tsquery('english', unaccent({t})))")
+        query = query.format(t=t)
+        strings = [sql.Identifier(f.name) for f in self.searchable if f.type == "string"]
+        similarity_terms = [sql.SQL("coalesce(word_similarity({}, {}), 0)").format(t, c) for c in strings]
+        similarity_sql = (
+            sql.SQL("greatest({})").format(sql.SQL(", ").join(similarity_terms)) if similarity_terms else sql.SQL("0")
+        )
+        matches = [sql.SQL("{} @@ {}").format(sql.Identifier(SEARCH_TEXT), query)]
+        matches += [sql.SQL("{} <%% {}").format(t, c) for c in strings]
+        condition = sql.SQL("({})").format(sql.SQL(" OR ").join(matches))
+        if where is not None:
+            condition = sql.SQL("{} AND {}").format(condition, where)
+        statement = sql.SQL(
+            "SELECT {key}, ts_rank_cd({st}, {query}) + {similarity} AS score FROM {t} WHERE {condition} "
+            "ORDER BY score DESC, {key} LIMIT %(limit)s"
+        ).format(
+            key=self.key, st=sql.Identifier(SEARCH_TEXT), query=query, similarity=similarity_sql, t=self.table,
+            condition=condition,
+        )
+        rows = conn.execute(statement, {**params, "text": text, "limit": limit}).fetchall()
+        return [(row[0], float(row[1])) for row in rows]
+
+    def fetch(self, conn: psycopg.Connection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Retrievable fields of the given documents."""
+        return self.select(conn, ids, self.retrievable) if ids else {}
+
+    def facet_counts(
+        self,
+        conn: psycopg.Connection,
+        field_name: str,
+        *,
+        interval: str | None = None,
+        limit: int = 10,
+        filter: Filter | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[tuple[Any, int]]:
+        """(value, count) pairs, most frequent first, over rows passing `filter` (and among `ids` when given).
+
+        Collections count each element; `interval` (year, month, day) buckets a datetime field.
+        """
+        f = self.spec.field(field_name)
+        if not f.facetable:
+            raise SchemaError(f"field {field_name!r} is not facetable in index {self.spec.name!r}")
+        where, params = compile_filter(self.spec, filter)
+        value = sql.Identifier(f.name)
+        if f.type.endswith("[]"):
+            value = sql.SQL("unnest({})").format(value)
+        elif interval is not None:
+            if f.type != "datetime" or interval not in ("year", "month", "day"):
+                raise SchemaError("interval (year, month, day) applies to datetime fields")
+            value = sql.SQL("date_trunc({}, {} AT TIME ZONE 'UTC')").format(sql.Literal(interval), value)
+        conditions = [sql.SQL("{} IS NOT NULL").format(sql.Identifier(f.name))]
+        if where is not None:
+            conditions.append(where)
+        if ids is not None:
+            conditions.append(sql.SQL("{} = ANY(%(facet_ids)s)").format(self.key))
+            params = {**params, "facet_ids": list(ids)}
+        statement = sql.SQL(
+            "SELECT value, count(*) AS n FROM (SELECT {value} AS value FROM {t} WHERE {cond}) AS v "
+            "WHERE value IS NOT NULL GROUP BY value ORDER BY n DESC, value LIMIT %(facet_limit)s"
+        ).format(value=value, t=self.table, cond=sql.SQL(" AND ").join(conditions))
+        return [(row[0], row[1]) for row in conn.execute(statement, {**params, "facet_limit": limit})]
 
     def _count_matching(
         self, conn: psycopg.Connection, vf: VectorField, where: sql.Composable | None, params: dict, limit: int
