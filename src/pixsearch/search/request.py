@@ -170,8 +170,6 @@ def resolve_vector(index: "Index", terms: Sequence[Term], field_name: str | None
                 raise ValueError(f"vector field {vf.name!r} has {vf.dims} dimensions, the query vector has {array.shape[0]}")
             vectors.append(array)
         weights.append(t.weight)
-    if len(vectors) == 1 and weights[0] == 1.0:
-        return field_name, np.asarray(vectors[0], dtype=np.float32)
     return field_name, combine(vectors, weights, normalise=vf.exact_metric == "cosine")
 
 
