@@ -16,6 +16,7 @@ from PIL import Image
 from pixsearch.search.expressions import Term, combine, parse_query
 from pixsearch.search.ranking import Cutoff, reciprocal_rank_fusion, sort_hits
 from pixsearch.store import Filter, Hit, QueryOptions, SchemaError
+from pixsearch.store.tables import HitList
 
 if TYPE_CHECKING:
     from pixsearch.service import Index
@@ -56,22 +57,13 @@ class SearchRequest:
 
 
 @dataclass
-class SearchResponse:
+class SearchResponse(HitList):
     hits: list[Hit]
     mode: str
     total: int  # relevant hits before paging (after the cut)
     complete: bool = True
     reason: str | None = None
     facets: dict[str, list[dict[str, Any]]] = dataclass_field(default_factory=dict)
-
-    def __iter__(self):
-        return iter(self.hits)
-
-    def __len__(self) -> int:
-        return len(self.hits)
-
-    def __getitem__(self, i):
-        return self.hits[i]
 
 
 def _validate(request: SearchRequest) -> None:

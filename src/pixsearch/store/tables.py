@@ -59,16 +59,10 @@ class Hit:
         return out
 
 
-@dataclass
-class SearchResult:
-    """Hits plus whether all k were found; when not, why: only `matching` rows pass the filter, or the
-    iterative index scan stopped at its limit (hnsw.max_scan_tuples / ivfflat.max_probes) before finding k."""
+class HitList:
+    """Lets a result be used as its list of hits: iterate, index, len()."""
 
     hits: list[Hit]
-    k: int
-    complete: bool = True
-    reason: str | None = None  # None | "fewer_matches" | "scan_limit"
-    matching: int | None = None
 
     def __iter__(self):
         return iter(self.hits)
@@ -78,6 +72,18 @@ class SearchResult:
 
     def __getitem__(self, i):
         return self.hits[i]
+
+
+@dataclass
+class SearchResult(HitList):
+    """Hits plus whether all k were found; when not, why: only `matching` rows pass the filter, or the
+    iterative index scan stopped at its limit (hnsw.max_scan_tuples / ivfflat.max_probes) before finding k."""
+
+    hits: list[Hit]
+    k: int
+    complete: bool = True
+    reason: str | None = None  # None | "fewer_matches" | "scan_limit"
+    matching: int | None = None
 
 
 @dataclass(frozen=True)
@@ -456,6 +462,20 @@ class DocumentTable:
                 set_local("ivfflat.iterative_scan", "relaxed_order")
                 set_local("ivfflat.max_probes", lists)
 
+    def _resolve(self, field_name: str | None, filter: Filter | None):
+        vf = self.spec.vector_field(field_name)
+        where, params = compile_filter(self.spec, filter)
+        return vf, where, params
+
+    def _run_knn(self, conn, vf, where, params, vector, k, options: QueryOptions, prefix: sql.Composable):
+        """Run the kNN statement (optionally EXPLAINed) with its ANN settings local to one transaction."""
+        query_params = {**params, "q": as_query_vector(vector, vf), "k": k,
+                        "candidates": k * vf.params.get("oversample", 1)}
+        with conn.transaction():
+            self._apply_query_settings(conn, vf, k, where is not None, options)
+            cursor = conn.execute(prefix + self.knn_sql(vf, where, exact=options.exact), query_params)
+            return cursor
+
     def search(
         self,
         conn: psycopg.Connection,
@@ -466,12 +486,8 @@ class DocumentTable:
         filter: Filter | None = None,
         options: QueryOptions = QueryOptions(),
     ) -> SearchResult:
-        vf = self.spec.vector_field(field_name)
-        where, params = compile_filter(self.spec, filter)
-        query_params = {**params, "q": as_query_vector(vector, vf), "k": k, "candidates": k * vf.params.get("oversample", 1)}
-        with conn.transaction():
-            self._apply_query_settings(conn, vf, k, where is not None, options)
-            rows = conn.execute(self.knn_sql(vf, where, exact=options.exact), query_params).fetchall()
+        vf, where, params = self._resolve(field_name, filter)
+        rows = self._run_knn(conn, vf, where, params, vector, k, options, sql.SQL("")).fetchall()
         names = [self.spec.key_field] + self.retrievable
         hits = []
         for row in rows:
@@ -586,13 +602,9 @@ class DocumentTable:
         options: QueryOptions = QueryOptions(),
         analyze: bool = False,
     ) -> str:
-        vf = self.spec.vector_field(field_name)
-        where, params = compile_filter(self.spec, filter)
-        query_params = {**params, "q": as_query_vector(vector, vf), "k": k, "candidates": k * vf.params.get("oversample", 1)}
+        vf, where, params = self._resolve(field_name, filter)
         prefix = sql.SQL("EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN ")
-        with conn.transaction():
-            self._apply_query_settings(conn, vf, k, where is not None, options)
-            rows = conn.execute(prefix + self.knn_sql(vf, where, exact=options.exact), query_params).fetchall()
+        rows = self._run_knn(conn, vf, where, params, vector, k, options, prefix).fetchall()
         return "\n".join(row[0] for row in rows)
 
     # -- sizes -------------------------------------------------------------------------------------------------------
