@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-ann clean
 
 # torch is pinned and installed first: 2.13.0 is the local CPU wheel; letting a dependency resolve torch on its
 # own pulls a multi-GB CUDA build. foolbox is installed without its dependencies: we only read its sample photos.
@@ -25,6 +25,11 @@ test: install
 
 bench: install
 	$(BIN)/python bench/ingest.py
+
+# ANN benchmark (pgvector HNSW vs hnswlib vs exact numpy on 400k GloVe vectors); BENCH_ARGS='--rows 50000' for a quick one.
+bench-ann: install
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
+	$(BIN)/python bench/ann.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV)

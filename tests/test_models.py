@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import io
+import json
+import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +16,12 @@ skimage_data = pytest.importorskip("skimage.data")
 from pixsearch.models import Embedder, ModelNotAvailableError, load_embedder  # noqa: E402
 from pixsearch.models import efficientnet_lite as lite  # noqa: E402
 from pixsearch.models.imagenet_classes import load_imagenet_classes  # noqa: E402
+from pixsearch.models import onnx_backend  # noqa: E402
+from pixsearch.models import text as minilm  # noqa: E402
+from pixsearch.models.efficientnet_common import views_to_array  # noqa: E402
 from pixsearch.models.offline import SUPPORTED_VARIANTS, OfflineEmbedder  # noqa: E402
+
+needs_onnxruntime = pytest.mark.skipif(not onnx_backend.onnxruntime_available(), reason="onnxruntime not installed")
 
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 COFFEE_CLASSES = {967, 968}  # espresso, cup
@@ -37,6 +46,12 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def embedder(cache_dir) -> OfflineEmbedder:
     return load_embedder("offline", cache_dir=cache_dir)
+
+
+@pytest.fixture(scope="session")
+def torch_embedder(cache_dir) -> OfflineEmbedder:
+    """The reference: same cache dir (so the same class-text cache), torch + sentence-transformers."""
+    return load_embedder("offline", cache_dir=cache_dir, backend="torch")
 
 
 @pytest.fixture(scope="session")
@@ -215,10 +230,186 @@ def test_class_cache_written_then_reused(embedder, embedded, cache_dir):
 
     fresh = OfflineEmbedder(cache_dir)
     table = fresh.class_text_embeddings()
-    assert fresh._text._model is None, "class embeddings were recomputed instead of read from the cache"
+    assert not fresh._text.loaded, "class embeddings were recomputed instead of read from the cache"
     np.testing.assert_array_equal(table, embedder.class_text_embeddings())
     assert path.stat().st_mtime_ns == stamp
 
     # A text query needs only the text model.
     fresh.embed_texts(["a dog"])
-    assert fresh._image_model is None
+    assert fresh._image_runner is None
+
+
+# -- backends: onnxruntime vs torch --------------------------------------------------------------------------------
+
+SENTENCES = [
+    "a cat",
+    "a photo of a cat",
+    "A PHOTO OF A CAT",
+    "a cup of coffee",
+    "",
+    "   ",
+    "dog",
+    "two dogs playing in the snow",
+    "a red sports car parked on a rainy street at night",
+    "an astronaut floating above the earth",
+    "a rocket launching from its pad",
+    "a motorcycle in a workshop",
+    "sunset over the ocean with silhouetted palm trees",
+    "a bowl of ramen with a soft-boiled egg",
+    "close-up of a bee on a sunflower",
+    "the Eiffel Tower in Paris",
+    "children laughing at a birthday party",
+    "snow-capped mountains reflected in a lake",
+    "a black-and-white portrait of an old man",
+    "my grandmother's kitchen, 1987",
+    "IMG_2041.JPG",
+    "receipt from the hardware store",
+    "screenshot of an error message",
+    "whiteboard with math equations: e^{i*pi} + 1 = 0",
+    "a tabby cat sleeping on a keyboard",
+    "espresso",
+    "a bird",
+    "birds",
+    "flock of seagulls over a harbour",
+    "café au lait in a ceramic mug",
+    "naïve résumé façade, Zürich",
+    "東京の夜景",
+    "北京烤鸭",
+    "Москва зимой",
+    "مدينة في الليل",
+    "emoji 🐱🐶☕",
+    "a    lot     of     spaces",
+    "tab\tseparated\nnewline text",
+    "MiXeD CaSe WoRdS",
+    "1234567890",
+    "100% organic, $4.99/lb!!!",
+    "https://example.com/photos/summer-2023?id=42",
+    "a spotted dog",
+    "people hiking through a forest trail in autumn",
+    "an x-ray of a broken wrist",
+    "a diagram of the solar system",
+    "the quick brown fox jumps over the lazy dog",
+    "lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore",
+    " ".join(f"word{i} photo of item {i}" for i in range(120)),  # well over 256 word pieces: truncated
+    "antidisestablishmentarianism " * 60,
+]
+
+
+@needs_onnxruntime
+def test_default_backend_is_onnx(embedder, embedded, cache_dir):
+    assert embedder.backend == "onnx"
+    assert embedder.active_backends == {"image": "onnx", "text": "onnx"}
+    exported = sorted(p.name for p in (cache_dir / "onnx").iterdir())
+    assert len(exported) == 2 and all(name.endswith(".onnx") for name in exported), exported
+    assert embedder.image_onnx_path.name.startswith("efficientnet-lite0-224-")
+    assert minilm.onnx_cache_path(cache_dir).name.startswith("all-minilm-l6-v2-")
+
+
+@needs_onnxruntime
+def test_onnx_text_matches_sentence_transformers(embedder, torch_embedder):
+    assert len(SENTENCES) == 50
+    fast = embedder.embed_texts(SENTENCES)
+    ref = torch_embedder.embed_texts(SENTENCES)
+    assert torch_embedder.active_backends["text"] == "torch" and embedder.active_backends["text"] == "onnx"
+    assert fast.shape == ref.shape == (50, 384) and fast.dtype == np.float32
+    cos = np.sum(fast * ref, axis=1)
+    assert cos.min() > 0.9999, sorted(zip(cos.round(6), SENTENCES))[:3]
+    # order independence of the length-sorted batching
+    np.testing.assert_allclose(embedder.embed_texts(SENTENCES[::-1])[::-1], fast, atol=1e-5)
+
+
+@needs_onnxruntime
+def test_onnx_image_matches_torch(embedder, torch_embedder, embedded, photos):
+    views = lite.stack_views([v for img in photos.values() for v in lite.make_views(img)])
+    f_onnx, lg_onnx = embedder._image_net()(views)
+    f_torch, lg_torch = torch_embedder._image_net()(views)
+    assert torch_embedder.active_backends["image"] == "torch"
+    np.testing.assert_allclose(f_onnx, f_torch, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(lg_onnx, lg_torch, atol=1e-3, rtol=0)
+    assert (lg_onnx.argmax(1) == lg_torch.argmax(1)).all()
+
+    ref = torch_embedder.embed_images(list(photos.values()))
+    for field in ("image", "semantic"):
+        np.testing.assert_allclose(embedded.vectors[field], ref.vectors[field], atol=1e-5)
+    assert [c[0].class_id for c in embedded.classes] == [c[0].class_id for c in ref.classes]
+
+
+def test_views_to_array_is_views_to_batch_without_torch():
+    views = list(lite.make_views(Image.fromarray(skimage_data.coffee())))
+    arr = views_to_array(views)
+    assert arr.dtype == np.float32 and arr.shape == (2, 3, 224, 224) and arr.flags.c_contiguous
+    np.testing.assert_array_equal(arr, lite.views_to_batch(views).numpy())
+
+
+@needs_onnxruntime
+def test_backend_does_not_change_ids_or_class_cache(embedder, torch_embedder):
+    assert torch_embedder.backend == "torch"
+    assert embedder.model_id == torch_embedder.model_id
+    assert embedder.spaces == torch_embedder.spaces
+    assert embedder.class_cache_path == torch_embedder.class_cache_path
+    with pytest.raises(ValueError, match="auto"):
+        load_embedder("offline", cache_dir=".", backend="tensorflow")
+
+
+@needs_onnxruntime
+def test_warm_cache_text_query_and_image_embedding_import_no_torch(embedder, embedded, cache_dir):
+    code = f"""
+import json, sys
+from PIL import Image
+from pixsearch.models import load_embedder
+e = load_embedder("offline", cache_dir={str(cache_dir)!r})
+q = e.embed_texts(["a cat"])
+heavy = ("torch", "transformers", "sentence_transformers")
+after_text = [m for m in heavy if m in sys.modules]
+r = e.embed_images([Image.new("RGB", (64, 48), (200, 30, 30))])
+print(json.dumps({{"text": after_text, "image": [m for m in heavy if m in sys.modules],
+                  "backends": e.active_backends, "q": q[0].tolist()}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["text"] == [] and result["image"] == [], result
+    assert result["backends"] == {"image": "onnx", "text": "onnx"}
+    np.testing.assert_allclose(result["q"], embedder.embed_texts(["a cat"])[0], atol=1e-6)
+
+
+@needs_onnxruntime
+def test_failed_export_falls_back_to_torch(tmp_path, monkeypatch, caplog, torch_embedder, photos):
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(lite, "export_onnx", broken)
+    monkeypatch.setattr(minilm, "export_onnx", broken)
+    emb = OfflineEmbedder(tmp_path)
+    assert emb.backend == "onnx"
+    views = lite.stack_views(list(lite.make_views(photos["chelsea"])))
+    with caplog.at_level(logging.WARNING, logger="pixsearch.models"):
+        feats, _ = emb._image_net()(views)
+        text = emb.embed_texts(["a cat"])
+    assert emb.active_backends == {"image": "torch", "text": "torch"}
+    assert sum("exporter exploded" in r.getMessage() and "using torch" in r.getMessage() for r in caplog.records) == 2
+    np.testing.assert_allclose(feats, torch_embedder._image_net()(views)[0], atol=1e-6)
+    np.testing.assert_allclose(text, torch_embedder.embed_texts(["a cat"]), atol=1e-6)
+    assert not list((tmp_path / "onnx").glob("*"))  # no partial files left behind
+
+
+@needs_onnxruntime
+def test_damaged_cached_export_is_redone(tmp_path, embedder, photos):
+    emb = OfflineEmbedder(tmp_path)
+    path = emb.image_onnx_path
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not an onnx model")
+    views = lite.stack_views(list(lite.make_views(photos["coffee"])))
+    feats, _ = emb._image_net()(views)
+    assert emb.active_backends["image"] == "onnx" and path.stat().st_size > 1_000_000
+    np.testing.assert_allclose(feats, embedder._image_net()(views)[0], atol=1e-6)
+
+
+def test_onnx_cache_name_tracks_source_and_settings(tmp_path):
+    src = tmp_path / "weights.bin"
+    src.write_bytes(b"abc")
+    a = onnx_backend.cache_file(tmp_path, "m", [src], {"resolution": 224})
+    assert a == onnx_backend.cache_file(tmp_path, "m", [src], {"resolution": 224})
+    assert a.parent == tmp_path / "onnx" and a.name.startswith("m-") and a.suffix == ".onnx"
+    assert a != onnx_backend.cache_file(tmp_path, "m", [src], {"resolution": 240})
+    src.write_bytes(b"abcd")
+    assert a != onnx_backend.cache_file(tmp_path, "m", [src], {"resolution": 224})

