@@ -413,3 +413,13 @@ def test_onnx_cache_name_tracks_source_and_settings(tmp_path):
     assert a != onnx_backend.cache_file(tmp_path, "m", [src], {"resolution": 240})
     src.write_bytes(b"abcd")
     assert a != onnx_backend.cache_file(tmp_path, "m", [src], {"resolution": 224})
+
+
+def test_prepared_views_embed_like_the_images(embedder, photos):
+    images = [photos["chelsea"], photos["coffee"]]
+    direct = embedder.embed_images(images)
+    prepared = embedder.embed_images([embedder.prepare_image(img) for img in images])
+    for name in ("image", "semantic"):
+        np.testing.assert_allclose(prepared.vectors[name], direct.vectors[name], atol=1e-6)
+    mixed = embedder.embed_images([embedder.prepare_image(images[0]), images[1]])
+    np.testing.assert_allclose(mixed.vectors["image"], direct.vectors["image"], atol=1e-6)

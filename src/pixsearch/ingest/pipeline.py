@@ -78,6 +78,7 @@ class _Work:
     file: FoundFile
     stored: StoredState | None
     decoded: DecodedImage | None = None
+    prepared: object | None = None  # the embedder's prepare_image() result, made in the decode thread
     same_content: bool = False
     error: str | None = None
 
@@ -119,7 +120,8 @@ def ingest_paths(
     batch: list[_Work] = []
     touched: list[tuple[str, int, int]] = []
     with ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="pixsearch-decode") as pool:
-        for work in _bounded_map(pool, lambda w: _decode(w, report), pending, window=batch_size * 2):
+        prepare = getattr(embedder, "prepare_image", None)
+        for work in _bounded_map(pool, lambda w: _decode(w, report, prepare), pending, window=batch_size * 2):
             if work.error is not None:
                 report.failed.append((work.file.path, work.error))
                 progress.failure(work.file.path, work.error)
@@ -155,7 +157,7 @@ def _stored_states(db: Database, table: DocumentTable, ids: list[str]) -> dict[s
     return states
 
 
-def _decode(work: _Work, report: IngestReport) -> _Work:
+def _decode(work: _Work, report: IngestReport, prepare: Callable | None = None) -> _Work:
     t0 = time.perf_counter()
     try:
         with open(work.file.path, "rb") as fh:
@@ -165,6 +167,9 @@ def _decode(work: _Work, report: IngestReport) -> _Work:
             work.same_content = True
         else:
             work.decoded = decode_bytes(data, digest)
+            if prepare is not None:
+                work.prepared = _prepared(prepare, work.decoded.image)
+                work.decoded.image = None  # only the small model views are kept until the batch is embedded
     except DecodeError as exc:
         work.error = str(exc)
     except PermissionError:
@@ -175,6 +180,13 @@ def _decode(work: _Work, report: IngestReport) -> _Work:
         # Several decode threads add here; float += under the GIL is good enough for a timing total.
         report.stage_seconds["decode"] += time.perf_counter() - t0
     return work
+
+
+def _prepared(prepare: Callable, image) -> object:
+    try:
+        return prepare(image)
+    except (ValueError, OSError) as exc:  # PIL decoded it but cannot resample it (e.g. a 0-pixel side)
+        raise DecodeError(f"cannot prepare image for the model: {exc}") from None
 
 
 def _bounded_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
@@ -202,7 +214,7 @@ def _embed_and_write(
     progress: IngestProgress,
 ) -> None:
     t0 = time.perf_counter()
-    embeddings = embedder.embed_images([w.decoded.image for w in batch])
+    embeddings = embedder.embed_images([w.prepared if w.prepared is not None else w.decoded.image for w in batch])
     report.stage_seconds["embed"] += time.perf_counter() - t0
     records = []
     for i, work in enumerate(batch):
@@ -239,7 +251,7 @@ def _embed_and_write(
             report.added += 1
         else:
             report.updated += 1
-        work.decoded = None  # release the pixels
+        work.decoded = work.prepared = None  # release the pixels
     progress.advance(len(batch))
 
 

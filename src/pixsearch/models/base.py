@@ -56,6 +56,9 @@ class Embedder(Protocol):
     text_space: str
     image_space: str
 
-    def embed_images(self, images: Sequence[Image.Image]) -> ImageEmbeddings: ...
+    def embed_images(self, images: Sequence[Image.Image]) -> ImageEmbeddings:
+        """Embed a batch. Embedders that also define `prepare_image(image) -> prepared` accept its results here
+        in place of images: ingest calls prepare_image in its decode threads (see ingest/pipeline.py)."""
+        ...
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...

@@ -26,6 +26,7 @@ import logging
 import os
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -69,6 +70,13 @@ def class_texts(cls: ImageNetClass) -> tuple[str, str, str]:
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class PreparedViews:
+    """An image already turned into the model's (pad, crop) input views by OfflineEmbedder.prepare_image."""
+
+    views: tuple[Image.Image, Image.Image]
 
 
 class OfflineEmbedder:
@@ -278,12 +286,24 @@ class OfflineEmbedder:
 
     # -- pieces ----------------------------------------------------------------------------------------------------
 
-    def _run_image_model(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-        """(mean features of both views (n, 1280), logits of the pad view (n, 1000)); views are interleaved."""
+    def prepare_image(self, image: Image.Image) -> "PreparedViews":
+        """The model's input views of one image. Pure PIL work that releases the GIL: ingest runs it in its decode
+        threads, so it overlaps inference instead of adding to it, and only the small views stay in memory."""
+        return PreparedViews(make_views(image, self.resolution))
+
+    def _run_image_model(self, images: list) -> tuple[np.ndarray, np.ndarray]:
+        """(mean features of both views (n, 1280), logits of the pad view (n, 1000)); views are interleaved.
+
+        `images` holds PIL images or prepare_image() results."""
         run = self._image_net()
         views: list[Image.Image] = []
         for img in images:
-            views.extend(make_views(img, self.resolution))
+            if isinstance(img, PreparedViews):
+                if img.views[0].size != (self.resolution, self.resolution):
+                    raise ValueError("these views were prepared for another resolution")
+                views.extend(img.views)
+            else:
+                views.extend(make_views(img, self.resolution))
         feats, logits = [], []
         for start in range(0, len(views), self.max_batch):
             f, lg = run(stack_views(views[start : start + self.max_batch]))
