@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli
 from helpers import altered_copy
-from pixsearch.search.expressions import QuerySyntaxError, parse_query
+from pixsearch.search.expressions import parse_query
 from pixsearch.search.odata import FilterSyntaxError
 from pixsearch.search.ranking import Cutoff, reciprocal_rank_fusion
 from pixsearch.search.request import SearchRequest, resolve_vector

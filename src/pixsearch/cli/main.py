@@ -97,7 +97,7 @@ def _print_hits(query: str, hits) -> None:
     table.add_column("path", overflow="fold")
     table.add_column("tags", overflow="fold")
     for rank, hit in enumerate(hits, 1):
-        table.add_row(str(rank), f"{hit.score:.3f}", hit.path, ", ".join(hit.tags or []))
+        table.add_row(str(rank), f"{hit.score:.4g}", hit.path or hit.id, ", ".join(hit.tags or []))
     out.print(table)
 
 

@@ -51,7 +51,7 @@ def scan(roots: Iterable[Path]) -> tuple[list[FoundFile], list[tuple[str, str]]]
             failures.append((str(root), "no such file or folder"))
             continue
 
-        def on_error(exc: OSError) -> None:
+        def on_error(exc: OSError, root: Path = root) -> None:
             failures.append((exc.filename or str(root), f"cannot list folder: {exc.strerror or exc}"))
 
         for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
