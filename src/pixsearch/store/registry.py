@@ -8,7 +8,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pixsearch.db import Database
-from pixsearch.store.schema import PHOTO_FIELDS, Field, IndexSpec, SchemaError, VectorField, table_name_for
+from pixsearch.store.schema import PHOTO_FIELDS, Field, IndexSpec, VectorField, table_name_for
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -185,17 +185,3 @@ def update_settings(db: Database, name: str, changes: dict[str, Any]) -> IndexSp
             "UPDATE pixsearch_indexes SET settings = %s, updated_at = now() WHERE name = %s", (Jsonb(settings), name)
         )
     return get_index(db, name)
-
-
-__all__ = [
-    "IndexExistsError",
-    "IndexNotFoundError",
-    "SchemaError",
-    "create_index",
-    "delete_index",
-    "get_index",
-    "list_indexes",
-    "migrate",
-    "rename_index",
-    "update_settings",
-]
