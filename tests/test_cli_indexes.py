@@ -74,3 +74,23 @@ def test_ivfflat_is_built_from_data_and_bad_definitions_are_explained(home, tmp_
     assert bad.returncode == 1 and "use storage 'bit'" in bad.stderr
     wrong = run_cli("vectors", "add", index_name, str(tmp_path / "missing.npy"), home=home)
     assert wrong.returncode == 1 and "cannot read" in wrong.stderr
+
+
+def test_api_keys_are_created_listed_revoked_and_stored_hashed(home, engine):
+    created = run_cli("keys", "create", "--role", "query", "--name", "web page", home=home)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert secret.startswith("pxs_") and len(secret) > 40
+    assert engine.api_key_role(secret) == "query" and engine.api_key_role(secret + "x") is None
+    listed = json.loads(run_cli("keys", "list", "--json", home=home).stdout)
+    (mine,) = [k for k in listed if k["name"] == "web page"]
+    assert mine["role"] == "query" and secret not in json.dumps(listed)
+    with engine.db.connection() as conn:
+        stored = conn.execute("SELECT key_hash FROM pixsearch_api_keys WHERE id = %s", (mine["id"],)).fetchone()[0]
+    assert stored != secret and len(stored) == 64
+    assert run_cli("keys", "revoke", mine["id"], home=home).returncode == 0
+    assert engine.api_key_role(secret) is None
+    again = run_cli("keys", "revoke", mine["id"], home=home)
+    assert again.returncode == 1 and "no active key" in again.stderr
+    bad = run_cli("keys", "create", "--role", "root", home=home)
+    assert bad.returncode == 1 and "unknown role" in bad.stderr

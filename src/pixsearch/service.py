@@ -37,6 +37,7 @@ from pixsearch.store import (
     rename_index,
     update_settings,
 )
+from pixsearch.store import keys
 from pixsearch.store.tables import iter_chunks
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,19 @@ class Engine:
 
     def rename_index(self, name: str, new_name: str) -> "Index":
         return Index(self, rename_index(self.db, name, new_name))
+
+    # -- API keys (admin: everything; query: search and read) --------------------------------------------------------
+    def create_api_key(self, role: str, name: str = "") -> tuple[keys.ApiKey, str]:
+        return keys.create_key(self.db, role, name)
+
+    def list_api_keys(self) -> list[keys.ApiKey]:
+        return keys.list_keys(self.db)
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        return keys.revoke_key(self.db, key_id)
+
+    def api_key_role(self, secret: str) -> str | None:
+        return keys.role_for(self.db, secret)
 
     def close(self) -> None:
         if self._db is not None:

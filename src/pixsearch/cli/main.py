@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressC
 from rich.table import Table
 
 from pixsearch.cli.indexes import evaluate_cmd, indexes_app, stats_cmd, tune_cmd, vectors_app
+from pixsearch.cli.keys import keys_app
 from pixsearch.cli.common import EXIT_OK, EXIT_PARTIAL, IndexOption, err, fail, open_engine, out
 from pixsearch.search.ranking import Cutoff
 from pixsearch.search.request import SearchRequest
@@ -261,6 +262,7 @@ def demo_cmd(
 
 app.add_typer(indexes_app, name="indexes")
 app.add_typer(vectors_app, name="vectors")
+app.add_typer(keys_app, name="keys")
 app.command("stats")(stats_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("tune")(tune_cmd)

@@ -33,6 +33,19 @@ MIGRATIONS: list[tuple[int, str]] = [
             ADD COLUMN IF NOT EXISTS fields jsonb NOT NULL DEFAULT '[]'::jsonb
         """,
     ),
+    (
+        3,
+        """
+        CREATE TABLE IF NOT EXISTS pixsearch_api_keys (
+            id text PRIMARY KEY,
+            key_hash text NOT NULL UNIQUE,
+            role text NOT NULL CHECK (role IN ('admin', 'query')),
+            name text NOT NULL DEFAULT '',
+            created_at timestamptz NOT NULL DEFAULT now(),
+            revoked_at timestamptz
+        )
+        """,
+    ),
 ]
 
 
