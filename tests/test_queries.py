@@ -230,5 +230,9 @@ def test_search_flags_from_the_command_line(home, sample_index):
     body = json.loads(result.stdout)
     assert body["mode"] == "vector" and body["value"][0]["path"].endswith("cat-chelsea.png")
     assert body["facets"]["format"][0]["value"] == "PNG"
+    weighted = run_cli("search", "coffee", "--index", sample_index, "--weight", "keyword=0", "--json", "--k", "3",
+                       home=home)
+    hits = json.loads(weighted.stdout)
+    assert hits[0]["subscores"]["vector"]["rank"] == 1  # keyword weight 0: the order is the vector list's
     bad = run_cli("search", "a cat", "--index", sample_index, "--filter", "width gt", home=home)
     assert bad.returncode == 1 and "position 8" in bad.stderr and "Traceback" not in bad.stderr

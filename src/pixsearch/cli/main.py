@@ -127,6 +127,19 @@ def _parse_sort(sort: list[str]) -> list[tuple[str, bool]]:
     return keys
 
 
+def _parse_weights(items: list[str]) -> dict[str, float]:
+    weights = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise fail(f"--weight {item!r}: use LIST=NUMBER, e.g. keyword=0.5") from None
+        if name not in ("vector", "keyword") or weights[name] < 0:
+            raise fail(f"--weight {item!r}: the lists are 'vector' and 'keyword', weights are >= 0")
+    return weights
+
+
 @app.command("search")
 def search_cmd(
     text: Optional[str] = typer.Argument(
@@ -147,6 +160,7 @@ def search_cmd(
                                          "'relative:F' (keep scores >= F x best)."),
     sort: List[str] = typer.Option([], "--sort", help="'FIELD [asc|desc]', applied after the relevance cut."),
     facet: List[str] = typer.Option([], "--facet", help="Count values: tags, folder, camera, 'taken_at,interval:year'."),
+    weight: List[str] = typer.Option([], "--weight", help="Hybrid list weight, e.g. keyword=0.5 (lists: vector, keyword)."),
     index: Optional[str] = IndexOption,
     batch: Optional[Path] = typer.Option(
         None, "--batch", help="File with one query per line (text, or image:PATH); one JSON line of hits per query."
@@ -169,6 +183,7 @@ def search_cmd(
         text=text, image=image, ids=[i for i in (ids or "").split(",") if i] or None,
         vector=_load_vector(vector) if vector is not None else None, field=field, filter=filter_, mode=mode,
         top=k, skip=skip, cutoff=_parse_cutoff(min_score, cutoff), sort=_parse_sort(sort), facets=facet,
+        weights=_parse_weights(weight),
     )
     with open_engine(index) as engine:
         result = engine.index(index).query(request)
