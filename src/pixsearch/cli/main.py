@@ -275,6 +275,24 @@ def demo_cmd(
     raise typer.Exit(status)
 
 
+@app.command("serve")
+def serve_cmd(
+    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, min=1, max=65535),
+    anonymous: bool = typer.Option(False, "--anonymous", help="No keys needed (only allowed on a loopback host)."),
+) -> None:
+    """Serve the REST API (OpenAPI at /docs). Requests need an `api-key` header with a key from `pixsearch keys`."""
+    from pixsearch.api.server import serve
+
+    if anonymous and host not in ("127.0.0.1", "localhost", "::1"):
+        raise fail("--anonymous is only allowed when binding to loopback")
+    with open_engine() as engine:
+        if not anonymous and not any(k.revoked_at is None for k in engine.list_api_keys()):
+            raise fail("no API keys yet: create one with `pixsearch keys create --role admin` (or use --anonymous)")
+        err.print(f"serving on http://{host}:{port}/ (OpenAPI: /docs)", highlight=False)
+        serve(engine, host=host, port=port, allow_anonymous=anonymous)
+
+
 app.add_typer(indexes_app, name="indexes")
 app.add_typer(vectors_app, name="vectors")
 app.add_typer(keys_app, name="keys")

@@ -1,0 +1,358 @@
+"""FastAPI app factory: thin routes over pixsearch.service.Engine, in Azure AI Search's JSON shapes.
+
+Handlers are plain functions registered with `add_api_route`, so the later OData path forms (`/indexes('NAME')`, ...)
+are just more registrations of the same handlers.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from fastapi import FastAPI, Query
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from pixsearch.api.errors import DEFAULT_MAX_BODY_BYTES, ApiError, GuardMiddleware, filter_error, install_handlers
+from pixsearch.api.keys import AuthMiddleware, KeyRing
+from pixsearch.api.models import (
+    DocumentError,
+    IndexBatch,
+    IndexIn,
+    SearchBody,
+    definition,
+    field_value,
+    jsonable,
+    vector_value,
+)
+from pixsearch.search.request import MAX_TOP, MAX_WINDOW, MODES, SearchRequest
+from pixsearch.service import Engine, Index
+from pixsearch.store import FilterError, IndexExistsError, IndexNotFoundError, IndexSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOP = 50  # Azure's default page size
+ACTIONS = ("upload", "merge", "mergeOrUpload", "delete")
+
+
+def create_app(
+    engine: Engine,
+    admin_keys: Iterable[str] = (),
+    query_keys: Iterable[str] = (),
+    *,
+    allow_anonymous: bool = False,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    key_lookup: Callable[[str], str | None] | None = None,
+) -> FastAPI:
+    ring = KeyRing(admin_keys, query_keys, key_lookup)
+    if not ring and not allow_anonymous:
+        raise ValueError("the API needs at least one admin or query key (or allow_anonymous=True)")
+    app = FastAPI(title="pixsearch", docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+    install_handlers(app)
+    app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes)
+    app.add_middleware(AuthMiddleware, ring=ring, allow_anonymous=allow_anonymous)
+    handlers = Handlers(engine)
+    h = handlers
+    app.add_api_route("/healthz", h.health, methods=["GET"])
+    app.add_api_route("/indexes", h.list_indexes, methods=["GET"])
+    app.add_api_route("/indexes/{name}", h.get_index, methods=["GET"])
+    app.add_api_route("/indexes/{name}", h.put_index, methods=["PUT"])
+    app.add_api_route("/indexes/{name}", h.delete_index, methods=["DELETE"], status_code=204)
+    app.add_api_route("/indexes/{name}/stats", h.index_stats, methods=["GET"])
+    app.add_api_route("/indexes/{name}/docs/index", h.index_documents, methods=["POST"])
+    app.add_api_route("/indexes/{name}/docs/search", h.search, methods=["POST"])
+    app.add_api_route("/indexes/{name}/docs/$count", h.count, methods=["GET"])  # before /docs/{key}
+    app.add_api_route("/indexes/{name}/docs/{key}", h.get_document, methods=["GET"])
+    app.state.handlers = handlers
+    return app
+
+
+class Handlers:
+    """Sync handlers (FastAPI runs them in its thread pool; the engine's connection pool is thread-safe)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def open(self, name: str) -> Index:
+        try:
+            return self.engine.index(name)
+        except IndexNotFoundError:
+            raise ApiError(404, "IndexNotFound", f"no index named {name!r}") from None
+
+    # -- indexes ---------------------------------------------------------------------------------------------------
+    def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    def list_indexes(self) -> dict[str, Any]:
+        return {"value": [definition(spec) for spec in self.engine.list_indexes()]}
+
+    def get_index(self, name: str) -> dict[str, Any]:
+        return definition(self.open(name).spec)
+
+    def put_index(self, name: str, body: IndexIn) -> JSONResponse:
+        if body.name is not None and body.name != name:
+            raise ApiError(400, "InvalidRequest", f"the body names index {body.name!r} but the URL names {name!r}")
+        key, fields, vector_fields = body.to_service()
+        try:
+            existing: IndexSpec | None = self.engine.index(name).spec
+        except IndexNotFoundError:
+            existing = None
+        if existing is not None:
+            same = (existing.kind, existing.key_field, existing.fields, existing.vector_fields) == (
+                body.kind, key, fields, vector_fields)
+            if same:
+                return JSONResponse(definition(existing), status_code=200)
+            raise ApiError(409, "IndexExists", f"index {name!r} exists with a different definition; "
+                           "delete it first to change it")
+        if body.kind != "documents" or any(v.model_id for v in vector_fields):
+            raise ApiError(400, "InvalidRequest", "only 'documents' indexes of precomputed vectors (no modelId) can be "
+                           "created here; photo indexes are created by `pixsearch index`")
+        try:
+            index = self.engine.create_index(name, vector_fields, fields, key_field=key)
+        except IndexExistsError:
+            raise ApiError(409, "IndexExists", f"index {name!r} already exists") from None
+        return JSONResponse(definition(index.spec), status_code=201)
+
+    def delete_index(self, name: str) -> Response:
+        self.open(name)
+        try:
+            self.engine.delete_index(name)
+        except IndexNotFoundError:
+            raise ApiError(404, "IndexNotFound", f"no index named {name!r}") from None
+        return Response(status_code=204)
+
+    def index_stats(self, name: str) -> dict[str, Any]:
+        stats = self.open(name).stats()
+        vector_bytes = sum(v.get("ann_index_bytes") or 0 for v in stats["vector_fields"].values())
+        return {"documentCount": stats["rows"], "storageSize": stats["total_bytes"],
+                "vectorIndexSize": vector_bytes, "details": jsonable(stats)}
+
+    # -- documents -------------------------------------------------------------------------------------------------
+    def count(self, name: str) -> PlainTextResponse:
+        return PlainTextResponse(str(self.open(name).count()))
+
+    def get_document(self, name: str, key: str, select: str | None = Query(None, alias="$select")) -> dict[str, Any]:
+        index = self.open(name)
+        found = index.get([key], vectors=True).get(key)
+        if found is None:
+            raise ApiError(404, "DocumentNotFound", f"no document with key {key!r} in index {name!r}")
+        doc = {index.spec.key_field: key, **found}
+        if select:
+            names = _select_list(index.spec, select, allow_vectors=True)
+            doc = {n: doc.get(n) for n in names}
+        return jsonable(doc)
+
+    def index_documents(self, name: str, body: IndexBatch) -> JSONResponse:
+        index = self.open(name)
+        results = _write_batch(index, body.value)
+        ok = all(r["status"] for r in results)
+        return JSONResponse({"value": results}, status_code=200 if ok else 207)
+
+    # -- search ----------------------------------------------------------------------------------------------------
+    def search(self, name: str, body: SearchBody) -> dict[str, Any]:
+        index = self.open(name)
+        request, select, (skip, top) = _search_request(index.spec, body)
+        try:
+            response = index.query(request)
+        except FilterError as exc:
+            raise filter_error(exc) from None
+        except ValueError as exc:  # the service's user errors (SchemaError and ModelMismatchError are ValueErrors)
+            raise ApiError(400, "InvalidRequest", str(exc)) from None
+        key = index.spec.key_field
+        value = []
+        for hit in response.hits[skip : skip + top]:
+            doc = {key: hit.id, **hit.document}
+            if select is not None:
+                doc = {n: doc.get(n) for n in select}
+            value.append({"@search.score": hit.score, **doc})
+        out: dict[str, Any] = {}
+        if body.count:
+            out["@odata.count"] = response.total
+        if body.facets:
+            out["@search.facets"] = response.facets
+        out["value"] = value
+        return jsonable(out)
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, "InvalidRequest", message)
+
+
+def _select_list(spec: IndexSpec, select: str, *, allow_vectors: bool) -> list[str]:
+    names = [s.strip() for s in select.split(",") if s.strip()]
+    vectors = {v.name for v in spec.vector_fields}
+    for n in names:
+        if n in vectors:
+            if not allow_vectors:
+                raise _bad(f"vector field {n!r} cannot be selected in search results")
+            continue
+        if n != spec.key_field:
+            f = next((f for f in spec.fields if f.name == n), None)
+            if f is None:
+                raise _bad(f"select: index {spec.name!r} has no field {n!r}")
+            if not f.retrievable:
+                raise _bad(f"select: field {n!r} is not retrievable")
+    return names
+
+
+def _orderby(value: str | None) -> list[tuple[str, bool]]:
+    sort = []
+    for part in (value or "").split(","):
+        words = part.split()
+        if not words:
+            continue
+        if len(words) > 2 or (len(words) == 2 and words[1].lower() not in ("asc", "desc")):
+            raise _bad(f"orderby: cannot read {part.strip()!r}; use 'field', 'field asc' or 'field desc'")
+        descending = len(words) == 2 and words[1].lower() == "desc"
+        if words[0] == "search.score()":
+            if not descending or sort:
+                raise _bad("orderby: search.score() is only supported as 'search.score() desc' first (the default)")
+            continue
+        sort.append((words[0], descending))
+    return sort
+
+
+def _search_request(
+    spec: IndexSpec, body: SearchBody
+) -> tuple[SearchRequest, list[str] | None, tuple[int, int]]:
+    text = body.search if body.search and body.search.strip() not in ("", "*") else None
+    vector, field, k = None, None, None
+    if len(body.vectorQueries) > 1:
+        raise ApiError(501, "NotImplemented", "only one vector query per request is supported")
+    mode = body.mode
+    if body.queryType is not None:
+        if body.queryType in MODES:
+            mode = mode or body.queryType
+        elif body.queryType not in ("simple", "full"):
+            raise _bad(f"queryType {body.queryType!r} is not supported; use simple, full, vector, keyword or hybrid")
+    if body.vectorQueries:
+        vq = body.vectorQueries[0]
+        k = vq.k
+        if vq.fields is not None:
+            field = vq.fields.strip()
+            if "," in field:
+                raise ApiError(501, "NotImplemented", "a vector query can search one vector field only")
+        if vq.kind == "vector":
+            if vq.vector is None:
+                raise _bad("a vector query of kind 'vector' needs 'vector'")
+            if text is not None:
+                raise ApiError(501, "NotImplemented",
+                               "search text combined with a raw vector query (hybrid) is not supported yet")
+            vector = vq.vector
+        else:
+            if not vq.text or not vq.text.strip():
+                raise _bad("a vector query of kind 'text' needs 'text'")
+            if text is not None and text != vq.text:
+                raise ApiError(501, "NotImplemented",
+                               "search text differing from the vector query's text is not supported yet")
+            mode = mode or ("hybrid" if text is not None else "vector")
+            text = vq.text
+    top = body.top if body.top is not None else (k or DEFAULT_TOP)
+    if not 1 <= top <= MAX_TOP:
+        raise _bad(f"top must be between 1 and {MAX_TOP}, got {top}")
+    if body.skip < 0:
+        raise _bad("skip cannot be negative")
+    # Azure retrieves k neighbours and pages (skip/top) over them: retrieve max(k, skip + top) from the start and
+    # page here, so @odata.count counts the retrieved results rather than one page.
+    depth = min(MAX_WINDOW, max(body.skip + top, k or 0))
+    if body.skip + top > MAX_WINDOW:
+        raise _bad(f"skip + top must be at most {MAX_WINDOW}: refine the query or the filter instead")
+    select = _select_list(spec, body.select, allow_vectors=False) if body.select else None
+    request = SearchRequest(text=text, vector=vector, field=field, filter=body.filter, mode=mode, top=depth,
+                            skip=0, sort=_orderby(body.orderby), facets=list(body.facets))
+    return request, select, (body.skip, top)
+
+
+def _write_batch(index: Index, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-document results in input order: bad documents fail alone; valid ones are written in groups."""
+    spec = index.spec
+    key_field = spec.key_field
+    fields = {f.name: f for f in spec.fields}
+    vector_fields = {v.name: v for v in spec.vector_fields}
+    results: list[dict[str, Any] | None] = [None] * len(docs)
+
+    def fail(i: int, key: Any, code: int, message: str) -> None:
+        results[i] = {"key": key if isinstance(key, str) else None, "status": False, "errorMessage": message,
+                      "statusCode": code}
+
+    def succeed(i: int, key: str) -> None:
+        results[i] = {"key": key, "status": True, "errorMessage": None, "statusCode": 200}
+
+    seen: set[str] = set()
+    deletes: list[tuple[int, str]] = []
+    writes: list[tuple[int, str, str, dict[str, Any], dict[str, np.ndarray | None]]] = []
+    for i, doc in enumerate(docs):
+        key = doc.get(key_field)
+        action = doc.get("@search.action", "upload")
+        if not isinstance(key, str) or not key:
+            fail(i, key, 400, f"the key field {key_field!r} must be a non-empty string")
+            continue
+        if key in seen:
+            fail(i, key, 400, f"key {key!r} appears more than once in the batch")
+            continue
+        seen.add(key)
+        if action not in ACTIONS:
+            fail(i, key, 400, f"unknown @search.action {action!r}; use one of {', '.join(ACTIONS)}")
+            continue
+        if action == "delete":
+            deletes.append((i, key))
+            continue
+        if action != "upload" and any(not f.retrievable for f in spec.fields):
+            fail(i, key, 501, f"{action} is not supported on index {spec.name!r}: it has non-retrievable fields, "
+                 "which a merge would lose; use upload (replaces the whole document)")
+            continue
+        row: dict[str, Any] = {}
+        vectors: dict[str, np.ndarray | None] = {}
+        try:
+            for name, value in doc.items():
+                if name in ("@search.action", key_field):
+                    continue
+                if name in fields:
+                    row[name] = field_value(fields[name], value)
+                elif name in vector_fields:
+                    vectors[name] = None if value is None else vector_value(vector_fields[name], value)
+                else:
+                    raise DocumentError(f"unknown field {name!r} in index {spec.name!r}")
+        except DocumentError as exc:
+            fail(i, key, 400, str(exc))
+            continue
+        writes.append((i, key, action, row, vectors))
+
+    # merge / mergeOrUpload: read-modify-write (not atomic against concurrent writers of the same key)
+    merging = [w for w in writes if w[2] != "upload"]
+    if merging:
+        stored = index.get([w[1] for w in merging], vectors=True)
+        kept = []
+        for i, key, action, row, vectors in writes:
+            old = stored.get(key)
+            if action == "merge" and old is None:
+                fail(i, key, 404, f"document {key!r} not found (merge needs an existing document)")
+                continue
+            if action != "upload" and old is not None:
+                row = {**{n: v for n, v in old.items() if n in fields}, **row}
+                vectors = {**{n: v for n, v in old.items() if n in vector_fields}, **vectors}
+            kept.append((i, key, action, row, vectors))
+        writes = kept
+
+    # add_vectors takes one array per vector field for all its ids: group documents by the vectors they carry
+    groups: dict[tuple[str, ...], list[tuple[int, str, dict[str, Any], dict[str, np.ndarray]]]] = {}
+    for i, key, _action, row, vectors in writes:
+        present = {n: v for n, v in vectors.items() if v is not None}
+        groups.setdefault(tuple(sorted(present)), []).append((i, key, row, present))
+    for names, members in groups.items():
+        try:
+            index.add_vectors(
+                [m[1] for m in members],
+                {n: np.stack([m[3][n] for m in members]) for n in names},
+                [m[2] for m in members],
+            )
+        except ValueError as exc:
+            for i, key, _, _ in members:
+                fail(i, key, 400, str(exc))
+        else:
+            for i, key, _, _ in members:
+                succeed(i, key)
+    if deletes:
+        index.remove([key for _, key in deletes])
+        for i, key in deletes:
+            succeed(i, key)
+    return [r for r in results if r is not None]

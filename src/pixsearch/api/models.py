@@ -1,0 +1,179 @@
+"""Request bodies (pydantic, strict: no silent coercion) and the JSON <-> service conversions."""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PField
+
+from pixsearch.store import Field, IndexSpec, VectorField
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+# -- index definitions -----------------------------------------------------------------------------------------------
+class FieldIn(BaseModel):
+    model_config = _STRICT
+    name: str
+    type: str = "string"
+    filterable: bool = False
+    sortable: bool = False
+    facetable: bool = False
+    searchable: bool = False
+    retrievable: bool = True
+
+
+class VectorFieldIn(BaseModel):
+    model_config = _STRICT
+    name: str
+    dimensions: int
+    metric: str = "cosine"
+    storage: str = "vector"
+    algorithm: str = "hnsw"
+    parameters: dict[str, Any] = PField(default_factory=dict)
+    modelId: str | None = None  # read-only: accepted so a GET definition can be PUT back unchanged
+
+
+class IndexIn(BaseModel):
+    model_config = _STRICT
+    name: str | None = None
+    kind: str = "documents"
+    key: str = "id"
+    fields: list[FieldIn] = PField(default_factory=list)
+    vectorFields: list[VectorFieldIn]
+
+    def to_service(self) -> tuple[str, tuple[Field, ...], tuple[VectorField, ...]]:
+        fields = tuple(Field(**f.model_dump()) for f in self.fields)
+        vector_fields = tuple(
+            VectorField(name=v.name, dims=v.dimensions, model_id=v.modelId, metric=v.metric, storage=v.storage,
+                        algorithm=v.algorithm, params=dict(v.parameters))
+            for v in self.vectorFields
+        )
+        return self.key, fields, vector_fields
+
+
+def field_json(f: Field) -> dict[str, Any]:
+    return {"name": f.name, "type": f.type, "filterable": f.filterable, "sortable": f.sortable,
+            "facetable": f.facetable, "searchable": f.searchable, "retrievable": f.retrievable}
+
+
+def vector_field_json(v: VectorField) -> dict[str, Any]:
+    return {"name": v.name, "dimensions": v.dims, "metric": v.metric, "storage": v.storage,
+            "algorithm": v.algorithm, "parameters": dict(v.params), "modelId": v.model_id}
+
+
+def definition(spec: IndexSpec) -> dict[str, Any]:
+    return {"name": spec.name, "kind": spec.kind, "key": spec.key_field,
+            "fields": [field_json(f) for f in spec.fields],
+            "vectorFields": [vector_field_json(v) for v in spec.vector_fields]}
+
+
+# -- documents -------------------------------------------------------------------------------------------------------
+class IndexBatch(BaseModel):
+    model_config = _STRICT
+    value: list[dict[str, Any]]
+
+
+class DocumentError(ValueError):
+    pass
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _datetime(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise DocumentError("expected an ISO 8601 datetime string")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise DocumentError(f"{value!r} is not an ISO 8601 datetime") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+_SCALAR_CHECKS = {
+    "string": (lambda v: isinstance(v, str), "a string"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63, "an integer"),
+    "float": (_number, "a finite number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+}
+_ELEMENT_CHECKS = {
+    "string[]": (lambda v: isinstance(v, str), "strings"),
+    "int[]": (lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**31) <= v < 2**31, "32-bit integers"),
+    "float[]": (_number, "finite numbers"),
+}
+
+
+def field_value(f: Field, value: Any) -> Any:
+    """A JSON value checked and converted for a metadata field; raises DocumentError."""
+    if value is None:
+        return None
+    try:
+        if f.type == "datetime":
+            return _datetime(value)
+        if f.type in _SCALAR_CHECKS:
+            ok, what = _SCALAR_CHECKS[f.type]
+            if not ok(value):
+                raise DocumentError(f"expected {what}")
+            return float(value) if f.type == "float" else value
+        ok, what = _ELEMENT_CHECKS[f.type]
+        if not isinstance(value, list) or not all(ok(v) for v in value):
+            raise DocumentError(f"expected a list of {what}")
+        return [float(v) for v in value] if f.type == "float[]" else list(value)
+    except DocumentError as exc:
+        raise DocumentError(f"field {f.name!r} ({f.type}): {exc}") from None
+
+
+def vector_value(vf: VectorField, value: Any) -> np.ndarray:
+    if not isinstance(value, list) or not all(_number(v) for v in value):
+        raise DocumentError(f"vector field {vf.name!r}: expected a list of finite numbers")
+    if len(value) != vf.dims:
+        raise DocumentError(f"vector field {vf.name!r} needs {vf.dims} dimensions, got {len(value)}")
+    return np.asarray(value, dtype=np.float32)
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, np.ndarray):
+        return [float(x) for x in value.reshape(-1)]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "to_numpy"):  # pgvector Vector / HalfVector
+        return [float(x) for x in value.to_numpy()]
+    return value
+
+
+# -- search ----------------------------------------------------------------------------------------------------------
+class VectorQueryIn(BaseModel):
+    model_config = _STRICT
+    kind: Literal["vector", "text"]
+    vector: list[float] | None = None
+    text: str | None = None
+    fields: str | None = None
+    k: int | None = PField(default=None, ge=1, le=1000)
+
+
+class SearchBody(BaseModel):
+    model_config = _STRICT
+    search: str | None = None
+    vectorQueries: list[VectorQueryIn] = PField(default_factory=list)
+    filter: str | None = None
+    top: int | None = None
+    skip: int = 0
+    select: str | None = None
+    facets: list[str] = PField(default_factory=list)
+    orderby: str | None = None
+    queryType: str | None = None
+    mode: str | None = None
+    count: bool = False
