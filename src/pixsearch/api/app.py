@@ -6,12 +6,14 @@ are just more registrations of the same handlers.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from typing import Annotated, Any, Callable, Iterable
 
 import numpy as np
-from fastapi import FastAPI, Query
+from fastapi import Body, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import ValidationError
 
+from pixsearch.api import azure
 from pixsearch.api.errors import DEFAULT_MAX_BODY_BYTES, ApiError, GuardMiddleware, filter_error, install_handlers
 from pixsearch.api.keys import AuthMiddleware, KeyRing
 from pixsearch.api.models import (
@@ -62,6 +64,20 @@ def create_app(
     app.add_api_route("/indexes/{name}/docs/search", h.search, methods=["POST"])
     app.add_api_route("/indexes/{name}/docs/$count", h.count, methods=["GET"])  # before /docs/{key}
     app.add_api_route("/indexes/{name}/docs/{key}", h.get_document, methods=["GET"])
+    # Azure AI Search's own forms (what azure-search-documents sends): same handlers, OData paths
+    app.add_api_route("/indexes", h.post_index, methods=["POST"], status_code=201)
+    app.add_api_route("/indexes('{name}')", h.get_index, methods=["GET"])
+    app.add_api_route("/indexes('{name}')", h.put_index, methods=["PUT"])
+    app.add_api_route("/indexes('{name}')", h.delete_index, methods=["DELETE"], status_code=204)
+    app.add_api_route("/indexes('{name}')/search.stats", h.index_stats, methods=["GET"])
+    app.add_api_route("/indexes('{name}')/docs/search.index", h.index_documents, methods=["POST"])
+    app.add_api_route("/indexes('{name}')/docs/search.post.search", h.search, methods=["POST"])
+    app.add_api_route("/indexes('{name}')/docs/$count", h.count, methods=["GET"])
+    app.add_api_route("/indexes('{name}')/docs('{key}')", h.get_document, methods=["GET"])
+    for path in ("/indexes('{name}')/docs", "/indexes('{name}')/docs/search.suggest",
+                 "/indexes('{name}')/docs/search.post.suggest", "/indexes('{name}')/docs/search.autocomplete",
+                 "/indexes('{name}')/docs/search.post.autocomplete", "/indexes('{name}')/search.analyze"):
+        app.add_api_route(path, h.not_implemented, methods=["GET", "POST"], include_in_schema=False)
     app.state.handlers = handlers
     return app
 
@@ -82,35 +98,60 @@ class Handlers:
     def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    def list_indexes(self) -> dict[str, Any]:
-        return {"value": [definition(spec) for spec in self.engine.list_indexes()]}
+    def not_implemented(self, request: Request) -> None:
+        raise ApiError(501, "NotImplemented", f"{request.method} {request.url.path} is not supported by pixsearch")
 
-    def get_index(self, name: str) -> dict[str, Any]:
-        return definition(self.open(name).spec)
+    def list_indexes(self, request: Request) -> dict[str, Any]:
+        shape = azure.definition if _azure(request) else definition
+        return {"value": [shape(spec) for spec in self.engine.list_indexes()]}
 
-    def put_index(self, name: str, body: IndexIn) -> JSONResponse:
-        if body.name is not None and body.name != name:
-            raise ApiError(400, "InvalidRequest", f"the body names index {body.name!r} but the URL names {name!r}")
-        key, fields, vector_fields = body.to_service()
+    def get_index(self, name: str, request: Request) -> dict[str, Any]:
+        return (azure.definition if _azure(request) else definition)(self.open(name).spec)
+
+    def post_index(self, request: Request, body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+        """Azure's Create Index: the name is in the body, and an existing index is a conflict."""
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, "InvalidRequest", "the index definition needs a 'name'")
+        try:
+            self.engine.index(name)
+        except IndexNotFoundError:
+            return self.put_index(name, request, body)
+        raise ApiError(409, "IndexExists", f"index {name!r} already exists")
+
+    def put_index(self, name: str, request: Request, body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+        if body.get("name") is not None and body.get("name") != name:
+            raise ApiError(400, "InvalidRequest", f"the body names index {body.get('name')!r} but the URL names {name!r}")
+        if azure.is_azure_definition(body):
+            kind, shape = "documents", azure.definition
+            key, fields, vector_fields = azure.to_service(body)
+        else:
+            try:
+                parsed = IndexIn.model_validate(body)
+            except ValidationError as exc:
+                raise ApiError(400, "InvalidRequest", "; ".join(
+                    f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())) from None
+            kind, shape = parsed.kind, (azure.definition if _azure(request) else definition)
+            key, fields, vector_fields = parsed.to_service()
         try:
             existing: IndexSpec | None = self.engine.index(name).spec
         except IndexNotFoundError:
             existing = None
         if existing is not None:
             same = (existing.kind, existing.key_field, existing.fields, existing.vector_fields) == (
-                body.kind, key, fields, vector_fields)
+                kind, key, fields, vector_fields)
             if same:
-                return JSONResponse(definition(existing), status_code=200)
+                return JSONResponse(shape(existing), status_code=200)
             raise ApiError(409, "IndexExists", f"index {name!r} exists with a different definition; "
                            "delete it first to change it")
-        if body.kind != "documents" or any(v.model_id for v in vector_fields):
+        if kind != "documents" or any(v.model_id for v in vector_fields):
             raise ApiError(400, "InvalidRequest", "only 'documents' indexes of precomputed vectors (no modelId) can be "
                            "created here; photo indexes are created by `pixsearch index`")
         try:
             index = self.engine.create_index(name, vector_fields, fields, key_field=key)
         except IndexExistsError:
             raise ApiError(409, "IndexExists", f"index {name!r} already exists") from None
-        return JSONResponse(definition(index.spec), status_code=201)
+        return JSONResponse(shape(index.spec), status_code=201)
 
     def delete_index(self, name: str) -> Response:
         self.open(name)
@@ -130,7 +171,10 @@ class Handlers:
     def count(self, name: str) -> PlainTextResponse:
         return PlainTextResponse(str(self.open(name).count()))
 
-    def get_document(self, name: str, key: str, select: str | None = Query(None, alias="$select")) -> dict[str, Any]:
+    def get_document(self, name: str, key: str, request: Request,
+                     select: str | None = Query(None, alias="$select")) -> dict[str, Any]:
+        if "('" in request.url.path:
+            key = key.replace("''", "'")  # OData string literal escaping
         index = self.open(name)
         found = index.get([key], vectors=True).get(key)
         if found is None:
@@ -171,6 +215,11 @@ class Handlers:
             out["@search.facets"] = response.facets
         out["value"] = value
         return jsonable(out)
+
+
+def _azure(request: Request) -> bool:
+    """Azure's clients send api-version (accepted and otherwise ignored) and use the OData path form."""
+    return "api-version" in request.query_params or "('" in request.url.path
 
 
 def _bad(message: str) -> ApiError:
@@ -216,6 +265,9 @@ def _search_request(
 ) -> tuple[SearchRequest, list[str] | None, tuple[int, int]]:
     text = body.search if body.search and body.search.strip() not in ("", "*") else None
     vector, field, k = None, None, None
+    if text is None and not body.vectorQueries and body.search is not None:
+        raise ApiError(501, "NotImplemented", "search='*' (match everything) without a vector query is not supported; "
+                       "give search text or a vector query (with a filter to narrow it)")
     if len(body.vectorQueries) > 1:
         raise ApiError(501, "NotImplemented", "only one vector query per request is supported")
     mode = body.mode

@@ -15,6 +15,9 @@ OPEN_PATHS = {"/healthz", "/docs", "/openapi.json"}
 QUERY_ROUTES: list[tuple[str, re.Pattern[str]]] = [
     ("POST", re.compile(r"^/indexes/[^/]+/docs/search$")),
     ("GET", re.compile(r"^/indexes/[^/]+/docs/[^/]+$")),
+    ("POST", re.compile(r"^/indexes\('[^/]+'\)/docs/search\.post\.search$")),
+    ("GET", re.compile(r"^/indexes\('[^/]+'\)/docs/\$count$")),
+    ("GET", re.compile(r"^/indexes\('[^/]+'\)/docs\('.+'\)$")),
 ]
 
 
