@@ -2,10 +2,11 @@
 Search. Only SHA-256 hashes are kept in memory; the `api-key` header is hashed and compared in constant time."""
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from typing import Callable, Iterable
+
+from pixsearch.store.keys import hash_key
 
 ADMIN, QUERY = "admin", "query"
 HEADER = "api-key"
@@ -21,10 +22,6 @@ QUERY_ROUTES: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 
-def hash_key(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
-
-
 class KeyRing:
     """Keys given at start-up (hashed in memory), then `lookup` (the keys `pixsearch keys create` stored, by hash)."""
 
@@ -35,7 +32,7 @@ class KeyRing:
         lookup: Callable[[str], str | None] | None = None,
     ):
         self.lookup = lookup
-        self._hashes: list[tuple[bytes, str]] = []
+        self._hashes: list[tuple[str, str]] = []
         for role, keys in ((ADMIN, admin_keys), (QUERY, query_keys)):
             for key in keys:
                 if not key or not key.strip():
