@@ -413,3 +413,37 @@ def test_serve_command_accepts_stored_keys_and_refuses_others(home, engine, samp
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
+
+
+def test_image_upload_is_indexed_and_served_as_a_thumbnail(admin, query, api_engine, samples):
+    import io
+
+    from PIL import Image
+
+    name = "uploads-api"
+    api_engine.create_photo_index(name)
+    cat = (samples / "cat-chelsea.png").read_bytes()
+    files = [("files", ("my cat.png", cat, "image/png")),
+             ("files", ("notes.jpg", b"shopping list", "image/jpeg")),
+             ("files", ("coffee.png", (samples / "coffee.png").read_bytes(), "image/png"))]
+    response = admin.post(f"/indexes/{name}/images", files=files)
+    assert response.status_code == 207, response.text
+    results = response.json()["value"]
+    assert [r["status"] for r in results] == [True, False, True]
+    assert "not an image" in results[1]["errorMessage"] and results[1]["key"] is None
+    again = admin.post(f"/indexes/{name}/images", files=[("files", ("cat again.png", cat, "image/png"))])
+    assert again.status_code == 200 and again.json()["value"][0]["key"] == results[0]["key"]  # same bytes, same photo
+    assert admin.get(f"/indexes/{name}/docs/$count").text == "2"
+
+    found = query.post(f"/indexes/{name}/docs/search", json={"search": "a photo of a cat", "top": 1}).json()["value"]
+    assert found[0]["id"] == results[0]["key"]
+
+    thumb = query.get(f"/thumbnails/{results[0]['key']}", params={"index": name, "size": 128})
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/webp"
+    image = Image.open(io.BytesIO(thumb.content))
+    assert image.format == "WEBP" and max(image.size) == 128
+    cached = query.get(f"/thumbnails/{results[0]['key']}", params={"index": name, "size": 128})
+    assert cached.content == thumb.content
+    assert query.get("/thumbnails/nope", params={"index": name}).status_code == 404
+    assert query.post(f"/indexes/{name}/images", files=files[:1]).status_code == 403
+    assert admin.get(f"/thumbnails/{results[0]['key']}", params={"index": name, "size": 4}).status_code == 400

@@ -1,7 +1,10 @@
 """The one façade every front door (CLI, Python, REST, web) goes through: Engine opens indexes, Index does the work."""
 from __future__ import annotations
 
+import io
 import logging
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -12,7 +15,8 @@ from PIL import Image
 from pixsearch.config import Settings
 from pixsearch.db import Database, open_database
 from pixsearch.ingest import IngestProgress, IngestReport, ingest_paths
-from pixsearch.ingest.decode import read_and_decode
+from pixsearch.ingest.decode import DecodeError, decode_bytes, read_and_decode
+from pixsearch.ingest.scan import photo_id
 from pixsearch.models import load_embedder
 from pixsearch.models.base import Embedder
 from pixsearch.search import evaluation
@@ -45,6 +49,15 @@ log = logging.getLogger(__name__)
 MAX_K = 1000
 IMAGE_QUERY_PREFIX = "image:"
 VECTOR_BATCH = 5000
+
+
+UPLOAD_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 class ModelMismatchError(ValueError):
@@ -270,6 +283,44 @@ class Index:
     def remove(self, ids: Sequence[str]) -> int:
         with self.db.connection() as conn:
             return self.table.delete(conn, [str(i) for i in ids])
+
+    def add_image_bytes(self, filename: str, data: bytes) -> tuple[str, IngestReport]:
+        """Index an uploaded image: checked by decoding, kept under PIXSEARCH_HOME/uploads/<index>/ (named by its
+        content hash, so re-uploading the same bytes is a no-op), then indexed like any file. Returns its key."""
+        if self.spec.kind != "photos":
+            raise SchemaError(f"index {self.name!r} is not a photo index: images cannot be added to it")
+        decoded = decode_bytes(data)
+        suffix = UPLOAD_SUFFIXES.get(decoded.format)
+        if suffix is None:
+            raise DecodeError(f"unsupported image format {decoded.format}; send JPEG, PNG, WebP, GIF, BMP or TIFF")
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename or "upload").stem).strip("-.")[:60] or "upload"
+        folder = self.engine.settings.home / "uploads" / self.name
+        folder.mkdir(parents=True, exist_ok=True)
+        same_bytes = sorted(folder.glob(f"{decoded.content_hash[:16]}-*"))
+        path = same_bytes[0] if same_bytes else folder / f"{decoded.content_hash[:16]}-{stem}{suffix}"
+        if not path.exists():
+            _write_atomically(path, data)
+        report = self.add_paths([path], prune=False)
+        return photo_id(str(path)), report
+
+    def thumbnail(self, key: str, size: int = 256) -> bytes:
+        """A WebP thumbnail (longest side `size`) of a stored photo, cached by content hash."""
+        if not 16 <= size <= 1024:
+            raise ValueError("thumbnail size must be between 16 and 1024")
+        with self.db.connection() as conn:
+            row = self.table.select(conn, [key], ["path", "content_hash"]).get(key)
+        if row is None:
+            raise LookupError(f"no photo {key!r} in index {self.name!r}")
+        cached = self.engine.settings.cache_dir / "thumbnails" / self.name / f"{key}-{size}-{row['content_hash'][:16]}.webp"
+        if cached.exists():
+            return cached.read_bytes()
+        image = read_and_decode(row["path"]).image
+        image.thumbnail((size, size), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, "WEBP", quality=80)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(cached, buffer.getvalue())
+        return buffer.getvalue()
 
     def count(self) -> int:
         with self.db.connection() as conn:

@@ -9,7 +9,7 @@ import logging
 from typing import Annotated, Any, Callable, Iterable
 
 import numpy as np
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, FastAPI, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
@@ -64,6 +64,8 @@ def create_app(
     app.add_api_route("/indexes/{name}/docs/search", h.search, methods=["POST"])
     app.add_api_route("/indexes/{name}/docs/$count", h.count, methods=["GET"])  # before /docs/{key}
     app.add_api_route("/indexes/{name}/docs/{key}", h.get_document, methods=["GET"])
+    app.add_api_route("/indexes/{name}/images", h.upload_images, methods=["POST"])
+    app.add_api_route("/thumbnails/{key}", h.thumbnail, methods=["GET"])
     # Azure AI Search's own forms (what azure-search-documents sends): same handlers, OData paths
     app.add_api_route("/indexes", h.post_index, methods=["POST"], status_code=201)
     app.add_api_route("/indexes('{name}')", h.get_index, methods=["GET"])
@@ -82,6 +84,10 @@ def create_app(
     return app
 
 
+MAX_UPLOAD_BYTES = 15 * 1024 * 1024  # per file, within the request body limit
+MAX_UPLOAD_FILES = 64
+
+
 class Handlers:
     """Sync handlers (FastAPI runs them in its thread pool; the engine's connection pool is thread-safe)."""
 
@@ -93,6 +99,38 @@ class Handlers:
             return self.engine.index(name)
         except IndexNotFoundError:
             raise ApiError(404, "IndexNotFound", f"no index named {name!r}") from None
+
+    # -- images ----------------------------------------------------------------------------------------------------
+    def upload_images(self, name: str, files: list[UploadFile] = File(...)) -> JSONResponse:
+        """Multipart image files -> embedded and indexed; a result per file, 207 when some failed."""
+        index = self.open(name)
+        if len(files) > MAX_UPLOAD_FILES:
+            raise ApiError(400, "InvalidRequest", f"at most {MAX_UPLOAD_FILES} files per request")
+        results = []
+        for upload in files:
+            data = upload.file.read(MAX_UPLOAD_BYTES + 1)
+            entry = {"filename": upload.filename, "key": None, "status": False, "statusCode": 400}
+            if len(data) > MAX_UPLOAD_BYTES:
+                entry["errorMessage"] = f"file larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB"
+            else:
+                try:
+                    key, report = index.add_image_bytes(upload.filename or "upload", data)
+                except (ValueError, OSError) as exc:
+                    entry["errorMessage"] = str(exc)
+                else:
+                    failed = "; ".join(reason for _, reason in report.failed)
+                    entry.update(key=key, status=not failed, statusCode=422 if failed else 201,
+                                 errorMessage=failed or None)
+            results.append(entry)
+        all_ok = all(r["status"] for r in results)
+        return JSONResponse({"value": results}, status_code=200 if all_ok else 207)
+
+    def thumbnail(self, key: str, index: str | None = None, size: int = Query(256, ge=16, le=1024)) -> Response:
+        try:
+            data = self.open(index or self.engine.settings.index).thumbnail(key, size)
+        except LookupError as exc:
+            raise ApiError(404, "DocumentNotFound", str(exc)) from None
+        return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=86400"})
 
     # -- indexes ---------------------------------------------------------------------------------------------------
     def health(self) -> dict[str, str]:

@@ -14,6 +14,7 @@ OPEN_PATHS = {"/healthz", "/docs", "/openapi.json"}
 # (method, path) patterns a query key may use; everything else needs an admin key. Later routes (the OData
 # `indexes('NAME')` form, autocomplete, suggest) add their patterns here.
 QUERY_ROUTES: list[tuple[str, re.Pattern[str]]] = [
+    ("GET", re.compile(r"^/thumbnails/[^/]+$")),
     ("POST", re.compile(r"^/indexes/[^/]+/docs/search$")),
     ("GET", re.compile(r"^/indexes/[^/]+/docs/[^/]+$")),
     ("POST", re.compile(r"^/indexes\('[^/]+'\)/docs/search\.post\.search$")),
