@@ -20,7 +20,7 @@ from pixsearch.ingest.scan import photo_id
 from pixsearch.models import load_embedder
 from pixsearch.models.base import Embedder
 from pixsearch.search import evaluation
-from pixsearch.search.request import SearchRequest, SearchResponse
+from pixsearch.search.request import SearchRequest, SearchResponse, query_terms, resolve_vector
 from pixsearch.search.request import run as run_request
 from pixsearch.store import (
     PHOTO_FIELDS,
@@ -354,15 +354,11 @@ class Index:
 
     # -- search ----------------------------------------------------------------------------------------------------
     def query_vector(self, query: Query) -> tuple[str, np.ndarray]:
-        """Embed a query into the vector field it searches: text -> text space, image -> image space."""
-        embedder = self._checked_embedder()
-        if query.image is not None:
-            image = query.image if isinstance(query.image, Image.Image) else read_and_decode(str(query.image)).image
-            return embedder.image_space, embedder.embed_images([image]).vectors[embedder.image_space][0]
-        text = (query.text or "").strip()
-        if not text:
+        """The vector field and vector a query searches (the same resolution search uses)."""
+        terms = query_terms(SearchRequest(text=query.text, image=query.image))
+        if not terms:
             raise ValueError("empty query: give search text or --image FILE")
-        return embedder.text_space, embedder.embed_texts([text])[0]
+        return resolve_vector(self, terms, None)
 
     def query(self, request: SearchRequest) -> SearchResponse:
         """The full search: query expressions, filters, vector/keyword/hybrid modes, cutoffs, sorting, paging,

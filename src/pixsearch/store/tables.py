@@ -116,11 +116,21 @@ def _operator(symbol: str) -> sql.SQL:
 
 
 def as_query_vector(vector: Any, vf: VectorField) -> Vector | HalfVector:
-    array = np.asarray(vector, dtype=np.float32).reshape(-1)
+    return _pg_vector(
+        vector,
+        vf,
+        lambda got: f"vector field {vf.name!r} has {vf.dims} dimensions, the query vector has {got}",
+        "the query vector contains NaN or infinite values",
+    )
+
+
+def _pg_vector(value: Any, vf: VectorField, wrong_dims: Callable[[int], str], not_finite: str):
+    """float32 array checked against the field (width, finiteness) as the column's pgvector type."""
+    array = np.asarray(value, dtype=np.float32).reshape(-1)
     if array.shape[0] != vf.dims:
-        raise ValueError(f"vector field {vf.name!r} has {vf.dims} dimensions, the query vector has {array.shape[0]}")
+        raise ValueError(wrong_dims(array.shape[0]))
     if not np.all(np.isfinite(array)):
-        raise ValueError("the query vector contains NaN or infinite values")
+        raise ValueError(not_finite)
     return HalfVector(array) if vf.column_type == "halfvec" else Vector(array)
 
 
@@ -642,12 +652,12 @@ class DocumentTable:
 
 
 def _checked_vector(value: Any, vf: VectorField, key: Any) -> Vector | HalfVector:
-    array = np.asarray(value, dtype=np.float32).reshape(-1)
-    if array.shape[0] != vf.dims:
-        raise ValueError(f"document {key!r}: vector field {vf.name!r} needs {vf.dims} dimensions, got {array.shape[0]}")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"document {key!r}: vector field {vf.name!r} contains NaN or infinite values")
-    return HalfVector(array) if vf.column_type == "halfvec" else Vector(array)
+    return _pg_vector(
+        value,
+        vf,
+        lambda got: f"document {key!r}: vector field {vf.name!r} needs {vf.dims} dimensions, got {got}",
+        f"document {key!r}: vector field {vf.name!r} contains NaN or infinite values",
+    )
 
 
 def _maintenance_work_mem_mb(rows: int, vf: VectorField) -> int:
