@@ -342,9 +342,40 @@ def test_bad_search_requests_are_400(query, vec_index):
     assert _error(_vsearch(query, vec_index, doc_vector(0), top=0), 400)
     assert _error(_vsearch(query, vec_index, doc_vector(0), skip=-1), 400)
     assert _error(_vsearch(query, vec_index, doc_vector(0), select="nope"), 400)
-    assert _error(query.post(f"/indexes/{vec_index}/docs/search", json={}), 400)  # nothing asked
     assert "no model" in _error(query.post(f"/indexes/{vec_index}/docs/search", json={"search": "cats"}), 400)["message"]
-    assert _error(_vsearch(query, vec_index, doc_vector(0), search="cats"), 501)  # hybrid text + raw vector: later
+    assert "no model" in _error(_vsearch(query, vec_index, doc_vector(0), search="cats"), 400)["message"]
+    search = f"/indexes/{vec_index}/docs/search"
+    for vq, message in (({"kind": "id"}, "needs 'id'"), ({"kind": "id", "id": "nope"}, "unknown id"),
+                        ({"kind": "image", "image": "%%%"}, "not valid base64"),
+                        ({"kind": "image", "image": "aGVsbG8="}, "image"), ({"kind": "text"}, "needs 'text'"),
+                        ({"kind": "vector", "vector": doc_vector(0), "fields": "v,w"}, "one vector field")):
+        err = query.post(search, json={"vectorQueries": [vq]})
+        assert err.status_code in (400, 501) and message in _error(err, err.status_code)["message"], (vq, err.text)
+
+
+def test_nothing_asked_lists_everything_with_an_exact_count(query, vec_index):
+    for body in ({}, {"search": "*"}):
+        r = query.post(f"/indexes/{vec_index}/docs/search", json={**body, "filter": "lang eq 'en'", "count": True,
+                                                                  "top": 3, "skip": 1, "facets": ["tags"]})
+        assert r.status_code == 200, r.text
+        listed = r.json()
+        assert listed["@odata.count"] == 8 and [h["id"] for h in listed["value"]] == ["d03", "d06", "d09"]
+        assert {f["value"]: f["count"] for f in listed["@search.facets"]["tags"]} == {"even": 4, "odd": 4}
+    newest = query.post(f"/indexes/{vec_index}/docs/search", json={"orderby": "taken desc", "top": 2}).json()
+    assert [h["id"] for h in newest["value"]] == ["d23", "d22"]
+
+
+def test_several_vector_queries_are_fused(query, vec_index):
+    r = query.post(f"/indexes/{vec_index}/docs/search", json={"debug": "all", "top": 5, "vectorQueries": [
+        {"kind": "vector", "vector": doc_vector(2), "weight": 2.0},
+        {"kind": "id", "id": "d07", "exhaustive": True}]})
+    assert r.status_code == 200, r.text
+    hits = r.json()["value"]
+    assert hits[0]["id"] == "d02"  # first in the list weighted 2
+    assert set(hits[0]["@search.subscores"]) == {"vector_query_1", "vector_query_2"}
+    assert hits[0]["@search.subscores"]["vector_query_1"]["rank"] == 1
+    assert hits[0]["@search.score"] == pytest.approx(sum(
+        {"vector_query_1": 2.0, "vector_query_2": 1.0}[n] / (60 + s["rank"]) for n, s in hits[0]["@search.subscores"].items()))
 
 
 def test_paging_is_consistent(query, vec_index):
@@ -447,3 +478,31 @@ def test_image_upload_is_indexed_and_served_as_a_thumbnail(admin, query, api_eng
     assert query.get("/thumbnails/nope", params={"index": name}).status_code == 404
     assert query.post(f"/indexes/{name}/images", files=files[:1]).status_code == 403
     assert admin.get(f"/thumbnails/{results[0]['key']}", params={"index": name, "size": 4}).status_code == 400
+
+
+def test_image_and_more_like_this_searches_on_the_photo_index(query, sample_index, samples, tmp_path):
+    import base64
+
+    from helpers import altered_copy
+
+    rocket = altered_copy(samples / "rocket.jpg", tmp_path / "q.jpg").read_bytes()
+    search = f"/indexes/{sample_index}/docs/search"
+    for vq in ({"kind": "image", "image": base64.b64encode(rocket).decode()},
+               {"kind": "imageBinary", "base64Image": "data:image/jpeg;base64," + base64.b64encode(rocket).decode()}):
+        r = query.post(search, json={"vectorQueries": [vq], "top": 2})
+        assert r.status_code == 200, r.text
+        assert r.json()["value"][0]["path"].endswith("rocket.jpg")
+    uploaded = query.post(f"/indexes/{sample_index}/images/search", files={"image": ("q.jpg", rocket, "image/jpeg")},
+                          data={"query": '{"top": 2, "count": true, "select": "path"}'})
+    assert uploaded.status_code == 200, uploaded.text
+    first = uploaded.json()["value"][0]
+    assert first["path"].endswith("rocket.jpg") and set(first) == {"@search.score", "path"}
+    key = query.post(f"/indexes/{sample_index}/images/search", files={"image": ("q.jpg", rocket, "image/jpeg")}
+                     ).json()["value"][0]["id"]
+    like = query.post(search, json={"vectorQueries": [{"kind": "id", "id": key}], "top": 3}).json()["value"]
+    assert like[0]["id"] == key and like[0]["@search.score"] == pytest.approx(1, abs=1e-5)
+    bad = query.post(f"/indexes/{sample_index}/images/search", files={"image": ("x.jpg", b"not an image", "image/jpeg")})
+    assert "not an image" in _error(bad, 400)["message"]
+    bad = query.post(f"/indexes/{sample_index}/images/search", files={"image": ("q.jpg", rocket, "image/jpeg")},
+                     data={"query": '{"top": "many"}'})
+    assert "top" in _error(bad, 400)["message"]

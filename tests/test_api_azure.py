@@ -181,13 +181,22 @@ def test_vector_search_nearest_first(base_url, azure_index):  # noqa: F811
             VectorizedQuery(vector=target, k_nearest_neighbors=3, fields="vector")]))
     assert [h["id"] for h in hits] == [f"k{i:02d}" for i in expected]
     assert hits[0]["id"] == "k13" and hits[0]["@search.score"] >= hits[1]["@search.score"] >= hits[2]["@search.score"]
+    with search_client(base_url, azure_index) as sc:
+        exact = list(sc.search(search_text=None, vector_queries=[
+            VectorizedQuery(vector=target, k_nearest_neighbors=3, fields="vector", exhaustive=True)]))
+        fused = list(sc.search(search_text=None, top=2, vector_queries=[
+            VectorizedQuery(vector=target, k_nearest_neighbors=3, fields="vector", weight=3.0),
+            VectorizedQuery(vector=vec(40), k_nearest_neighbors=3, fields="vector")]))
+    assert [h["id"] for h in exact] == [f"k{i:02d}" for i in expected]
+    assert fused[0]["id"] == "k13"  # the nearest to the query weighted 3 wins the fusion
 
 
 def test_filter_facets_paging_select_orderby(base_url, azure_index):  # noqa: F811
     with search_client(base_url, azure_index) as sc:
-        with pytest.raises(HttpResponseError) as err:  # match-all needs a vector query here
-            list(sc.search(search_text="*"))
-        assert err.value.status_code == 501
+        everything = sc.search(search_text="*", filter="color eq 'red'", order_by=["n desc"], top=3,
+                               include_total_count=True)
+        assert [h["n"] for h in everything] == sorted((i for i in range(N) if i % 5 == 0), reverse=True)[:3]
+        assert everything.get_count() == len([i for i in range(N) if i % 5 == 0])
         results = sc.search(search_text=None, vector_queries=[
                                 VectorizedQuery(vector=vec(0), k_nearest_neighbors=N, fields="vector")],
                             filter="color eq 'red' or color eq 'blue'", facets=["color", "tags"],
@@ -234,8 +243,6 @@ def test_unsupported_search_options_are_clear_errors(base_url, azure_index):  # 
         for kwargs in ({"search_text": "doc", "query_type": "semantic"}, {"search_text": "doc", "search_mode": "all"},
                        {"search_text": None, "vector_queries": vq, "highlight_fields": "title"},
                        {"search_text": None, "vector_queries": vq, "scoring_profile": "x"},
-                       {"search_text": None, "vector_queries": [
-                           VectorizedQuery(vector=vec(0), k_nearest_neighbors=3, fields="vector", exhaustive=True)]},
                        {"search_text": None, "vector_queries": [VectorizableTextQuery(text="cat", fields="vector")]},
                        {"search_text": None, "vector_queries": vq, "filter": "color eq"}):
             with pytest.raises(HttpResponseError) as err:

@@ -1,17 +1,18 @@
 """Queries people actually ask: query kinds and combinations, filters, hybrid RRF, cutoffs, sorting, paging, facets."""
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 
 import numpy as np
 import pytest
 
 from conftest import run_cli
-from helpers import altered_copy
+from helpers import altered_copy, copy_some
 from pixsearch.search.expressions import parse_query
 from pixsearch.search.odata import FilterSyntaxError
 from pixsearch.search.ranking import Cutoff, reciprocal_rank_fusion
-from pixsearch.search.request import SearchRequest, resolve_vector
+from pixsearch.search.request import SearchRequest, VectorQuery, resolve_vector
 from pixsearch.store import Field, FilterError, VectorField
 
 
@@ -45,6 +46,48 @@ def test_every_query_kind(idx, samples, tmp_path):
     assert idx.query(SearchRequest(text=f"id:{cat_id}", top=1))[0].id == cat_id
 
 
+def test_more_like_this_searches_the_image_space(idx, samples):
+    cat_id = photo_id(idx, samples, "cat-chelsea.png")
+    field_name, vector = resolve_vector(idx, parse_query(f"id:{cat_id}"), None)
+    assert field_name == "image"
+    np.testing.assert_allclose(vector, idx.get([cat_id])[cat_id]["image"], rtol=1e-5, atol=1e-6)
+
+
+def test_no_query_lists_photos_newest_first_with_an_exact_total(engine, index_name, samples, tmp_path):
+    files = copy_some(samples, tmp_path / "photos", ["coffee.png", "rocket.jpg", "cat-chelsea.png"])
+    days = {"coffee.png": 3, "rocket.jpg": 1, "cat-chelsea.png": 2}  # days after 2020-01-01
+    for f in files:
+        stamp = datetime(2020, 1, 1 + days[f.name], tzinfo=timezone.utc).timestamp()
+        os.utime(f, (stamp, stamp))
+    idx = engine.index(index_name, create=True)
+    idx.add_paths([tmp_path / "photos"])
+    listed = idx.query(SearchRequest(top=2, facets=["taken_at,interval:day"]))
+    assert listed.mode == "browse" and listed.total == 3
+    assert names(listed) == ["coffee.png", "cat-chelsea.png"]  # no EXIF date: the file's time stands in
+    assert listed[0].document["taken_at"] == datetime(2020, 1, 4, tzinfo=timezone.utc)
+    assert len(listed.facets["taken_at"]) == 3
+    assert names(idx.query(SearchRequest(top=2, skip=2))) == ["rocket.jpg"]
+    older = idx.query(SearchRequest(filter="taken_at lt 2020-01-04", sort=[("filename", False)]))
+    assert names(older) == ["cat-chelsea.png", "rocket.jpg"] and older.total == 2
+
+
+def test_vector_queries_are_fused_with_their_weights(idx, samples, tmp_path):
+    rocket = altered_copy(samples / "rocket.jpg", tmp_path / "q.jpg")
+    queries = [VectorQuery(text="a cat", weight=2.0), VectorQuery(image=rocket)]
+    fused = idx.query(SearchRequest(vector_queries=queries, top=5))
+    for hit in fused:  # weighted RRF: sum of weight / (60 + rank) over the lists that found the photo
+        expected = sum({"vector_query_1": 2.0, "vector_query_2": 1.0}[name] / (60 + sub["rank"])
+                       for name, sub in hit.subscores.items())
+        assert hit.score == pytest.approx(expected)
+    text_only = idx.query(SearchRequest(text="a cat", mode="vector", top=3))
+    muted = [VectorQuery(text="a cat"), VectorQuery(image=rocket, weight=0.0)]
+    assert names(idx.query(SearchRequest(vector_queries=muted, top=3))) == names(text_only)
+    with_text = idx.query(SearchRequest(text="coffee", vector_queries=[VectorQuery(image=rocket)], top=3))
+    assert with_text.mode == "hybrid" and {"vector", "keyword", "vector_query_1"} >= set(with_text[0].subscores)
+    with pytest.raises(ValueError, match="keyword mode does not use vector queries"):
+        idx.query(SearchRequest(text="coffee", mode="keyword", vector_queries=[VectorQuery(image=rocket)]))
+
+
 def test_ids_search_uses_the_mean_of_their_vectors(idx, samples):
     ids = [photo_id(idx, samples, n) for n in ("cat-chelsea.png", "imagenet-16-251.jpg")]
     field_name, vector = resolve_vector(idx, parse_query("ids:" + ",".join(ids)), None)
@@ -72,7 +115,7 @@ def test_text_and_image_together_search_the_text_space(idx, samples, tmp_path):
 @pytest.mark.parametrize(
     "request_kwargs, message",
     [
-        ({"text": "  "}, "empty query"),
+        ({"text": "  ", "mode": "vector"}, "needs a query"),
         ({"text": '"a" +'}, "expected a term"),
         ({"text": '"unterminated'}, "unterminated"),
         ({"text": '"a" "b"'}, "expected '\\+' or '-'"),

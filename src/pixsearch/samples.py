@@ -29,6 +29,9 @@ _SOURCES: dict[str, tuple[str, dict[str, str]]] = {
     )}),
 }
 
+# The demo keeps each package's photos in a folder of their own, so folder filters and facets have something to show.
+GROUP_FOLDERS = {"skimage": "scikit-image", "sklearn": "scikit-learn", "foolbox": "imagenet"}
+
 DEMO_QUERIES = ("a cat", "a cup of coffee", "a rocket launch", "strawberries", "a dog with black spots")
 
 
@@ -40,8 +43,8 @@ def package_dir(package: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def sample_files() -> dict[str, Path]:
-    """Name to write -> source file, for every sample whose package is installed."""
+def sample_files(grouped: bool = False) -> dict[str, Path]:
+    """Name to write (`group/name` when grouped) -> source file, for every sample whose package is installed."""
     files: dict[str, Path] = {}
     for package, (subdir, names) in _SOURCES.items():
         root = package_dir(package)
@@ -50,13 +53,14 @@ def sample_files() -> dict[str, Path]:
         for source, target in names.items():
             path = root / subdir / source
             if path.is_file():
-                files[target] = path
+                files[f"{GROUP_FOLDERS[package]}/{target}" if grouped else target] = path
     return files
 
 
-def write_samples(folder: Path) -> list[Path]:
-    """Copy the sample photos into `folder` (existing copies are kept, so re-indexing finds nothing new)."""
-    files = sample_files()
+def write_samples(folder: Path, grouped: bool = False) -> list[Path]:
+    """Copy the sample photos into `folder`, in a subfolder per source when `grouped` (existing copies are kept, so
+    re-indexing finds nothing new)."""
+    files = sample_files(grouped)
     if not files:
         raise ValueError(
             "no sample photos found: install the demo extras (pip install 'pixsearch[demo]'; foolbox with --no-deps)"
@@ -66,6 +70,7 @@ def write_samples(folder: Path) -> list[Path]:
     for target, source in sorted(files.items()):
         dest = folder / target
         if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, dest)
         written.append(dest)
     return written

@@ -5,11 +5,13 @@ are just more registrations of the same handlers.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
-from typing import Annotated, Any, Callable, Iterable
+from typing import Annotated, Any, Callable, Iterable, Sequence
 
 import numpy as np
-from fastapi import Body, FastAPI, File, Query, Request, UploadFile
+from fastapi import Body, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
@@ -21,12 +23,13 @@ from pixsearch.api.models import (
     IndexBatch,
     IndexIn,
     SearchBody,
+    VectorQueryIn,
     definition,
     field_value,
     jsonable,
     vector_value,
 )
-from pixsearch.search.request import MAX_TOP, MAX_WINDOW, MODES, SearchRequest
+from pixsearch.search.request import MAX_TOP, MAX_WINDOW, MODES, SearchRequest, VectorQuery
 from pixsearch.service import Engine, Index
 from pixsearch.store import FilterError, IndexExistsError, IndexNotFoundError, IndexSpec
 
@@ -65,6 +68,7 @@ def create_app(
     app.add_api_route("/indexes/{name}/docs/$count", h.count, methods=["GET"])  # before /docs/{key}
     app.add_api_route("/indexes/{name}/docs/{key}", h.get_document, methods=["GET"])
     app.add_api_route("/indexes/{name}/images", h.upload_images, methods=["POST"])
+    app.add_api_route("/indexes/{name}/images/search", h.search_by_upload, methods=["POST"])
     app.add_api_route("/thumbnails/{key}", h.thumbnail, methods=["GET"])
     # Azure AI Search's own forms (what azure-search-documents sends): same handlers, OData paths
     app.add_api_route("/indexes", h.post_index, methods=["POST"], status_code=201)
@@ -231,26 +235,52 @@ class Handlers:
 
     # -- search ----------------------------------------------------------------------------------------------------
     def search(self, name: str, body: SearchBody) -> dict[str, Any]:
+        return self._search(name, body)
+
+    def search_by_upload(
+        self,
+        name: str,
+        image: UploadFile = File(..., description="The image to search by."),
+        query: str | None = Form(None, description="Optional search body (JSON), as for docs/search."),
+    ) -> dict[str, Any]:
+        """Search by an uploaded image file (multipart), plus anything a search body can say."""
+        try:
+            body = SearchBody.model_validate_json(query or "{}")
+        except ValidationError as exc:
+            raise _bad("query: " + "; ".join(
+                f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())) from None
+        data = image.file.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise _bad(f"image larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
+        return self._search(name, body, [VectorQuery(image=data)])
+
+    def _search(self, name: str, body: SearchBody, extra: Sequence[VectorQuery] = ()) -> dict[str, Any]:
         index = self.open(name)
-        request, select, (skip, top) = _search_request(index.spec, body)
+        request, select = _search_request(index.spec, body, extra)
         try:
             response = index.query(request)
         except FilterError as exc:
             raise filter_error(exc) from None
-        except ValueError as exc:  # the service's user errors (SchemaError and ModelMismatchError are ValueErrors)
+        except ValueError as exc:  # the service's user errors (SchemaError, ModelMismatchError, DecodeError...)
             raise ApiError(400, "InvalidRequest", str(exc)) from None
         key = index.spec.key_field
+        debug = body.debug not in (None, False, "disabled")
         value = []
-        for hit in response.hits[skip : skip + top]:
+        for hit in response.hits:
             doc = {key: hit.id, **hit.document}
             if select is not None:
                 doc = {n: doc.get(n) for n in select}
-            value.append({"@search.score": hit.score, **doc})
+            item = {"@search.score": hit.score, **doc}
+            if debug:
+                item["@search.subscores"] = hit.subscores
+            value.append(item)
         out: dict[str, Any] = {}
         if body.count:
             out["@odata.count"] = response.total
         if body.facets:
             out["@search.facets"] = response.facets
+        if debug:
+            out["@search.debug"] = {"mode": response.mode, "complete": response.complete, "reason": response.reason}
         out["value"] = value
         return jsonable(out)
 
@@ -298,58 +328,75 @@ def _orderby(value: str | None) -> list[tuple[str, bool]]:
     return sort
 
 
+def _image_bytes(value: str) -> bytes:
+    """Base64 image bytes, optionally as a data: URL."""
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad("the image is not valid base64") from None
+
+
+def _vector_query(vq: VectorQueryIn, i: int) -> VectorQuery:
+    where = f"vectorQueries[{i}]"
+    field = vq.fields.strip() if vq.fields is not None else None
+    if field is not None and "," in field:
+        raise ApiError(501, "NotImplemented", f"{where}: a vector query searches one vector field; send one query per "
+                       "field instead (they are fused)")
+    common = {"field": field, "k": vq.k, "weight": vq.weight, "exact": vq.exhaustive}
+    if vq.kind == "vector":
+        if vq.vector is None:
+            raise _bad(f"{where}: a vector query of kind 'vector' needs 'vector'")
+        return VectorQuery(vector=vq.vector, **common)
+    if vq.kind == "text":
+        if not vq.text or not vq.text.strip():
+            raise _bad(f"{where}: a vector query of kind 'text' needs 'text'")
+        return VectorQuery(text=vq.text, **common)
+    if vq.kind in ("image", "imageBinary"):
+        data = vq.image or vq.base64Image
+        if not data:
+            raise _bad(f"{where}: a vector query of kind '{vq.kind}' needs base64 image bytes in 'image'")
+        return VectorQuery(image=_image_bytes(data), **common)
+    ids = [vq.id] if vq.id else list(vq.ids or [])
+    if not ids:
+        raise _bad(f"{where}: a vector query of kind 'id' needs 'id' (or 'ids')")
+    return VectorQuery(ids=ids, **common)
+
+
 def _search_request(
-    spec: IndexSpec, body: SearchBody
-) -> tuple[SearchRequest, list[str] | None, tuple[int, int]]:
+    spec: IndexSpec, body: SearchBody, extra: Sequence[VectorQuery] = ()
+) -> tuple[SearchRequest, list[str] | None]:
+    """The service request for a search body. `search` text is embedded and keyword-matched (hybrid); each vector
+    query adds a list to the fusion, except a text query repeating the search text (Azure clients send both for a
+    hybrid query); no text and no vector query lists everything, newest first (Azure's `search=*`)."""
     text = body.search if body.search and body.search.strip() not in ("", "*") else None
-    vector, field, k = None, None, None
-    if text is None and not body.vectorQueries and body.search is not None:
-        raise ApiError(501, "NotImplemented", "search='*' (match everything) without a vector query is not supported; "
-                       "give search text or a vector query (with a filter to narrow it)")
-    if len(body.vectorQueries) > 1:
-        raise ApiError(501, "NotImplemented", "only one vector query per request is supported")
     mode = body.mode
     if body.queryType is not None:
         if body.queryType in MODES:
             mode = mode or body.queryType
         elif body.queryType not in ("simple", "full"):
             raise _bad(f"queryType {body.queryType!r} is not supported; use simple, full, vector, keyword or hybrid")
-    if body.vectorQueries:
-        vq = body.vectorQueries[0]
-        k = vq.k
-        if vq.fields is not None:
-            field = vq.fields.strip()
-            if "," in field:
-                raise ApiError(501, "NotImplemented", "a vector query can search one vector field only")
-        if vq.kind == "vector":
-            if vq.vector is None:
-                raise _bad("a vector query of kind 'vector' needs 'vector'")
-            if text is not None:
-                raise ApiError(501, "NotImplemented",
-                               "search text combined with a raw vector query (hybrid) is not supported yet")
-            vector = vq.vector
-        else:
-            if not vq.text or not vq.text.strip():
-                raise _bad("a vector query of kind 'text' needs 'text'")
-            if text is not None and text != vq.text:
-                raise ApiError(501, "NotImplemented",
-                               "search text differing from the vector query's text is not supported yet")
-            mode = mode or ("hybrid" if text is not None else "vector")
-            text = vq.text
+    queries = [_vector_query(vq, i) for i, vq in enumerate(body.vectorQueries)] + list(extra)
+    field = None
+    repeated = next((q for q in queries if text is not None and q.text == text), None)
+    if repeated is not None:
+        queries.remove(repeated)
+        field = repeated.field
+        mode = mode or "hybrid"
+    # Azure pages over the k neighbours of each query: with no top, a page is the largest k.
+    k = max((q.k or 0 for q in queries), default=0)
     top = body.top if body.top is not None else (k or DEFAULT_TOP)
     if not 1 <= top <= MAX_TOP:
         raise _bad(f"top must be between 1 and {MAX_TOP}, got {top}")
     if body.skip < 0:
         raise _bad("skip cannot be negative")
-    # Azure retrieves k neighbours and pages (skip/top) over them: retrieve max(k, skip + top) from the start and
-    # page here, so @odata.count counts the retrieved results rather than one page.
-    depth = min(MAX_WINDOW, max(body.skip + top, k or 0))
     if body.skip + top > MAX_WINDOW:
         raise _bad(f"skip + top must be at most {MAX_WINDOW}: refine the query or the filter instead")
     select = _select_list(spec, body.select, allow_vectors=False) if body.select else None
-    request = SearchRequest(text=text, vector=vector, field=field, filter=body.filter, mode=mode, top=depth,
-                            skip=0, sort=_orderby(body.orderby), facets=list(body.facets))
-    return request, select, (body.skip, top)
+    request = SearchRequest(text=text, field=field, filter=body.filter, mode=mode, top=top, skip=body.skip,
+                            sort=_orderby(body.orderby), facets=list(body.facets), vector_queries=queries)
+    return request, select
 
 
 def _write_batch(index: Index, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -10,12 +10,14 @@ from pixsearch.store.keys import hash_key
 
 ADMIN, QUERY = "admin", "query"
 HEADER = "api-key"
-OPEN_PATHS = {"/healthz", "/docs", "/openapi.json"}
+OPEN_PATHS = {"/", "/healthz", "/docs", "/openapi.json"}
+OPEN_PREFIXES = ("/static/",)  # the search page's own files; everything they fetch needs a key
 # (method, path) patterns a query key may use; everything else needs an admin key. Later routes (the OData
 # `indexes('NAME')` form, autocomplete, suggest) add their patterns here.
 QUERY_ROUTES: list[tuple[str, re.Pattern[str]]] = [
     ("GET", re.compile(r"^/thumbnails/[^/]+$")),
     ("POST", re.compile(r"^/indexes/[^/]+/docs/search$")),
+    ("POST", re.compile(r"^/indexes/[^/]+/images/search$")),
     ("GET", re.compile(r"^/indexes/[^/]+/docs/[^/]+$")),
     ("POST", re.compile(r"^/indexes\('[^/]+'\)/docs/search\.post\.search$")),
     ("GET", re.compile(r"^/indexes\('[^/]+'\)/docs/\$count$")),
@@ -57,7 +59,7 @@ class KeyRing:
 
 def required_role(method: str, path: str) -> str | None:
     """None for open routes, QUERY for document reads, ADMIN for the rest."""
-    if path in OPEN_PATHS:
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
         return None
     for m, pattern in QUERY_ROUTES:
         if method == m and pattern.match(path):

@@ -156,12 +156,22 @@ def jsonable(value: Any) -> Any:
 
 # -- search ----------------------------------------------------------------------------------------------------------
 class VectorQueryIn(BaseModel):
+    """One vector query. Kinds: `vector` (raw), `text` (embedded by the index's model), `image` / Azure's
+    `imageBinary` (base64 image bytes in `image` or `base64Image`), `id` (a stored document's vector, or the mean of
+    `ids`: "more like this/these"). Several queries are retrieved separately and fused by RRF, each with `weight`."""
+
     model_config = _STRICT
-    kind: Literal["vector", "text"]
+    kind: Literal["vector", "text", "image", "imageBinary", "id"]
     vector: list[float] | None = None
     text: str | None = None
+    image: str | None = None
+    base64Image: str | None = None
+    id: str | None = None
+    ids: list[str] | None = PField(default=None, max_length=100)
     fields: str | None = None
     k: int | None = PField(default=None, ge=1, le=1000)
+    weight: float = PField(default=1.0, ge=0, le=100)
+    exhaustive: bool = False
 
 
 class SearchBody(BaseModel):
@@ -177,3 +187,4 @@ class SearchBody(BaseModel):
     queryType: str | None = None
     mode: str | None = None
     count: bool = False
+    debug: str | bool | None = None  # anything but false/"disabled": each result carries "@search.subscores"

@@ -6,6 +6,7 @@ import time
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
 
@@ -200,6 +201,11 @@ def _bounded_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], windo
         yield in_flight.popleft().result()
 
 
+def _file_time(mtime_ns: int) -> datetime:
+    """A photo's date when its EXIF has none: the file's modification time, as most photo libraries do."""
+    return datetime.fromtimestamp(mtime_ns / 1e9, timezone.utc)
+
+
 def _tags(classes: list[ClassScore]) -> list[str]:
     tags = [c.label for c in classes[:MAX_TAGS] if c.probability >= MIN_TAG_PROBABILITY]
     return tags or [c.label for c in classes[:1]]
@@ -232,7 +238,7 @@ def _embed_and_write(
                 format=decoded.format,
                 width=decoded.width,
                 height=decoded.height,
-                taken_at=decoded.taken_at,
+                taken_at=decoded.taken_at or _file_time(work.file.mtime_ns),
                 camera=decoded.camera,
                 gps_lat=decoded.gps_lat,
                 gps_lon=decoded.gps_lon,

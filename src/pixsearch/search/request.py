@@ -5,7 +5,7 @@ list -> fuse them (RRF) in hybrid mode -> cut the irrelevant tail -> sort -> pag
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -14,8 +14,9 @@ import numpy as np
 from PIL import Image
 
 from pixsearch.search.expressions import Term, combine, parse_query
+from pixsearch.search.facets import count_facets
 from pixsearch.search.ranking import Cutoff, reciprocal_rank_fusion, sort_hits
-from pixsearch.store import Filter, Hit, QueryOptions, SchemaError
+from pixsearch.store import Filter, Hit, QueryOptions, SchemaError, SearchResult
 from pixsearch.store.tables import HitList
 
 if TYPE_CHECKING:
@@ -25,6 +26,22 @@ MODES = ("vector", "keyword", "hybrid")
 MAX_TOP = 1000
 MAX_WINDOW = 1000  # skip + top: ANN indexes return at most this many candidates per query
 FUSION_DEPTH = 50  # each list contributes at least this many candidates to hybrid fusion
+BROWSE_ORDER = {"photos": (("taken_at", True),)}  # what "no query" lists first: the newest photos
+
+
+@dataclass
+class VectorQuery:
+    """One more ranked list, fused with the others by RRF (Azure's `vectorQueries`): its own query, vector field,
+    number of neighbours, fusion weight and exact (exhaustive) search."""
+
+    text: str | None = None
+    image: str | Path | bytes | Image.Image | None = None
+    ids: Sequence[str] | None = None
+    vector: Any = None
+    field: str | None = None
+    k: int | None = None
+    weight: float = 1.0
+    exact: bool = False
 
 
 @dataclass
@@ -36,6 +53,8 @@ class SearchRequest:
     image:   an image (path, bytes or PIL image) added as a term.
     ids:     stored items whose mean vector is added as a term ("more like these").
     vector:  a raw query vector for `field`.
+    vector_queries: more queries, each retrieved on its own and fused with the rest by weighted RRF.
+    Nothing asked at all lists the documents passing the filter, newest first ("browse").
     filter:  an OData-style filter string or a filter tree.
     mode:    vector | keyword | hybrid; default hybrid for text queries on indexes with searchable fields.
     """
@@ -53,6 +72,7 @@ class SearchRequest:
     sort: Sequence[tuple[str, bool]] = ()  # (field, descending), applied after the relevance cut
     facets: Sequence[str] = ()
     weights: dict[str, float] = dataclass_field(default_factory=dict)  # "vector" / "keyword" weights for fusion
+    vector_queries: Sequence[VectorQuery] = ()
     options: QueryOptions = dataclass_field(default_factory=QueryOptions)
 
 
@@ -119,15 +139,15 @@ def keyword_text(terms: Sequence[Term]) -> str | None:
 def resolve_vector(index: "Index", terms: Sequence[Term], field_name: str | None) -> tuple[str, np.ndarray]:
     """Embed every term into one vector field and combine them.
 
-    Field: the one given; else an image alone searches the image space ("more like this"), ids alone search their
-    stored vectors in the text space if the index has a model, and anything with text searches the text space.
+    Field: the one given; else images and stored ids without text search the image space ("more like this":
+    looks, not only meaning), and anything with text searches the text space.
     """
     kinds = {t.kind for t in terms}
     modelled = any(vf.model_id for vf in index.spec.vector_fields)
     if field_name is None:
         if modelled:
             embedder = index._checked_embedder()
-            field_name = embedder.image_space if kinds <= {"image"} else embedder.text_space
+            field_name = embedder.image_space if kinds <= {"image", "id", "ids"} else embedder.text_space
         else:
             field_name = index.spec.vector_field(None).name
     vf = index.spec.vector_field(field_name)
@@ -168,34 +188,55 @@ def resolve_vector(index: "Index", terms: Sequence[Term], field_name: str | None
 def run(index: "Index", request: SearchRequest) -> SearchResponse:
     _validate(request)
     terms = query_terms(request)
-    if not terms:
-        raise ValueError("empty query: give search text, an image, ids or a vector")
     node = resolve_filter(index, request.filter)
+    if not terms and not request.vector_queries:
+        return _browse(index, request, node)
     words = keyword_text(terms)
     has_keyword_fields = any(f.searchable for f in index.spec.fields)
-    only_plain_text = all(t.kind == "text" for t in terms)
+    only_plain_text = bool(terms) and all(t.kind == "text" for t in terms)
     mode = request.mode or ("hybrid" if words and has_keyword_fields and only_plain_text else "vector")
     if mode in ("keyword", "hybrid") and not words:
         raise ValueError(f"{mode} search needs query text")
+    if mode == "keyword" and request.vector_queries:
+        raise ValueError("keyword mode does not use vector queries: drop them or choose vector or hybrid mode")
     window = request.skip + request.top
-    depth = min(MAX_WINDOW, max(window, FUSION_DEPTH)) if mode == "hybrid" else window
+
+    # Each ranked list: the query expression's vector, the keyword matches, one per extra vector query.
+    searches: list[tuple[str, Sequence[Term], str | None, int, QueryOptions]] = []
+    weights = dict(request.weights)
+    if mode in ("vector", "hybrid") and terms:
+        searches.append(("vector", terms, request.field, window, request.options))
+    for i, vq in enumerate(request.vector_queries, 1):
+        name = f"vector_query_{i}"
+        vq_terms = query_terms(SearchRequest(text=vq.text, image=vq.image, ids=vq.ids, vector=vq.vector))
+        if not vq_terms:
+            raise ValueError(f"vector query {i} is empty: give it text, an image, ids or a vector")
+        options = replace(request.options, exact=True) if vq.exact else request.options
+        searches.append((name, vq_terms, vq.field, min(MAX_WINDOW, max(window, vq.k or 0)), options))
+        weights[name] = vq.weight
+    fuse = len(searches) + (mode != "vector") > 1
+    depth_floor = FUSION_DEPTH if fuse else 0
 
     complete, reason = True, None
     lists: dict[str, list[tuple[str, float]]] = {}
     vector_hits: dict[str, Hit] = {}
-    if mode in ("vector", "hybrid"):
-        field_name, vector = resolve_vector(index, terms, request.field)
+    first: SearchResult | None = None
+    for name, list_terms, field_name, depth, options in searches:
+        field_name, vector = resolve_vector(index, list_terms, field_name)
         with index.db.connection() as conn:
-            result = index.table.search(conn, field_name, vector, depth, filter=node, options=request.options)
-        complete, reason = result.complete, result.reason
-        lists["vector"] = [(h.id, h.score) for h in result.hits]
-        vector_hits = {h.id: h for h in result.hits}
+            result = index.table.search(conn, field_name, vector, min(MAX_WINDOW, max(depth, depth_floor)),
+                                        filter=node, options=options)
+        if first is None:
+            first, complete, reason = result, result.complete, result.reason
+        lists[name] = [(h.id, h.score) for h in result.hits]
+        for h in result.hits:
+            vector_hits.setdefault(h.id, h)
     if mode in ("keyword", "hybrid"):
         with index.db.connection() as conn:
-            lists["keyword"] = index.table.keyword_search(conn, words, depth, filter=node)
+            lists["keyword"] = index.table.keyword_search(conn, words, max(window, depth_floor), filter=node)
 
-    if mode == "hybrid":
-        fused = reciprocal_rank_fusion(lists, request.weights)
+    if fuse:
+        fused = reciprocal_rank_fusion(lists, weights)
         with index.db.connection() as conn:
             documents = index.table.fetch(conn, [f.id for f in fused if f.id not in vector_hits])
         hits = []
@@ -210,7 +251,7 @@ def run(index: "Index", request: SearchRequest) -> SearchResponse:
         complete = len(hits) >= window
         reason = None if complete else "fewer_matches"
     else:
-        hits = list(result.hits)
+        hits = list(first.hits)
 
     keep = request.cutoff.apply([h.score for h in hits])
     relevant = hits[:keep]
@@ -222,8 +263,19 @@ def run(index: "Index", request: SearchRequest) -> SearchResponse:
     page = relevant[request.skip : request.skip + request.top]
     facets = {}
     if request.facets:
-        from pixsearch.search.facets import count_facets
-
         cut = keep < len(hits) or request.cutoff != Cutoff()
         facets = count_facets(index, request.facets, node, [h.id for h in relevant] if cut else None)
-    return SearchResponse(page, mode, len(relevant), complete, reason, facets)
+    return SearchResponse(page, "hybrid" if "keyword" in lists and fuse else mode, len(relevant), complete, reason,
+                          facets)
+
+
+def _browse(index: "Index", request: SearchRequest, node: Filter | None) -> SearchResponse:
+    """No query: every document passing the filter, newest first (photos: by date taken), with an exact total."""
+    if request.mode is not None:
+        raise ValueError(f"{request.mode} search needs a query: give search text, an image, ids or a vector")
+    sort = list(request.sort) or list(BROWSE_ORDER.get(index.spec.kind, ()))
+    with index.db.connection() as conn:
+        rows, total = index.table.browse(conn, request.top, request.skip, filter=node, sort=sort)
+    hits = [Hit(key, 1.0, float("nan"), document) for key, document in rows]
+    facets = count_facets(index, request.facets, node, None) if request.facets else {}
+    return SearchResponse(hits, "browse", total, True, None, facets)

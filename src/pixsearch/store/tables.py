@@ -548,6 +548,34 @@ class DocumentTable:
         rows = conn.execute(statement, {**params, "text": text, "limit": limit}).fetchall()
         return [(row[0], float(row[1])) for row in rows]
 
+    def browse(
+        self,
+        conn: psycopg.Connection,
+        limit: int,
+        offset: int = 0,
+        *,
+        filter: Filter | None = None,
+        sort: Sequence[tuple[str, bool]] = (),
+    ) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+        """Documents passing `filter` in `sort` order (missing values last, then newest indexed first), one page of
+        (key, fields), plus how many pass the filter in all."""
+        where, params = compile_filter(self.spec, filter)
+        where_sql = sql.SQL(" WHERE {}").format(where) if where is not None else sql.SQL("")
+        order = []
+        for name, descending in sort:
+            if not self.spec.field(name).sortable:
+                raise SchemaError(f"field {name!r} is not sortable in index {self.spec.name!r}")
+            direction = "DESC NULLS LAST" if descending else "ASC NULLS LAST"
+            order.append(sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(direction)))
+        order += [sql.SQL("indexed_at DESC"), self.key]
+        columns = [self.key] + [sql.Identifier(c) for c in self.retrievable]
+        page = sql.SQL("SELECT {} FROM {}{} ORDER BY {} LIMIT %(limit)s OFFSET %(offset)s").format(
+            sql.SQL(", ").join(columns), self.table, where_sql, sql.SQL(", ").join(order)
+        )
+        rows = conn.execute(page, {**params, "limit": limit, "offset": offset}).fetchall()
+        total = conn.execute(sql.SQL("SELECT count(*) FROM {}{}").format(self.table, where_sql), params).fetchone()[0]
+        return [(row[0], dict(zip(self.retrievable, row[1:]))) for row in rows], total
+
     def fetch(self, conn: psycopg.Connection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Retrievable fields of the given documents."""
         return self.select(conn, ids, self.retrievable) if ids else {}
