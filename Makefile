@@ -1,10 +1,14 @@
-# The two Quickstart commands: `make run` (install + demo) and `make test` (install + test suite).
+# The two Quickstart commands: `make run` (install + demo + search page) and `make test` (install + test suite).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install run test bench bench-ann clean
+
+# The browser tests drive Debian's Chromium with Playwright (its own browser download cannot work offline).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # torch is pinned and installed first: 2.13.0 is the local CPU wheel; letting a dependency resolve torch on its
 # own pulls a multi-GB CUDA build. foolbox is installed without its dependencies: we only read its sample photos.
@@ -18,10 +22,14 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 run: install
-	$(BIN)/pixsearch demo
+	$(BIN)/pixsearch demo --serve
 
-test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+$(CHROMIUM):
+	$(SUDO) apt-get install -y chromium \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+
+test: install $(CHROMIUM)
+	PIXSEARCH_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/ingest.py

@@ -1,16 +1,13 @@
 """The REST API against a live uvicorn server on loopback, driven with httpx."""
 from __future__ import annotations
 
-import socket
-import threading
-import time
 import uuid
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
+from helpers import live_server
 from pixsearch.api import create_app
 from pixsearch.config import Settings
 from pixsearch.service import Engine
@@ -21,12 +18,6 @@ N_DOCS = 24
 LANGS = ["en", "de", "fr"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def api_engine(home, embedder):
     with Engine(Settings.load(home=home), embedder=embedder) as eng:
@@ -35,18 +26,8 @@ def api_engine(home, embedder):
 
 @pytest.fixture(scope="module")
 def base_url(api_engine):
-    app = create_app(api_engine, admin_keys=[ADMIN], query_keys=[QUERY])
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with live_server(create_app(api_engine, admin_keys=[ADMIN], query_keys=[QUERY])) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from pixsearch.api.models import (
 from pixsearch.search.request import MAX_TOP, MAX_WINDOW, MODES, SearchRequest, VectorQuery
 from pixsearch.service import Engine, Index
 from pixsearch.store import FilterError, IndexExistsError, IndexNotFoundError, IndexSpec
+from pixsearch.web import install_page
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,9 @@ def create_app(
     allow_anonymous: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     key_lookup: Callable[[str], str | None] | None = None,
+    page_index: str | None = None,
 ) -> FastAPI:
+    """The API, plus the search page at / showing `page_index` (default: the configured index) unless ?index=."""
     ring = KeyRing(admin_keys, query_keys, key_lookup)
     if not ring and not allow_anonymous:
         raise ValueError("the API needs at least one admin or query key (or allow_anonymous=True)")
@@ -84,6 +87,7 @@ def create_app(
                  "/indexes('{name}')/docs/search.post.suggest", "/indexes('{name}')/docs/search.autocomplete",
                  "/indexes('{name}')/docs/search.post.autocomplete", "/indexes('{name}')/search.analyze"):
         app.add_api_route(path, h.not_implemented, methods=["GET", "POST"], include_in_schema=False)
+    install_page(app, page_index or engine.settings.index)
     app.state.handlers = handlers
     return app
 

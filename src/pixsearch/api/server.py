@@ -1,11 +1,29 @@
-"""Run the REST API with uvicorn (what `pixsearch serve` calls)."""
+"""Run the REST API and the search page with uvicorn (what `pixsearch serve` and `pixsearch demo --serve` call)."""
 from __future__ import annotations
 
-from typing import Iterable
+import socket
+from typing import Callable, Iterable
 
 from pixsearch.api.app import create_app
 from pixsearch.api.errors import DEFAULT_MAX_BODY_BYTES
 from pixsearch.service import Engine
+
+
+class AddressInUseError(OSError):
+    """The host:port cannot be bound (taken, or not an address of this machine)."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind before announcing anything, so a taken port is one clear error instead of a link that does not work."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise AddressInUseError(f"cannot listen on {host}:{port}: {exc.strerror} (choose another with --port)") from None
+    return sock
 
 
 def serve(
@@ -17,11 +35,13 @@ def serve(
     *,
     allow_anonymous: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    log_level: str = "info",
+    log_level: str = "warning",
     stored_keys: bool = True,
+    page_index: str | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
     """Serve until interrupted. Blocks; the caller owns (and closes) the engine. With stored_keys, the keys made by
-    `pixsearch keys create` are accepted too."""
+    `pixsearch keys create` are accepted too. `announce` gets the base URL once the port is bound."""
     import uvicorn
 
     app = create_app(
@@ -31,5 +51,12 @@ def serve(
         allow_anonymous=allow_anonymous,
         max_body_bytes=max_body_bytes,
         key_lookup=engine.api_key_role if stored_keys else None,
+        page_index=page_index,
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+    sock = bind(host, port)
+    bound_port = sock.getsockname()[1]
+    config = uvicorn.Config(app, host=host, port=bound_port, log_level=log_level, server_header=False)
+    if announce is not None:
+        shown = f"[{host}]" if ":" in host else host
+        announce(f"http://{shown}:{bound_port}/")
+    uvicorn.Server(config).run(sockets=[sock])

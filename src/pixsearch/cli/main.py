@@ -254,17 +254,26 @@ def _load_vector(path: Path):
         raise fail(f"cannot read vector file {path}: {exc}") from None
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HostOption = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default).")
+PortOption = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free port).")
+
+
 @app.command("demo")
 def demo_cmd(
     index: str = typer.Option("demo", "--index", "-i", help="Index to put the sample photos in."),
     k: int = typer.Option(3, "--k", "-k", min=1, max=50),
+    serve: bool = typer.Option(False, "--serve", help="Then serve the search page and the API (Ctrl+C stops)."),
+    host: str = HostOption,
+    port: int = PortOption,
 ) -> None:
-    """Index the bundled sample photos and run a few example searches."""
+    """Index the bundled sample photos (a folder per source) and run a few example searches; with --serve, then open
+    the search page on them."""
     from pixsearch.samples import DEMO_QUERIES, write_samples
 
     with open_engine(index) as engine:
-        folder = engine.settings.home / "samples"
-        written = write_samples(folder)
+        folder = engine.settings.home / "demo-photos"
+        written = write_samples(folder, grouped=True)
         err.print(f"{len(written)} sample photos in {folder}", highlight=False)
         status = _index_paths(engine, [folder], index, prune=True, as_json=False)
         idx = engine.index(index)
@@ -272,25 +281,52 @@ def demo_cmd(
             _print_hits(text, idx.search(text, k=k))
         example = next((p for p in written if "chelsea" in p.name), written[0])
         _print_hits(f"more like {example.name}", idx.search(Query(image=example), k=k))
+        if serve:
+            _serve(engine, host, port, page_index=index, session_key=True)
     raise typer.Exit(status)
 
 
 @app.command("serve")
 def serve_cmd(
-    host: str = typer.Option("127.0.0.1", help="Address to bind (loopback by default)."),
-    port: int = typer.Option(8000, min=1, max=65535),
+    host: str = HostOption,
+    port: int = PortOption,
+    index: Optional[str] = typer.Option(None, "--index", "-i", help="Index the search page shows (default: photos)."),
     anonymous: bool = typer.Option(False, "--anonymous", help="No keys needed (only allowed on a loopback host)."),
+    session_key: bool = typer.Option(
+        False, "--session-key", help="Make a query key that lasts until the server stops; print the page link with it."
+    ),
 ) -> None:
-    """Serve the REST API (OpenAPI at /docs). Requests need an `api-key` header with a key from `pixsearch keys`."""
-    from pixsearch.api.server import serve
-
-    if anonymous and host not in ("127.0.0.1", "localhost", "::1"):
-        raise fail("--anonymous is only allowed when binding to loopback")
+    """Serve the search page (/) and the REST API (OpenAPI at /docs). API requests need an `api-key` header with a
+    key from `pixsearch keys`; the page asks for one (a query key is enough)."""
     with open_engine() as engine:
-        if not anonymous and not any(k.revoked_at is None for k in engine.list_api_keys()):
-            raise fail("no API keys yet: create one with `pixsearch keys create --role admin` (or use --anonymous)")
-        err.print(f"serving on http://{host}:{port}/ (OpenAPI: /docs)", highlight=False)
-        serve(engine, host=host, port=port, allow_anonymous=anonymous)
+        _serve(engine, host, port, page_index=index, session_key=session_key, anonymous=anonymous)
+
+
+def _serve(engine: Engine, host: str, port: int, *, page_index: str | None, session_key: bool,
+           anonymous: bool = False) -> None:
+    import secrets
+
+    from pixsearch.api.server import AddressInUseError, serve
+
+    if anonymous and host not in LOOPBACK:
+        raise fail("--anonymous is only allowed when binding to loopback")
+    query_keys = [secrets.token_urlsafe(24)] if session_key else []
+    if not (anonymous or query_keys or any(k.revoked_at is None for k in engine.list_api_keys())):
+        raise fail("no API keys yet: create one with `pixsearch keys create --role admin` (or use --session-key, or "
+                   "--anonymous on loopback)")
+
+    def announce(base: str) -> None:
+        link = f"{base}#key={query_keys[0]}" if query_keys else base
+        err.print(f"search page: [bold]{link}[/]  (API: {base}indexes, OpenAPI: {base}docs; Ctrl+C stops)",
+                  highlight=False)
+        if query_keys:
+            err.print("the link carries a query key valid until this server stops", highlight=False)
+
+    try:
+        serve(engine, host=host, port=port, query_keys=query_keys, allow_anonymous=anonymous, page_index=page_index,
+              announce=announce)
+    except AddressInUseError as exc:
+        raise fail(str(exc)) from None
 
 
 app.add_typer(indexes_app, name="indexes")

@@ -1,6 +1,7 @@
 """One index's table: DDL, ANN index builds, COPY BINARY upserts, gets/deletes, kNN search, EXPLAIN and sizes."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -518,16 +519,19 @@ class DocumentTable:
     def keyword_search(
         self, conn: psycopg.Connection, text: str, limit: int, *, filter: Filter | None = None
     ) -> list[tuple[str, float]]:
-        """Full-text (simple + english stems, accents folded) and trigram (partial names) matches, best first.
+        """Full-text (english stems, accents folded) and trigram (partial names) matches, best first.
 
-        Score: ts_rank_cd of the full-text match plus the best word similarity of the text to a searchable string.
+        Any word may match (Azure's default searchMode=any): a photo named rocket.jpg matches "a rocket launch".
+        Score: ts_rank_cd of the full-text match (more words matched, closer together, rank higher) plus the best
+        word similarity of the text to a searchable string.
         """
         if not self.searchable:
             raise SchemaError(f"index {self.spec.name!r} has no searchable fields: keyword search needs some")
         where, params = compile_filter(self.spec, filter)
         t = sql.Placeholder("text")
-        query = sql.SQL("(websearch_to_tsquery('simple', unaccent({t})) || websearch_to_tsquery('english', unaccent({t})))")
-        query = query.format(t=t)
+        words = [w for w in re.findall(r"[^\W_]+", text) if w.lower() != "or"]
+        params = {**params, "any_word": " or ".join(words)}
+        query = sql.SQL("websearch_to_tsquery('english', unaccent(%(any_word)s))")
         strings = [sql.Identifier(f.name) for f in self.searchable if f.type == "string"]
         similarity_terms = [sql.SQL("coalesce(word_similarity({}, {}), 0)").format(t, c) for c in strings]
         similarity_sql = (

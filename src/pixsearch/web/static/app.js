@@ -1,0 +1,500 @@
+// The search page: talks to the REST API with the user's key; no page reloads, no build step, no dependencies.
+
+const PAGE_SIZE = 24;
+const MAX_WINDOW = 1000; // the API's skip + top limit
+const THUMB_SIZE = 320;
+const QUERY_IMAGE_SIDE = 1024; // query images are shrunk in the browser first: the model sees 224 px anyway
+const KEY_STORAGE = "pixsearch.apiKey";
+const SELECT = "id,path,filename,folder,taken_at,tags";
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  index: new URLSearchParams(location.search).get("index") || document.body.dataset.defaultIndex,
+  // null: recent photos; {kind: "text", text} | {kind: "image", blob, name, preview} | {kind: "like", id, name, preview}
+  query: null,
+  filters: { folder: "", from: "", to: "", tags: new Set() },
+  loaded: 0,
+  done: false,
+  loading: false,
+  generation: 0, // bumped by every new search, so answers to older ones are dropped
+  thumbnailUrls: [],
+};
+
+// -- the API ----------------------------------------------------------------------------------------------------------
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+function apiKey() {
+  return localStorage.getItem(KEY_STORAGE) || "";
+}
+
+function takeKeyFromFragment() {
+  // `#key=...` in the link `pixsearch serve` prints: kept in this browser, then removed from the address bar.
+  const match = location.hash.match(/(?:^#|&)key=([^&]+)/);
+  if (match) {
+    localStorage.setItem(KEY_STORAGE, decodeURIComponent(match[1]));
+    history.replaceState(history.state, "", location.pathname + location.search);
+  }
+}
+
+async function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  if (apiKey()) headers.set("api-key", apiKey());
+  const response = await fetch(path, { ...options, headers });
+  if (!response.ok) {
+    let code = "Error";
+    let message = `${response.status} ${response.statusText}`;
+    try {
+      const body = await response.json();
+      code = body.error.code;
+      message = body.error.message;
+    } catch {
+      // not one of our JSON errors: keep the HTTP status line
+    }
+    throw new ApiError(response.status, code, message);
+  }
+  return response;
+}
+
+const indexPath = () => `/indexes/${encodeURIComponent(state.index)}`;
+
+async function postSearch(body) {
+  if (state.query?.kind === "image") {
+    const form = new FormData();
+    form.append("image", state.query.blob, state.query.name);
+    form.append("query", JSON.stringify(body));
+    return (await api(`${indexPath()}/images/search`, { method: "POST", body: form })).json();
+  }
+  const init = { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) };
+  return (await api(`${indexPath()}/docs/search`, init)).json();
+}
+
+// -- filters (OData, as the API takes them) -----------------------------------------------------------------------------
+const literal = (value) => `'${value.replaceAll("'", "''")}'`;
+
+function nextDay(isoDate) {
+  const day = new Date(`${isoDate}T00:00:00Z`);
+  day.setUTCDate(day.getUTCDate() + 1);
+  return day.toISOString().slice(0, 10);
+}
+
+function filterExpression({ withFolder = true } = {}) {
+  const { folder, from, to, tags } = state.filters;
+  const parts = [];
+  if (folder && withFolder) parts.push(`(folder eq ${literal(folder)} or startswith(folder, ${literal(`${folder}/`)}))`);
+  if (from) parts.push(`taken_at ge ${from}T00:00:00Z`);
+  if (to) parts.push(`taken_at lt ${nextDay(to)}T00:00:00Z`);
+  for (const tag of tags) parts.push(`tags/any(t: t eq ${literal(tag)})`);
+  return parts.length ? parts.join(" and ") : undefined;
+}
+
+function searchBody(skip) {
+  const body = { top: PAGE_SIZE, skip, count: true, select: SELECT, filter: filterExpression() };
+  if (skip === 0) body.facets = ["tags,count:20", "taken_at,interval:year,count:50"];
+  const query = state.query;
+  if (query?.kind === "text") body.search = query.text;
+  if (query?.kind === "like") body.vectorQueries = [{ kind: "id", id: query.id }];
+  return body;
+}
+
+// -- searching ------------------------------------------------------------------------------------------------------------
+async function runSearch() {
+  const generation = ++state.generation;
+  state.loaded = 0;
+  state.done = false;
+  state.loading = false; // a request of an older search may still be running: its answer will be dropped
+  for (const url of state.thumbnailUrls) URL.revokeObjectURL(url);
+  state.thumbnailUrls = [];
+  $("results").replaceChildren();
+  showError(null);
+  describeQuery();
+  await Promise.all([loadPage(generation), loadFolders(generation)]);
+}
+
+async function loadPage(generation = state.generation) {
+  if (state.loading || state.done) return;
+  state.loading = true;
+  $("results").setAttribute("aria-busy", "true");
+  const skip = state.loaded;
+  try {
+    const answer = await postSearch(searchBody(skip));
+    if (generation !== state.generation) return;
+    const hits = answer.value;
+    $("results").append(...hits.map((hit) => card(hit, state.query !== null)));
+    state.loaded += hits.length;
+    state.done = hits.length < PAGE_SIZE || state.loaded + PAGE_SIZE > MAX_WINDOW;
+    if (skip === 0) showFacets(answer["@search.facets"] || {});
+    showCount(answer["@odata.count"]);
+  } catch (error) {
+    if (generation === state.generation && !(await handleError(error))) state.done = true;
+  } finally {
+    if (generation === state.generation) {
+      state.loading = false;
+      $("results").setAttribute("aria-busy", "false");
+      $("more").hidden = state.done;
+      if (!state.done && sentinelInView()) requestAnimationFrame(() => loadPage()); // a tall window: fill it
+    }
+  }
+}
+
+function sentinelInView() {
+  const box = $("sentinel").getBoundingClientRect();
+  return box.top < window.innerHeight + 200;
+}
+
+async function loadFolders(generation) {
+  // Folder choices ignore the folder filter itself, so picking one folder does not hide the others.
+  try {
+    const body = { top: 1, select: "id", facets: ["folder,count:200"], filter: filterExpression({ withFolder: false }) };
+    const init = { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) };
+    const answer = await (await api(`${indexPath()}/docs/search`, init)).json();
+    if (generation === state.generation) showFolders(answer["@search.facets"].folder || []);
+  } catch {
+    // the results request reports errors; folder choices simply stay as they were
+  }
+}
+
+function describeQuery() {
+  const query = state.query;
+  const heading = $("results-heading");
+  const chip = $("query-chip");
+  chip.hidden = !(query?.kind === "image" || query?.kind === "like");
+  if (!query) heading.textContent = "Recent photos";
+  else if (query.kind === "text") heading.textContent = `Results for “${query.text}”`;
+  else {
+    heading.textContent = query.kind === "like" ? `Photos like ${query.name}` : `Photos like your image`;
+    $("query-chip-image").src = query.preview || "";
+    $("query-chip-image").alt = query.kind === "like" ? "" : `Your image ${query.name}`;
+    $("query-chip-text").textContent = query.name;
+  }
+  const params = new URLSearchParams(location.search);
+  if (query?.kind === "text") params.set("q", query.text);
+  else params.delete("q");
+  const search = params.toString();
+  history.replaceState(history.state, "", location.pathname + (search ? `?${search}` : ""));
+}
+
+function showCount(total) {
+  const query = state.query;
+  let text;
+  if (state.loaded === 0) text = "No photos match.";
+  else if (!query && typeof total === "number") text = `${state.loaded} of ${total} photo${total === 1 ? "" : "s"}`;
+  else text = `${state.loaded} result${state.loaded === 1 ? "" : "s"}${state.done ? "" : " so far"}`;
+  $("status").textContent = text;
+}
+
+/** On 401: asks for a key and searches again (true). Otherwise shows the error (false). */
+async function handleError(error) {
+  if (error instanceof ApiError && error.status === 401) {
+    const key = await askForKey(error.message === "invalid api-key" ? "That key was not accepted." : null);
+    if (key) {
+      runSearch();
+      return true;
+    }
+  }
+  showError(error instanceof ApiError ? error.message : `Could not reach the server (${error.message}).`);
+  return false;
+}
+
+function showError(message) {
+  $("error").hidden = !message;
+  $("error").textContent = message || "";
+}
+
+// -- results ----------------------------------------------------------------------------------------------------------
+const thumbnails = new IntersectionObserver(
+  (entries) => {
+    for (const entry of entries) {
+      if (!entry.isIntersecting) continue;
+      thumbnails.unobserve(entry.target);
+      loadThumbnail(entry.target);
+    }
+  },
+  { rootMargin: "400px" },
+);
+
+async function loadThumbnail(img) {
+  const generation = state.generation;
+  try {
+    const params = new URLSearchParams({ index: state.index, size: String(THUMB_SIZE) });
+    const blob = await (await api(`/thumbnails/${encodeURIComponent(img.dataset.key)}?${params}`)).blob();
+    if (generation !== state.generation) return;
+    const url = URL.createObjectURL(blob);
+    state.thumbnailUrls.push(url);
+    img.src = url;
+  } catch {
+    img.closest(".card")?.classList.add("missing");
+  }
+}
+
+function formatDate(iso) {
+  return iso ? new Date(iso).toLocaleDateString(undefined, { year: "numeric", month: "short", day: "numeric" }) : "";
+}
+
+function card(hit, scored) {
+  const name = hit.filename || (hit.path || hit.id).split("/").pop();
+  const item = document.createElement("li");
+  item.className = "card";
+  item.dataset.id = hit.id;
+  item.dataset.path = hit.path || "";
+
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "thumb";
+  button.title = `More like ${name}`;
+  const img = document.createElement("img");
+  img.alt = name;
+  img.dataset.key = hit.id;
+  button.append(img);
+  const action = document.createElement("span");
+  action.className = "visually-hidden";
+  action.textContent = ": more like this";
+  button.append(action);
+  button.addEventListener("click", () => moreLike(hit.id, name, img.src));
+
+  const caption = document.createElement("p");
+  caption.className = "caption";
+  const nameText = document.createElement("span");
+  nameText.className = "name";
+  nameText.textContent = name;
+  nameText.title = hit.path || name;
+  caption.append(nameText);
+  if (scored) {
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = hit["@search.score"].toFixed(3);
+    score.title = "Relevance score";
+    caption.append(score);
+  }
+  const date = document.createElement("span");
+  date.className = "date";
+  date.textContent = formatDate(hit.taken_at);
+  caption.append(date);
+
+  item.append(button, caption);
+  thumbnails.observe(img);
+  return item;
+}
+
+// -- facets -------------------------------------------------------------------------------------------------------------
+function showFacets(facets) {
+  const tags = new Map((facets.tags || []).map((f) => [f.value, f.count]));
+  for (const chosen of state.filters.tags) if (!tags.has(chosen)) tags.set(chosen, 0);
+  const list = $("tag-list");
+  list.replaceChildren(
+    ...[...tags].map(([tag, count]) => {
+      const item = document.createElement("li");
+      const label = document.createElement("label");
+      const box = document.createElement("input");
+      box.type = "checkbox";
+      box.value = tag;
+      box.checked = state.filters.tags.has(tag);
+      box.addEventListener("change", () => {
+        if (box.checked) state.filters.tags.add(tag);
+        else state.filters.tags.delete(tag);
+        runSearch();
+      });
+      const count_ = document.createElement("span");
+      count_.className = "count";
+      count_.textContent = String(count);
+      label.append(box, ` ${tag} `, count_);
+      item.append(label);
+      return item;
+    }),
+  );
+  $("no-tags").hidden = tags.size > 0;
+
+  const years = (facets.taken_at || []).slice().sort((a, b) => b.value.localeCompare(a.value));
+  $("years-box").hidden = years.length === 0;
+  $("year-list").replaceChildren(
+    ...years.map(({ value, count }) => {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "link";
+      button.textContent = `${value} (${count})`;
+      button.setAttribute("aria-label", `Only ${value}: ${count} photos`);
+      button.addEventListener("click", () => {
+        state.filters.from = $("date-from").value = `${value}-01-01`;
+        state.filters.to = $("date-to").value = `${value}-12-31`;
+        runSearch();
+      });
+      item.append(button);
+      return item;
+    }),
+  );
+}
+
+function showFolders(folders) {
+  const select = $("folder");
+  const chosen = state.filters.folder;
+  const values = folders.map((f) => f.value);
+  if (chosen && !values.includes(chosen)) folders = [...folders, { value: chosen, count: 0 }];
+  const prefix = commonFolder(folders.map((f) => f.value));
+  const options = [new Option("All folders", "")];
+  for (const { value, count } of folders) {
+    const label = value.slice(prefix.length).replace(/^\//, "") || value.split("/").pop() || value;
+    const option = new Option(`${label} (${count})`, value);
+    option.title = value;
+    options.push(option);
+  }
+  select.replaceChildren(...options);
+  select.value = chosen;
+}
+
+function commonFolder(paths) {
+  if (paths.length < 2) return paths.length ? paths[0].split("/").slice(0, -1).join("/") : "";
+  const split = paths.map((p) => p.split("/"));
+  const common = [];
+  for (let i = 0; split.every((parts) => i < parts.length - 1 && parts[i] === split[0][i]); i++) common.push(split[0][i]);
+  return common.join("/");
+}
+
+// -- query kinds ----------------------------------------------------------------------------------------------------------
+function moreLike(id, name, preview) {
+  state.query = { kind: "like", id, name, preview };
+  $("q").value = "";
+  runSearch();
+  $("results-heading").focus();
+}
+
+async function searchByImage(file) {
+  if (!file) return;
+  if (file.type && !file.type.startsWith("image/")) {
+    showError(`${file.name} is not an image.`);
+    return;
+  }
+  const blob = await shrink(file);
+  if (state.query?.preview?.startsWith("blob:") && state.query.kind === "image") URL.revokeObjectURL(state.query.preview);
+  state.query = { kind: "image", blob, name: file.name || "image", preview: URL.createObjectURL(blob) };
+  $("q").value = "";
+  await runSearch();
+}
+
+async function shrink(file) {
+  try {
+    const bitmap = await createImageBitmap(file);
+    const scale = Math.min(1, QUERY_IMAGE_SIDE / Math.max(bitmap.width, bitmap.height));
+    if (scale === 1 && file.size < 2_000_000) return file;
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+    canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    const smaller = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.92));
+    return smaller || file;
+  } catch {
+    return file; // a format this browser cannot decode (TIFF, HEIC...): the server may still read it
+  }
+}
+
+// -- the API key --------------------------------------------------------------------------------------------------------
+function askForKey(reason) {
+  const dialog = $("key-dialog");
+  if (reason) $("key-reason").textContent = reason;
+  $("key-input").value = "";
+  return new Promise((resolve) => {
+    dialog.addEventListener(
+      "close",
+      () => {
+        const key = dialog.returnValue === "save" ? $("key-input").value.trim() : "";
+        if (key) localStorage.setItem(KEY_STORAGE, key);
+        resolve(key);
+      },
+      { once: true },
+    );
+    dialog.showModal();
+  });
+}
+
+// -- wiring -------------------------------------------------------------------------------------------------------------
+function wire() {
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("q").value.trim();
+    state.query = text ? { kind: "text", text } : null;
+    runSearch();
+  });
+  $("pick-image").addEventListener("click", () => $("image-input").click());
+  $("image-input").addEventListener("change", (event) => {
+    searchByImage(event.target.files[0]);
+    event.target.value = "";
+  });
+  $("clear-query").addEventListener("click", () => {
+    state.query = null;
+    runSearch();
+    $("q").focus();
+  });
+  $("home").addEventListener("click", (event) => {
+    event.preventDefault();
+    state.query = null;
+    $("q").value = "";
+    runSearch();
+  });
+
+  $("folder").addEventListener("change", (event) => {
+    state.filters.folder = event.target.value;
+    runSearch();
+  });
+  for (const [id, key] of [["date-from", "from"], ["date-to", "to"]]) {
+    $(id).addEventListener("change", (event) => {
+      state.filters[key] = event.target.value;
+      runSearch();
+    });
+  }
+  $("clear-filters").addEventListener("click", () => {
+    state.filters = { folder: "", from: "", to: "", tags: new Set() };
+    $("filters").reset();
+    runSearch();
+  });
+
+  $("more").addEventListener("click", () => loadPage());
+  new IntersectionObserver((entries) => {
+    if (entries.some((e) => e.isIntersecting) && state.loaded > 0) loadPage();
+  }).observe($("sentinel"));
+
+  // Drop an image anywhere: the overlay shows while a file is dragged over the page.
+  const overlay = $("drop-overlay");
+  let depth = 0;
+  const carriesFiles = (event) => [...(event.dataTransfer?.types || [])].includes("Files");
+  document.addEventListener("dragenter", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    depth += 1;
+    overlay.hidden = false;
+  });
+  document.addEventListener("dragover", (event) => {
+    if (carriesFiles(event)) event.preventDefault();
+  });
+  document.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (depth === 0) overlay.hidden = true;
+  });
+  document.addEventListener("drop", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    depth = 0;
+    overlay.hidden = true;
+    const file = [...event.dataTransfer.files].find((f) => !f.type || f.type.startsWith("image/"));
+    if (file) searchByImage(file);
+    else showError("Drop an image file to search by it.");
+  });
+}
+
+function start() {
+  takeKeyFromFragment();
+  wire();
+  const text = new URLSearchParams(location.search).get("q");
+  if (text) {
+    $("q").value = text;
+    state.query = { kind: "text", text };
+  }
+  runSearch();
+}
+
+start();
