@@ -487,3 +487,42 @@ def test_image_and_more_like_this_searches_on_the_photo_index(query, sample_inde
     bad = query.post(f"/indexes/{sample_index}/images/search", files={"image": ("q.jpg", rocket, "image/jpeg")},
                      data={"query": '{"top": "many"}'})
     assert "top" in _error(bad, 400)["message"]
+
+
+def test_serve_prints_a_page_link_with_a_session_key(home, sample_index):
+    """`pixsearch serve --session-key`: the printed link opens the page, its key searches but cannot write; a taken
+    port is one clear error."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("pixsearch")
+    env = dict(os.environ, PIXSEARCH_HOME=str(home))
+    proc = subprocess.Popen([str(exe), "serve", "--port", "0", "--session-key", "--index", sample_index], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "search page:" not in line:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "serve exited before printing the link"
+        base, key = re.search(r"search page: (http://127\.0\.0\.1:\d+/)#key=(\S+)", line).groups()
+        page = httpx.get(base, timeout=30)
+        assert page.status_code == 200 and f'data-default-index="{sample_index}"' in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert httpx.get(base + "static/app.js", timeout=10).headers["content-type"].startswith("text/javascript")
+        found = httpx.post(f"{base}indexes/{sample_index}/docs/search", headers={"api-key": key},
+                           json={"search": "a photo of a cat", "top": 1}, timeout=60)
+        assert found.status_code == 200 and found.json()["value"][0]["path"].endswith("cat-chelsea.png")
+        assert httpx.get(f"{base}indexes", headers={"api-key": key}, timeout=10).status_code == 403
+
+        port = int(base.rsplit(":", 1)[1].strip("/"))
+        taken = subprocess.run([str(exe), "serve", "--port", str(port), "--session-key"], env=env, capture_output=True,
+                               text=True, timeout=120)
+        assert taken.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in taken.stderr
+        assert "search page" not in taken.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)

@@ -114,3 +114,37 @@ def test_a_killed_run_leaves_whole_batches_and_the_next_run_completes(engine, in
     report = idx.add_paths([photos])
     assert (report.added, report.failed) == (total - written, [])
     assert idx.count() == total
+
+
+def test_demo_indexes_the_samples_searches_and_serves_the_page(home, index_name):
+    """The README's `make run`: `pixsearch demo --serve` ends with the server running and a working page link."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    exe = Path(sys.executable).with_name("pixsearch")
+    proc = subprocess.Popen([str(exe), "demo", "--serve", "--port", "0", "--index", index_name],
+                            env=dict(os.environ, PIXSEARCH_HOME=str(home)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not lines or "search page:" not in lines[-1]:
+            lines.append(proc.stderr.readline())
+            assert lines[-1] or proc.poll() is None, "".join(lines)
+        base, key = re.search(r"search page: (http://127\.0\.0\.1:\d+/)#key=(\S+)", lines[-1]).groups()
+        assert "sample photos in" in "".join(lines)
+        assert httpx.get(base, timeout=30).status_code == 200
+        listed = httpx.post(f"{base}indexes/{index_name}/docs/search", headers={"api-key": key}, timeout=60,
+                            json={"count": True, "facets": ["folder"], "top": 1}).json()
+        folders = {f["value"].rsplit("/", 1)[1] for f in listed["@search.facets"]["folder"]}
+        assert folders == {"scikit-image", "scikit-learn", "imagenet"} and listed["@odata.count"] >= 30
+    finally:
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130) and "Traceback" not in stderr, stderr  # 130: stopped by Ctrl+C, cleanly
+    assert "cat-chelsea.png" in stdout and "more like cat-chelsea.png" in stdout
