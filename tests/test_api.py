@@ -100,6 +100,10 @@ def test_missing_or_wrong_key_is_401(anon, base_url, vec_index):
     assert _error(anon.get("/indexes"), 401)["message"] == "missing api-key header"
     assert _error(anon.post(f"/indexes/{vec_index}/docs/search", json={"search": "x"}), 401)
     assert _error(anon.get("/indexes", headers={"api-key": "nope"}), 401)["message"] == "invalid api-key"
+    assert _error(anon.post(f"/indexes/{vec_index}/images/search", files={"image": ("a.png", b"x")}), 401)
+    assert _error(anon.get("/thumbnails/some-key"), 401)
+    assert _error(anon.get("/favicon.ico"), 401)  # only the page's own files are open
+    assert anon.get("/").status_code == 200 and anon.get("/static/style.css").status_code == 200
     # auth comes before body parsing and before the route lookup
     assert _error(anon.post("/indexes/nope/docs/search", content=b"{bad"), 401)
 
@@ -133,6 +137,7 @@ def test_unknown_index_is_404(admin):
     ]:
         err = _error(admin.request(method, path, json=body), 404)
         assert err["code"] == "IndexNotFound" and "no-such" in err["message"]
+    assert _error(admin.post("/indexes/no-such/images/search", files={"image": ("a.png", b"x")}), 404)
     assert _error(admin.get("/nothing-here"), 404)
 
 

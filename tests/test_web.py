@@ -75,6 +75,7 @@ def page(browser, site):
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.goto(f"{site}/#key={QUERY}")
     wait_for_results(page, "Recent photos")
     page.evaluate("window.__stillThisPage = true")  # gone if anything reloads the page

@@ -109,8 +109,9 @@ async function runSearch() {
   state.loaded = 0;
   state.done = false;
   state.loading = false; // a request of an older search may still be running: its answer will be dropped
-  for (const url of state.thumbnailUrls) URL.revokeObjectURL(url);
-  state.thumbnailUrls = [];
+  const keep = state.query?.preview; // the query's own picture stays on show in the chip
+  for (const url of state.thumbnailUrls) if (url !== keep) URL.revokeObjectURL(url);
+  state.thumbnailUrls = state.thumbnailUrls.includes(keep) ? [keep] : [];
   $("results").replaceChildren();
   showError(null);
   describeQuery();
@@ -371,8 +372,9 @@ async function searchByImage(file) {
     return;
   }
   const blob = await shrink(file);
-  if (state.query?.preview?.startsWith("blob:") && state.query.kind === "image") URL.revokeObjectURL(state.query.preview);
-  state.query = { kind: "image", blob, name: file.name || "image", preview: URL.createObjectURL(blob) };
+  const preview = URL.createObjectURL(blob);
+  state.thumbnailUrls.push(preview);
+  state.query = { kind: "image", blob, name: file.name || "image", preview };
   $("q").value = "";
   await runSearch();
 }
