@@ -156,6 +156,11 @@ def test_bad_bodies_are_400(admin, vec_index):
     assert _error(admin.put("/indexes/x1", json={**definition_body(), "surprise": 1}), 400)
     assert _error(admin.post(f"/indexes/{vec_index}/docs/search", json={"top": "ten", "search": "x"}), 400)
     assert _error(admin.post(f"/indexes/{vec_index}/docs/index", json={"docs": []}), 400)
+    too_many = {"value": [{"id": f"m{i}", "@search.action": "delete"} for i in range(1001)]}
+    assert "at most 1000" in _error(admin.post(f"/indexes/{vec_index}/docs/index", json=too_many), 400)["message"]
+    vq = {"kind": "vector", "vector": doc_vector(0)}
+    assert "at most 10" in _error(admin.post(f"/indexes/{vec_index}/docs/search", json={"vectorQueries": [vq] * 11}),
+                                  400)["message"]
     names = [d["name"] for d in admin.get("/indexes").json()["value"]]
     assert not {"bad-json", "bad-types", "bad-metric", "x1", "x2"} & set(names)
 

@@ -72,9 +72,13 @@ def definition(spec: IndexSpec) -> dict[str, Any]:
 
 
 # -- documents -------------------------------------------------------------------------------------------------------
+MAX_BATCH_DOCUMENTS = 1000  # Azure's limit per indexing request
+MAX_VECTOR_QUERIES = 10
+
+
 class IndexBatch(BaseModel):
     model_config = _STRICT
-    value: list[dict[str, Any]]
+    value: list[dict[str, Any]] = PField(max_length=MAX_BATCH_DOCUMENTS)
 
 
 class DocumentError(ValueError):
@@ -177,7 +181,7 @@ class VectorQueryIn(BaseModel):
 class SearchBody(BaseModel):
     model_config = _STRICT
     search: str | None = None
-    vectorQueries: list[VectorQueryIn] = PField(default_factory=list)
+    vectorQueries: list[VectorQueryIn] = PField(default_factory=list, max_length=MAX_VECTOR_QUERIES)
     filter: str | None = None
     top: int | None = None
     skip: int = 0
