@@ -7,8 +7,8 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import live_server
 from pixsearch.api import create_app
+from pixsearch.api.server import serving_in_thread
 from pixsearch.config import Settings
 from pixsearch.service import Engine
 
@@ -26,7 +26,7 @@ def api_engine(home, embedder):
 
 @pytest.fixture(scope="module")
 def base_url(api_engine):
-    with live_server(create_app(api_engine, admin_keys=[ADMIN], query_keys=[QUERY])) as url:
+    with serving_in_thread(create_app(api_engine, admin_keys=[ADMIN], query_keys=[QUERY])) as url:
         yield url
 
 
@@ -536,3 +536,29 @@ def test_serve_prints_a_page_link_with_a_session_key(home, sample_index):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
+
+
+def test_served_connections_send_without_nagle_delay():
+    """Each response must leave at once: without TCP_NODELAY on accepted connections, a keep-alive client waits for
+    its own delayed ACK (~40 ms) on every request. asyncio sets it only if the listening socket says TCP."""
+    import asyncio
+    import socket
+
+    from pixsearch.api.server import bind
+
+    async def nodelay_of_a_served_connection() -> int:
+        sock = bind("127.0.0.1", 0)
+        made = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport):
+                made.set_result(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname())
+        value = await asyncio.wait_for(made, 10)
+        writer.close()
+        server.close()
+        return value
+
+    assert asyncio.run(nodelay_of_a_served_connection()) != 0

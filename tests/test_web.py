@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import altered_copy, live_server
+from helpers import altered_copy
 from pixsearch.api import create_app
+from pixsearch.api.server import serving_in_thread
 from pixsearch.config import Settings
 from pixsearch.samples import write_samples
 from pixsearch.service import Engine
@@ -51,7 +52,7 @@ def site(home, embedder, photos):
     with Engine(Settings.load(home=home), embedder=embedder) as engine:
         report = engine.index(name, create=True).add_paths([photos])
         assert not report.failed and report.added == len(list(photos.rglob("*.*")))
-        with live_server(create_app(engine, query_keys=[QUERY], page_index=name)) as url:
+        with serving_in_thread(create_app(engine, query_keys=[QUERY], page_index=name)) as url:
             yield url
         engine.delete_index(name)
 
