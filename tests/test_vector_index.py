@@ -249,6 +249,37 @@ def test_create_list_rename_delete(engine, index_name):
     assert index_name + "-new" not in [s.name for s in engine.list_indexes()]
 
 
+def _index_suffixes(engine, table: str) -> set[str]:
+    with engine.db.connection() as conn:
+        rows = conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s", (table,)).fetchall()
+    return {name[len(table):] for (name,) in rows}
+
+
+def test_renamed_index_takes_its_table_indexes_along(engine, index_name):
+    """A photo index renamed, then a new one under the old name: both have every index (keyword, listing, ANN)."""
+    first = engine.create_photo_index(index_name)
+    suffixes = _index_suffixes(engine, first.spec.table_name)
+    assert {"_pkey", "_browse", "_search_text_gin", "_image_hnsw", "_semantic_hnsw"} <= suffixes
+    renamed = engine.rename_index(index_name, index_name + "-old")
+    second = engine.create_photo_index(index_name)
+    assert _index_suffixes(engine, renamed.spec.table_name) == suffixes
+    assert _index_suffixes(engine, second.spec.table_name) == suffixes
+    for name in (index_name, index_name + "-old"):
+        engine.delete_index(name)
+
+
+def test_listing_pages_read_the_browse_index(engine, index_name):
+    """"Recent photos" is served by the photo table's b-tree index, not by sorting the table."""
+    idx = engine.create_photo_index(index_name)
+    sql_text = idx.table.browse_sql([("taken_at", True)])
+    with engine.db.connection() as conn, conn.transaction():
+        conn.execute("SET LOCAL enable_seqscan = off")
+        conn.execute("SET LOCAL enable_sort = off")
+        plan = "\n".join(r[0] for r in conn.execute(b"EXPLAIN " + sql_text.as_bytes(conn), {"limit": 24, "offset": 0}))
+    engine.delete_index(index_name)
+    assert idx.spec.table_name + "_browse" in plan and "Sort" not in plan, plan
+
+
 @pytest.mark.parametrize(
     "field, message",
     [

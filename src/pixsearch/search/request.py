@@ -17,6 +17,7 @@ from pixsearch.search.expressions import Term, combine, parse_query
 from pixsearch.search.facets import count_facets
 from pixsearch.search.ranking import Cutoff, reciprocal_rank_fusion, sort_hits
 from pixsearch.store import Filter, Hit, QueryOptions, SchemaError, SearchResult
+from pixsearch.store.schema import BROWSE_ORDER
 from pixsearch.store.tables import HitList
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ MODES = ("vector", "keyword", "hybrid")
 MAX_TOP = 1000
 MAX_WINDOW = 1000  # skip + top: ANN indexes return at most this many candidates per query
 FUSION_DEPTH = 50  # each list contributes at least this many candidates to hybrid fusion
-BROWSE_ORDER = {"photos": (("taken_at", True),)}  # what "no query" lists first: the newest photos
 
 
 @dataclass

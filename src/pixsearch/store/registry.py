@@ -46,6 +46,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         )
         """,
     ),
+    (
+        4,
+        # photo tables made before listings had their b-tree index (tables.py makes it for new ones)
+        """
+        DO $$
+        DECLARE t text;
+        BEGIN
+            FOR t IN SELECT table_name FROM pixsearch_indexes WHERE kind = 'photos' LOOP
+                EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I (taken_at DESC NULLS LAST, indexed_at DESC, id)',
+                               t || '_browse', t);
+            END LOOP;
+        END $$
+        """,
+    ),
 ]
 
 

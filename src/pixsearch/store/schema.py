@@ -244,6 +244,10 @@ def default_probes(lists: int) -> int:
     return max(1, int(round(math.sqrt(lists))))
 
 
+# What a listing without a query shows first, per index kind ("recent photos"); such tables carry a b-tree index in
+# exactly this order (then indexed_at DESC, key), so a page of the listing reads a few index entries, not a sort.
+BROWSE_ORDER: dict[str, tuple[tuple[str, bool], ...]] = {"photos": (("taken_at", True),)}
+
 # The photo index: what ingest fills. Internal bookkeeping fields are not retrievable by default.
 PHOTO_FIELDS: tuple[Field, ...] = (
     Field("path", "string", filterable=True, sortable=True),

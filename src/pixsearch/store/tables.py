@@ -16,6 +16,7 @@ from psycopg import sql
 from pixsearch.db import Database
 from pixsearch.store.filters import Filter, compile_filter
 from pixsearch.store.schema import (
+    BROWSE_ORDER,
     OPERATORS,
     IndexSpec,
     SchemaError,
@@ -154,6 +155,10 @@ class DocumentTable:
             )
         conn.execute(sql.SQL("CREATE TABLE {} ({})").format(self.table, sql.SQL(", ").join(columns)))
         self._create_keyword_indexes(conn)
+        if self.spec.kind in BROWSE_ORDER:
+            order = self._browse_order(BROWSE_ORDER[self.spec.kind])
+            conn.execute(sql.SQL("CREATE INDEX {} ON {} ({})").format(
+                sql.Identifier(f"{self.spec.table_name}_browse"), self.table, sql.SQL(", ").join(order)))
         for vf in self.spec.vector_fields:
             if vf.algorithm == "hnsw":  # IVFFlat needs data for its centroids: built by build_index later
                 conn.execute(self._create_index_sql(vf, lists=None))
@@ -298,15 +303,19 @@ class DocumentTable:
             pass  # progress is a nicety; the build itself reports real errors
 
     def rename_to(self, conn: psycopg.Connection, renamed: IndexSpec) -> None:
+        """Rename the table and every index named after it (ANN, keyword, browse, primary key): a later index
+        created under the old name must not find those names taken."""
         conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(self.table, sql.Identifier(renamed.table_name)))
-        new_table = DocumentTable(renamed)
-        for vf in self.spec.vector_fields:
-            if self.ann_index_exists(conn, vf):
-                conn.execute(
-                    sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                        sql.Identifier(self.ann_index_name(vf)), sql.Identifier(new_table.ann_index_name(vf))
-                    )
-                )
+        prefix = self.spec.table_name + "_"
+        indexes = conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = %s",
+            (renamed.table_name,),
+        ).fetchall()
+        for (index_name,) in indexes:
+            if index_name.startswith(prefix):
+                new_name = renamed.table_name + "_" + index_name[len(prefix):]
+                conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
+                    sql.Identifier(index_name), sql.Identifier(new_name)))
 
     # -- writes ------------------------------------------------------------------------------------------------------
     @property
@@ -565,20 +574,26 @@ class DocumentTable:
         (key, fields), plus how many pass the filter in all."""
         where, params = compile_filter(self.spec, filter)
         where_sql = sql.SQL(" WHERE {}").format(where) if where is not None else sql.SQL("")
-        order = []
-        for name, descending in sort:
-            if not self.spec.field(name).sortable:
-                raise SchemaError(f"field {name!r} is not sortable in index {self.spec.name!r}")
-            direction = "DESC NULLS LAST" if descending else "ASC NULLS LAST"
-            order.append(sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(direction)))
-        order += [sql.SQL("indexed_at DESC"), self.key]
-        columns = [self.key] + [sql.Identifier(c) for c in self.retrievable]
-        page = sql.SQL("SELECT {} FROM {}{} ORDER BY {} LIMIT %(limit)s OFFSET %(offset)s").format(
-            sql.SQL(", ").join(columns), self.table, where_sql, sql.SQL(", ").join(order)
-        )
-        rows = conn.execute(page, {**params, "limit": limit, "offset": offset}).fetchall()
+        rows = conn.execute(self.browse_sql(sort, where), {**params, "limit": limit, "offset": offset}).fetchall()
         total = conn.execute(sql.SQL("SELECT count(*) FROM {}{}").format(self.table, where_sql), params).fetchone()[0]
         return [(row[0], dict(zip(self.retrievable, row[1:]))) for row in rows], total
+
+    def browse_sql(self, sort: Sequence[tuple[str, bool]], where: sql.Composable | None = None) -> sql.Composed:
+        """One page of a listing (parameters: limit, offset and the filter's)."""
+        for name, _ in sort:
+            if not self.spec.field(name).sortable:
+                raise SchemaError(f"field {name!r} is not sortable in index {self.spec.name!r}")
+        columns = [self.key] + [sql.Identifier(c) for c in self.retrievable]
+        where_sql = sql.SQL(" WHERE {}").format(where) if where is not None else sql.SQL("")
+        return sql.SQL("SELECT {} FROM {}{} ORDER BY {} LIMIT %(limit)s OFFSET %(offset)s").format(
+            sql.SQL(", ").join(columns), self.table, where_sql, sql.SQL(", ").join(self._browse_order(sort))
+        )
+
+    def _browse_order(self, sort: Sequence[tuple[str, bool]]) -> list[sql.Composable]:
+        """ORDER BY terms of a listing: the fields (missing values last), then newest indexed first, then the key."""
+        order = [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL("DESC NULLS LAST" if descending else "ASC NULLS LAST"))
+                 for name, descending in sort]
+        return order + [sql.SQL("indexed_at DESC"), self.key]
 
     def fetch(self, conn: psycopg.Connection, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Retrievable fields of the given documents."""
