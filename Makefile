@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+PORT ?= 8000
 run: install
-	$(BIN)/pixsearch demo --serve
+	$(BIN)/pixsearch demo --serve --port $(PORT)
 
 $(CHROMIUM):
 	$(SUDO) apt-get install -y chromium \
