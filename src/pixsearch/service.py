@@ -5,6 +5,7 @@ import io
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -92,18 +93,26 @@ class Engine:
         self.settings = settings or Settings.load(**overrides)
         self._db: Database | None = None
         self._embedder = embedder
+        # A server's first requests arrive together on several threads: one of them opens, the others wait.
+        self._db_lock = threading.Lock()
+        self._embedder_lock = threading.Lock()
 
     @property
     def db(self) -> Database:
         if self._db is None:
-            self._db = open_database(self.settings)
-            migrate(self._db)
+            with self._db_lock:
+                if self._db is None:
+                    db = open_database(self.settings)
+                    migrate(db)
+                    self._db = db
         return self._db
 
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = load_embedder(self.settings.model, cache_dir=self.settings.cache_dir)
+            with self._embedder_lock:
+                if self._embedder is None:
+                    self._embedder = load_embedder(self.settings.model, cache_dir=self.settings.cache_dir)
         return self._embedder
 
     def index(self, name: str | None = None, *, create: bool = False, **vector_options: Any) -> "Index":
@@ -156,9 +165,10 @@ class Engine:
         return keys.role_for(self.db, secret)
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        with self._db_lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def __enter__(self) -> "Engine":
         return self

@@ -311,7 +311,8 @@ def _serve(engine: Engine, host: str, port: int, *, page_index: str | None, sess
     if anonymous and host not in LOOPBACK:
         raise fail("--anonymous is only allowed when binding to loopback")
     query_keys = [secrets.token_urlsafe(24)] if session_key else []
-    if not (anonymous or query_keys or any(k.revoked_at is None for k in engine.list_api_keys())):
+    stored_keys = engine.list_api_keys()  # also opens the database now: an unreachable one fails before serving
+    if not (anonymous or query_keys or any(k.revoked_at is None for k in stored_keys)):
         raise fail("no API keys yet: create one with `pixsearch keys create --role admin` (or use --session-key, or "
                    "--anonymous on loopback)")
 
