@@ -167,7 +167,8 @@ def search_cmd(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print hits as a JSON array (with --facet: an object)."),
 ) -> None:
-    """Search by text, image, stored ids or a raw vector, with filters, cutoffs, sorting, paging and facets.
+    """Search by text, image, stored ids or a raw vector, with filters, cutoffs, sorting, paging and facets. With no
+    query: list the photos passing --filter, newest first.
 
     Scores: higher is more similar (cosine similarity in vector mode, fused RRF score in hybrid mode)."""
     given = [name for name, value in (("text", text), ("--image", image), ("--vector", vector), ("--batch", batch))
