@@ -245,6 +245,16 @@ def test_works_under_its_content_security_policy_and_asks_for_a_key(browser, sit
     context.close()
 
 
+def test_an_unknown_index_says_how_to_make_it(browser, site):
+    expect = playwright_api.expect
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{site}/?index=no-such-photos#key={QUERY}")
+    expect(page.locator("#error")).to_contain_text("no index named 'no-such-photos'")
+    expect(page.locator("#error")).to_contain_text("pixsearch index PATH --index no-such-photos")
+    context.close()
+
+
 def test_no_accessibility_violations(page):
     from axe_playwright_python.sync_playwright import Axe
 

@@ -199,7 +199,12 @@ async function handleError(error) {
       return true;
     }
   }
-  showError(error instanceof ApiError ? error.message : `Could not reach the server (${error.message}).`);
+  if (error instanceof ApiError && error.code === "IndexNotFound") {
+    showError(`${error.message}: index some photos with “pixsearch index PATH --index ${state.index}”, or pick ` +
+      "another index with ?index=NAME in the address.");
+  } else {
+    showError(error instanceof ApiError ? error.message : `Could not reach the server (${error.message}).`);
+  }
   return false;
 }
 
