@@ -175,8 +175,7 @@ class Handlers:
             try:
                 parsed = IndexIn.model_validate(body)
             except ValidationError as exc:
-                raise ApiError(400, "InvalidRequest", "; ".join(
-                    f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())) from None
+                raise _bad(_validation_errors(exc)) from None
             kind, shape = parsed.kind, (azure.definition if _azure(request) else definition)
             key, fields, vector_fields = parsed.to_service()
         try:
@@ -251,8 +250,7 @@ class Handlers:
         try:
             body = SearchBody.model_validate_json(query or "{}")
         except ValidationError as exc:
-            raise _bad("query: " + "; ".join(
-                f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())) from None
+            raise _bad("query: " + _validation_errors(exc)) from None
         data = image.file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise _bad(f"image larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
@@ -296,6 +294,10 @@ def _azure(request: Request) -> bool:
 
 def _bad(message: str) -> ApiError:
     return ApiError(400, "InvalidRequest", message)
+
+
+def _validation_errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
 
 
 def _select_list(spec: IndexSpec, select: str, *, allow_vectors: bool) -> list[str]:
