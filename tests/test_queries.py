@@ -1,15 +1,17 @@
 """Queries people actually ask: query kinds and combinations, filters, hybrid RRF, cutoffs, sorting, paging, facets."""
 from __future__ import annotations
 
+import io
 import os
 from datetime import datetime, timezone
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import run_cli
 from helpers import altered_copy, copy_some
-from pixsearch.search.expressions import parse_query
+from pixsearch.search.expressions import Term, parse_query
 from pixsearch.search.odata import FilterSyntaxError
 from pixsearch.search.ranking import Cutoff, reciprocal_rank_fusion
 from pixsearch.search.request import SearchRequest, VectorQuery, resolve_vector
@@ -86,6 +88,22 @@ def test_vector_queries_are_fused_with_their_weights(idx, samples, tmp_path):
     assert with_text.mode == "hybrid" and {"vector", "keyword", "vector_query_1"} >= set(with_text[0].subscores)
     with pytest.raises(ValueError, match="keyword mode does not use vector queries"):
         idx.query(SearchRequest(text="coffee", mode="keyword", vector_queries=[VectorQuery(image=rocket)]))
+
+
+def test_query_vectors_are_embedded_once_per_text_and_upload(engine, sample_index, embedder, samples, tmp_path):
+    idx = engine.index(sample_index)
+    cache = engine.query_vectors
+    upload = altered_copy(samples / "rocket.jpg", tmp_path / "q.jpg").read_bytes()
+    pages = [idx.query(SearchRequest(text="a red car at night", mode="vector", top=4, skip=s)) for s in (0, 4)]
+    assert (cache.misses, cache.hits) == (1, 1)
+    first = [idx.query(SearchRequest(image=bytes(upload), top=4, skip=s)) for s in (0, 4)]
+    assert (cache.misses, cache.hits) == (2, 2)
+    assert [h.id for h in first[0]] != [h.id for h in first[1]] and [h.id for h in pages[0]] != [h.id for h in pages[1]]
+    _, cached = resolve_vector(idx, parse_query('"a red car at night"'), None)
+    np.testing.assert_allclose(cached, embedder.embed_texts(["a red car at night"])[0], rtol=1e-5, atol=1e-6)
+    _, cached_image = resolve_vector(idx, [Term("image", upload)], None)
+    fresh = embedder.embed_images([Image.open(io.BytesIO(upload))]).vectors["image"][0]
+    np.testing.assert_allclose(cached_image, fresh / np.linalg.norm(fresh), rtol=1e-4, atol=1e-5)
 
 
 def test_ids_search_uses_the_mean_of_their_vectors(idx, samples):

@@ -21,7 +21,7 @@ from pixsearch.ingest.scan import photo_id
 from pixsearch.models import load_embedder
 from pixsearch.models.base import Embedder
 from pixsearch.search import evaluation
-from pixsearch.search.request import SearchRequest, SearchResponse, query_terms, resolve_vector
+from pixsearch.search.request import QueryVectorCache, SearchRequest, SearchResponse, query_terms, resolve_vector
 from pixsearch.search.request import run as run_request
 from pixsearch.store import (
     PHOTO_FIELDS,
@@ -96,6 +96,7 @@ class Engine:
         # A server's first requests arrive together on several threads: one of them opens, the others wait.
         self._db_lock = threading.Lock()
         self._embedder_lock = threading.Lock()
+        self.query_vectors = QueryVectorCache()
 
     @property
     def db(self) -> Database:

@@ -5,10 +5,13 @@ list -> fuse them (RRF) in hybrid mode -> cut the irrelevant tail -> sort -> pag
 """
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -117,6 +120,33 @@ def _image_of(value: str | Path | bytes | Image.Image) -> Image.Image:
     return read_and_decode(str(value)).image
 
 
+class QueryVectorCache:
+    """Recently embedded query texts and uploaded images, so paging through a query (every page is a new request)
+    and asking it again skip the model. Keys carry the model id; the vectors are read-only."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+        value = compute()  # outside the lock: two threads may embed the same query once each, never wrongly
+        for array in value.values() if isinstance(value, dict) else [value]:
+            array.setflags(write=False)
+        with self._lock:
+            self.misses += 1
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+
 def query_terms(request: SearchRequest) -> list[Term]:
     terms: list[Term] = []
     if request.text is not None and request.text.strip():
@@ -151,6 +181,7 @@ def resolve_vector(index: "Index", terms: Sequence[Term], field_name: str | None
         else:
             field_name = index.spec.vector_field(None).name
     vf = index.spec.vector_field(field_name)
+    cache = index.engine.query_vectors
     vectors, weights = [], []
     stored_needed = [key for t in terms if t.kind in ("id", "ids") for key in ([t.value] if t.kind == "id" else t.value)]
     stored = index.get(stored_needed, vectors=True) if stored_needed else {}
@@ -161,12 +192,22 @@ def resolve_vector(index: "Index", terms: Sequence[Term], field_name: str | None
             embedder = index._checked_embedder()
             if field_name != embedder.text_space:
                 raise ValueError(f"text cannot be searched in the {field_name!r} field; use {embedder.text_space!r}")
-            vectors.append(embedder.embed_texts([t.value])[0])
+            text = t.value
+            vectors.append(cache.get(("text", embedder.model_id, text), lambda: embedder.embed_texts([text])[0]))
         elif t.kind == "image":
             if not vf.model_id:
                 raise SchemaError(f"index {index.name!r} has no model to embed images: search it with a vector")
-            embeddings = index._checked_embedder().embed_images([_image_of(t.value)])
-            vectors.append(embeddings.vectors[field_name][0])
+            embedder = index._checked_embedder()
+            image = t.value
+
+            def embed_image() -> dict[str, np.ndarray]:
+                return {name: v[0] for name, v in embedder.embed_images([_image_of(image)]).vectors.items()}
+
+            if isinstance(image, (bytes, bytearray)):  # uploads: the same bytes come back for every page
+                digest = hashlib.blake2b(image, digest_size=16).digest()
+                vectors.append(cache.get(("image", embedder.model_id, digest), embed_image)[field_name])
+            else:
+                vectors.append(embed_image()[field_name])
         elif t.kind in ("id", "ids"):
             keys = [t.value] if t.kind == "id" else list(t.value)
             missing = [key for key in keys if key not in stored]
