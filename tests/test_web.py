@@ -68,13 +68,19 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, site):
+def page_errors() -> list[str]:
+    """Script errors and console errors of the `page` fixture's page: none are expected unless a test says so."""
+    return []
+
+
+@pytest.fixture
+def page(browser, site, page_errors):
     # Playwright's string predicates need eval, which the page's Content-Security-Policy forbids: bypassed here;
     # test_works_under_its_content_security_policy runs without the bypass.
     context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
-    errors: list[str] = []
+    errors = page_errors
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.goto(f"{site}/#key={QUERY}")
@@ -157,6 +163,20 @@ def test_dropped_image_finds_its_original(page, photos, tmp_path):
     assert result_names(page)[0] == "rocket.jpg"
     assert page.locator("#drop-overlay").is_hidden()
     assert page.locator("#query-chip").is_visible() and page.locator("#query-chip-text").text_content() == query.name
+
+
+def test_a_broken_image_is_a_clear_message_and_the_page_keeps_working(page, page_errors, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    drop_file(page, broken, "image/jpeg")
+    page.wait_for_function("!document.querySelector('#error').hidden")
+    assert "corrupt or truncated image" in page.locator("#error").text_content()
+    assert page_errors == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]
+    page_errors.clear()
+    page.fill("#q", "a cat")
+    page.press("#q", "Enter")
+    wait_for_results(page, "Results for “a cat”")
+    assert page.locator("#error").is_hidden() and result_names(page)[0] == "cat-chelsea.png"
 
 
 def test_picked_image_finds_its_original(page, photos, tmp_path):
