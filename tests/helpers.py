@@ -1,7 +1,9 @@
 """Test data the tests make themselves: altered copies of sample photos and broken files."""
 from __future__ import annotations
 
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 from PIL import Image
@@ -38,3 +40,14 @@ def copy_some(samples: Path, dest: Path, names: list[str]) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     return [Path(shutil.copy2(samples / name, dest / name)) for name in names]
 
+
+
+def read_page_link(proc: subprocess.Popen) -> tuple[str, str, str]:
+    """Read a `pixsearch serve` / `demo --serve` process's stderr up to the page link it prints: its base URL, the
+    session key, and all stderr read so far."""
+    lines: list[str] = []
+    while not lines or "search page:" not in lines[-1]:
+        lines.append(proc.stderr.readline())
+        assert lines[-1] or proc.poll() is None, "exited before printing the link:\n" + "".join(lines)
+    base, key = re.search(r"search page: (http://127\.0\.0\.1:\d+/)#key=(\S+)", lines[-1]).groups()
+    return base, key, "".join(lines)

@@ -503,22 +503,19 @@ def test_serve_prints_a_page_link_with_a_session_key(home, sample_index):
     """`pixsearch serve --session-key`: the printed link opens the page, its key searches but cannot write; a taken
     port is one clear error."""
     import os
-    import re
     import signal
     import subprocess
     import sys
     from pathlib import Path
+
+    from helpers import read_page_link
 
     exe = Path(sys.executable).with_name("pixsearch")
     env = dict(os.environ, PIXSEARCH_HOME=str(home))
     proc = subprocess.Popen([str(exe), "serve", "--port", "0", "--session-key", "--index", sample_index], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        line = ""
-        while "search page:" not in line:
-            line = proc.stderr.readline()
-            assert line or proc.poll() is None, "serve exited before printing the link"
-        base, key = re.search(r"search page: (http://127\.0\.0\.1:\d+/)#key=(\S+)", line).groups()
+        base, key, _ = read_page_link(proc)
         page = httpx.get(base, timeout=30)
         assert page.status_code == 200 and f'data-default-index="{sample_index}"' in page.text
         assert "default-src 'self'" in page.headers["content-security-policy"]

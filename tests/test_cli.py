@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from conftest import run_cli
-from helpers import altered_copy, broken_files, copy_some
+from helpers import altered_copy, broken_files, copy_some, read_page_link
 
 SOME = ["cat-chelsea.png", "coffee.png", "rocket.jpg", "china-temple.jpg", "imagenet-16-251.jpg"]
 
@@ -119,7 +119,6 @@ def test_a_killed_run_leaves_whole_batches_and_the_next_run_completes(engine, in
 def test_demo_indexes_the_samples_searches_and_serves_the_page(home, index_name):
     """The README's `make run`: `pixsearch demo --serve` ends with the server running and a working page link."""
     import os
-    import re
     import signal
     import subprocess
     import sys
@@ -132,12 +131,8 @@ def test_demo_indexes_the_samples_searches_and_serves_the_page(home, index_name)
                             env=dict(os.environ, PIXSEARCH_HOME=str(home)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        lines = []
-        while not lines or "search page:" not in lines[-1]:
-            lines.append(proc.stderr.readline())
-            assert lines[-1] or proc.poll() is None, "".join(lines)
-        base, key = re.search(r"search page: (http://127\.0\.0\.1:\d+/)#key=(\S+)", lines[-1]).groups()
-        assert "sample photos in" in "".join(lines)
+        base, key, printed = read_page_link(proc)
+        assert "sample photos in" in printed
         assert httpx.get(base, timeout=30).status_code == 200
         listed = httpx.post(f"{base}indexes/{index_name}/docs/search", headers={"api-key": key}, timeout=60,
                             json={"count": True, "facets": ["folder"], "top": 1}).json()

@@ -437,7 +437,7 @@ class DocumentTable:
         q = sql.Placeholder("q")
         column = sql.Identifier(vf.name)
         cols = sql.SQL(", ").join([self.key] + [sql.Identifier(c) for c in self.retrievable])
-        where_sql = sql.SQL(" WHERE {}").format(where) if where is not None else sql.SQL("")
+        where_sql = _where_clause(where)
         if vf.params.get("oversample") and not exact:
             rerank_op = _operator(OPERATORS[vf.exact_metric])
             order = sql.SQL("{} {} {}").format(
@@ -573,7 +573,7 @@ class DocumentTable:
         """Documents passing `filter` in `sort` order (missing values last, then newest indexed first), one page of
         (key, fields), plus how many pass the filter in all."""
         where, params = compile_filter(self.spec, filter)
-        where_sql = sql.SQL(" WHERE {}").format(where) if where is not None else sql.SQL("")
+        where_sql = _where_clause(where)
         rows = conn.execute(self.browse_sql(sort, where), {**params, "limit": limit, "offset": offset}).fetchall()
         total = conn.execute(sql.SQL("SELECT count(*) FROM {}{}").format(self.table, where_sql), params).fetchone()[0]
         return [(row[0], dict(zip(self.retrievable, row[1:]))) for row in rows], total
@@ -584,7 +584,7 @@ class DocumentTable:
             if not self.spec.field(name).sortable:
                 raise SchemaError(f"field {name!r} is not sortable in index {self.spec.name!r}")
         columns = [self.key] + [sql.Identifier(c) for c in self.retrievable]
-        where_sql = sql.SQL(" WHERE {}").format(where) if where is not None else sql.SQL("")
+        where_sql = _where_clause(where)
         return sql.SQL("SELECT {} FROM {}{} ORDER BY {} LIMIT %(limit)s OFFSET %(offset)s").format(
             sql.SQL(", ").join(columns), self.table, where_sql, sql.SQL(", ").join(self._browse_order(sort))
         )
@@ -696,6 +696,10 @@ class DocumentTable:
             "total_bytes": total_bytes,
             "vector_fields": fields,
         }
+
+
+def _where_clause(where: sql.Composable | None) -> sql.Composable:
+    return sql.SQL(" WHERE {}").format(where) if where is not None else sql.SQL("")
 
 
 def _checked_vector(value: Any, vf: VectorField, key: Any) -> Vector | HalfVector:

@@ -14,6 +14,9 @@ from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).parent / "static"
 PAGE = Path(__file__).parent / "page.html"
+# The page loads only its own script and styles; thumbnails arrive as blob: URLs fetched with the key.
+CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 
 def install_page(app: FastAPI, default_index: str) -> None:
@@ -25,8 +28,3 @@ def install_page(app: FastAPI, default_index: str) -> None:
 
     app.add_api_route("/", search_page, methods=["GET"], include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-
-# The page loads only its own script and styles; thumbnails arrive as blob: URLs fetched with the key.
-CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
-       "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
