@@ -10,11 +10,13 @@ STAMP := $(VENV)/.installed-stamp
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# torch is pinned and installed first: 2.13.0 is the local CPU wheel; letting a dependency resolve torch on its
-# own pulls a multi-GB CUDA build. foolbox is installed without its dependencies: we only read its sample photos.
+# torch and torchvision are pinned and installed first, as a pair that imports together: open-clip-torch needs
+# torchvision, and PyPI's torchvision does not load beside the local 2.13.0 CPU wheel, so it is 2.14.1 + 0.29.1 (CUDA
+# builds from the registry's local files; they run on the CPU). Letting a dependency resolve torch on its own could
+# pull another multi-GB build. foolbox is installed without its dependencies: we only read its sample photos.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[demo,test]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps foolbox==3.3.4
 	touch $(STAMP)

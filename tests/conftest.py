@@ -12,6 +12,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from pixsearch.config import Settings
@@ -77,3 +78,44 @@ def run_cli(*args: str, home: Path, env: dict | None = None, timeout: float = 30
     return subprocess.run(
         [str(exe), *args], capture_output=True, text=True, env=full_env, timeout=timeout, stdin=subprocess.DEVNULL
     )
+
+
+# -- a live API server per test module (tests/test_api.py, tests/test_hostile.py) --------------------------------------
+ADMIN_KEY, QUERY_KEY = "admin-secret-1", "query-secret-1"
+
+
+@pytest.fixture(scope="module")
+def api_engine(home, embedder):
+    with Engine(Settings.load(home=home), embedder=embedder) as eng:
+        yield eng
+
+
+@pytest.fixture(scope="module")
+def base_url(api_engine):
+    from pixsearch.api import create_app
+    from pixsearch.api.server import serving_in_thread
+
+    with serving_in_thread(create_app(api_engine, admin_keys=[ADMIN_KEY], query_keys=[QUERY_KEY])) as url:
+        yield url
+
+
+def _client(base_url: str, key: str | None):
+    return httpx.Client(base_url=base_url, headers={"api-key": key} if key else {}, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def admin(base_url):
+    with _client(base_url, ADMIN_KEY) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def query(base_url):
+    with _client(base_url, QUERY_KEY) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def anon(base_url):
+    with _client(base_url, None) as c:
+        yield c

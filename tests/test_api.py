@@ -7,45 +7,12 @@ import httpx
 import numpy as np
 import pytest
 
-from pixsearch.api import create_app
-from pixsearch.api.server import serving_in_thread
-from pixsearch.config import Settings
-from pixsearch.service import Engine
+from conftest import ADMIN_KEY, QUERY_KEY
 
-ADMIN, QUERY = "admin-secret-1", "query-secret-1"
+ADMIN, QUERY = ADMIN_KEY, QUERY_KEY
 DIMS = 4
 N_DOCS = 24
 LANGS = ["en", "de", "fr"]
-
-
-@pytest.fixture(scope="module")
-def api_engine(home, embedder):
-    with Engine(Settings.load(home=home), embedder=embedder) as eng:
-        yield eng
-
-
-@pytest.fixture(scope="module")
-def base_url(api_engine):
-    with serving_in_thread(create_app(api_engine, admin_keys=[ADMIN], query_keys=[QUERY])) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def admin(base_url):
-    with httpx.Client(base_url=base_url, headers={"api-key": ADMIN}, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def query(base_url):
-    with httpx.Client(base_url=base_url, headers={"api-key": QUERY}, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def anon(base_url):
-    with httpx.Client(base_url=base_url, timeout=60) as c:
-        yield c
 
 
 def definition_body(dims: int = DIMS) -> dict:

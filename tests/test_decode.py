@@ -70,11 +70,14 @@ def test_gif_uses_the_first_frame():
     assert pixel[0] > 200 and pixel[2] < 60
 
 
-def test_sixteen_bit_greyscale_is_scaled_not_clipped():
-    arr = (np.linspace(0, 4000, 64 * 32).reshape(32, 64)).astype(np.uint16)
-    decoded = decode_bytes(_encode(Image.fromarray(arr), "PNG"))
-    rgb = np.asarray(decoded.image)
-    assert rgb.max() == 255 and rgb[0, 0, 0] == 0 and 100 < rgb[16, 32, 0] < 160
+def test_sixteen_bit_greyscale_is_scaled_by_its_bit_depth_not_clipped():
+    twelve_bit = (np.linspace(0, 4000, 64 * 32).reshape(32, 64)).astype(np.uint16)
+    rgb = np.asarray(decode_bytes(_encode(Image.fromarray(twelve_bit), "PNG")).image)
+    assert 245 <= rgb.max() <= 255 and rgb[0, 0, 0] == 0 and 100 < rgb[16, 32, 0] < 160
+    full = np.full((8, 8), 32896, dtype=np.uint16)
+    full[0, 0] = 65535
+    rgb = np.asarray(decode_bytes(_encode(Image.fromarray(full), "PNG")).image)
+    assert rgb[0, 0, 0] == 255 and rgb[4, 4, 0] == 128  # full 16-bit data: exactly v / 257
 
 
 def test_transparent_png_is_composited_on_neutral_grey():

@@ -8,6 +8,7 @@ import pytest
 
 from pixsearch.search.odata import MAX_DEPTH, MAX_LENGTH, FilterSyntaxError, parse_filter
 from pixsearch.store.filters import AnyEq, And, Compare, FilterError, In, Not, Or, compile_filter
+from pixsearch.models.offline import OFFLINE_PHOTO_FIELDS
 from pixsearch.store.schema import PHOTO_FIELDS, IndexSpec, VectorField
 
 UTC = timezone.utc
@@ -377,7 +378,8 @@ def test_injection_rejected(text, position):
 # -- round trip through compile_filter: values only ever travel as parameters ----------------------------------------
 
 
-SPEC = IndexSpec("photos", "px_photos", vector_fields=(VectorField("clip", 512),), fields=PHOTO_FIELDS)
+SPEC = IndexSpec("photos", "px_photos", vector_fields=(VectorField("clip", 512),),
+                 fields=PHOTO_FIELDS + OFFLINE_PHOTO_FIELDS)
 
 
 def compiled(text):

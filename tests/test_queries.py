@@ -14,7 +14,7 @@ from helpers import altered_copy, copy_some
 from pixsearch.search.expressions import Term, parse_query
 from pixsearch.search.odata import FilterSyntaxError
 from pixsearch.search.ranking import Cutoff, reciprocal_rank_fusion
-from pixsearch.search.request import SearchRequest, VectorQuery, resolve_vector
+from pixsearch.search.request import SearchRequest, VectorQuery
 from pixsearch.store import Field, FilterError, VectorField
 
 
@@ -50,7 +50,7 @@ def test_every_query_kind(idx, samples, tmp_path):
 
 def test_more_like_this_searches_the_image_space(idx, samples):
     cat_id = photo_id(idx, samples, "cat-chelsea.png")
-    field_name, vector = resolve_vector(idx, parse_query(f"id:{cat_id}"), None)
+    field_name, vector = idx.resolve(parse_query(f"id:{cat_id}"))
     assert field_name == "image"
     np.testing.assert_allclose(vector, idx.get([cat_id])[cat_id]["image"], rtol=1e-5, atol=1e-6)
 
@@ -99,16 +99,16 @@ def test_query_vectors_are_embedded_once_per_text_and_upload(engine, sample_inde
     first = [idx.query(SearchRequest(image=bytes(upload), top=4, skip=s)) for s in (0, 4)]
     assert (cache.misses, cache.hits) == (2, 2)
     assert [h.id for h in first[0]] != [h.id for h in first[1]] and [h.id for h in pages[0]] != [h.id for h in pages[1]]
-    _, cached = resolve_vector(idx, parse_query('"a red car at night"'), None)
+    _, cached = idx.resolve(parse_query('"a red car at night"'))
     np.testing.assert_allclose(cached, embedder.embed_texts(["a red car at night"])[0], rtol=1e-5, atol=1e-6)
-    _, cached_image = resolve_vector(idx, [Term("image", upload)], None)
+    _, cached_image = idx.resolve([Term("image", upload)])
     fresh = embedder.embed_images([Image.open(io.BytesIO(upload))]).vectors["image"][0]
     np.testing.assert_allclose(cached_image, fresh / np.linalg.norm(fresh), rtol=1e-4, atol=1e-5)
 
 
 def test_ids_search_uses_the_mean_of_their_vectors(idx, samples):
     ids = [photo_id(idx, samples, n) for n in ("cat-chelsea.png", "imagenet-16-251.jpg")]
-    field_name, vector = resolve_vector(idx, parse_query("ids:" + ",".join(ids)), None)
+    field_name, vector = idx.resolve(parse_query("ids:" + ",".join(ids)))
     stored = idx.get(ids)
     expected = np.mean([stored[i][field_name] for i in ids], axis=0)
     np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), rtol=1e-5, atol=1e-6)
@@ -117,7 +117,7 @@ def test_ids_search_uses_the_mean_of_their_vectors(idx, samples):
 def test_combination_arithmetic_matches_numpy(idx, embedder):
     terms = parse_query('2:"red car" + "night" - "people"')
     assert [(t.value, t.weight) for t in terms] == [("red car", 2.0), ("night", 1.0), ("people", -1.0)]
-    field_name, vector = resolve_vector(idx, terms, None)
+    field_name, vector = idx.resolve(terms)
     e = embedder.embed_texts(["red car", "night", "people"])
     expected = 2 * e[0] + e[1] - e[2]
     assert field_name == "semantic"

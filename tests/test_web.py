@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -286,3 +287,61 @@ def test_no_accessibility_violations(page):
             wait_for_results(page, "Results for “a cat”")
         violations = axe.run(page).response["violations"]
         assert not violations, [(v["id"], v["help"], [n["target"] for n in v["nodes"]][:3]) for v in violations]
+
+
+@contextmanager
+def keyless_page(browser):
+    """A page in a fresh browser context (no key kept yet); no script errors are allowed."""
+    context = browser.new_context(bypass_csp=True)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    yield page
+    assert not problems, problems
+    context.close()
+
+
+def test_the_key_in_a_link_never_silently_replaces_a_kept_key(browser, site):
+    with keyless_page(browser) as page:
+        _link_key_is_never_taken_silently(page, site)
+
+
+def _link_key_is_never_taken_silently(page, site):
+    expect = playwright_api.expect
+    page.goto(f"{site}/#key={QUERY}")
+    expect(page.locator("#results li").first).to_be_visible()
+    assert "#key" not in page.url and page.evaluate("localStorage.getItem('pixsearch.apiKey')") == QUERY
+    page.goto(f"{site}/?q=a+cat#key=someone-elses-key")
+    expect(page.locator("#replace-key-dialog")).to_be_visible()
+    assert "#key" not in page.url
+    page.click("#replace-key-dialog button[value=keep]")
+    expect(page.locator("#results li").first).to_be_visible()
+    assert page.evaluate("localStorage.getItem('pixsearch.apiKey')") == QUERY
+    page.goto(f"{site}/#key=someone-elses-key")
+    page.click("#replace-key-dialog button[value=replace]")
+    expect(page.locator("#key-dialog")).to_be_visible()  # that key is not accepted here: asked for one
+    assert page.evaluate("localStorage.getItem('pixsearch.apiKey')") == "someone-elses-key"
+
+
+def test_the_key_can_be_forgotten_and_a_malformed_link_does_not_stop_the_page(browser, site):
+    with keyless_page(browser) as page:
+        _forget_and_malformed(page, site)
+
+
+def _forget_and_malformed(page, site):
+    expect = playwright_api.expect
+    page.goto(f"{site}/#key={QUERY}")
+    expect(page.locator("#forget-key")).to_be_visible()
+    page.click("#forget-key")
+    assert page.evaluate("localStorage.getItem('pixsearch.apiKey')") is None
+    expect(page.locator("#forget-key")).to_be_hidden()
+    page.fill("#q", "a cat")
+    page.press("#q", "Enter")
+    expect(page.locator("#key-dialog")).to_be_visible()  # without a key the next search asks for one
+    page.goto(f"{site}/#key=%E0%A4%A")
+    expect(page.locator("#key-dialog")).to_be_visible()
+    expect(page.locator("#key-reason")).to_contain_text("malformed")
+    page.fill("#key-input", QUERY)
+    page.press("#key-input", "Enter")
+    expect(page.locator("#results li").first).to_be_visible()

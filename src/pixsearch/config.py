@@ -9,6 +9,13 @@ from typing import Any
 
 import platformdirs
 
+from pixsearch.limits import (
+    DEFAULT_API_STATEMENT_TIMEOUT_S,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_THUMBNAIL_CACHE_BYTES,
+)
+
 DEFAULT_INDEX = "photos"
 
 
@@ -24,6 +31,18 @@ class Settings:
     model: str = "offline"
     batch_size: int = 16
     decode_workers: int = 2
+    max_file_mb: float = DEFAULT_MAX_FILE_BYTES / 1e6  # files larger than this are not read (per-file failure)
+    max_image_megapixels: float = DEFAULT_MAX_IMAGE_PIXELS / 1e6  # checked from the header before decoding
+    api_statement_timeout: float = DEFAULT_API_STATEMENT_TIMEOUT_S  # seconds per SQL statement of an API request
+    thumbnail_cache_mb: float = DEFAULT_THUMBNAIL_CACHE_BYTES / 1e6
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * 1e6)
+
+    @property
+    def max_image_pixels(self) -> int:
+        return int(self.max_image_megapixels * 1e6)
 
     @property
     def cache_dir(self) -> Path:
@@ -67,14 +86,23 @@ def _known(raw: dict[str, Any], source: str) -> dict[str, Any]:
     return raw
 
 
+_INTEGERS = ("batch_size", "decode_workers")
+_POSITIVE_NUMBERS = ("max_file_mb", "max_image_megapixels", "api_statement_timeout", "thumbnail_cache_mb")
+
+
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
-    for name in ("batch_size", "decode_workers"):
-        if name in out:
-            try:
-                out[name] = int(out[name])
-            except (TypeError, ValueError):
-                raise ValueError(f"setting {name} must be an integer, got {out[name]!r}") from None
-            if out[name] < 1:
-                raise ValueError(f"setting {name} must be at least 1, got {out[name]}")
+    for name in _INTEGERS + _POSITIVE_NUMBERS:
+        if name not in out:
+            continue
+        kind = int if name in _INTEGERS else float
+        try:
+            out[name] = kind(out[name])
+        except (TypeError, ValueError):
+            what = "an integer" if kind is int else "a number"
+            raise ValueError(f"setting {name} must be {what}, got {out[name]!r}") from None
+        if kind is int and out[name] < 1:
+            raise ValueError(f"setting {name} must be at least 1, got {out[name]}")
+        if kind is float and not out[name] > 0:
+            raise ValueError(f"setting {name} must be a positive number, got {out[name]}")
     return out

@@ -10,34 +10,34 @@ import binascii
 import logging
 from typing import Annotated, Any, Callable, Iterable, Sequence
 
-import numpy as np
 from fastapi import Body, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
 from pixsearch.api import azure
+from pixsearch.api.docs import install_docs
 from pixsearch.api.errors import DEFAULT_MAX_BODY_BYTES, ApiError, GuardMiddleware, filter_error, install_handlers
 from pixsearch.api.keys import AuthMiddleware, KeyRing
 from pixsearch.api.models import (
-    DocumentError,
     IndexBatch,
     IndexIn,
     SearchBody,
     VectorQueryIn,
     definition,
-    field_value,
+    document_actions,
     jsonable,
-    vector_value,
 )
-from pixsearch.search.request import MAX_TOP, MAX_WINDOW, MODES, SearchRequest, VectorQuery
-from pixsearch.service import Engine, Index
+from pixsearch.api.origin import LOOPBACK_NAMES, OriginGuard
+from pixsearch.limits import MAX_TOP, MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, MAX_WINDOW, THUMBNAIL_SIZES
+from pixsearch.search.context import FileTermRefused
+from pixsearch.search.request import MODES, SearchRequest, VectorQuery
+from pixsearch.service import Engine, Index, PhotoNotFound
 from pixsearch.store import FilterError, IndexExistsError, IndexNotFoundError, IndexSpec
 from pixsearch.web import install_page
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP = 50  # Azure's default page size
-ACTIONS = ("upload", "merge", "mergeOrUpload", "delete")
 
 
 def create_app(
@@ -49,15 +49,23 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     key_lookup: Callable[[str], str | None] | None = None,
     page_index: str | None = None,
+    allowed_hosts: Iterable[str] | None = LOOPBACK_NAMES,
 ) -> FastAPI:
-    """The API, plus the search page at / showing `page_index` (default: the configured index) unless ?index=."""
+    """The API, plus the search page at / showing `page_index` (default: the configured index) unless ?index=.
+
+    allowed_hosts: the host names clients may reach the server by (the Host header; None: any). The default suits
+    a server on loopback; `pixsearch serve` passes the names of the address it binds.
+    With allow_anonymous, requests without a key may search and read (the query role), never write."""
     ring = KeyRing(admin_keys, query_keys, key_lookup)
     if not ring and not allow_anonymous:
         raise ValueError("the API needs at least one admin or query key (or allow_anonymous=True)")
-    app = FastAPI(title="pixsearch", docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+    app = FastAPI(title="pixsearch", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     install_handlers(app)
-    app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes)
+    # Starlette runs the last middleware added first: the origin check, then the body guard, then keys.
     app.add_middleware(AuthMiddleware, ring=ring, allow_anonymous=allow_anonymous)
+    app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes)
+    app.add_middleware(OriginGuard, allowed_hosts=allowed_hosts)
+    install_docs(app)
     handlers = Handlers(engine)
     h = handlers
     app.add_api_route("/healthz", h.health, methods=["GET"])
@@ -90,10 +98,6 @@ def create_app(
     install_page(app, page_index or engine.settings.index)
     app.state.handlers = handlers
     return app
-
-
-MAX_UPLOAD_BYTES = 15 * 1024 * 1024  # per file, within the request body limit
-MAX_UPLOAD_FILES = 64
 
 
 class Handlers:
@@ -133,10 +137,12 @@ class Handlers:
         all_ok = all(r["status"] for r in results)
         return JSONResponse({"value": results}, status_code=200 if all_ok else 207)
 
-    def thumbnail(self, key: str, index: str | None = None, size: int = Query(256, ge=16, le=1024)) -> Response:
+    def thumbnail(self, key: str, index: str | None = None, size: int = Query(256)) -> Response:
+        if size not in THUMBNAIL_SIZES:
+            raise _bad(f"size must be one of {', '.join(map(str, THUMBNAIL_SIZES))}")
         try:
             data = self.open(index or self.engine.settings.index).thumbnail(key, size)
-        except LookupError as exc:
+        except PhotoNotFound as exc:
             raise ApiError(404, "DocumentNotFound", str(exc)) from None
         return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=86400"})
 
@@ -194,8 +200,8 @@ class Handlers:
                            "created here; photo indexes are created by `pixsearch index`")
         try:
             index = self.engine.create_index(name, vector_fields, fields, key_field=key)
-        except IndexExistsError:
-            raise ApiError(409, "IndexExists", f"index {name!r} already exists") from None
+        except IndexExistsError as exc:
+            raise ApiError(409, "IndexExists", str(exc)) from None
         return JSONResponse(shape(index.spec), status_code=201)
 
     def delete_index(self, name: str) -> Response:
@@ -232,9 +238,14 @@ class Handlers:
 
     def index_documents(self, name: str, body: IndexBatch) -> JSONResponse:
         index = self.open(name)
-        results = _write_batch(index, body.value)
-        ok = all(r["status"] for r in results)
-        return JSONResponse({"value": results}, status_code=200 if ok else 207)
+        actions, invalid = document_actions(index.spec, body.value)
+        results = {i: r for i, r in invalid.items()}
+        written = index.write_documents([a for _, a in actions])
+        results.update({i: r for (i, _), r in zip(actions, written)})
+        value = [{"key": r.key, "status": r.ok, "errorMessage": r.message, "statusCode": r.status}
+                 for _, r in sorted(results.items())]
+        ok = all(v["status"] for v in value)
+        return JSONResponse({"value": value}, status_code=200 if ok else 207)
 
     # -- search ----------------------------------------------------------------------------------------------------
     def search(self, name: str, body: SearchBody) -> dict[str, Any]:
@@ -260,7 +271,9 @@ class Handlers:
         index = self.open(name)
         request, select = _search_request(index.spec, body, extra)
         try:
-            response = index.query(request)
+            response = index.query(request, allow_file_terms=False)
+        except FileTermRefused as exc:
+            raise ApiError(400, "FileQueryNotAllowed", str(exc)) from None
         except FilterError as exc:
             raise filter_error(exc) from None
         except ValueError as exc:  # the service's user errors (SchemaError, ModelMismatchError, DecodeError...)
@@ -403,99 +416,3 @@ def _search_request(
     request = SearchRequest(text=text, field=field, filter=body.filter, mode=mode, top=top, skip=body.skip,
                             sort=_orderby(body.orderby), facets=list(body.facets), vector_queries=queries)
     return request, select
-
-
-def _write_batch(index: Index, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-document results in input order: bad documents fail alone; valid ones are written in groups."""
-    spec = index.spec
-    key_field = spec.key_field
-    fields = {f.name: f for f in spec.fields}
-    vector_fields = {v.name: v for v in spec.vector_fields}
-    results: list[dict[str, Any] | None] = [None] * len(docs)
-
-    def fail(i: int, key: Any, code: int, message: str) -> None:
-        results[i] = {"key": key if isinstance(key, str) else None, "status": False, "errorMessage": message,
-                      "statusCode": code}
-
-    def succeed(i: int, key: str) -> None:
-        results[i] = {"key": key, "status": True, "errorMessage": None, "statusCode": 200}
-
-    seen: set[str] = set()
-    deletes: list[tuple[int, str]] = []
-    writes: list[tuple[int, str, str, dict[str, Any], dict[str, np.ndarray | None]]] = []
-    for i, doc in enumerate(docs):
-        key = doc.get(key_field)
-        action = doc.get("@search.action", "upload")
-        if not isinstance(key, str) or not key:
-            fail(i, key, 400, f"the key field {key_field!r} must be a non-empty string")
-            continue
-        if key in seen:
-            fail(i, key, 400, f"key {key!r} appears more than once in the batch")
-            continue
-        seen.add(key)
-        if action not in ACTIONS:
-            fail(i, key, 400, f"unknown @search.action {action!r}; use one of {', '.join(ACTIONS)}")
-            continue
-        if action == "delete":
-            deletes.append((i, key))
-            continue
-        if action != "upload" and any(not f.retrievable for f in spec.fields):
-            fail(i, key, 501, f"{action} is not supported on index {spec.name!r}: it has non-retrievable fields, "
-                 "which a merge would lose; use upload (replaces the whole document)")
-            continue
-        row: dict[str, Any] = {}
-        vectors: dict[str, np.ndarray | None] = {}
-        try:
-            for name, value in doc.items():
-                if name in ("@search.action", key_field):
-                    continue
-                if name in fields:
-                    row[name] = field_value(fields[name], value)
-                elif name in vector_fields:
-                    vectors[name] = None if value is None else vector_value(vector_fields[name], value)
-                else:
-                    raise DocumentError(f"unknown field {name!r} in index {spec.name!r}")
-        except DocumentError as exc:
-            fail(i, key, 400, str(exc))
-            continue
-        writes.append((i, key, action, row, vectors))
-
-    # merge / mergeOrUpload: read-modify-write (not atomic against concurrent writers of the same key)
-    merging = [w for w in writes if w[2] != "upload"]
-    if merging:
-        stored = index.get([w[1] for w in merging], vectors=True)
-        kept = []
-        for i, key, action, row, vectors in writes:
-            old = stored.get(key)
-            if action == "merge" and old is None:
-                fail(i, key, 404, f"document {key!r} not found (merge needs an existing document)")
-                continue
-            if action != "upload" and old is not None:
-                row = {**{n: v for n, v in old.items() if n in fields}, **row}
-                vectors = {**{n: v for n, v in old.items() if n in vector_fields}, **vectors}
-            kept.append((i, key, action, row, vectors))
-        writes = kept
-
-    # add_vectors takes one array per vector field for all its ids: group documents by the vectors they carry
-    groups: dict[tuple[str, ...], list[tuple[int, str, dict[str, Any], dict[str, np.ndarray]]]] = {}
-    for i, key, _action, row, vectors in writes:
-        present = {n: v for n, v in vectors.items() if v is not None}
-        groups.setdefault(tuple(sorted(present)), []).append((i, key, row, present))
-    for names, members in groups.items():
-        try:
-            index.add_vectors(
-                [m[1] for m in members],
-                {n: np.stack([m[3][n] for m in members]) for n in names},
-                [m[2] for m in members],
-            )
-        except ValueError as exc:
-            for i, key, _, _ in members:
-                fail(i, key, 400, str(exc))
-        else:
-            for i, key, _, _ in members:
-                succeed(i, key)
-    if deletes:
-        index.remove([key for _, key in deletes])
-        for i, key in deletes:
-            succeed(i, key)
-    return [r for r in results if r is not None]

@@ -37,10 +37,25 @@ ALGORITHMS_IN = {"hnsw": "hnsw", "exhaustiveKnn": "exact"}
 _INDEX_IGNORED = {"name", "fields", "vectorSearch", "@odata.etag", "@odata.context", "description"}
 _FIELD_KNOWN = {"name", "type", "key", "retrievable", "hidden", "stored", "searchable", "filterable", "sortable",
                 "facetable", "dimensions", "vectorSearchProfile"}
+# Real Azure AI Search features pixsearch lacks: 501 when used. Any other name is a mistake in the request: 400.
+_AZURE_INDEX_FEATURES = {"scoringProfiles", "defaultScoringProfile", "corsOptions", "suggesters", "analyzers",
+                         "tokenizers", "tokenFilters", "charFilters", "normalizers", "encryptionKey", "similarity",
+                         "semantic", "permissionFilterOption", "purviewEnabled"}
+_AZURE_FIELD_FEATURES = {"analyzer", "searchAnalyzer", "indexAnalyzer", "normalizer", "synonymMaps", "fields",
+                         "vectorEncoding", "permissionFilter", "sensitivityLabel"}
+_AZURE_VECTOR_SEARCH = {"profiles", "algorithms", "vectorizers", "compressions"}
+_AZURE_ALGORITHM_KINDS = {"hnsw", "exhaustiveKnn"}
+_AZURE_TYPES_LACKING = {f"{outer}({t})" if outer else t for outer in ("", "Collection")
+                        for t in ("Edm.ComplexType", "Edm.GeographyPoint", "Edm.Half", "Edm.Int16", "Edm.SByte",
+                                  "Edm.Byte", "Edm.Single", "Edm.Boolean", "Edm.DateTimeOffset")} - set(SCALAR_TYPES)
 
 
 def _unsupported(what: str) -> ApiError:
     return ApiError(501, "NotImplemented", f"{what} is not supported by pixsearch")
+
+
+def _unknown(what: str) -> ApiError:
+    return ApiError(400, "InvalidRequest", f"unknown {what} in the index definition")
 
 
 def _bad(message: str) -> ApiError:
@@ -49,6 +64,13 @@ def _bad(message: str) -> ApiError:
 
 def _empty(value: Any) -> bool:
     return value is None or value == [] or value == {} or value is False
+
+
+def _list_of(obj: dict[str, Any], name: str) -> list[Any]:
+    value = obj.get(name) or []
+    if not isinstance(value, list):
+        raise _bad(f"vectorSearch.{name} must be a list")
+    return value
 
 
 def is_azure_definition(body: Any) -> bool:
@@ -64,23 +86,28 @@ def _vector_configs(vector_search: Any) -> dict[str, tuple[str, str, dict[str, A
     for extra in ("vectorizers", "compressions"):
         if not _empty(vector_search.get(extra)):
             raise _unsupported(f"vectorSearch.{extra}")
-    unknown = set(vector_search) - {"profiles", "algorithms", "vectorizers", "compressions"}
+    unknown = set(vector_search) - _AZURE_VECTOR_SEARCH
     if unknown:
-        raise _unsupported(f"vectorSearch.{min(unknown)}")
+        raise _unknown(f"property vectorSearch.{min(unknown)}")
     algorithms: dict[str, tuple[str, str, dict[str, Any]]] = {}
-    for a in vector_search.get("algorithms") or []:
+    for a in _list_of(vector_search, "algorithms"):
         if not isinstance(a, dict) or not isinstance(a.get("name"), str):
             raise _bad("every vectorSearch algorithm needs a name")
         kind = a.get("kind")
-        if kind not in ALGORITHMS_IN:
-            raise _unsupported(f"vector search algorithm kind {kind!r} (use hnsw or exhaustiveKnn)")
-        params = a.get("hnswParameters" if kind == "hnsw" else "exhaustiveKnnParameters") or {}
+        if kind not in _AZURE_ALGORITHM_KINDS:
+            raise _bad(f"unknown vector search algorithm kind {kind!r}: use hnsw or exhaustiveKnn")
+        params_name = "hnswParameters" if kind == "hnsw" else "exhaustiveKnnParameters"
+        params = a.get(params_name) or {}
+        if not isinstance(params, dict):
+            raise _bad(f"algorithm {a['name']!r}: {params_name} must be an object")
         other = "exhaustiveKnnParameters" if kind == "hnsw" else "hnswParameters"
         if not _empty(a.get(other)):
             raise _bad(f"algorithm {a['name']!r} of kind {kind!r} cannot have {other}")
         metric_in = params.get("metric") or "cosine"
+        if metric_in == "hamming":
+            raise _unsupported("metric 'hamming' for Azure definitions (pixsearch's own definitions have it)")
         if metric_in not in METRICS_IN:
-            raise _unsupported(f"metric {metric_in!r} (use cosine, euclidean or dotProduct)")
+            raise _bad(f"unknown metric {metric_in!r}: use cosine, euclidean or dotProduct")
         ours: dict[str, Any] = {}
         for key, value in params.items():
             if key == "metric" or value is None:
@@ -92,10 +119,10 @@ def _vector_configs(vector_search: Any) -> dict[str, tuple[str, str, dict[str, A
             elif kind == "hnsw" and key == "efSearch":
                 raise _unsupported("hnswParameters.efSearch (pixsearch sizes the HNSW search per query)")
             else:
-                raise _unsupported(f"{kind} parameter {key!r}")
+                raise _bad(f"unknown {params_name} property {key!r}")
         algorithms[a["name"]] = (ALGORITHMS_IN[kind], METRICS_IN[metric_in], ours)
     profiles = {}
-    for p in vector_search.get("profiles") or []:
+    for p in _list_of(vector_search, "profiles"):
         if not isinstance(p, dict) or not isinstance(p.get("name"), str):
             raise _bad("every vectorSearch profile needs a name")
         for extra in ("vectorizer", "compression"):
@@ -111,8 +138,11 @@ def _vector_configs(vector_search: Any) -> dict[str, tuple[str, str, dict[str, A
 def to_service(body: dict[str, Any]) -> tuple[str, tuple[Field, ...], tuple[VectorField, ...]]:
     """(key field, fields, vector fields) from an Azure index definition; raises ApiError."""
     for key, value in body.items():
-        if key not in _INDEX_IGNORED and not _empty(value):
+        if key in _INDEX_IGNORED or _empty(value):
+            continue
+        if key in _AZURE_INDEX_FEATURES:
             raise _unsupported(f"index property {key!r}")
+        raise _unknown(f"property {key!r}")
     profiles = _vector_configs(body.get("vectorSearch"))
     raw_fields = body.get("fields")
     if not isinstance(raw_fields, list) or not raw_fields:
@@ -125,8 +155,11 @@ def to_service(body: dict[str, Any]) -> tuple[str, tuple[Field, ...], tuple[Vect
             raise _bad("every field needs a name and a type")
         name, type_ = f["name"], f["type"]
         for k, v in f.items():
-            if k not in _FIELD_KNOWN and not _empty(v):
+            if k in _FIELD_KNOWN or _empty(v):
+                continue
+            if k in _AZURE_FIELD_FEATURES:
                 raise _unsupported(f"field attribute {k!r} (field {name!r})")
+            raise _unknown(f"field attribute {k!r} (field {name!r})")
         if f.get("stored") is False:
             raise _unsupported(f"stored: false (field {name!r})")
         retrievable = not f.get("hidden", False) and f.get("retrievable", True) is not False
@@ -147,7 +180,9 @@ def to_service(body: dict[str, Any]) -> tuple[str, tuple[Field, ...], tuple[Vect
             vectors.append(VectorField(name=name, dims=dims, metric=metric, algorithm=algorithm, params=dict(params)))
             continue
         if type_ not in SCALAR_TYPES:
-            raise _unsupported(f"field type {type_!r} (field {name!r})")
+            if type_ in _AZURE_TYPES_LACKING:
+                raise _unsupported(f"field type {type_!r} (field {name!r})")
+            raise _bad(f"unknown field type {type_!r} (field {name!r})")
         if f.get("dimensions") is not None or f.get("vectorSearchProfile") is not None:
             raise _bad(f"field {name!r}: dimensions / vectorSearchProfile need type {VECTOR_TYPE}")
         fields.append(Field(name=name, type=SCALAR_TYPES[type_], filterable=bool(f.get("filterable")),

@@ -3,21 +3,28 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
+
+import psycopg
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pixsearch.db import DatabaseError
+from pixsearch.limits import MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES
 from pixsearch.search.odata import FilterSyntaxError
 from pixsearch.store import FilterError, IndexExistsError, IndexNotFoundError, SchemaError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 _HTTP_CODES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
                409: "Conflict", 413: "RequestEntityTooLarge", 500: "InternalServerError", 501: "NotImplemented"}
+RETRY_AFTER_SECONDS = 5
+# A JSON string escape for NUL: \u0000 preceded by an even number of backslashes (an odd one escapes the first).
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 class ApiError(Exception):
@@ -32,6 +39,20 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse(error_body(code, message, **extra), status_code=status)
+
+
+def unavailable_response(exc: Exception) -> JSONResponse:
+    """503 with Retry-After for what is the database's state, not the request's fault: a statement that ran past
+    the API's statement_timeout, or a database that cannot be reached right now."""
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        code, message = "QueryTimeout", ("the query ran longer than the server allows (setting api_statement_timeout): "
+                                         "narrow it with a filter or fewer facets, or try again")
+    else:
+        code, message = "DatabaseUnavailable", "the database is not reachable right now; try again shortly"
+        log.warning("database unavailable: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    response = error_response(503, code, message)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def filter_error(exc: FilterError) -> ApiError:
@@ -83,10 +104,28 @@ def install_handlers(app: FastAPI) -> None:
     async def _schema(request: Request, exc: SchemaError) -> JSONResponse:
         return error_response(400, "InvalidRequest", str(exc))
 
+    @app.exception_handler(psycopg.OperationalError)
+    async def _database(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        return unavailable_response(exc)
+
+    @app.exception_handler(DatabaseError)
+    async def _database_setup(request: Request, exc: DatabaseError) -> JSONResponse:
+        return unavailable_response(exc)
+
+
+def _has_nul(scope: dict) -> bool:
+    return "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b"").lower()
+
+
+def _json_body(scope: dict) -> bool:
+    content_type = dict(scope.get("headers") or []).get(b"content-type", b"application/json")
+    return content_type.split(b";")[0].strip().lower() in (b"application/json", b"")
+
 
 class GuardMiddleware:
-    """Outermost application layer: caps the request body (413) and turns any unhandled exception into a generic 500
-    (logged here, never sent). The body is buffered (at most `max_body_bytes`) and replayed to the app."""
+    """Outermost application layer: caps the request body (413), refuses NUL characters in the URL and in JSON
+    bodies (PostgreSQL cannot store them: a clear 400, not an error deep inside), and turns any unhandled exception
+    into a generic 500 (logged here, never sent). The body is buffered (at most `max_body_bytes`) and replayed."""
 
     def __init__(self, app: Any, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         self.app = app
@@ -103,6 +142,10 @@ class GuardMiddleware:
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             await too_large(scope, receive, send)
             return
+        nul = error_response(400, "InvalidRequest", "NUL characters (\\u0000) are not allowed in requests")
+        if _has_nul(scope):
+            await nul(scope, receive, send)
+            return
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -117,6 +160,9 @@ class GuardMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if _json_body(scope) and (b"\x00" in body or _JSON_NUL.search(body)):
+            await nul(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> dict:
@@ -136,6 +182,10 @@ class GuardMiddleware:
 
         try:
             await self.app(scope, replay, tracking_send)
+        except (psycopg.OperationalError, DatabaseError) as exc:
+            if started:
+                raise
+            await unavailable_response(exc)(scope, replay, send)
         except Exception:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if started:

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import hmac
 import re
+import threading
+import time
+from collections import OrderedDict
 from typing import Callable, Iterable
 
+import anyio
+import psycopg
+
+from pixsearch.db import DatabaseError
+from pixsearch.limits import API_KEY_CACHE_SECONDS
 from pixsearch.store.keys import hash_key
 
 ADMIN, QUERY = "admin", "query"
 HEADER = "api-key"
 OPEN_PATHS = {"/", "/healthz", "/docs", "/openapi.json"}
-OPEN_PREFIXES = ("/static/",)  # the search page's own files; everything they fetch needs a key
+OPEN_PREFIXES = ("/static/", "/docs-assets/")  # the page's and the API docs' own files; their fetches need a key
+MAX_CACHED_KEYS = 4096
 # (method, path) patterns a query key may use; everything else needs an admin key. Later routes (the OData
 # `indexes('NAME')` form, autocomplete, suggest) add their patterns here.
 QUERY_ROUTES: list[tuple[str, re.Pattern[str]]] = [
@@ -26,16 +35,26 @@ QUERY_ROUTES: list[tuple[str, re.Pattern[str]]] = [
 
 
 class KeyRing:
-    """Keys given at start-up (hashed in memory), then `lookup` (the keys `pixsearch keys create` stored, by hash)."""
+    """Keys given at start-up (hashed in memory), then `lookup` (the keys `pixsearch keys create` stored, by hash).
+
+    Stored-key answers (a role, or unknown) are kept for API_KEY_CACHE_SECONDS, by hash, so key checks do not
+    take a database connection per request and cannot queue behind searches; a revoked key stops working within
+    that time.
+    """
 
     def __init__(
         self,
         admin_keys: Iterable[str] = (),
         query_keys: Iterable[str] = (),
         lookup: Callable[[str], str | None] | None = None,
+        *,
+        cache_seconds: float = API_KEY_CACHE_SECONDS,
     ):
         self.lookup = lookup
+        self.cache_seconds = cache_seconds
         self._hashes: list[tuple[str, str]] = []
+        self._cache: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
+        self._lock = threading.Lock()
         for role, keys in ((ADMIN, admin_keys), (QUERY, query_keys)):
             for key in keys:
                 if not key or not key.strip():
@@ -46,7 +65,7 @@ class KeyRing:
         return bool(self._hashes) or self.lookup is not None
 
     def role(self, presented: str | None) -> str | None:
-        """The role of a presented key, or None. Compares against every stored hash (no early exit)."""
+        """The role of a presented start-up key, or None. Compares against every stored hash (no early exit)."""
         if not presented:
             return None
         digest = hash_key(presented)
@@ -55,6 +74,28 @@ class KeyRing:
             if hmac.compare_digest(stored, digest) and found != ADMIN:
                 found = role
         return found
+
+    def cached(self, presented: str) -> tuple[bool, str | None]:
+        """(known, role) from the stored-key cache."""
+        digest = hash_key(presented)
+        with self._lock:
+            entry = self._cache.get(digest)
+            if entry is not None and entry[1] > time.monotonic():
+                return True, entry[0]
+        return False, None
+
+    def look_up(self, presented: str) -> str | None:
+        """The stored key's role (None: unknown or revoked), asking the database only when the cache has no fresh
+        answer. Database errors propagate (the caller answers 503)."""
+        known, role = self.cached(presented)
+        if known or self.lookup is None:
+            return role
+        role = self.lookup(presented)
+        with self._lock:
+            self._cache[hash_key(presented)] = (role, time.monotonic() + self.cache_seconds)
+            while len(self._cache) > MAX_CACHED_KEYS:
+                self._cache.popitem(last=False)
+        return role
 
 
 def required_role(method: str, path: str) -> str | None:
@@ -69,7 +110,8 @@ def required_role(method: str, path: str) -> str | None:
 
 class AuthMiddleware:
     """Checks the `api-key` header before anything else is read: no or unknown key -> 401, a query key on an admin
-    route -> 403. With `allow_anonymous` (and no keys) every request passes."""
+    route -> 403. With `allow_anonymous`, a request without a key has the query role: it may search and read,
+    never write."""
 
     def __init__(self, app, ring: KeyRing, allow_anonymous: bool = False):
         self.app = app
@@ -77,25 +119,37 @@ class AuthMiddleware:
         self.allow_anonymous = allow_anonymous
 
     async def __call__(self, scope: dict, receive, send) -> None:
-        if scope["type"] == "http" and not self.allow_anonymous:
-            from pixsearch.api.errors import error_response
-
+        if scope["type"] == "http":
             needed = required_role(scope["method"], scope["path"])
             if needed is not None:
-                presented = None
-                for name, value in scope.get("headers") or []:
-                    if name.decode("latin-1").lower() == HEADER:
-                        presented = value.decode("latin-1")
-                role = self.ring.role(presented)
-                if role is None and presented and self.ring.lookup is not None:
-                    import anyio
-
-                    role = await anyio.to_thread.run_sync(self.ring.lookup, presented)
-                if role is None:
-                    message = "missing api-key header" if not presented else "invalid api-key"
-                    await error_response(401, "Unauthorized", message)(scope, receive, send)
-                    return
-                if needed == ADMIN and role != ADMIN:
-                    await error_response(403, "Forbidden", "this operation needs an admin key")(scope, receive, send)
+                refusal = await self._refusal(scope, needed)
+                if refusal is not None:
+                    await refusal(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+    async def _refusal(self, scope: dict, needed: str):
+        from pixsearch.api.errors import error_response, unavailable_response
+
+        presented = None
+        for name, value in scope.get("headers") or []:
+            if name.decode("latin-1").lower() == HEADER:
+                presented = value.decode("latin-1")
+        role = self.ring.role(presented)
+        if role is None and presented and self.ring.lookup is not None:
+            known, role = self.ring.cached(presented)
+            if not known:
+                try:
+                    role = await anyio.to_thread.run_sync(self.ring.look_up, presented)
+                except (psycopg.Error, DatabaseError) as exc:
+                    return unavailable_response(exc)
+        if role is None and not presented and self.allow_anonymous:
+            role = QUERY
+        if role is None:
+            return error_response(401, "Unauthorized", "missing api-key header" if not presented else "invalid api-key")
+        if needed == ADMIN and role != ADMIN:
+            message = "this operation needs an admin key"
+            if not presented:
+                message += " (a server started with --anonymous lets requests without a key search and read only)"
+            return error_response(403, "Forbidden", message)
+        return None

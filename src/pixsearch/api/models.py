@@ -9,6 +9,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PField
 
+from pixsearch.limits import MAX_BATCH_DOCUMENTS, MAX_QUERY_IDS, MAX_VECTOR_QUERIES
+from pixsearch.service import DocumentAction, DocumentResult
 from pixsearch.store import Field, IndexSpec, VectorField
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -72,9 +74,6 @@ def definition(spec: IndexSpec) -> dict[str, Any]:
 
 
 # -- documents -------------------------------------------------------------------------------------------------------
-MAX_BATCH_DOCUMENTS = 1000  # Azure's limit per indexing request
-MAX_VECTOR_QUERIES = 10
-
 
 class IndexBatch(BaseModel):
     model_config = _STRICT
@@ -99,14 +98,18 @@ def _datetime(value: Any) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and "\x00" not in value
+
+
 _SCALAR_CHECKS = {
-    "string": (lambda v: isinstance(v, str), "a string"),
+    "string": (_text, "a string without NUL characters"),
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63, "an integer"),
     "float": (_number, "a finite number"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
 }
 _ELEMENT_CHECKS = {
-    "string[]": (lambda v: isinstance(v, str), "strings"),
+    "string[]": (_text, "strings without NUL characters"),
     "int[]": (lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**31) <= v < 2**31, "32-bit integers"),
     "float[]": (_number, "finite numbers"),
 }
@@ -140,6 +143,41 @@ def vector_value(vf: VectorField, value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
+def document_actions(
+    spec: IndexSpec, docs: list[dict[str, Any]]
+) -> tuple[list[tuple[int, DocumentAction]], dict[int, DocumentResult]]:
+    """An indexing batch's JSON documents -> service actions (their values checked and converted for their fields),
+    by position; and the documents refused before reaching the service, by position."""
+    fields = {f.name: f for f in spec.fields}
+    vector_fields = {v.name: v for v in spec.vector_fields}
+    actions: list[tuple[int, DocumentAction]] = []
+    invalid: dict[int, DocumentResult] = {}
+    for i, doc in enumerate(docs):
+        key = doc.get(spec.key_field)
+        if not isinstance(key, str) or not key or "\x00" in key:
+            shown = key if isinstance(key, str) else None
+            invalid[i] = DocumentResult(shown, False, 400,
+                                        f"the key field {spec.key_field!r} must be a non-empty string without NUL")
+            continue
+        action = doc.get("@search.action", "upload")
+        item = DocumentAction(action=action if isinstance(action, str) else repr(action), key=key)
+        try:
+            for name, value in doc.items():
+                if name in ("@search.action", spec.key_field):
+                    continue
+                if name in fields:
+                    item.fields[name] = field_value(fields[name], value)
+                elif name in vector_fields:
+                    item.vectors[name] = None if value is None else vector_value(vector_fields[name], value)
+                else:
+                    raise DocumentError(f"unknown field {name!r} in index {spec.name!r}")
+        except DocumentError as exc:
+            invalid[i] = DocumentResult(key, False, 400, str(exc))
+            continue
+        actions.append((i, item))
+    return actions, invalid
+
+
 def jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -171,7 +209,7 @@ class VectorQueryIn(BaseModel):
     image: str | None = None
     base64Image: str | None = None
     id: str | None = None
-    ids: list[str] | None = PField(default=None, max_length=100)
+    ids: list[str] | None = PField(default=None, max_length=MAX_QUERY_IDS)
     fields: str | None = None
     k: int | None = PField(default=None, ge=1, le=1000)
     weight: float = PField(default=1.0, ge=0, le=100)

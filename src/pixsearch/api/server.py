@@ -9,6 +9,7 @@ from typing import Callable, Iterable, Iterator
 
 from pixsearch.api.app import create_app
 from pixsearch.api.errors import DEFAULT_MAX_BODY_BYTES
+from pixsearch.api.origin import host_names
 from pixsearch.service import Engine
 
 
@@ -44,9 +45,11 @@ def serve(
     stored_keys: bool = True,
     page_index: str | None = None,
     announce: Callable[[str], None] | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> None:
     """Serve until interrupted. Blocks; the caller owns (and closes) the engine. With stored_keys, the keys made by
-    `pixsearch keys create` are accepted too. `announce` gets the base URL once the port is bound."""
+    `pixsearch keys create` are accepted too. `announce` gets the base URL once the port is bound. Requests must
+    name the server by the address it binds (loopback names on loopback) or one of `allowed_hosts`."""
     import uvicorn
 
     app = create_app(
@@ -57,6 +60,7 @@ def serve(
         max_body_bytes=max_body_bytes,
         key_lookup=engine.api_key_role if stored_keys else None,
         page_index=page_index,
+        allowed_hosts=host_names(host, allowed_hosts),
     )
     sock = bind(host, port)
     bound_port = sock.getsockname()[1]

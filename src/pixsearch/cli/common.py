@@ -7,6 +7,7 @@ from typing import Any, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pixsearch.service import Engine
 
@@ -20,12 +21,12 @@ IndexOption = typer.Option(None, "--index", "-i", help="Index name (default: pho
 
 
 def fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(EXIT_ERROR)
 
 
 @contextmanager
-def open_engine(index: str | None = None) -> Iterator[Engine]:
+def open_engine(index: str | None = None, **engine_options: Any) -> Iterator[Engine]:
     """Open the engine; turn the errors a user can fix into one clear line instead of a traceback."""
     from pixsearch.db import DatabaseError
     from pixsearch.ingest.decode import DecodeError
@@ -33,7 +34,7 @@ def open_engine(index: str | None = None) -> Iterator[Engine]:
     from pixsearch.store import IndexNotFoundError
 
     try:
-        with Engine(index=index) as engine:
+        with Engine(index=index, **engine_options) as engine:
             yield engine
     except (DatabaseError, IndexNotFoundError, ModelNotAvailableError, DecodeError, ValueError) as exc:
         raise fail(str(exc)) from None

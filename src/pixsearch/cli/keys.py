@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from pixsearch.cli.common import err, fail, open_engine, out, print_json
 
@@ -17,7 +19,7 @@ def create_cmd(
     """Create a key and print it once on stdout (only its hash is stored)."""
     with open_engine() as engine:
         record, secret = engine.create_api_key(role, name)
-    err.print(f"created {record.role} key {record.id} {record.name!r}; store it now, it is not shown again:",
+    err.print(f"created {record.role} key {record.id} {escape(repr(record.name))}; store it now, it is not shown again:",
               highlight=False)
     print(secret)
 
@@ -34,7 +36,7 @@ def list_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
     for column in ("id", "role", "name", "created", "revoked"):
         table.add_column(column)
     for r in records:
-        table.add_row(r.id, r.role, r.name, f"{r.created_at:%Y-%m-%d %H:%M}",
+        table.add_row(r.id, r.role, Text(r.name), f"{r.created_at:%Y-%m-%d %H:%M}",
                       f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "")
     out.print(table)
 
@@ -45,4 +47,4 @@ def revoke_cmd(key_id: str) -> None:
     with open_engine() as engine:
         if not engine.revoke_api_key(key_id):
             raise fail(f"no active key with id {key_id!r}")
-    err.print(f"revoked {key_id}", highlight=False)
+    err.print(f"revoked {escape(key_id)}", highlight=False)

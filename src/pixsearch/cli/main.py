@@ -9,7 +9,9 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from pixsearch.cli.indexes import evaluate_cmd, indexes_app, stats_cmd, tune_cmd, vectors_app
 from pixsearch.cli.keys import keys_app
@@ -49,29 +51,34 @@ class _RichIngestProgress:
             self.bar.update(self.task, rate=f"{speed:.1f} img/s")
 
     def failure(self, path: str, reason: str) -> None:
-        self.console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
+        self.console.print(f"[yellow]failed[/] {escape(path)}: {escape(reason)}", highlight=False)
 
     def stop(self) -> None:
         self.bar.stop()
 
 
-def _index_paths(engine: Engine, paths: List[Path], index: str | None, prune: bool, as_json: bool) -> int:
+def _index_paths(engine: Engine, paths: List[Path], index: str | None, prune: bool, as_json: bool,
+                 follow_symlinks: bool = False) -> int:
     idx = engine.index(index, create=True)
     progress = _RichIngestProgress(err)
     try:
-        report = idx.add_paths(paths, prune=prune, progress=progress)
+        report = idx.add_paths(paths, prune=prune, progress=progress, follow_symlinks=follow_symlinks)
     finally:
         progress.stop()
     if as_json:
         print(json.dumps(report.to_json()))
     summary = (
         f"[bold]{idx.name}[/]: {report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
-        f"{report.removed} removed, {len(report.failed)} failed ({report.scanned} image files, "
-        f"{report.elapsed_seconds:.1f} s)"
+        f"{report.removed} removed, {len(report.failed)} failed, {len(report.skipped)} skipped "
+        f"({report.scanned} image files, {report.elapsed_seconds:.1f} s)"
     )
     err.print(summary, highlight=False)
+    for path, reason in report.skipped:
+        err.print(f"  [dim]skipped[/] {escape(path)}: {escape(reason)}", highlight=False)
+    for path, message in report.warnings:
+        err.print(f"  [yellow]warning[/] {escape(path)}: {escape(message)}", highlight=False)
     for path, reason in report.failed:
-        err.print(f"  [red]failed[/] {path}: {reason}", highlight=False)
+        err.print(f"  [red]failed[/] {escape(path)}: {escape(reason)}", highlight=False)
     return EXIT_PARTIAL if report.failed else EXIT_OK
 
 
@@ -80,6 +87,9 @@ def index_cmd(
     paths: List[Path] = typer.Argument(..., help="Image files or folders (walked recursively)."),
     index: Optional[str] = IndexOption,
     prune: bool = typer.Option(True, help="Remove photos that were deleted from the scanned folders."),
+    follow_symlinks: bool = typer.Option(
+        False, "--follow-symlinks", help="Index what symbolic links inside the folders point to (else they are skipped)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Index photos incrementally: new and changed files are embedded, unchanged ones skipped.
@@ -87,18 +97,18 @@ def index_cmd(
     Exit status 0 when every file was indexed, 3 when some files failed (they are listed), 1 on errors.
     """
     with open_engine(index) as engine:
-        status = _index_paths(engine, paths, index, prune, as_json)
+        status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks)
     raise typer.Exit(status)
 
 
 def _print_hits(query: str, hits) -> None:
-    table = Table(title=f"[bold]{query}[/]", title_justify="left", show_edge=False)
+    table = Table(title=Text(query, style="bold"), title_justify="left", show_edge=False)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("path", overflow="fold")
     table.add_column("tags", overflow="fold")
     for rank, hit in enumerate(hits, 1):
-        table.add_row(str(rank), f"{hit.score:.4g}", hit.path or hit.id, ", ".join(hit.tags or []))
+        table.add_row(str(rank), f"{hit.score:.4g}", Text(hit.path or hit.id), Text(", ".join(hit.tags or [])))
     out.print(table)
 
 
@@ -200,7 +210,8 @@ def search_cmd(
         label = " + ".join(str(p) for p in (text, image, ids, vector) if p)
         _print_hits(f"{label} ({result.mode})", result)
         for name, counts in result.facets.items():
-            out.print(f"[bold]{name}[/]: " + ", ".join(f"{c['value']} ({c['count']})" for c in counts), highlight=False)
+            out.print(f"[bold]{name}[/]: " + escape(", ".join(f"{c['value']} ({c['count']})" for c in counts)),
+                      highlight=False)
 
 
 def _search_batch(engine: Engine, index: str | None, batch: Path, k: int) -> int:
@@ -275,7 +286,7 @@ def demo_cmd(
     with open_engine(index) as engine:
         folder = engine.settings.home / "demo-photos"
         written = write_samples(folder, grouped=True)
-        err.print(f"{len(written)} sample photos in {folder}", highlight=False)
+        err.print(f"{len(written)} sample photos in {escape(str(folder))}", highlight=False)
         status = _index_paths(engine, [folder], index, prune=True, as_json=False)
         idx = engine.index(index)
         for text in DEMO_QUERIES:
@@ -292,19 +303,27 @@ def serve_cmd(
     host: str = HostOption,
     port: int = PortOption,
     index: Optional[str] = typer.Option(None, "--index", "-i", help="Index the search page shows (default: photos)."),
-    anonymous: bool = typer.Option(False, "--anonymous", help="No keys needed (only allowed on a loopback host)."),
+    anonymous: bool = typer.Option(
+        False, "--anonymous", help="Search and read without a key (writes still need one); loopback only."
+    ),
     session_key: bool = typer.Option(
         False, "--session-key", help="Make a query key that lasts until the server stops; print the page link with it."
+    ),
+    allowed_host: List[str] = typer.Option(
+        [], "--allowed-host", help="Another host name clients reach the server by (a proxy's, a DNS name); repeatable."
     ),
 ) -> None:
     """Serve the search page (/) and the REST API (OpenAPI at /docs). API requests need an `api-key` header with a
     key from `pixsearch keys`; the page asks for one (a query key is enough)."""
     with open_engine() as engine:
-        _serve(engine, host, port, page_index=index, session_key=session_key, anonymous=anonymous)
+        _serve(engine, host, port, page_index=index, session_key=session_key, anonymous=anonymous,
+               allowed_hosts=allowed_host)
 
 
 def _serve(engine: Engine, host: str, port: int, *, page_index: str | None, session_key: bool,
-           anonymous: bool = False) -> None:
+           anonymous: bool = False, allowed_hosts: List[str] = ()) -> None:
+    """Serve with an engine of its own whose SQL statements are bounded by settings.api_statement_timeout (the
+    engine given may have been used for long work, such as the demo's indexing); it shares the loaded model."""
     import secrets
 
     from pixsearch.api.server import AddressInUseError, serve
@@ -319,16 +338,23 @@ def _serve(engine: Engine, host: str, port: int, *, page_index: str | None, sess
 
     def announce(base: str) -> None:
         link = f"{base}#key={query_keys[0]}" if query_keys else base
-        err.print(f"search page: [bold]{link}[/]  (API: {base}indexes, OpenAPI: {base}docs; Ctrl+C stops)",
+        err.print(f"search page: [bold]{escape(link)}[/]  (API: {base}indexes, OpenAPI: {base}docs; Ctrl+C stops)",
                   highlight=False)
         if query_keys:
             err.print("the link carries a query key valid until this server stops", highlight=False)
+        if anonymous:
+            err.print("--anonymous: requests without a key may search and read; writes need an admin key",
+                      highlight=False)
 
+    bounded = Engine(engine.settings, embedder=engine.model(), statement_timeout_s=engine.settings.api_statement_timeout)
     try:
-        serve(engine, host=host, port=port, query_keys=query_keys, allow_anonymous=anonymous, page_index=page_index,
-              announce=announce)
+        bounded.db  # opened before the link is printed
+        serve(bounded, host=host, port=port, query_keys=query_keys, allow_anonymous=anonymous, page_index=page_index,
+              announce=announce, allowed_hosts=allowed_hosts)
     except AddressInUseError as exc:
         raise fail(str(exc)) from None
+    finally:
+        bounded.close()
 
 
 app.add_typer(indexes_app, name="indexes")

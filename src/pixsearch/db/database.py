@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -24,8 +25,14 @@ class DatabaseError(RuntimeError):
     """The database cannot be reached or cannot do what pixsearch needs; the message says how to fix it."""
 
 
-def _redact(conninfo: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", conninfo)
+_URI_PASSWORD = re.compile(r"(://[^:/@?#\s]*:)[^@/?#\s]*@")
+_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^&\s]*)", re.IGNORECASE)
+
+
+def redact(conninfo: str) -> str:
+    """A connection string fit for messages and logs: the password gone, whether it was given in a URI's user
+    part (postgresql://u:SECRET@h), as a URI parameter (?password=SECRET) or as a keyword (password=SECRET)."""
+    return _KEYWORD_PASSWORD.sub(r"\1***", _URI_PASSWORD.sub(r"\1***@", conninfo))
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -38,7 +45,7 @@ def ensure_extensions(conninfo: str) -> str:
         conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise DatabaseError(
-            f"cannot connect to PostgreSQL at {_redact(conninfo)}: {str(exc).strip()}\n"
+            f"cannot connect to PostgreSQL at {redact(conninfo)}: {str(exc).strip()}\n"
             "Check PIXSEARCH_DATABASE_URL, or unset it to use the embedded database."
         ) from None
     with conn:
@@ -84,24 +91,54 @@ def ensure_extensions(conninfo: str) -> str:
 
 
 class Database:
-    """A pool of connections to one database, each with pgvector's types registered."""
+    """A pool of connections to one database, each with pgvector's types registered.
 
-    def __init__(self, conninfo: str, *, embedded: bool, max_size: int = 4):
+    statement_timeout_s bounds every statement run on the pool's connections (the API server sets it, so no request
+    can keep the database busy for long). `side_connection` is a separate one-connection pool for short lookups,
+    such as API-key checks, that must not queue behind searches when the main pool is busy.
+    """
+
+    def __init__(
+        self, conninfo: str, *, embedded: bool, max_size: int = 4, statement_timeout_s: float | None = None
+    ):
         self.conninfo = conninfo
         self.embedded = embedded
+        self.statement_timeout_s = statement_timeout_s
         self.pgvector_version = ensure_extensions(conninfo)
         self.pool = ConnectionPool(
-            conninfo, min_size=1, max_size=max_size, configure=register_vector, open=False, name="pixsearch"
+            conninfo, min_size=1, max_size=max_size, configure=self._configure, open=False, name="pixsearch"
         )
         self.pool.open(wait=True, timeout=15)
+        self._side_pool: ConnectionPool | None = None
+        self._side_lock = threading.Lock()
+
+    def _configure(self, conn: psycopg.Connection) -> None:
+        register_vector(conn)
+        if self.statement_timeout_s:
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(self.statement_timeout_s * 1000)}ms",))
+            conn.commit()
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
         with self.pool.connection() as conn:
             yield conn
 
+    @contextmanager
+    def side_connection(self) -> Iterator[psycopg.Connection]:
+        if self._side_pool is None:
+            with self._side_lock:
+                if self._side_pool is None:
+                    side = ConnectionPool(self.conninfo, min_size=0, max_size=1, configure=self._configure,
+                                          open=False, name="pixsearch-side")
+                    side.open(wait=False)
+                    self._side_pool = side
+        with self._side_pool.connection(timeout=10) as conn:
+            yield conn
+
     def close(self) -> None:
         self.pool.close()
+        if self._side_pool is not None:
+            self._side_pool.close()
 
     def __enter__(self) -> "Database":
         return self
@@ -110,9 +147,9 @@ class Database:
         self.close()
 
 
-def open_database(settings: Settings) -> Database:
+def open_database(settings: Settings, *, statement_timeout_s: float | None = None) -> Database:
     if settings.database_url:
-        return Database(settings.database_url, embedded=False)
+        return Database(settings.database_url, embedded=False, statement_timeout_s=statement_timeout_s)
     from pixsearch.db.embedded import start_embedded
 
-    return Database(start_embedded(settings.pgdata), embedded=True)
+    return Database(start_embedded(settings.pgdata), embedded=True, statement_timeout_s=statement_timeout_s)

@@ -1,18 +1,34 @@
-"""Read one file: its bytes, content hash, pixels (EXIF-oriented, JPEG draft-decoded) and photo metadata."""
+"""Read one file, boundedly, and decode it: bytes, content hash, upright RGB pixels and sanitised metadata.
+
+Reads are bounded (a maximum file size) and open regular files only, so a FIFO, a device or a huge file named
+`*.jpg` is a per-file failure instead of a hang or an exhausted machine. The pixel count is checked from the image
+header before any pixels are decoded.
+"""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import logging
+import os
+import stat
 import warnings
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-# Decode JPEGs at the smallest DCT scale that keeps both sides at least this large (the model sees 224 px).
+from pixsearch.imaging import to_rgb, upright
+from pixsearch.ingest.metadata import photo_metadata
+from pixsearch.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+
+log = logging.getLogger(__name__)
+
+# Decode JPEGs at the smallest DCT scale that keeps both sides at least this large (the models see <= 260 px).
 DRAFT_SIZE = (320, 320)
-_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
-_DATETIME_ORIGINAL, _DATETIME, _MAKE, _MODEL, _ORIENTATION = 36867, 306, 271, 272, 274
+_ORIENTATION = 274
+_FILE_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+               stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder", stat.S_IFLNK: "a symbolic link"}
 
 
 class DecodeError(ValueError):
@@ -30,98 +46,118 @@ class DecodedImage:
     camera: str | None = None
     gps_lat: float | None = None
     gps_lon: float | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def read_and_decode(path: str) -> DecodedImage:
+def file_kind(mode: int) -> str:
+    return _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def read_file(path: str, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES, follow_symlinks: bool = True) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`. Opened without blocking (a FIFO cannot hang the read)
+    and, unless `follow_symlinks`, refusing a symbolic link; the type is checked on the open file, so swapping the
+    file for something else after a scan does not get past it."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except PermissionError:
-        raise DecodeError("permission denied") from None
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_symlinks:
+            raise DecodeError("a symbolic link (not followed)") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise DecodeError("permission denied") from None
+        raise DecodeError(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise DecodeError(f"not a regular file ({file_kind(info.st_mode)})")
+        if info.st_size > max_bytes:
+            raise DecodeError(f"larger than the {_megabytes(max_bytes)} limit ({_megabytes(info.st_size)})")
+        chunks, remaining = [], max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
     except OSError as exc:
         raise DecodeError(f"cannot read: {exc.strerror or exc}") from None
-    return decode_bytes(data)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:  # it grew while being read
+        raise DecodeError(f"larger than the {_megabytes(max_bytes)} limit")
+    return data
 
 
-def decode_bytes(data: bytes, digest: str | None = None) -> DecodedImage:
-    """Decode an image file's bytes; `digest` is their content_hash when the caller already computed it."""
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n} bytes"
+
+
+def read_and_decode(
+    path: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    draft: tuple[int, int] | None = DRAFT_SIZE,
+) -> DecodedImage:
+    return decode_bytes(read_file(path, max_bytes=max_bytes), max_pixels=max_pixels, draft=draft)
+
+
+def decode_bytes(
+    data: bytes,
+    digest: str | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    draft: tuple[int, int] | None = DRAFT_SIZE,
+) -> DecodedImage:
+    """Decode an image file's bytes; `digest` is their content_hash when the caller already computed it. Images of
+    more than `max_pixels` (read from the header) are refused before their pixels are decoded. JPEGs are decoded at
+    the smallest scale that keeps `draft` (None: full size)."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own pixel cap decides; Pillow's bomb check (2x its MAX_IMAGE_PIXELS) stays as the last guard.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             fmt = img.format or "unknown"
-            exif = img.getexif()
-            orientation = exif.get(_ORIENTATION, 1)
             width, height = img.size
-            if orientation in (5, 6, 7, 8):
+            if width * height > max_pixels:
+                raise DecodeError(
+                    f"{width}x{height} is {width * height / 1e6:.0f} megapixels, over the "
+                    f"{max_pixels / 1e6:g} MP limit (setting max_image_megapixels)"
+                )
+            exif, warned = _exif(img)
+            if exif.get(_ORIENTATION, 1) in (5, 6, 7, 8):
                 width, height = height, width
-            if fmt == "JPEG":
-                img.draft("RGB", DRAFT_SIZE)
+            if fmt == "JPEG" and draft is not None:
+                img.draft("RGB", draft)
             img.load()
-            img = ImageOps.exif_transpose(img)
-            img = to_rgb(img)
+            img = to_rgb(upright(img))
     except UnidentifiedImageError:
         raise DecodeError("not an image, or an unsupported image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise DecodeError(f"image too large to decode safely: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if isinstance(exc, DecodeError):
+            raise
         raise DecodeError(f"corrupt or truncated image: {exc}") from None
-    meta = _photo_metadata(exif)
-    return DecodedImage(image=img, content_hash=digest or content_hash(data), format=fmt, width=width, height=height, **meta)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (127, 127, 127))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything above 255 to white.
-        import numpy as np
-
-        arr = np.asarray(img, dtype=np.float64)
-        top = arr.max() or 1.0
-        return Image.fromarray((arr * (255.0 / top)).astype("uint8")).convert("RGB")
-    return img.convert("RGB")
-
-
-def _photo_metadata(exif: Image.Exif) -> dict:
-    meta: dict = {}
     try:
-        sub = exif.get_ifd(_EXIF_IFD)
-        stamp = sub.get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
-        if stamp:
-            # EXIF times carry no zone; keep the wall-clock time, labelled UTC.
-            meta["taken_at"] = datetime.strptime(str(stamp).strip("\x00 "), "%Y:%m:%d %H:%M:%S").replace(
-                tzinfo=timezone.utc
-            )
-    except (ValueError, TypeError, KeyError):
-        pass
-    make, model = exif.get(_MAKE), exif.get(_MODEL)
-    if make or model:
-        make_s, model_s = str(make or "").strip("\x00 "), str(model or "").strip("\x00 ")
-        meta["camera"] = model_s if model_s.lower().startswith(make_s.lower()) else f"{make_s} {model_s}".strip()
+        meta = photo_metadata(exif)
+    except Exception as exc:  # noqa: BLE001 - metadata is a bonus: never lose the photo over it
+        meta, warned = {}, warned + [f"metadata not read: {type(exc).__name__}: {exc}"]
+    return DecodedImage(image=img, content_hash=digest or content_hash(data), format=fmt, width=width,
+                        height=height, warnings=warned, **meta)
+
+
+def _exif(img: Image.Image) -> tuple[Image.Exif, list[str]]:
     try:
-        gps = exif.get_ifd(_GPS_IFD)
-        if 2 in gps and 4 in gps:
-            meta["gps_lat"] = _dms(gps[2], gps.get(1, "N"), "S")
-            meta["gps_lon"] = _dms(gps[4], gps.get(3, "E"), "W")
-    except (ValueError, TypeError, ZeroDivisionError, KeyError):
-        meta.pop("gps_lat", None)
-        meta.pop("gps_lon", None)
-    return meta
-
-
-def _dms(values, ref, negative_ref: str) -> float:
-    degrees, minutes, seconds = (float(v) for v in values)
-    sign = -1.0 if str(ref).upper().startswith(negative_ref) else 1.0
-    return sign * (degrees + minutes / 60.0 + seconds / 3600.0)
+        return img.getexif(), []
+    except Exception as exc:  # noqa: BLE001 - a broken EXIF block: index the pixels without it
+        return Image.Exif(), [f"EXIF not read: {type(exc).__name__}: {exc}"]

@@ -1,6 +1,7 @@
 """The ingest pipeline: scan -> decide what changed -> decode (thread pool) -> embed (batches) -> write (COPY)."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -8,18 +9,25 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
+
+import psycopg
 
 from pixsearch.db import Database
-from pixsearch.ingest.decode import DecodedImage, DecodeError, content_hash, decode_bytes
+from pixsearch.ingest.decode import DecodedImage, DecodeError, content_hash, decode_bytes, read_file
 from pixsearch.ingest.scan import FoundFile, scan
-from pixsearch.models.base import ClassScore, Embedder
+from pixsearch.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+from pixsearch.models.base import Embedder
 from pixsearch.store import DocumentTable, PhotoRecord, StoredState
 from pixsearch.store.photos import paths_under, stored_states, touch, write_photos
 
-MAX_TAGS = 5
-MIN_TAG_PROBABILITY = 0.05
+log = logging.getLogger(__name__)
+
 _LOOKUP_CHUNK = 1000
+# What a refused batch can be refused for that is about its rows, not the connection: bad bytes in a string, a
+# value out of range, a vector of the wrong width. Connection and server errors still stop the run.
+_ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded, ValueError,
+               UnicodeError)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,6 +52,16 @@ class _NoProgress:
         pass
 
 
+@dataclass(frozen=True)
+class IngestOptions:
+    batch_size: int = 16
+    decode_workers: int = 2
+    prune: bool = True  # remove rows of files deleted from the scanned folders
+    follow_symlinks: bool = False
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+
 @dataclass
 class IngestReport:
     scanned: int = 0
@@ -52,6 +70,8 @@ class IngestReport:
     unchanged: int = 0
     removed: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # passed over on purpose (links, FIFOs...)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # indexed, but something was left out
     stage_seconds: dict[str, float] = field(
         default_factory=lambda: {"scan": 0.0, "decode": 0.0, "embed": 0.0, "write": 0.0}
     )
@@ -69,6 +89,8 @@ class IngestReport:
             "unchanged": self.unchanged,
             "removed": self.removed,
             "failed": [{"path": p, "reason": r} for p, r in self.failed],
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "warnings": [{"path": p, "message": m} for p, m in self.warnings],
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "elapsed_seconds": round(self.elapsed_seconds, 3),
         }
@@ -79,7 +101,7 @@ class _Work:
     file: FoundFile
     stored: StoredState | None
     decoded: DecodedImage | None = None
-    prepared: object | None = None  # the embedder's prepare_image() result, made in the decode thread
+    prepared: Any = None  # the embedder's prepare_image() result, made in the decode thread
     same_content: bool = False
     error: str | None = None
 
@@ -89,27 +111,27 @@ def ingest_paths(
     table: DocumentTable,
     embedder: Embedder,
     roots: Sequence[Path],
+    options: IngestOptions = IngestOptions(),
     *,
-    batch_size: int = 16,
-    decode_workers: int = 2,
-    prune: bool = True,
     progress: IngestProgress | None = None,
 ) -> IngestReport:
     """Index the images under `roots`. Unchanged files (size + mtime, then content hash) are skipped; files that fail
-    to decode are reported and skipped; each batch is written in its own transaction."""
+    to read or decode are reported and skipped; each batch is written in its own transaction, and rows the database
+    refuses are reported one by one while the rest of their batch is written."""
     progress = progress or _NoProgress()
     report = IngestReport()
     started = time.perf_counter()
 
     t0 = time.perf_counter()
-    found, scan_failures = scan(roots)
-    for path, reason in scan_failures:
+    scanned = scan(roots, follow_symlinks=options.follow_symlinks, max_file_bytes=options.max_file_bytes)
+    for path, reason in scanned.failures:
         report.failed.append((path, reason))
         progress.failure(path, reason)
-    report.scanned = len(found)
-    stored = _stored_states(db, table, [f.id for f in found])
+    report.skipped.extend(scanned.skipped)
+    report.scanned = len(scanned.found)
+    stored = _stored_states(db, table, [f.id for f in scanned.found])
     pending: list[_Work] = []
-    for f in found:
+    for f in scanned.found:
         state = stored.get(f.id)
         if state and state.path == f.path and state.size_bytes == f.size_bytes and state.mtime_ns == f.mtime_ns:
             report.unchanged += 1
@@ -120,9 +142,9 @@ def ingest_paths(
     progress.start(len(pending))
     batch: list[_Work] = []
     touched: list[tuple[str, int, int]] = []
-    with ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="pixsearch-decode") as pool:
-        prepare = getattr(embedder, "prepare_image", None)
-        for work in _bounded_map(pool, lambda w: _decode(w, report, prepare), pending, window=batch_size * 2):
+    with ThreadPoolExecutor(max_workers=options.decode_workers, thread_name_prefix="pixsearch-decode") as pool:
+        decode = lambda w: _decode(w, report, embedder, options)  # noqa: E731
+        for work in _bounded_map(pool, decode, pending, window=options.batch_size * 2):
             if work.error is not None:
                 report.failed.append((work.file.path, work.error))
                 progress.failure(work.file.path, work.error)
@@ -133,7 +155,7 @@ def ingest_paths(
                 progress.advance()
             else:
                 batch.append(work)
-                if len(batch) >= batch_size:
+                if len(batch) >= options.batch_size:
                     _embed_and_write(db, table, embedder, batch, report, progress)
                     batch = []
         if batch:
@@ -141,7 +163,7 @@ def ingest_paths(
     if touched:
         with db.connection() as conn:
             touch(conn, table, touched)
-    if prune:
+    if options.prune:
         report.removed = _prune(db, table, roots)
     if report.added or report.updated or report.removed:
         with db.connection() as conn:
@@ -158,34 +180,28 @@ def _stored_states(db: Database, table: DocumentTable, ids: list[str]) -> dict[s
     return states
 
 
-def _decode(work: _Work, report: IngestReport, prepare: Callable | None = None) -> _Work:
+def _decode(work: _Work, report: IngestReport, embedder: Embedder, options: IngestOptions) -> _Work:
     t0 = time.perf_counter()
     try:
-        with open(work.file.path, "rb") as fh:
-            data = fh.read()
+        data = read_file(work.file.path, max_bytes=options.max_file_bytes, follow_symlinks=options.follow_symlinks)
         digest = content_hash(data)
         if work.stored is not None and work.stored.content_hash == digest:
             work.same_content = True
         else:
-            work.decoded = decode_bytes(data, digest)
-            if prepare is not None:
-                work.prepared = _prepared(prepare, work.decoded.image)
-                work.decoded.image = None  # only the small model views are kept until the batch is embedded
+            work.decoded = decode_bytes(data, digest, max_pixels=options.max_pixels)
+            work.prepared = _prepared(embedder, work.decoded.image)
+            work.decoded.image = None  # only the model's small input is kept until the batch is embedded
     except DecodeError as exc:
         work.error = str(exc)
-    except PermissionError:
-        work.error = "permission denied"
-    except OSError as exc:
-        work.error = f"cannot read: {exc.strerror or exc}"
     finally:
         # Several decode threads add here; float += under the GIL is good enough for a timing total.
         report.stage_seconds["decode"] += time.perf_counter() - t0
     return work
 
 
-def _prepared(prepare: Callable, image) -> object:
+def _prepared(embedder: Embedder, image) -> Any:
     try:
-        return prepare(image)
+        return embedder.prepare_image(image)
     except (ValueError, OSError) as exc:  # PIL decoded it but cannot resample it (e.g. a 0-pixel side)
         raise DecodeError(f"cannot prepare image for the model: {exc}") from None
 
@@ -206,11 +222,6 @@ def _file_time(mtime_ns: int) -> datetime:
     return datetime.fromtimestamp(mtime_ns / 1e9, timezone.utc)
 
 
-def _tags(classes: list[ClassScore]) -> list[str]:
-    tags = [c.label for c in classes[:MAX_TAGS] if c.probability >= MIN_TAG_PROBABILITY]
-    return tags or [c.label for c in classes[:1]]
-
-
 def _embed_and_write(
     db: Database,
     table: DocumentTable,
@@ -220,12 +231,11 @@ def _embed_and_write(
     progress: IngestProgress,
 ) -> None:
     t0 = time.perf_counter()
-    embeddings = embedder.embed_images([w.prepared if w.prepared is not None else w.decoded.image for w in batch])
+    embeddings = embedder.embed_images([w.prepared for w in batch])
     report.stage_seconds["embed"] += time.perf_counter() - t0
     records = []
     for i, work in enumerate(batch):
         decoded, path = work.decoded, work.file.path
-        classes = embeddings.classes[i] if embeddings.classes else []
         records.append(
             PhotoRecord(
                 id=work.file.id,
@@ -242,23 +252,44 @@ def _embed_and_write(
                 camera=decoded.camera,
                 gps_lat=decoded.gps_lat,
                 gps_lon=decoded.gps_lon,
-                class_ids=[c.class_id for c in classes],
-                class_probs=[float(c.probability) for c in classes],
-                tags=_tags(classes),
+                extra=embeddings.fields[i] if embeddings.fields else {},
                 vectors={name: vectors[i] for name, vectors in embeddings.vectors.items()},
             )
         )
     t0 = time.perf_counter()
-    with db.connection() as conn:
-        write_photos(conn, table, records)
+    refused = _write_or_bisect(db, table, records)
     report.stage_seconds["write"] += time.perf_counter() - t0
     for work in batch:
-        if work.stored is None:
-            report.added += 1
+        reason = refused.get(work.file.id)
+        if reason is not None:
+            report.failed.append((work.file.path, reason))
+            progress.failure(work.file.path, reason)
         else:
-            report.updated += 1
+            for message in work.decoded.warnings:
+                report.warnings.append((work.file.path, message))
+            if work.stored is None:
+                report.added += 1
+            else:
+                report.updated += 1
         work.decoded = work.prepared = None  # release the pixels
     progress.advance(len(batch))
+
+
+def _write_or_bisect(db: Database, table: DocumentTable, records: list[PhotoRecord]) -> dict[str, str]:
+    """Write the batch in one transaction. If the database refuses it for something in its rows, write each half
+    on its own (recursively), so every good row lands and each bad one is named with the database's reason.
+    Returns id -> reason for the rows that were refused."""
+    try:
+        with db.connection() as conn:
+            write_photos(conn, table, records)
+        return {}
+    except _ROW_ERRORS as exc:
+        if len(records) == 1:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("the database refused %s: %s", records[0].path, reason)
+            return {records[0].id: f"the database refused this photo's row: {reason}"}
+    middle = len(records) // 2
+    return {**_write_or_bisect(db, table, records[:middle]), **_write_or_bisect(db, table, records[middle:])}
 
 
 def _prune(db: Database, table: DocumentTable, roots: Sequence[Path]) -> int:

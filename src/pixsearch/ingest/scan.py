@@ -1,13 +1,18 @@
-"""Find image files under the given paths."""
+"""Find image files under the given paths: regular files only, symbolic links only when asked, sizes bounded."""
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from pixsearch.ingest.decode import file_kind
+from pixsearch.limits import DEFAULT_MAX_FILE_BYTES
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+SYMLINK_SKIPPED = "symbolic link: skipped (--follow-symlinks indexes what links point to)"
 
 
 @dataclass(frozen=True)
@@ -21,42 +26,100 @@ class FoundFile:
         return photo_id(self.path)
 
 
+@dataclass
+class ScanResult:
+    """Image files found, files that should have been indexed but cannot be (failures), and entries passed over on
+    purpose (skipped: symbolic links without --follow-symlinks, FIFOs and devices named like images)."""
+
+    found: list[FoundFile] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
 def photo_id(path: str) -> str:
     """A stable key per absolute path: re-indexing a changed file updates its row instead of adding one."""
     return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
-def scan(roots: Iterable[Path]) -> tuple[list[FoundFile], list[tuple[str, str]]]:
-    """Return the image files under `roots` (files or folders, walked recursively) and (path, reason) failures.
+def is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
 
-    Files are chosen by extension; whether they really are images is found out when they are decoded.
-    """
+
+def valid_utf8(path: str) -> bool:
+    """Whether a path (surrogate-escaped by Python for undecodable bytes) is valid UTF-8: PostgreSQL stores text."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def scan(
+    roots: Iterable[Path], *, follow_symlinks: bool = False, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+) -> ScanResult:
+    """The image files under `roots` (files or folders, walked recursively), chosen by extension; whether they
+    really are images is found out when they are decoded. Roots named explicitly are used even if they are links.
+    Inside them, symbolic links (to files or folders) are skipped unless `follow_symlinks`, and then only links to
+    regular files and folders are followed, each folder once (link cycles end)."""
+    result = ScanResult()
     found: dict[str, FoundFile] = {}
-    failures: list[tuple[str, str]] = []
 
-    def add(path: str) -> None:
+    def consider(path: str, explicit: bool = False) -> None:
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                if not (follow_symlinks or explicit):
+                    result.skipped.append((path, SYMLINK_SKIPPED))
+                    return
+                st = os.stat(path)
         except OSError as exc:
-            failures.append((path, f"cannot read file information: {exc.strerror or exc}"))
+            result.failures.append((path, f"cannot read file information: {exc.strerror or exc}"))
             return
-        found[path] = FoundFile(path, st.st_size, st.st_mtime_ns)
+        if not stat.S_ISREG(st.st_mode):
+            result.skipped.append((path, f"not a regular file ({file_kind(st.st_mode)})"))
+        elif not valid_utf8(path):
+            shown = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            result.failures.append((shown, "the file name is not valid UTF-8: rename the file (paths are stored as text)"))
+        elif st.st_size > max_file_bytes:
+            result.failures.append((path, f"larger than the {max_file_bytes // 1_000_000} MB limit (setting max_file_mb)"))
+        else:
+            found[path] = FoundFile(path, st.st_size, st.st_mtime_ns)
 
     for root in roots:
         root = Path(root).expanduser().absolute()
-        if root.is_file():
-            add(str(root))
-            continue
         if not root.exists():
-            failures.append((str(root), "no such file or folder"))
+            result.failures.append((str(root), "no such file or folder"))
             continue
+        if not root.is_dir():
+            consider(str(root), explicit=True)
+            continue
+        _walk(root, follow_symlinks, consider, result)
+    result.found = sorted(found.values(), key=lambda f: f.path)
+    return result
 
-        def on_error(exc: OSError, root: Path = root) -> None:
-            failures.append((exc.filename or str(root), f"cannot list folder: {exc.strerror or exc}"))
 
-        for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for name in sorted(filenames):
-                if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
-                    add(os.path.join(dirpath, name))
-    return sorted(found.values(), key=lambda f: f.path), failures
+def _walk(root: Path, follow_symlinks: bool, consider, result: ScanResult) -> None:
+    visited: set[tuple[int, int]] = set()
+
+    def on_error(exc: OSError) -> None:
+        result.failures.append((exc.filename or str(root), f"cannot list folder: {exc.strerror or exc}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=follow_symlinks):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in visited:  # reached again through a link: a cycle or a second way in
+            dirnames[:] = []
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        kept = []
+        for name in sorted(d for d in dirnames if not d.startswith(".")):
+            if not follow_symlinks and os.path.islink(os.path.join(dirpath, name)):
+                result.skipped.append((os.path.join(dirpath, name), SYMLINK_SKIPPED))
+            else:
+                kept.append(name)
+        dirnames[:] = kept
+        for name in sorted(filenames):
+            if is_image_name(name):
+                consider(os.path.join(dirpath, name))

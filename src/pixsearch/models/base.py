@@ -1,11 +1,18 @@
-"""The one contract every embedder honours, so store, ingest and search never care which model is loaded."""
+"""The one contract every embedder honours, so store, ingest and search never care which model is loaded.
+
+An embedder declares what it produces: its vector fields (`spaces`), which of them a text query and an image query
+land in, the extra per-photo fields it fills (e.g. the offline model's ImageNet classes and tags), and what its
+similarity scores mean (`relevance`). Ingest writes what it declares; search reads the declaration, never the class.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from PIL import Image
+
+from pixsearch.store.schema import Field
 
 
 @dataclass(frozen=True)
@@ -26,16 +33,26 @@ class ClassScore:
     probability: float
 
 
+@dataclass(frozen=True)
+class Relevance:
+    """What a text-to-image similarity in the text space means: hits scoring below `threshold` are clearly
+    irrelevant and hidden by default (the page and API can still show all). `how` says how it was calibrated."""
+
+    threshold: float
+    how: str
+
+
 @dataclass
 class ImageEmbeddings:
     """Embeddings of a batch of n images.
 
     vectors: field name -> float32 array (n, dims), each row L2-normalised.
-    classes: per image, the top predicted classes (empty lists for embedders without a classifier); they are stored
-    so a text-space vector can be rebuilt without rerunning the image model.
+    fields:  per image, values of the embedder's extra photo fields (empty dicts for embedders without any).
+    classes: per image, the top predicted classes (embedders with a classifier only).
     """
 
     vectors: dict[str, np.ndarray]
+    fields: list[dict[str, Any]] = field(default_factory=list)
     classes: list[list[ClassScore]] = field(default_factory=list)
 
 
@@ -45,20 +62,41 @@ class ModelNotAvailableError(RuntimeError):
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Embeds images and texts.
+    """Embeds images and texts into declared vector fields.
 
-    `spaces` lists every vector field the embedder fills for an image. `text_space` names the field a text query
-    lands in; `image_space` the field for image-to-image ("more like this") search.
+    name:        what loads this model again (`offline`, `clip:PATH_OR_ID`, `open_clip:ARCH[:CHECKPOINT]`); an index
+                 records it so later runs and servers load the model the index needs.
+    model_id:    identity of the weights and preprocessing; each vector field stores it.
+    spaces:      every vector field filled for an image.
+    text_space:  the field a text query lands in (None: the model has no text tower).
+    image_space: the field for image-to-image ("more like this") search.
+    photo_fields: extra per-photo fields ingest stores from ImageEmbeddings.fields.
+    relevance:   calibrated text-query threshold, or None when the model has none.
     """
 
+    name: str
     model_id: str
     spaces: dict[str, VectorSpace]
-    text_space: str
+    text_space: str | None
     image_space: str
+    photo_fields: tuple[Field, ...]
+    relevance: Relevance | None
 
-    def embed_images(self, images: Sequence[Image.Image]) -> ImageEmbeddings:
-        """Embed a batch. Embedders that also define `prepare_image(image) -> prepared` accept its results here
-        in place of images: ingest calls prepare_image in its decode threads (see ingest/pipeline.py)."""
+    def prepare_image(self, image: Image.Image) -> Any:
+        """Turn an upright RGB image into this model's input (resized, cropped views...). Pure pixel work:
+        ingest calls it in its decode threads so it overlaps inference. embed_images accepts its results."""
         ...
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed_images(self, images: Sequence[Any]) -> ImageEmbeddings:
+        """Embed a batch of PIL images and/or prepare_image() results."""
+        ...
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 (n, dims) unit rows in `text_space`."""
+        ...
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """L2-normalise each row (float32); all-zero rows stay zero."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps
+from PIL import Image
+
+from pixsearch.imaging import NEUTRAL_RGB, to_rgb, upright
 
 from .base import ModelNotAvailableError
 
 INPUT_MEAN = 127.0
 INPUT_STD = 128.0
-# Padding colour for letterboxing and alpha compositing: 127 maps to ~0 after input normalisation.
-NEUTRAL_RGB = (127, 127, 127)
 # Names in the exported ONNX graph: normalised NCHW float32 in; pooled features (n, 1280) and logits (n, 1000) out.
 ONNX_INPUT = "pixels"
 ONNX_OUTPUTS = ("features", "logits")
@@ -77,56 +77,9 @@ def onnx_cache_path(cache_dir: Path | str, variant: str = "lite0") -> Path:
 # Input preparation (Pillow): any image -> RGB -> two square views ("pad": letterboxed whole image, "crop": centre).
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB; transparency is composited on NEUTRAL_RGB, 16-bit/float are rescaled."""
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif mode in ("LA", "La", "PA", "RGBa"):
-        img = img.convert("RGBA")
-    elif mode == "L" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    elif mode.startswith("I") or mode == "F":
-        img = _high_depth_to_l(img)
-    if img.mode == "RGBA":
-        canvas = Image.new("RGB", img.size, NEUTRAL_RGB)
-        canvas.paste(img, mask=img.getchannel("A"))
-        return canvas
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def _high_depth_to_l(img: Image.Image) -> Image.Image:
-    arr = np.asarray(img).astype(np.float32)
-    if img.mode.startswith("I;16"):
-        arr /= 257.0
-    else:  # "I" (32-bit int) or "F": range is not fixed by the mode; use what the pixels say
-        finite = arr[np.isfinite(arr)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        if lo >= 0 and hi <= 255:
-            pass
-        elif lo >= 0 and hi <= 65535:
-            arr /= 257.0
-        elif hi > lo:
-            arr = (arr - lo) * (255.0 / (hi - lo))
-    arr = np.nan_to_num(arr, nan=0.0, posinf=255.0, neginf=0.0)
-    return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
-
-
-def _exif_upright(img: Image.Image) -> Image.Image:
-    try:
-        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception:  # noqa: BLE001 - broken EXIF must not stop embedding
-        return img
-    if orientation in (2, 3, 4, 5, 6, 7, 8):
-        return ImageOps.exif_transpose(img)
-    return img
-
-
 def make_views(img: Image.Image, size: int = 224) -> tuple[Image.Image, Image.Image]:
     """(pad view, crop view), both size x size RGB. EXIF orientation is applied first."""
-    img = to_rgb(_exif_upright(img))
+    img = to_rgb(upright(img))
     w, h = img.size
     if w < 1 or h < 1:
         raise ValueError("empty image")

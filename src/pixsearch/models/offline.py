@@ -33,7 +33,9 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .base import ClassScore, ImageEmbeddings, ModelNotAvailableError, VectorSpace
+from pixsearch.store.schema import Field
+
+from .base import ClassScore, ImageEmbeddings, ModelNotAvailableError, Relevance, VectorSpace, unit_rows
 from .efficientnet_common import (
     ONNX_INPUT,
     ONNX_OUTPUTS,
@@ -56,6 +58,26 @@ SUPPORTED_VARIANTS = tuple(VARIANTS)
 ImageRunner = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 # Bump when the class text templates or the way they are combined change: it is part of the semantic space's id.
 CLASS_TEXT_VERSION = "t1"
+MAX_TAGS = 5
+MIN_TAG_PROBABILITY = 0.05
+# What this model adds to a photo besides vectors: its top ImageNet classes (kept so the semantic vector can be
+# rebuilt without the image model) and their labels as tags people filter and facet on.
+OFFLINE_PHOTO_FIELDS: tuple[Field, ...] = (
+    Field("class_ids", "int[]", retrievable=False),
+    Field("class_probs", "float[]", retrievable=False),
+    Field("tags", "string[]", filterable=True, facetable=True, searchable=True),
+)
+
+
+def load(argument: str, cache_dir: Path, *, backend: str = "auto", threads: int | None = None) -> "OfflineEmbedder":
+    """Registry factory for `offline` (see pixsearch.models)."""
+    return OfflineEmbedder(cache_dir, backend=backend, threads=threads)
+
+
+def tags_of(classes: Sequence[ClassScore]) -> list[str]:
+    """The labels of the confident top classes (at least the top one)."""
+    tags = [c.label for c in classes[:MAX_TAGS] if c.probability >= MIN_TAG_PROBABILITY]
+    return tags or [c.label for c in classes[:1]]
 
 
 def class_texts(cls: ImageNetClass) -> tuple[str, str, str]:
@@ -65,11 +87,6 @@ def class_texts(cls: ImageNetClass) -> tuple[str, str, str]:
         cls.definition,
         f"{cls.label}, a kind of {cls.parent}",
     )
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)
@@ -86,8 +103,10 @@ class OfflineEmbedder:
     session (None: one per physical core); the torch backend uses torch's own setting.
     """
 
+    name = "offline"
     text_space = "semantic"
     image_space = "image"
+    photo_fields = OFFLINE_PHOTO_FIELDS
 
     def __init__(
         self,
@@ -116,6 +135,7 @@ class OfflineEmbedder:
             "image": VectorSpace("image", IMAGE_DIMS, "cosine", image_model_id),
             "semantic": VectorSpace("semantic", MINILM_DIMS, "cosine", semantic_model_id),
         }
+        self.relevance: Relevance | None = None
         self.classes = load_imagenet_classes()
         self._text = MiniLMTextEncoder(backend=self.backend, cache_dir=self.cache_dir, threads=threads)
         self._image_runner: ImageRunner | None = None
@@ -225,7 +245,7 @@ class OfflineEmbedder:
                 pass  # unreadable or truncated: rebuild
         texts = [t for cls in self.classes for t in class_texts(cls)]
         per_text = self._text.encode(texts).reshape(len(self.classes), 3, MINILM_DIMS)
-        embeddings = _unit_rows(per_text.mean(axis=1))
+        embeddings = unit_rows(per_text.mean(axis=1))
         self._write_atomically(path, embeddings)
         return embeddings
 
@@ -272,7 +292,7 @@ class OfflineEmbedder:
                 classes=[],
             )
         features, pad_logits = self._run_image_model(images)
-        image_vectors = _unit_rows(features)
+        image_vectors = unit_rows(features)
 
         probs = _softmax(pad_logits)
         top_ids = np.argsort(-probs, axis=1, kind="stable")[:, : self.top_k]
@@ -282,7 +302,13 @@ class OfflineEmbedder:
             [ClassScore(int(c), self.classes[int(c)].label, float(p)) for c, p in zip(ids, ps)]
             for ids, ps in zip(top_ids, top_probs)
         ]
-        return ImageEmbeddings(vectors={"image": image_vectors, "semantic": semantic}, classes=classes)
+        fields = [
+            {"class_ids": [c.class_id for c in scores], "class_probs": [c.probability for c in scores],
+             "tags": tags_of(scores)}
+            for scores in classes
+        ]
+        return ImageEmbeddings(vectors={"image": image_vectors, "semantic": semantic}, fields=fields,
+                               classes=classes)
 
     # -- pieces ----------------------------------------------------------------------------------------------------
 
@@ -322,7 +348,7 @@ class OfflineEmbedder:
         totals = weights.sum(axis=1, keepdims=True)
         weights = np.where(totals > 0, weights / np.where(totals > 0, totals, 1), 1.0 / weights.shape[1])
         mixed = np.einsum("nk,nkd->nd", weights, table[np.asarray(class_ids, dtype=np.int64)].astype(np.float64))
-        return _unit_rows(mixed.astype(np.float32))
+        return unit_rows(mixed.astype(np.float32))
 
     def semantic_from_classes(self, class_ids: Sequence[int], probs: Sequence[float]) -> np.ndarray:
         """Rebuild one image's `semantic` vector (384,) from its stored top classes, without the image model.

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
-from pixsearch.store import Filter
+import psycopg
 
-if TYPE_CHECKING:
-    from pixsearch.service import Index
+from pixsearch.limits import MAX_FACET_COUNT as MAX_COUNT
+from pixsearch.store import DocumentTable, Filter
 
 DEFAULT_COUNT = 10
-MAX_COUNT = 1000
 
 
 def parse_facet(spec: str) -> tuple[str, int, str | None]:
@@ -21,7 +20,7 @@ def parse_facet(spec: str) -> tuple[str, int, str | None]:
     name, count, interval = parts[0], DEFAULT_COUNT, None
     for option in parts[1:]:
         key, _, value = option.partition(":")
-        if key == "count" and value.isdigit() and 1 <= int(value) <= MAX_COUNT:
+        if key == "count" and value.isascii() and value.isdigit() and 1 <= int(value) <= MAX_COUNT:
             count = int(value)
         elif key == "interval" and value in ("year", "month", "day"):
             interval = value
@@ -31,14 +30,14 @@ def parse_facet(spec: str) -> tuple[str, int, str | None]:
 
 
 def count_facets(
-    index: "Index", specs: Sequence[str], filter: Filter | None, ids: Sequence[str] | None
+    table: DocumentTable, conn: psycopg.Connection, specs: Sequence[str], filter: Filter | None,
+    ids: Sequence[str] | None,
 ) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
-    with index.db.connection() as conn:
-        for spec in specs:
-            name, count, interval = parse_facet(spec)
-            pairs = index.table.facet_counts(conn, name, interval=interval, limit=count, filter=filter, ids=ids)
-            out[name] = [{"value": _plain(value, interval), "count": n} for value, n in pairs]
+    for spec in specs:
+        name, count, interval = parse_facet(spec)
+        pairs = table.facet_counts(conn, name, interval=interval, limit=count, filter=filter, ids=ids)
+        out[name] = [{"value": _plain(value, interval), "count": n} for value, n in pairs]
     return out
 
 

@@ -37,10 +37,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from pixsearch.limits import MAX_FILTER_CHARS, MAX_FILTER_DEPTH
 from pixsearch.store.filters import COMPARISONS, AnyEq, And, Compare, Filter, FilterError, In, Not, Or, Prefix
 
-MAX_LENGTH = 10_000
-MAX_DEPTH = 64
+MAX_LENGTH = MAX_FILTER_CHARS
+MAX_DEPTH = MAX_FILTER_DEPTH
 DEFAULT_DELIMITERS = " ,"
 
 MIRRORED = {"eq": "eq", "ne": "ne", "gt": "lt", "ge": "le", "lt": "gt", "le": "ge"}
@@ -174,7 +175,7 @@ class _Lexer:
             m = _IDENT.match(text, start)
             self.pos = m.end()
             return _Token("ident", m.group(), start, m.group())
-        if c.isascii() and c.isdigit() or (c == "-" and text[start + 1 : start + 2].isdigit()):
+        if _ascii_digit(c) or (c == "-" and _ascii_digit(text[start + 1 : start + 2])):
             return self._number_or_datetime(start)
         for symbol, hint in _SYMBOL_HINTS.items():
             if text.startswith(symbol, start):
@@ -252,6 +253,11 @@ class _Lexer:
             )  # fmt: skip
         except ValueError:
             raise self.error(f"invalid date/time {m.group()!r}", start) from None
+
+
+def _ascii_digit(c: str) -> bool:
+    """0-9 only: str.isdigit() also accepts '²' and other Unicode digits, which no number literal may hold."""
+    return len(c) == 1 and "0" <= c <= "9"
 
 
 class _Parser:

@@ -1,34 +1,31 @@
 """One search request, whichever front door it came through, and how it is carried out.
 
-Steps: resolve the query terms to one vector (search/expressions.py) -> retrieve the vector list and/or the keyword
-list -> fuse them (RRF) in hybrid mode -> cut the irrelevant tail -> sort -> page -> facets.
+Steps: check the request against the limits -> parse the query terms -> embed texts and images (the model, no
+database) -> in one database snapshot: resolve stored ids, retrieve each ranked list (the vector lists and/or the
+keyword list), fetch documents, count facets -> fuse the lists (RRF) -> cut the irrelevant tail -> sort -> page.
 """
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+import psycopg
 from PIL import Image
 
+from pixsearch.limits import MAX_FACETS, MAX_QUERY_CHARS, MAX_QUERY_IDS, MAX_TOP, MAX_VECTOR_QUERIES, MAX_WINDOW
+from pixsearch.search.context import FileTermRefused, SearchContext
 from pixsearch.search.expressions import Term, combine, parse_query
 from pixsearch.search.facets import count_facets
 from pixsearch.search.ranking import Cutoff, reciprocal_rank_fusion, sort_hits
-from pixsearch.store import Filter, Hit, QueryOptions, SchemaError, SearchResult
+from pixsearch.store import Filter, Hit, QueryOptions, SchemaError, SearchResult, read_snapshot
 from pixsearch.store.schema import BROWSE_ORDER
 from pixsearch.store.tables import HitList
 
-if TYPE_CHECKING:
-    from pixsearch.service import Index
-
 MODES = ("vector", "keyword", "hybrid")
-MAX_TOP = 1000
-MAX_WINDOW = 1000  # skip + top: ANN indexes return at most this many candidates per query
 FUSION_DEPTH = 50  # each list contributes at least this many candidates to hybrid fusion
 
 
@@ -59,7 +56,8 @@ class SearchRequest:
     vector_queries: more queries, each retrieved on its own and fused with the rest by weighted RRF.
     Nothing asked at all lists the documents passing the filter, newest first ("browse").
     filter:  an OData-style filter string or a filter tree.
-    mode:    vector | keyword | hybrid; default hybrid for text queries on indexes with searchable fields.
+    mode:    vector | keyword | hybrid; default hybrid for text queries on indexes with searchable fields. On an
+             index without a model, text is matched as keywords only (as Azure AI Search does).
     """
 
     text: str | None = None
@@ -89,7 +87,8 @@ class SearchResponse(HitList):
     facets: dict[str, list[dict[str, Any]]] = dataclass_field(default_factory=dict)
 
 
-def _validate(request: SearchRequest) -> None:
+def validate(request: SearchRequest) -> None:
+    """The bounds every front door shares (pixsearch.limits)."""
     if not 1 <= request.top <= MAX_TOP:
         raise ValueError(f"top must be between 1 and {MAX_TOP}, got {request.top}")
     if request.skip < 0:
@@ -98,56 +97,26 @@ def _validate(request: SearchRequest) -> None:
         raise ValueError(f"skip + top must be at most {MAX_WINDOW}: refine the query or the filter instead")
     if request.mode is not None and request.mode not in MODES:
         raise ValueError(f"unknown mode {request.mode!r}; use one of {', '.join(MODES)}")
+    if len(request.facets) > MAX_FACETS:
+        raise ValueError(f"at most {MAX_FACETS} facets per search, got {len(request.facets)}")
+    if len(request.vector_queries) > MAX_VECTOR_QUERIES:
+        raise ValueError(f"at most {MAX_VECTOR_QUERIES} vector queries per search, got {len(request.vector_queries)}")
+    texts = [request.text] + [vq.text for vq in request.vector_queries]
+    for text in texts:
+        if text is None:
+            continue
+        if len(text) > MAX_QUERY_CHARS:
+            raise ValueError(f"search text is limited to {MAX_QUERY_CHARS} characters, got {len(text)}")
+        if "\x00" in text:
+            raise ValueError("search text cannot contain NUL characters")
+    if isinstance(request.filter, str) and "\x00" in request.filter:
+        raise ValueError("a filter cannot contain NUL characters")
+    for key in [*(request.ids or ()), *(i for vq in request.vector_queries for i in (vq.ids or ()))]:
+        if not isinstance(key, str) or "\x00" in key:
+            raise ValueError("ids must be strings without NUL characters")
 
 
-def resolve_filter(index: "Index", value: str | Filter | None) -> Filter | None:
-    if value is None or isinstance(value, str) and not value.strip():
-        return None
-    if isinstance(value, str):
-        from pixsearch.search.odata import parse_filter
-
-        return parse_filter(value)
-    return value
-
-
-def _image_of(value: str | Path | bytes | Image.Image) -> Image.Image:
-    from pixsearch.ingest.decode import decode_bytes, read_and_decode
-
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, (bytes, bytearray)):
-        return decode_bytes(bytes(value)).image
-    return read_and_decode(str(value)).image
-
-
-class QueryVectorCache:
-    """Recently embedded query texts and uploaded images, so paging through a query (every page is a new request)
-    and asking it again skip the model. Keys carry the model id; the vectors are read-only."""
-
-    def __init__(self, size: int = 256):
-        self.size = size
-        self._items: OrderedDict[tuple, Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return self._items[key]
-        value = compute()  # outside the lock: two threads may embed the same query once each, never wrongly
-        for array in value.values() if isinstance(value, dict) else [value]:
-            array.setflags(write=False)
-        with self._lock:
-            self.misses += 1
-            self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return value
-
-
-def query_terms(request: SearchRequest) -> list[Term]:
+def query_terms(request: SearchRequest | VectorQuery) -> list[Term]:
     terms: list[Term] = []
     if request.text is not None and request.text.strip():
         terms += parse_query(request.text)
@@ -160,163 +129,224 @@ def query_terms(request: SearchRequest) -> list[Term]:
     return terms
 
 
+def _check_terms(ctx: SearchContext, all_terms: Sequence[Sequence[Term]]) -> None:
+    ids = 0
+    for terms in all_terms:
+        for t in terms:
+            if t.kind == "image" and isinstance(t.value, (str, Path)) and not ctx.allow_file_terms:
+                raise FileTermRefused()
+            ids += 1 if t.kind == "id" else len(t.value) if t.kind == "ids" else 0
+    if ids > MAX_QUERY_IDS:
+        raise ValueError(f"at most {MAX_QUERY_IDS} stored ids per search, got {ids}")
+
+
 def keyword_text(terms: Sequence[Term]) -> str | None:
     """The words keyword search looks for: the positive text terms."""
     words = [t.value for t in terms if t.kind == "text" and t.weight > 0]
     return " ".join(words) if words else None
 
 
-def resolve_vector(index: "Index", terms: Sequence[Term], field_name: str | None) -> tuple[str, np.ndarray]:
-    """Embed every term into one vector field and combine them.
+@dataclass
+class _Embedded:
+    """A list's terms with everything the model can do done: each term's vector, or None for stored ids, which are
+    read in the search's snapshot."""
 
-    Field: the one given; else images and stored ids without text search the image space ("more like this":
-    looks, not only meaning), and anything with text searches the text space.
-    """
-    kinds = {t.kind for t in terms}
-    modelled = any(vf.model_id for vf in index.spec.vector_fields)
-    if field_name is None:
-        if modelled:
-            embedder = index._checked_embedder()
-            field_name = embedder.image_space if kinds <= {"image", "id", "ids"} else embedder.text_space
-        else:
-            field_name = index.spec.vector_field(None).name
-    vf = index.spec.vector_field(field_name)
-    cache = index.engine.query_vectors
-    vectors, weights = [], []
-    stored_needed = [key for t in terms if t.kind in ("id", "ids") for key in ([t.value] if t.kind == "id" else t.value)]
-    stored = index.get(stored_needed, vectors=True) if stored_needed else {}
+    field: str
+    terms: list[Term]
+    vectors: list[np.ndarray | None]
+
+
+def _choose_field(ctx: SearchContext, terms: Sequence[Term], field_name: str | None) -> str:
+    """The field given; else images and stored ids without text search the image space ("more like this": looks,
+    not only meaning), and anything with text searches the text space."""
+    if field_name is not None:
+        return ctx.spec.vector_field(field_name).name
+    if ctx.model is None:
+        return ctx.spec.vector_field(None).name
+    model = ctx.model()
+    if {t.kind for t in terms} <= {"image", "id", "ids"} or model.text_space is None:
+        return model.image_space
+    return model.text_space
+
+
+def embed_terms(ctx: SearchContext, terms: Sequence[Term], field_name: str | None) -> _Embedded:
+    """Embed the texts and images of one list (cached per model and text / image content)."""
+    field_name = _choose_field(ctx, terms, field_name)
+    vf = ctx.spec.vector_field(field_name)
+    vectors: list[np.ndarray | None] = []
     for t in terms:
         if t.kind == "text":
-            if not vf.model_id:
-                raise SchemaError(f"index {index.name!r} has no model to embed text: search it with a vector")
-            embedder = index._checked_embedder()
-            if field_name != embedder.text_space:
-                raise ValueError(f"text cannot be searched in the {field_name!r} field; use {embedder.text_space!r}")
+            if ctx.model is None or not vf.model_id:
+                raise SchemaError(f"index {ctx.spec.name!r} has no model to embed text: search it with a vector")
+            model = ctx.model()
+            if field_name != model.text_space:
+                raise ValueError(f"text cannot be searched in the {field_name!r} field; use {model.text_space!r}")
             text = t.value
-            vectors.append(cache.get(("text", embedder.model_id, text), lambda: embedder.embed_texts([text])[0]))
+            vectors.append(ctx.query_vectors.get(("text", model.model_id, text), lambda: model.embed_texts([text])[0]))
         elif t.kind == "image":
-            if not vf.model_id:
-                raise SchemaError(f"index {index.name!r} has no model to embed images: search it with a vector")
-            embedder = index._checked_embedder()
-            image = t.value
-
-            def embed_image() -> dict[str, np.ndarray]:
-                return {name: v[0] for name, v in embedder.embed_images([_image_of(image)]).vectors.items()}
-
-            if isinstance(image, (bytes, bytearray)):  # uploads: the same bytes come back for every page
-                digest = hashlib.blake2b(image, digest_size=16).digest()
-                vectors.append(cache.get(("image", embedder.model_id, digest), embed_image)[field_name])
-            else:
-                vectors.append(embed_image()[field_name])
+            if ctx.model is None or not vf.model_id:
+                raise SchemaError(f"index {ctx.spec.name!r} has no model to embed images: search it with a vector")
+            vectors.append(_embed_image(ctx, t.value)[field_name])
         elif t.kind in ("id", "ids"):
-            keys = [t.value] if t.kind == "id" else list(t.value)
-            missing = [key for key in keys if key not in stored]
-            if missing:
-                raise ValueError(f"unknown id(s) in index {index.name!r}: {', '.join(missing)}")
-            items = [stored[key].get(field_name) for key in keys]
-            if any(v is None for v in items):
-                raise ValueError(f"some of {', '.join(keys)} have no {field_name!r} vector")
-            vectors.append(np.mean(np.stack(items), axis=0))
+            vectors.append(None)
         else:  # raw vector
             array = np.asarray(t.value, dtype=np.float32).reshape(-1)
             if array.shape[0] != vf.dims:
                 raise ValueError(f"vector field {vf.name!r} has {vf.dims} dimensions, the query vector has {array.shape[0]}")
             vectors.append(array)
-        weights.append(t.weight)
-    return field_name, combine(vectors, weights, normalise=vf.exact_metric == "cosine")
+    return _Embedded(field_name, list(terms), vectors)
 
 
-def run(index: "Index", request: SearchRequest) -> SearchResponse:
-    _validate(request)
+def _embed_image(ctx: SearchContext, image: str | Path | bytes | Image.Image) -> dict[str, np.ndarray]:
+    model = ctx.model()
+
+    def embed() -> dict[str, np.ndarray]:
+        pixels = image if isinstance(image, Image.Image) else ctx.open_image(image)
+        embedded = model.embed_images([model.prepare_image(pixels)])
+        return {name: v[0] for name, v in embedded.vectors.items()}
+
+    if isinstance(image, (bytes, bytearray)):  # uploads: the same bytes come back for every page
+        digest = hashlib.blake2b(image, digest_size=16).digest()
+        return ctx.query_vectors.get(("image", model.model_id, digest), embed)
+    return embed()
+
+
+def combine_embedded(ctx: SearchContext, conn: psycopg.Connection, embedded: _Embedded) -> np.ndarray:
+    """The list's query vector: stored ids' vectors read (their mean per term), all terms weighted and summed."""
+    vf = ctx.spec.vector_field(embedded.field)
+    needed = [key for t in embedded.terms if t.kind in ("id", "ids") for key in _keys(t)]
+    stored = ctx.table.select(conn, needed, [vf.name]) if needed else {}
+    vectors = []
+    for t, vector in zip(embedded.terms, embedded.vectors):
+        if vector is None:
+            keys = _keys(t)
+            missing = [key for key in keys if key not in stored]
+            if missing:
+                raise ValueError(f"unknown id(s) in index {ctx.spec.name!r}: {', '.join(missing)}")
+            items = [stored[key].get(vf.name) for key in keys]
+            if any(v is None for v in items):
+                raise ValueError(f"some of {', '.join(keys)} have no {vf.name!r} vector")
+            vector = np.mean(np.stack([np.asarray(v.to_numpy(), dtype=np.float32) for v in items]), axis=0)
+        vectors.append(vector)
+    return combine(vectors, [t.weight for t in embedded.terms], normalise=vf.exact_metric == "cosine")
+
+
+def _keys(term: Term) -> list[str]:
+    return [term.value] if term.kind == "id" else list(term.value)
+
+
+def resolve_filter(value: str | Filter | None) -> Filter | None:
+    if value is None or isinstance(value, str) and not value.strip():
+        return None
+    if isinstance(value, str):
+        from pixsearch.search.odata import parse_filter
+
+        return parse_filter(value)
+    return value
+
+
+@dataclass
+class _List:
+    name: str
+    embedded: _Embedded
+    depth: int
+    options: QueryOptions
+
+
+def run(ctx: SearchContext, request: SearchRequest) -> SearchResponse:
+    validate(request)
     terms = query_terms(request)
-    node = resolve_filter(index, request.filter)
+    vq_terms = [query_terms(vq) for vq in request.vector_queries]
+    _check_terms(ctx, [terms, *vq_terms])
+    node = resolve_filter(request.filter)
     if not terms and not request.vector_queries:
-        return _browse(index, request, node)
+        return _browse(ctx, request, node)
     words = keyword_text(terms)
-    has_keyword_fields = any(f.searchable for f in index.spec.fields)
+    has_keyword_fields = any(f.searchable for f in ctx.spec.fields)
     only_plain_text = bool(terms) and all(t.kind == "text" for t in terms)
-    mode = request.mode or ("hybrid" if words and has_keyword_fields and only_plain_text else "vector")
+    embeddable = ctx.model is not None
+    if not embeddable and only_plain_text and request.mode in (None, "hybrid", "keyword") and has_keyword_fields:
+        # No model to embed the text: it is keywords, fused with any vector queries (Azure's behaviour).
+        mode, vector_terms = ("hybrid" if request.vector_queries else "keyword"), []
+    else:
+        mode = request.mode or ("hybrid" if words and has_keyword_fields and only_plain_text else "vector")
+        vector_terms = terms
     if mode in ("keyword", "hybrid") and not words:
         raise ValueError(f"{mode} search needs query text")
-    if mode == "keyword" and request.vector_queries:
+    if mode == "keyword" and request.vector_queries and embeddable:
         raise ValueError("keyword mode does not use vector queries: drop them or choose vector or hybrid mode")
     window = request.skip + request.top
 
-    # Each ranked list: the query expression's vector, the keyword matches, one per extra vector query.
-    searches: list[tuple[str, Sequence[Term], str | None, int, QueryOptions]] = []
+    # Each ranked list: the query expression's vector, one per extra vector query; the keyword matches below.
+    lists: list[_List] = []
     weights = dict(request.weights)
-    if mode in ("vector", "hybrid") and terms:
-        searches.append(("vector", terms, request.field, window, request.options))
-    for i, vq in enumerate(request.vector_queries, 1):
-        name = f"vector_query_{i}"
-        vq_terms = query_terms(SearchRequest(text=vq.text, image=vq.image, ids=vq.ids, vector=vq.vector))
-        if not vq_terms:
+    if mode in ("vector", "hybrid") and vector_terms:
+        lists.append(_List("vector", embed_terms(ctx, vector_terms, request.field), window, request.options))
+    for i, (vq, q_terms) in enumerate(zip(request.vector_queries, vq_terms), 1):
+        if not q_terms:
             raise ValueError(f"vector query {i} is empty: give it text, an image, ids or a vector")
         options = replace(request.options, exact=True) if vq.exact else request.options
-        searches.append((name, vq_terms, vq.field, min(MAX_WINDOW, max(window, vq.k or 0)), options))
+        name = f"vector_query_{i}"
+        lists.append(_List(name, embed_terms(ctx, q_terms, vq.field), min(MAX_WINDOW, max(window, vq.k or 0)), options))
         weights[name] = vq.weight
-    fuse = len(searches) + (mode != "vector") > 1
+    fuse = len(lists) + (mode != "vector") > 1
     depth_floor = FUSION_DEPTH if fuse else 0
 
     complete, reason = True, None
-    lists: dict[str, list[tuple[str, float]]] = {}
+    ranked: dict[str, list[tuple[str, float]]] = {}
     vector_hits: dict[str, Hit] = {}
     first: SearchResult | None = None
-    for name, list_terms, field_name, depth, options in searches:
-        field_name, vector = resolve_vector(index, list_terms, field_name)
-        with index.db.connection() as conn:
-            result = index.table.search(conn, field_name, vector, min(MAX_WINDOW, max(depth, depth_floor)),
-                                        filter=node, options=options)
-        if first is None:
-            first, complete, reason = result, result.complete, result.reason
-        lists[name] = [(h.id, h.score) for h in result.hits]
-        for h in result.hits:
-            vector_hits.setdefault(h.id, h)
-    if mode in ("keyword", "hybrid"):
-        with index.db.connection() as conn:
-            lists["keyword"] = index.table.keyword_search(conn, words, max(window, depth_floor), filter=node)
+    with read_snapshot(ctx.db) as conn:
+        for item in lists:
+            vector = combine_embedded(ctx, conn, item.embedded)
+            result = ctx.table.search(conn, item.embedded.field, vector, min(MAX_WINDOW, max(item.depth, depth_floor)),
+                                      filter=node, options=item.options)
+            if first is None:
+                first, complete, reason = result, result.complete, result.reason
+            ranked[item.name] = [(h.id, h.score) for h in result.hits]
+            for h in result.hits:
+                vector_hits.setdefault(h.id, h)
+        if mode in ("keyword", "hybrid"):
+            ranked["keyword"] = ctx.table.keyword_search(conn, words, max(window, depth_floor), filter=node)
 
-    if fuse:
-        fused = reciprocal_rank_fusion(lists, weights)
-        with index.db.connection() as conn:
-            documents = index.table.fetch(conn, [f.id for f in fused if f.id not in vector_hits])
-        hits = []
-        for f in fused:
-            base = vector_hits.get(f.id)
-            document = base.document if base else documents.get(f.id, {})
-            hits.append(Hit(f.id, f.score, base.distance if base else float("nan"), document, f.subscores))
-    elif mode == "keyword":
-        with index.db.connection() as conn:
-            documents = index.table.fetch(conn, [key for key, _ in lists["keyword"]])
-        hits = [Hit(key, score, float("nan"), documents.get(key, {})) for key, score in lists["keyword"]]
-        complete = len(hits) >= window
-        reason = None if complete else "fewer_matches"
-    else:
-        hits = list(first.hits)
+        if fuse:
+            fused = reciprocal_rank_fusion(ranked, weights)
+            documents = ctx.table.fetch(conn, [f.id for f in fused if f.id not in vector_hits])
+            hits = []
+            for f in fused:
+                base = vector_hits.get(f.id)
+                document = base.document if base else documents.get(f.id, {})
+                hits.append(Hit(f.id, f.score, base.distance if base else float("nan"), document, f.subscores))
+        elif mode == "keyword":
+            documents = ctx.table.fetch(conn, [key for key, _ in ranked["keyword"]])
+            hits = [Hit(key, score, float("nan"), documents.get(key, {})) for key, score in ranked["keyword"]]
+            complete = len(hits) >= window
+            reason = None if complete else "fewer_matches"
+        else:
+            hits = list(first.hits)
 
-    keep = request.cutoff.apply([h.score for h in hits])
-    relevant = hits[:keep]
-    for key, descending in reversed(list(request.sort)):
-        spec_field = index.spec.field(key)
-        if not spec_field.sortable:
-            raise ValueError(f"field {key!r} is not sortable in index {index.name!r}")
-        relevant = sort_hits(relevant, key, descending)
-    page = relevant[request.skip : request.skip + request.top]
-    facets = {}
-    if request.facets:
-        cut = keep < len(hits) or request.cutoff != Cutoff()
-        facets = count_facets(index, request.facets, node, [h.id for h in relevant] if cut else None)
-    return SearchResponse(page, "hybrid" if "keyword" in lists and fuse else mode, len(relevant), complete, reason,
+        keep = request.cutoff.apply([h.score for h in hits])
+        relevant = hits[:keep]
+        for key, descending in reversed(list(request.sort)):
+            if not ctx.spec.field(key).sortable:
+                raise ValueError(f"field {key!r} is not sortable in index {ctx.spec.name!r}")
+            relevant = sort_hits(relevant, key, descending)
+        page = relevant[request.skip : request.skip + request.top]
+        facets = {}
+        if request.facets:
+            cut = keep < len(hits) or request.cutoff != Cutoff()
+            facets = count_facets(ctx.table, conn, request.facets, node, [h.id for h in relevant] if cut else None)
+    return SearchResponse(page, "hybrid" if "keyword" in ranked and fuse else mode, len(relevant), complete, reason,
                           facets)
 
 
-def _browse(index: "Index", request: SearchRequest, node: Filter | None) -> SearchResponse:
+def _browse(ctx: SearchContext, request: SearchRequest, node: Filter | None) -> SearchResponse:
     """No query: every document passing the filter, newest first (photos: by date taken), with an exact total."""
     if request.mode is not None:
         raise ValueError(f"{request.mode} search needs a query: give search text, an image, ids or a vector")
-    sort = list(request.sort) or list(BROWSE_ORDER.get(index.spec.kind, ()))
-    with index.db.connection() as conn:
-        rows, total = index.table.browse(conn, request.top, request.skip, filter=node, sort=sort)
+    sort = list(request.sort) or list(BROWSE_ORDER.get(ctx.spec.kind, ()))
+    with read_snapshot(ctx.db) as conn:
+        rows, total = ctx.table.browse(conn, request.top, request.skip, filter=node, sort=sort)
+        facets = count_facets(ctx.table, conn, request.facets, node, None) if request.facets else {}
     hits = [Hit(key, 1.0, float("nan"), document) for key, document in rows]
-    facets = count_facets(index, request.facets, node, None) if request.facets else {}
     return SearchResponse(hits, "browse", total, True, None, facets)

@@ -13,7 +13,7 @@ from pixsearch.store.registry import (
     update_settings,
 )
 from pixsearch.store.schema import PHOTO_FIELDS, Field, IndexSpec, SchemaError, VectorField
-from pixsearch.store.tables import DocumentTable, Hit, QueryOptions, SearchResult
+from pixsearch.store.tables import DocumentTable, Hit, QueryOptions, SearchResult, read_snapshot
 
 __all__ = [
     "PHOTO_FIELDS",
@@ -43,6 +43,7 @@ __all__ = [
     "get_index",
     "list_indexes",
     "migrate",
+    "read_snapshot",
     "rename_index",
     "update_settings",
 ]

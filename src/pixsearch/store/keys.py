@@ -61,7 +61,7 @@ def role_for(db: Database, secret: str) -> str | None:
     about the secret's characters)."""
     if not secret:
         return None
-    with db.connection() as conn:
+    with db.side_connection() as conn:
         row = conn.execute(
             "SELECT role FROM pixsearch_api_keys WHERE key_hash = %s AND revoked_at IS NULL", (hash_key(secret),)
         ).fetchone()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import psycopg
@@ -27,13 +27,12 @@ class PhotoRecord:
     camera: str | None = None
     gps_lat: float | None = None
     gps_lon: float | None = None
-    class_ids: list[int] = field(default_factory=list)
-    class_probs: list[float] = field(default_factory=list)
-    tags: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # the embedder's own photo fields (Embedder.photo_fields)
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_row(self) -> dict:
         row = asdict(self)
+        row.update(row.pop("extra"))
         row.update(row.pop("vectors"))
         return row
 

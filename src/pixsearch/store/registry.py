@@ -60,6 +60,16 @@ MIGRATIONS: list[tuple[int, str]] = [
         END $$
         """,
     ),
+    (
+        5,
+        # An index records the model that fills it (registry name: offline, clip:..., open_clip:...), so searching
+        # or adding to it loads that model. Every modelled index before this was made by the offline model.
+        """
+        ALTER TABLE pixsearch_indexes ADD COLUMN IF NOT EXISTS model text;
+        UPDATE pixsearch_indexes SET model = 'offline'
+            WHERE model IS NULL AND jsonb_path_exists(vector_fields, '$[*] ? (@.model_id != null)')
+        """,
+    ),
 ]
 
 
@@ -87,13 +97,19 @@ def migrate(db: Database) -> None:
                 conn.execute("INSERT INTO pixsearch_migrations (version) VALUES (%s)", (version,))
 
 
-_SELECT = "SELECT name, table_name, key_field, vector_fields, settings, kind, fields FROM pixsearch_indexes"
+_SELECT = "SELECT name, table_name, key_field, vector_fields, settings, kind, fields, model FROM pixsearch_indexes"
+# The fields photo indexes had before an index recorded its fields: the system fields and the offline model's.
+_LEGACY_PHOTO_FIELDS = PHOTO_FIELDS + (
+    Field("class_ids", "int[]", retrievable=False),
+    Field("class_probs", "float[]", retrievable=False),
+    Field("tags", "string[]", filterable=True, facetable=True, searchable=True),
+)
 
 
 def _spec_from_row(row: tuple) -> IndexSpec:
-    name, table_name, key_field, vector_fields, settings, kind, fields = row
+    name, table_name, key_field, vector_fields, settings, kind, fields, model = row
     if kind == "photos" and not fields:
-        parsed_fields = PHOTO_FIELDS  # photo indexes made before fields were recorded
+        parsed_fields = _LEGACY_PHOTO_FIELDS
     else:
         parsed_fields = tuple(Field(**f) for f in fields)
     return IndexSpec(
@@ -104,6 +120,7 @@ def _spec_from_row(row: tuple) -> IndexSpec:
         fields=parsed_fields,
         kind=kind,
         settings=settings,
+        model=model,
     )
 
 
@@ -128,6 +145,7 @@ def create_index(
     *,
     kind: str = "documents",
     key_field: str = "id",
+    model: str | None = None,
 ) -> IndexSpec:
     """Register an index and create its table (and the ANN indexes that can be built empty) in one transaction."""
     from pixsearch.store.tables import DocumentTable
@@ -139,15 +157,15 @@ def create_index(
         fields=tuple(fields),
         key_field=key_field,
         kind=kind,
+        model=model,
     )
     spec.validate()
     with db.connection() as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pixsearch_indexes'))")
-        if conn.execute("SELECT 1 FROM pixsearch_indexes WHERE name = %s", (name,)).fetchone():
-            raise IndexExistsError(f"index {name!r} already exists")
+        _check_free(conn, name, spec.table_name)
         conn.execute(
-            "INSERT INTO pixsearch_indexes (name, table_name, key_field, vector_fields, settings, kind, fields)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            "INSERT INTO pixsearch_indexes (name, table_name, key_field, vector_fields, settings, kind, fields, model)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 name,
                 spec.table_name,
@@ -156,10 +174,25 @@ def create_index(
                 Jsonb({}),
                 kind,
                 Jsonb([asdict(f) for f in spec.fields]),
+                model,
             ),
         )
         DocumentTable(spec).create(conn)
     return spec
+
+
+def _check_free(conn, name: str, table_name: str) -> None:
+    """No index may take a name in use, nor one whose table name is taken: `a-b` and `a_b` share a table name."""
+    if conn.execute("SELECT 1 FROM pixsearch_indexes WHERE name = %s", (name,)).fetchone():
+        raise IndexExistsError(f"index {name!r} already exists")
+    row = conn.execute("SELECT name FROM pixsearch_indexes WHERE table_name = %s", (table_name,)).fetchone()
+    if row is not None:
+        raise IndexExistsError(
+            f"index name {name!r} would use the table {table_name!r} of index {row[0]!r} ('-' and '_' are the "
+            "same in table names): choose another name"
+        )
+    if conn.execute("SELECT to_regclass(%s)", (sql.Identifier(table_name).as_string(conn),)).fetchone()[0]:
+        raise IndexExistsError(f"index name {name!r} would use the table {table_name!r}, which already exists")
 
 
 def delete_index(db: Database, name: str) -> None:
@@ -182,12 +215,12 @@ def rename_index(db: Database, name: str, new_name: str) -> IndexSpec:
         key_field=spec.key_field,
         kind=spec.kind,
         settings=spec.settings,
+        model=spec.model,
     )
     renamed.validate()
     with db.connection() as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pixsearch_indexes'))")
-        if conn.execute("SELECT 1 FROM pixsearch_indexes WHERE name = %s", (new_name,)).fetchone():
-            raise IndexExistsError(f"index {new_name!r} already exists")
+        _check_free(conn, new_name, renamed.table_name)
         DocumentTable(spec).rename_to(conn, renamed)
         conn.execute(
             "UPDATE pixsearch_indexes SET name = %s, table_name = %s, updated_at = now() WHERE name = %s",

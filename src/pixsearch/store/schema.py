@@ -9,8 +9,8 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
-FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+INDEX_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")  # used with fullmatch: no trailing newline slips through
+FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 # Field type -> (SQL type, binary COPY type name)
 FIELD_TYPES: dict[str, tuple[str, str]] = {
@@ -64,7 +64,7 @@ class Field:
     retrievable: bool = True
 
     def validate(self) -> None:
-        if not FIELD_NAME.match(self.name):
+        if not isinstance(self.name, str) or not FIELD_NAME.fullmatch(self.name):
             raise SchemaError(f"invalid field name {self.name!r}: lowercase letters, digits and '_', start with a letter")
         if self.type not in FIELD_TYPES:
             raise SchemaError(f"field {self.name!r}: unknown type {self.type!r}; known: {', '.join(FIELD_TYPES)}")
@@ -101,7 +101,7 @@ class VectorField:
         object.__setattr__(self, "params", merged)
 
     def validate(self) -> None:
-        if not FIELD_NAME.match(self.name):
+        if not isinstance(self.name, str) or not FIELD_NAME.fullmatch(self.name):
             raise SchemaError(f"invalid vector field name {self.name!r}")
         if self.metric not in METRICS:
             raise SchemaError(f"unknown metric {self.metric!r}; known: {', '.join(METRICS)}")
@@ -182,6 +182,7 @@ class IndexSpec:
     key_field: str = "id"
     kind: str = "documents"
     settings: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # registry name of the model that fills its modelled vector fields
 
     def vector_field(self, name: str | None = None) -> VectorField:
         if name is None:
@@ -210,10 +211,14 @@ class IndexSpec:
         return dict(self.settings.get("tuned", {}).get(field_name, {}))
 
     def validate(self) -> None:
-        if not INDEX_NAME.match(self.name):
+        if not isinstance(self.name, str) or not INDEX_NAME.fullmatch(self.name):
             raise SchemaError(
                 f"invalid index name {self.name!r}: 1-40 lowercase letters, digits, '-' or '_', starting with a "
                 "letter or digit"
+            )
+        if not isinstance(self.key_field, str) or not FIELD_NAME.fullmatch(self.key_field):
+            raise SchemaError(
+                f"invalid key field name {self.key_field!r}: lowercase letters, digits and '_', start with a letter"
             )
         if not self.vector_fields:
             raise SchemaError("an index needs at least one vector field")
@@ -248,7 +253,8 @@ def default_probes(lists: int) -> int:
 # exactly this order (then indexed_at DESC, key), so a page of the listing reads a few index entries, not a sort.
 BROWSE_ORDER: dict[str, tuple[tuple[str, bool], ...]] = {"photos": (("taken_at", True),)}
 
-# The photo index: what ingest fills. Internal bookkeeping fields are not retrievable by default.
+# The photo index: what ingest fills for every photo whatever the model (the model adds its own fields, e.g. the
+# offline model's classes and tags). Internal bookkeeping fields are not retrievable.
 PHOTO_FIELDS: tuple[Field, ...] = (
     Field("path", "string", filterable=True, sortable=True),
     Field("folder", "string", filterable=True, facetable=True, searchable=True),
@@ -263,7 +269,8 @@ PHOTO_FIELDS: tuple[Field, ...] = (
     Field("camera", "string", filterable=True, facetable=True),
     Field("gps_lat", "float", filterable=True),
     Field("gps_lon", "float", filterable=True),
-    Field("class_ids", "int[]", retrievable=False),
-    Field("class_probs", "float[]", retrievable=False),
-    Field("tags", "string[]", filterable=True, facetable=True, searchable=True),
 )
+# What the REST API may change on a photo (merge): descriptive metadata. Everything else of a photo (its file, the
+# facts read from the file, the model's fields and vectors) is written only by ingest and uploads: a client that
+# could set `path` could make the server read any file.
+PHOTO_EDITABLE_FIELDS = frozenset({"taken_at", "camera", "gps_lat", "gps_lon"})

@@ -1,12 +1,14 @@
 """One index's table: DDL, ANN index builds, COPY BINARY upserts, gets/deletes, kNN search, EXPLAIN and sizes."""
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import psycopg
@@ -136,6 +138,15 @@ def _pg_vector(value: Any, vf: VectorField, wrong_dims: Callable[[int], str], no
     return HalfVector(array) if vf.column_type == "halfvec" else Vector(array)
 
 
+@contextmanager
+def read_snapshot(db: Database) -> Iterator[psycopg.Connection]:
+    """One connection and one REPEATABLE READ, READ ONLY transaction: every statement of a search (its ranked
+    lists, documents, facets, counts) sees the same data, and a search never holds more than one pool connection."""
+    with db.connection() as conn, conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield conn
+
+
 class DocumentTable:
     def __init__(self, spec: IndexSpec):
         self.spec = spec
@@ -158,7 +169,7 @@ class DocumentTable:
         if self.spec.kind in BROWSE_ORDER:
             order = self._browse_order(BROWSE_ORDER[self.spec.kind])
             conn.execute(sql.SQL("CREATE INDEX {} ON {} ({})").format(
-                sql.Identifier(f"{self.spec.table_name}_browse"), self.table, sql.SQL(", ").join(order)))
+                sql.Identifier(self.derived_name("browse")), self.table, sql.SQL(", ").join(order)))
         for vf in self.spec.vector_fields:
             if vf.algorithm == "hnsw":  # IVFFlat needs data for its centroids: built by build_index later
                 conn.execute(self._create_index_sql(vf, lists=None))
@@ -171,17 +182,16 @@ class DocumentTable:
         """GIN on the full-text column; trigram GIN on searchable single strings (partial file names)."""
         if not self.searchable:
             return
-        name = self.spec.table_name
         conn.execute(
             sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gin ({})").format(
-                sql.Identifier(f"{name}_{SEARCH_TEXT}_gin"), self.table, sql.Identifier(SEARCH_TEXT)
+                sql.Identifier(self.derived_name(SEARCH_TEXT, "gin")), self.table, sql.Identifier(SEARCH_TEXT)
             )
         )
         for f in self.searchable:
             if f.type == "string":
                 conn.execute(
                     sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gin ({} gin_trgm_ops)").format(
-                        sql.Identifier(f"{name}_{f.name}_trgm"), self.table, sql.Identifier(f.name)
+                        sql.Identifier(self.derived_name(f.name, "trgm")), self.table, sql.Identifier(f.name)
                     )
                 )
 
@@ -197,8 +207,24 @@ class DocumentTable:
         text = sql.SQL("unaccent(concat_ws(' ', {}))").format(sql.SQL(", ").join(parts))
         return sql.SQL("(to_tsvector('simple', {0}) || to_tsvector('english', {0}))").format(text)
 
+    def derived_name(self, *parts: str) -> str:
+        """The name of something belonging to the table (its indexes): `<table>_<parts>`, within PostgreSQL's
+        63-byte identifier limit. Longer names would be cut silently, and two cut names could collide: those end in
+        a hash of the full name instead."""
+        return derived_identifier(self.spec.table_name, *parts)
+
+    def derived_names(self) -> list[str]:
+        """Every name derived_name gives this table's indexes (rename moves them all)."""
+        names = [self.ann_index_name(vf) for vf in self.spec.vector_fields if vf.algorithm != "exact"]
+        if self.searchable:
+            names.append(self.derived_name(SEARCH_TEXT, "gin"))
+            names += [self.derived_name(f.name, "trgm") for f in self.searchable if f.type == "string"]
+        if self.spec.kind in BROWSE_ORDER:
+            names.append(self.derived_name("browse"))
+        return names
+
     def ann_index_name(self, vf: VectorField) -> str:
-        return f"{self.spec.table_name}_{vf.name}_{vf.algorithm}"
+        return self.derived_name(vf.name, vf.algorithm)
 
     def ann_index_names(self) -> list[str]:
         return [self.ann_index_name(vf) for vf in self.spec.vector_fields if vf.algorithm != "exact"]
@@ -306,16 +332,15 @@ class DocumentTable:
         """Rename the table and every index named after it (ANN, keyword, browse, primary key): a later index
         created under the old name must not find those names taken."""
         conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(self.table, sql.Identifier(renamed.table_name)))
-        prefix = self.spec.table_name + "_"
-        indexes = conn.execute(
+        existing = {row[0] for row in conn.execute(
             "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = %s",
             (renamed.table_name,),
-        ).fetchall()
-        for (index_name,) in indexes:
-            if index_name.startswith(prefix):
-                new_name = renamed.table_name + "_" + index_name[len(prefix):]
-                conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
-                    sql.Identifier(index_name), sql.Identifier(new_name)))
+        )}
+        moves = list(zip(self.derived_names(), DocumentTable(renamed).derived_names()))
+        moves.append((f"{self.spec.table_name}_pkey", f"{renamed.table_name}_pkey"))
+        for old, new in moves:
+            if old in existing and old != new:
+                conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
 
     # -- writes ------------------------------------------------------------------------------------------------------
     @property
@@ -323,26 +348,42 @@ class DocumentTable:
         cols = [(self.spec.key_field, "text")] + [(f.name, f.copy_type) for f in self.spec.fields]
         return cols + [(vf.name, vf.column_type) for vf in self.spec.vector_fields]
 
-    def write(self, conn: psycopg.Connection, rows: Sequence[dict[str, Any]]) -> None:
-        """Upsert rows (dicts keyed by column; missing columns become NULL) atomically.
+    def write(
+        self,
+        conn: psycopg.Connection,
+        rows: Sequence[dict[str, Any]],
+        *,
+        columns: Sequence[str] | None = None,
+        insert_missing: bool = True,
+    ) -> set[str]:
+        """Write rows (dicts keyed by column) atomically; returns the keys written.
 
-        COPY BINARY into a staging table, then one INSERT .. ON CONFLICT: the caller's connection context commits
-        the batch as a whole, so an interrupted run never leaves part of one.
+        columns=None replaces whole documents (columns a row lacks become NULL: Azure's upload). With `columns`, only
+        those are set and every other column keeps its value (Azure's merge); then insert_missing=False touches only
+        documents that exist (merge), True inserts the others (mergeOrUpload).
+
+        COPY BINARY into a staging table, then one INSERT .. ON CONFLICT (or UPDATE .. FROM): the caller's
+        connection context commits the batch as a whole, so an interrupted run never leaves part of one.
         """
         if not rows:
-            return
-        columns = self._write_columns
-        names = [name for name, _ in columns]
+            return set()
+        all_columns = dict(self._write_columns)
+        names = [self.spec.key_field] + [c for c in (columns if columns is not None else list(all_columns)[1:])
+                                         if c != self.spec.key_field]
+        unknown = [n for n in names if n not in all_columns]
+        if unknown:
+            raise SchemaError(f"index {self.spec.name!r} has no field(s) {', '.join(unknown)}")
         vector_types = {vf.name: vf for vf in self.spec.vector_fields}
         idents = sql.SQL(", ").join(map(sql.Identifier, names))
         staging = sql.Identifier("pixsearch_staging")
+        whole = columns is None
         with conn.transaction():
             conn.execute(
                 sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(staging, self.table)
             )
             with conn.cursor() as cur:
                 with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(staging, idents)) as copy:
-                    copy.set_types([copy_type for _, copy_type in columns])
+                    copy.set_types([all_columns[name] for name in names])
                     for row in rows:
                         values = []
                         for name in names:
@@ -351,28 +392,36 @@ class DocumentTable:
                                 value = _checked_vector(value, vector_types[name], row.get(self.spec.key_field))
                             values.append(value)
                         copy.write_row(values)
-            extra_names, extra_values = [sql.Identifier("indexed_at")], [sql.SQL("now()")]
-            if self.searchable:
-                extra_names.append(sql.Identifier(SEARCH_TEXT))
-                extra_values.append(self._document_text(staging))
-            updates = sql.SQL(", ").join(
-                sql.SQL("{0} = EXCLUDED.{0}").format(ident)
-                for ident in [sql.Identifier(n) for n in names[1:]] + extra_names
-            )
-            conn.execute(
-                sql.SQL(
+            set_names = [sql.Identifier(n) for n in names[1:]] + [sql.Identifier("indexed_at")]
+            if insert_missing:
+                extra_names, extra_values = [sql.Identifier("indexed_at")], [sql.SQL("now()")]
+                if self.searchable and whole:
+                    extra_names.append(sql.Identifier(SEARCH_TEXT))
+                    extra_values.append(self._document_text(staging))
+                    set_names.append(sql.Identifier(SEARCH_TEXT))
+                statement = sql.SQL(
                     "INSERT INTO {t} ({cols}, {extra_names}) SELECT {cols}, {extra_values} FROM {s} "
-                    "ON CONFLICT ({key}) DO UPDATE SET {updates}"
+                    "ON CONFLICT ({key}) DO UPDATE SET {updates} RETURNING {key}"
                 ).format(
-                    t=self.table,
-                    cols=idents,
-                    extra_names=sql.SQL(", ").join(extra_names),
-                    extra_values=sql.SQL(", ").join(extra_values),
-                    s=staging,
-                    key=self.key,
-                    updates=updates,
+                    t=self.table, cols=idents, extra_names=sql.SQL(", ").join(extra_names),
+                    extra_values=sql.SQL(", ").join(extra_values), s=staging, key=self.key,
+                    updates=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(i) for i in set_names),
                 )
-            )
+            else:
+                assignments = [sql.SQL("{0} = s.{0}").format(sql.Identifier(n)) for n in names[1:]]
+                assignments.append(sql.SQL("indexed_at = now()"))
+                statement = sql.SQL("UPDATE {t} AS t SET {sets} FROM {s} AS s WHERE t.{key} = s.{key} RETURNING t.{key}")
+                statement = statement.format(t=self.table, sets=sql.SQL(", ").join(assignments), s=staging, key=self.key)
+            written = {row[0] for row in conn.execute(statement)}
+            if self.searchable and not whole and written:
+                # A merge changes some fields: the keyword text is rebuilt from the merged rows.
+                conn.execute(
+                    sql.SQL("UPDATE {t} SET {st} = {text} WHERE {key} = ANY(%s)").format(
+                        t=self.table, st=sql.Identifier(SEARCH_TEXT), text=self._document_text(self.table), key=self.key
+                    ),
+                    (list(written),),
+                )
+        return written
 
     def update_columns(self, conn: psycopg.Connection, key: str, values: dict[str, Any]) -> None:
         assignments = sql.SQL(", ").join(
@@ -405,6 +454,12 @@ class DocumentTable:
             self.key, sql.SQL(", ").join(map(sql.Identifier, columns)), self.table, self.key
         )
         return {row[0]: dict(zip(columns, row[1:])) for row in conn.execute(query, (list(ids),))}
+
+    def distinct_values(self, conn: psycopg.Connection, column: str) -> list[Any]:
+        query = sql.SQL("SELECT DISTINCT {c} FROM {t} WHERE {c} IS NOT NULL").format(
+            c=sql.Identifier(column), t=self.table
+        )
+        return [row[0] for row in conn.execute(query)]
 
     def rows_where_prefix(self, conn: psycopg.Connection, column: str, prefix: str) -> list[tuple[str, Any]]:
         query = sql.SQL("SELECT {}, {} FROM {} WHERE starts_with({}, %s)").format(
@@ -458,29 +513,29 @@ class DocumentTable:
     def _apply_query_settings(
         self, conn: psycopg.Connection, vf: VectorField, k: int, filtered: bool, options: QueryOptions
     ) -> None:
-        """SET LOCAL (via set_config(..., true)) the ANN knobs for this one transaction."""
-
-        def set_local(name: str, value: Any) -> None:
-            conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
-
-        if options.exact:
-            set_local("enable_indexscan", "off")  # force the exact scan-and-sort plan
-            return
-        tuned = self.spec.tuned(vf.name)
-        wanted = k * vf.params.get("oversample", 1)
-        if vf.algorithm == "hnsw":
-            ef = options.ef_search or tuned.get("ef_search") or DEFAULT_EF_SEARCH
-            set_local("hnsw.ef_search", min(MAX_EF_SEARCH, max(ef, wanted)))
-            if filtered and options.iterative:
-                set_local("hnsw.iterative_scan", "relaxed_order")
-                set_local("hnsw.max_scan_tuples", options.max_scan_tuples or DEFAULT_MAX_SCAN_TUPLES)
-        elif vf.algorithm == "ivfflat":
-            lists = self.spec.settings.get("built", {}).get(vf.name, {}).get("lists") or 1
-            probes = options.probes or tuned.get("probes") or default_probes(lists)
-            set_local("ivfflat.probes", probes)
-            if filtered and options.iterative:
-                set_local("ivfflat.iterative_scan", "relaxed_order")
-                set_local("ivfflat.max_probes", lists)
+        """Set (set_config(..., true): local to the transaction) every ANN knob this query depends on. All of them
+        each time, on or off: one search runs several kNN statements in one transaction, and a knob left from an
+        earlier one (an exact list, a filtered list) must not leak into the next."""
+        settings: dict[str, Any] = {"enable_indexscan": "off" if options.exact else "on"}
+        if not options.exact:
+            tuned = self.spec.tuned(vf.name)
+            iterative = filtered and options.iterative
+            if vf.algorithm == "hnsw":
+                ef = options.ef_search or tuned.get("ef_search") or DEFAULT_EF_SEARCH
+                settings["hnsw.ef_search"] = min(MAX_EF_SEARCH, max(ef, k * vf.params.get("oversample", 1)))
+                settings["hnsw.iterative_scan"] = "relaxed_order" if iterative else "off"
+                if iterative:
+                    settings["hnsw.max_scan_tuples"] = options.max_scan_tuples or DEFAULT_MAX_SCAN_TUPLES
+            elif vf.algorithm == "ivfflat":
+                lists = self.spec.settings.get("built", {}).get(vf.name, {}).get("lists") or 1
+                settings["ivfflat.probes"] = options.probes or tuned.get("probes") or default_probes(lists)
+                settings["ivfflat.iterative_scan"] = "relaxed_order" if iterative else "off"
+                if iterative:
+                    settings["ivfflat.max_probes"] = lists
+        names = list(settings)
+        calls = sql.SQL(", ").join(sql.SQL("set_config({}, {}, true)").format(sql.Placeholder(), sql.Placeholder())
+                                   for _ in names)
+        conn.execute(sql.SQL("SELECT {}").format(calls), [v for n in names for v in (n, str(settings[n]))])
 
     def _resolve(self, field_name: str | None, filter: Filter | None):
         vf = self.spec.vector_field(field_name)
@@ -696,6 +751,17 @@ class DocumentTable:
             "total_bytes": total_bytes,
             "vector_fields": fields,
         }
+
+
+MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+
+
+def derived_identifier(*parts: str) -> str:
+    name = "_".join(parts)
+    if len(name.encode()) <= MAX_IDENTIFIER_BYTES:
+        return name
+    digest = hashlib.blake2b(name.encode(), digest_size=4).hexdigest()
+    return name[: MAX_IDENTIFIER_BYTES - len(digest) - 1] + "_" + digest
 
 
 def _where_clause(where: sql.Composable | None) -> sql.Composable:

@@ -2,7 +2,8 @@
 
 const PAGE_SIZE = 24;
 const MAX_WINDOW = 1000; // the API's skip + top limit
-const THUMB_SIZE = 320;
+// The server makes thumbnails in fixed sizes (128, 256, 512, 1024): 256 px, or 512 px on high-density screens.
+const THUMB_SIZE = window.devicePixelRatio > 1.5 ? 512 : 256;
 const QUERY_IMAGE_SIDE = 1024; // query images are shrunk in the browser first: the model sees 224 px anyway
 const KEY_STORAGE = "pixsearch.apiKey";
 const SELECT = "id,path,filename,folder,taken_at,tags";
@@ -34,13 +35,43 @@ function apiKey() {
   return localStorage.getItem(KEY_STORAGE) || "";
 }
 
-function takeKeyFromFragment() {
-  // `#key=...` in the link `pixsearch serve` prints: kept in this browser, then removed from the address bar.
-  const match = location.hash.match(/(?:^#|&)key=([^&]+)/);
-  if (match) {
-    localStorage.setItem(KEY_STORAGE, decodeURIComponent(match[1]));
-    history.replaceState(history.state, "", location.pathname + location.search);
+/**
+ * `#key=...` in the link `pixsearch serve` prints: removed from the address bar at once, then kept in this browser.
+ * A different key already kept here is never replaced silently: the user chooses.
+ */
+async function takeKeyFromFragment() {
+  const match = location.hash.match(/(?:^#|&)key=([^&]*)/);
+  if (!match) return;
+  history.replaceState(history.state, "", location.pathname + location.search);
+  let key;
+  try {
+    key = decodeURIComponent(match[1]).trim();
+  } catch {
+    await askForKey("The link's key is malformed (it was cut or mistyped): enter the key instead.");
+    return;
   }
+  const stored = apiKey();
+  if (!key || key === stored) return;
+  if (!stored || (await confirmReplaceKey())) storeKey(key);
+}
+
+function storeKey(key) {
+  localStorage.setItem(KEY_STORAGE, key);
+  $("forget-key").hidden = false;
+}
+
+function forgetKey() {
+  localStorage.removeItem(KEY_STORAGE);
+  $("forget-key").hidden = true;
+  $("status").textContent = "The key was removed from this browser.";
+}
+
+function confirmReplaceKey() {
+  const dialog = $("replace-key-dialog");
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "replace"), { once: true });
+    dialog.showModal();
+  });
 }
 
 async function api(path, options = {}) {
@@ -410,7 +441,7 @@ function askForKey(reason) {
       "close",
       () => {
         const key = dialog.returnValue === "save" ? $("key-input").value.trim() : "";
-        if (key) localStorage.setItem(KEY_STORAGE, key);
+        if (key) storeKey(key);
         resolve(key);
       },
       { once: true },
@@ -454,6 +485,7 @@ function wire() {
       runSearch();
     });
   }
+  $("forget-key").addEventListener("click", forgetKey);
   $("clear-filters").addEventListener("click", () => {
     state.filters = { folder: "", from: "", to: "", tags: new Set() };
     $("filters").reset();
@@ -493,9 +525,10 @@ function wire() {
   });
 }
 
-function start() {
-  takeKeyFromFragment();
+async function start() {
   wire();
+  $("forget-key").hidden = !apiKey();
+  await takeKeyFromFragment();
   const text = new URLSearchParams(location.search).get("q");
   if (text) {
     $("q").value = text;

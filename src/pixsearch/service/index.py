@@ -1,64 +1,44 @@
-"""The one façade every front door (CLI, Python, REST, web) goes through: Engine opens indexes, Index does the work."""
+"""Index: what one index can do, for every front door (CLI, Python, REST, web)."""
 from __future__ import annotations
 
-import io
 import logging
-import os
-import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
-from pixsearch.config import Settings
-from pixsearch.db import Database, open_database
-from pixsearch.ingest import IngestProgress, IngestReport, ingest_paths
-from pixsearch.ingest.decode import DecodeError, decode_bytes, read_and_decode
-from pixsearch.ingest.scan import photo_id
-from pixsearch.models import load_embedder
+from pixsearch.db import Database
+from pixsearch.ingest import IngestOptions, IngestProgress, IngestReport, ingest_paths
+from pixsearch.limits import MAX_TOP
 from pixsearch.models.base import Embedder
 from pixsearch.search import evaluation
-from pixsearch.search.request import QueryVectorCache, SearchRequest, SearchResponse, query_terms, resolve_vector
+from pixsearch.search.context import SearchContext
+from pixsearch.search.expressions import Term
+from pixsearch.search.request import SearchRequest, SearchResponse, combine_embedded, embed_terms, query_terms
 from pixsearch.search.request import run as run_request
+from pixsearch.service import documents, photos
 from pixsearch.store import (
-    PHOTO_FIELDS,
     DocumentTable,
-    Field,
     Filter,
-    IndexNotFoundError,
     IndexSpec,
     QueryOptions,
     SchemaError,
     SearchResult,
-    VectorField,
-    create_index,
-    delete_index,
     get_index,
-    list_indexes,
-    migrate,
-    rename_index,
+    read_snapshot,
     update_settings,
 )
-from pixsearch.store import keys
 from pixsearch.store.tables import iter_chunks
+
+if TYPE_CHECKING:
+    from pixsearch.service.engine import Engine
 
 log = logging.getLogger(__name__)
 
-MAX_K = 1000
 IMAGE_QUERY_PREFIX = "image:"
 VECTOR_BATCH = 5000
-
-
-UPLOAD_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class ModelMismatchError(ValueError):
@@ -86,100 +66,10 @@ class Query:
         return self.text or ""
 
 
-class Engine:
-    """Owns the database connection and the embedder; both are opened on first use."""
-
-    def __init__(self, settings: Settings | None = None, *, embedder: Embedder | None = None, **overrides: Any):
-        self.settings = settings or Settings.load(**overrides)
-        self._db: Database | None = None
-        self._embedder = embedder
-        # A server's first requests arrive together on several threads: one of them opens, the others wait.
-        self._db_lock = threading.Lock()
-        self._embedder_lock = threading.Lock()
-        self.query_vectors = QueryVectorCache()
-
-    @property
-    def db(self) -> Database:
-        if self._db is None:
-            with self._db_lock:
-                if self._db is None:
-                    db = open_database(self.settings)
-                    migrate(db)
-                    self._db = db
-        return self._db
-
-    @property
-    def embedder(self) -> Embedder:
-        if self._embedder is None:
-            with self._embedder_lock:
-                if self._embedder is None:
-                    self._embedder = load_embedder(self.settings.model, cache_dir=self.settings.cache_dir)
-        return self._embedder
-
-    def index(self, name: str | None = None, *, create: bool = False, **vector_options: Any) -> "Index":
-        """Open the index `name` (default from settings). With create=True a missing index is made as a photo
-        index for the loaded model; `vector_options` (algorithm, storage, metric, params) shape its vector fields."""
-        name = name or self.settings.index
-        try:
-            spec = get_index(self.db, name)
-        except IndexNotFoundError:
-            if not create:
-                raise IndexNotFoundError(
-                    f"no index named {name!r}: index some photos first (pixsearch index PATH --index {name})"
-                ) from None
-            spec = self.create_photo_index(name, **vector_options).spec
-        return Index(self, spec)
-
-    def create_photo_index(self, name: str, **vector_options: Any) -> "Index":
-        vector_fields = [
-            VectorField(name=s.name, dims=s.dims, model_id=s.model_id, metric=s.metric, **vector_options)
-            for s in self.embedder.spaces.values()
-        ]
-        return Index(self, create_index(self.db, name, vector_fields, PHOTO_FIELDS, kind="photos"))
-
-    def create_index(
-        self, name: str, vector_fields: Sequence[VectorField], fields: Sequence[Field] = (), *, key_field: str = "id"
-    ) -> "Index":
-        """An index of documents with precomputed vectors (no model): a key, metadata fields, vector fields."""
-        return Index(self, create_index(self.db, name, list(vector_fields), tuple(fields), key_field=key_field))
-
-    def list_indexes(self) -> list[IndexSpec]:
-        return list_indexes(self.db)
-
-    def delete_index(self, name: str) -> None:
-        delete_index(self.db, name)
-
-    def rename_index(self, name: str, new_name: str) -> "Index":
-        return Index(self, rename_index(self.db, name, new_name))
-
-    # -- API keys (admin: everything; query: search and read) --------------------------------------------------------
-    def create_api_key(self, role: str, name: str = "") -> tuple[keys.ApiKey, str]:
-        return keys.create_key(self.db, role, name)
-
-    def list_api_keys(self) -> list[keys.ApiKey]:
-        return keys.list_keys(self.db)
-
-    def revoke_api_key(self, key_id: str) -> bool:
-        return keys.revoke_key(self.db, key_id)
-
-    def api_key_role(self, secret: str) -> str | None:
-        return keys.role_for(self.db, secret)
-
-    def close(self) -> None:
-        with self._db_lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-    def __enter__(self) -> "Engine":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class Index:
-    def __init__(self, engine: Engine, spec: IndexSpec):
+    """One named index: writes, reads, searches, ANN builds and tuning. Opened by Engine.index()."""
+
+    def __init__(self, engine: "Engine", spec: IndexSpec):
         self.engine = engine
         self.spec = spec
         self.table = DocumentTable(spec)
@@ -197,40 +87,68 @@ class Index:
         self.table = DocumentTable(self.spec)
         return self
 
-    def _checked_embedder(self) -> Embedder:
+    @property
+    def modelled(self) -> bool:
+        return any(vf.model_id for vf in self.spec.vector_fields)
+
+    def model(self) -> Embedder:
+        """The model this index was built with (loaded once per process), checked against its vector fields."""
         modelled = [vf for vf in self.spec.vector_fields if vf.model_id]
         if not modelled:
             raise ModelMismatchError(
                 f"index {self.name!r} holds precomputed vectors and has no model: search it with a vector"
             )
-        embedder = self.engine.embedder
+        embedder = self.engine.model(self.spec.model or "offline")
         for vf in modelled:
             space = embedder.spaces.get(vf.name)
             if space is None or space.model_id != vf.model_id or space.dims != vf.dims:
                 found = f"{space.model_id} ({space.dims}-d)" if space else "nothing"
                 raise ModelMismatchError(
                     f"index {self.name!r} holds {vf.name!r} vectors from model {vf.model_id} ({vf.dims}-d), but the "
-                    f"loaded model {embedder.model_id!r} produces {found} for that field. Search it with the model it "
-                    "was built with, or index into a new index (--index NAME)."
+                    f"model {embedder.name!r} ({embedder.model_id}) produces {found} for that field. Vectors of two "
+                    "models cannot be mixed: search it with the model it was built with, or move it to the new "
+                    f"model with `pixsearch reindex {self.name} --model MODEL`."
                 )
         return embedder
 
+    def search_context(self, *, allow_file_terms: bool = True) -> SearchContext:
+        """What search needs of this index. allow_file_terms=False for requests from the network."""
+        return SearchContext(
+            spec=self.spec,
+            table=self.table,
+            db=self.db,
+            model=self.model if self.modelled else None,
+            query_vectors=self.engine.query_vectors,
+            open_image=self.engine.open_image,
+            allow_file_terms=allow_file_terms,
+        )
+
     # -- writes ----------------------------------------------------------------------------------------------------
     def add_paths(
-        self, paths: Sequence[str | Path], *, prune: bool = True, progress: IngestProgress | None = None
+        self,
+        paths: Sequence[str | Path],
+        *,
+        prune: bool = True,
+        follow_symlinks: bool = False,
+        progress: IngestProgress | None = None,
+        roots: Sequence[Path] | None = None,
     ) -> IngestReport:
+        """Index photo files and folders (see ingest.pipeline); the folders are recorded as the index's roots (or
+        `roots`, when given), the only places the server opens photo files for thumbnails."""
         if self.spec.kind != "photos":
             raise SchemaError(f"index {self.name!r} is not a photo index: add vectors to it instead")
-        return ingest_paths(
-            self.db,
-            self.table,
-            self._checked_embedder(),
-            [Path(p) for p in paths],
-            batch_size=self.engine.settings.batch_size,
-            decode_workers=self.engine.settings.decode_workers,
+        settings = self.engine.settings
+        options = IngestOptions(
+            batch_size=settings.batch_size,
+            decode_workers=settings.decode_workers,
             prune=prune,
-            progress=progress,
+            follow_symlinks=follow_symlinks,
+            max_file_bytes=settings.max_file_bytes,
+            max_pixels=settings.max_image_pixels,
         )
+        model = self.model()
+        photos.record_roots(self, [Path(p) for p in (roots if roots is not None else paths)], follow_symlinks)
+        return ingest_paths(self.db, self.table, model, [Path(p) for p in paths], options, progress=progress)
 
     def add_vectors(
         self,
@@ -269,14 +187,24 @@ class Index:
                 for name, array in vectors.items():
                     row[name] = array[i]
                 rows.append(row)
-            with self.db.connection() as conn:
-                self.table.write(conn, rows)
+            self.write_rows(rows)
             written += len(rows)
             if progress:
                 progress(len(rows))
         with self.db.connection() as conn:
             self.table.analyze(conn)
         return written
+
+    def write_rows(
+        self, rows: Sequence[Mapping[str, Any]], *, columns: Sequence[str] | None = None, insert_missing: bool = True
+    ) -> set[str]:
+        """Write rows in one transaction (see DocumentTable.write for whole vs partial documents); the keys written."""
+        with self.db.connection() as conn:
+            return self.table.write(conn, list(rows), columns=columns, insert_missing=insert_missing)
+
+    def write_documents(self, actions: list[documents.DocumentAction]) -> list[documents.DocumentResult]:
+        """A batch of upload / merge / mergeOrUpload / delete actions with Azure's semantics (service.documents)."""
+        return documents.write_documents(self, actions)
 
     def get(self, ids: Sequence[str], *, vectors: bool = True) -> dict[str, dict[str, Any]]:
         """Stored documents by id (missing ids are absent from the result); vectors as float32 arrays."""
@@ -296,42 +224,12 @@ class Index:
             return self.table.delete(conn, [str(i) for i in ids])
 
     def add_image_bytes(self, filename: str, data: bytes) -> tuple[str, IngestReport]:
-        """Index an uploaded image: checked by decoding, kept under PIXSEARCH_HOME/uploads/<index>/ (named by its
-        content hash, so re-uploading the same bytes is a no-op), then indexed like any file. Returns its key."""
-        if self.spec.kind != "photos":
-            raise SchemaError(f"index {self.name!r} is not a photo index: images cannot be added to it")
-        decoded = decode_bytes(data)
-        suffix = UPLOAD_SUFFIXES.get(decoded.format)
-        if suffix is None:
-            raise DecodeError(f"unsupported image format {decoded.format}; send JPEG, PNG, WebP, GIF, BMP or TIFF")
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename or "upload").stem).strip("-.")[:60] or "upload"
-        folder = self.engine.settings.home / "uploads" / self.name
-        folder.mkdir(parents=True, exist_ok=True)
-        same_bytes = sorted(folder.glob(f"{decoded.content_hash[:16]}-*"))
-        path = same_bytes[0] if same_bytes else folder / f"{decoded.content_hash[:16]}-{stem}{suffix}"
-        if not path.exists():
-            _write_atomically(path, data)
-        report = self.add_paths([path], prune=False)
-        return photo_id(str(path)), report
+        """Index an uploaded image (kept under PIXSEARCH_HOME/uploads/<index>/); returns its key."""
+        return photos.add_image_bytes(self, filename, data)
 
     def thumbnail(self, key: str, size: int = 256) -> bytes:
-        """A WebP thumbnail (longest side `size`) of a stored photo, cached by content hash."""
-        if not 16 <= size <= 1024:
-            raise ValueError("thumbnail size must be between 16 and 1024")
-        with self.db.connection() as conn:
-            row = self.table.select(conn, [key], ["path", "content_hash"]).get(key)
-        if row is None:
-            raise LookupError(f"no photo {key!r} in index {self.name!r}")
-        cached = self.engine.settings.cache_dir / "thumbnails" / self.name / f"{key}-{size}-{row['content_hash'][:16]}.webp"
-        if cached.exists():
-            return cached.read_bytes()
-        image = read_and_decode(row["path"]).image
-        image.thumbnail((size, size), Image.Resampling.LANCZOS)
-        buffer = io.BytesIO()
-        image.save(buffer, "WEBP", quality=80)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(cached, buffer.getvalue())
-        return buffer.getvalue()
+        """A WebP thumbnail (longest side `size`: 128, 256, 512 or 1024) of a stored photo."""
+        return photos.thumbnail(self, key, size)
 
     def count(self) -> int:
         with self.db.connection() as conn:
@@ -369,12 +267,19 @@ class Index:
         terms = query_terms(SearchRequest(text=query.text, image=query.image))
         if not terms:
             raise ValueError("empty query: give search text or --image FILE")
-        return resolve_vector(self, terms, None)
+        return self.resolve(terms)
 
-    def query(self, request: SearchRequest) -> SearchResponse:
+    def resolve(self, terms: Sequence[Term], field: str | None = None) -> tuple[str, np.ndarray]:
+        """The vector field and combined query vector of parsed query terms."""
+        ctx = self.search_context()
+        embedded = embed_terms(ctx, terms, field)
+        with read_snapshot(self.db) as conn:
+            return embedded.field, combine_embedded(ctx, conn, embedded)
+
+    def query(self, request: SearchRequest, *, allow_file_terms: bool = True) -> SearchResponse:
         """The full search: query expressions, filters, vector/keyword/hybrid modes, cutoffs, sorting, paging,
-        facets (see search/request.py)."""
-        return run_request(self, request)
+        facets (see search/request.py). allow_file_terms=False refuses `image:PATH` (requests from the network)."""
+        return run_request(self.search_context(allow_file_terms=allow_file_terms), request)
 
     def search(
         self,
@@ -390,11 +295,10 @@ class Index:
             query = Query(text=query)
         if query.image is None and not (query.text or "").strip():
             raise ValueError("empty query: give search text or --image FILE")
-        request = SearchRequest(text=query.text, image=query.image, filter=filter, mode=mode, top=k,
-                                options=options or QueryOptions())
-        if not 1 <= k <= MAX_K:
-            raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
-        return self.query(request)
+        if not 1 <= k <= MAX_TOP:
+            raise ValueError(f"k must be between 1 and {MAX_TOP}, got {k}")
+        return self.query(SearchRequest(text=query.text, image=query.image, filter=filter, mode=mode, top=k,
+                                        options=options or QueryOptions()))
 
     def search_vector(
         self,
@@ -405,9 +309,9 @@ class Index:
         filter: Filter | None = None,
         options: QueryOptions | None = None,
     ) -> SearchResult:
-        if not 1 <= k <= MAX_K:
-            raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
-        with self.db.connection() as conn:
+        if not 1 <= k <= MAX_TOP:
+            raise ValueError(f"k must be between 1 and {MAX_TOP}, got {k}")
+        with read_snapshot(self.db) as conn:
             return self.table.search(conn, field, vector, k, filter=filter, options=options or QueryOptions())
 
     def explain(

@@ -1,0 +1,145 @@
+"""Photo files the server itself opens: uploads it stores, and the files thumbnails are made from.
+
+The server only ever opens a photo file that ingest or an upload put in the index, and only when it lies inside a
+folder the index was built from (its recorded roots, including its uploads folder). A stored path that points
+elsewhere is treated as missing.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from PIL import Image
+
+from pixsearch.ingest import IngestReport
+from pixsearch.ingest.decode import DecodeError, content_hash, decode_bytes, read_file
+from pixsearch.ingest.scan import photo_id
+from pixsearch.service.thumbnails import HEX_HASH, private_folder, thumbnail_name, write_private_atomically
+from pixsearch.store import SchemaError, update_settings
+
+if TYPE_CHECKING:
+    from pixsearch.service.index import Index
+
+UPLOAD_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif"}
+
+
+class PhotoNotFound(LookupError):
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _roots_json(paths: Sequence[Path], follow_symlinks: bool) -> list[dict[str, Any]]:
+    return [{"path": os.path.realpath(Path(p).expanduser().absolute()), "follow_symlinks": follow_symlinks}
+            for p in paths]
+
+
+def record_roots(index: "Index", paths: Sequence[Path], follow_symlinks: bool) -> None:
+    """Remember the folders (or files) an index was built from: thumbnails open files inside them only."""
+    current = indexed_roots(index)
+    merged = {r["path"]: r for r in current}
+    for root in _roots_json(paths, follow_symlinks):
+        if os.path.exists(root["path"]):
+            old = merged.get(root["path"])
+            merged[root["path"]] = {**root, "follow_symlinks": root["follow_symlinks"] or bool(old and old["follow_symlinks"])}
+    roots = sorted(merged.values(), key=lambda r: r["path"])
+    if roots != current:
+        index.spec = update_settings(index.db, index.name, {"roots": roots})
+        index.table.spec = index.spec
+
+
+def indexed_roots(index: "Index") -> list[dict[str, Any]]:
+    """The index's recorded roots. Indexes made before roots were recorded get them from the folders of their
+    photos (the outermost ones), once."""
+    roots = index.spec.settings.get("roots")
+    if roots is not None:
+        return list(roots)
+    with index.db.connection() as conn:
+        folders = sorted(index.table.distinct_values(conn, "folder"))
+    outermost: list[str] = []
+    for folder in folders:
+        if not any(folder == top or folder.startswith(top.rstrip(os.sep) + os.sep) for top in outermost):
+            outermost.append(folder)
+    derived = [{"path": os.path.realpath(f), "follow_symlinks": False} for f in outermost]
+    index.spec = update_settings(index.db, index.name, {"roots": derived})
+    index.table.spec = index.spec
+    return derived
+
+
+def _inside(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def photo_file(index: "Index", stored_path: str) -> tuple[str, bool]:
+    """(path to open, whether a symbolic link may be followed) for a stored photo path, if it lies inside one of the
+    index's roots; PhotoNotFound otherwise. The check is on the real location of the file's folder, so `..` and
+    folder links cannot lead outside; the file itself is then opened without following links unless its root was
+    indexed with --follow-symlinks (and read_file accepts only a regular file either way)."""
+    normal = os.path.normpath(stored_path)
+    if not os.path.isabs(normal):
+        raise PhotoNotFound("the photo's file is not inside the folders this index was built from")
+    real_folder = os.path.realpath(os.path.dirname(normal))
+    real_file = os.path.join(real_folder, os.path.basename(normal))
+    for root in indexed_roots(index):
+        top, follow = root["path"], bool(root.get("follow_symlinks"))
+        if _inside(real_file, top) or (follow and _inside(normal, top)):
+            try:
+                is_link = stat.S_ISLNK(os.lstat(real_file).st_mode)
+            except OSError:
+                raise PhotoNotFound("the photo's file is missing") from None
+            if is_link and not follow:
+                continue
+            return real_file, follow
+    raise PhotoNotFound("the photo's file is not inside the folders this index was built from")
+
+
+def add_image_bytes(index: "Index", filename: str, data: bytes) -> tuple[str, IngestReport]:
+    """Index an uploaded image: checked by decoding, kept under PIXSEARCH_HOME/uploads/<index>/ (private to this
+    user; named by its content hash, so re-uploading the same bytes is a no-op), then indexed like any file."""
+    if index.spec.kind != "photos":
+        raise SchemaError(f"index {index.name!r} is not a photo index: images cannot be added to it")
+    settings = index.engine.settings
+    decoded = decode_bytes(data, max_pixels=settings.max_image_pixels)
+    suffix = UPLOAD_SUFFIXES.get(decoded.format)
+    if suffix is None:
+        raise DecodeError(f"unsupported image format {decoded.format}; send JPEG, PNG, WebP, GIF, BMP or TIFF")
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename or "upload").stem).strip("-.")[:60] or "upload"
+    folder = private_folder(settings.home / "uploads" / index.name)
+    same_bytes = sorted(folder.glob(f"{decoded.content_hash[:16]}-*"))
+    path = same_bytes[0] if same_bytes else folder / f"{decoded.content_hash[:16]}-{stem}{suffix}"
+    if not path.exists():
+        write_private_atomically(path, data)
+    report = index.add_paths([path], prune=False, roots=[folder])
+    return photo_id(str(path)), report
+
+
+def thumbnail(index: "Index", key: str, size: int) -> bytes:
+    """A WebP thumbnail (longest side `size`, one of limits.THUMBNAIL_SIZES) of a stored photo, cached by content
+    hash and size."""
+    if index.spec.kind != "photos":
+        raise PhotoNotFound(f"index {index.name!r} holds no photos")
+    with index.db.connection() as conn:
+        row = index.table.select(conn, [key], ["path", "content_hash"]).get(key)
+    if row is None:
+        raise PhotoNotFound(f"no photo {key!r} in index {index.name!r}")
+    stored_hash = row["content_hash"]
+    cache = index.engine.thumbnails
+    if isinstance(stored_hash, str) and HEX_HASH.fullmatch(stored_hash):
+        cached = cache.get(thumbnail_name(stored_hash, size))
+        if cached is not None:
+            return cached
+    path, follow = photo_file(index, row["path"])
+    settings = index.engine.settings
+    try:
+        data = read_file(path, max_bytes=settings.max_file_bytes, follow_symlinks=follow)
+        image = decode_bytes(data, max_pixels=settings.max_image_pixels, draft=(size, size)).image
+    except DecodeError as exc:
+        raise PhotoNotFound(f"the photo's file cannot be read: {exc}") from None
+    image.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "WEBP", quality=80)
+    cache.put(thumbnail_name(content_hash(data), size), buffer.getvalue())
+    return buffer.getvalue()
