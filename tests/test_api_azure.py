@@ -29,7 +29,7 @@ from azure.search.documents.indexes.models import (
 )
 from azure.search.documents.models import VectorizableTextQuery, VectorizedQuery
 
-from tests.test_api import ADMIN, QUERY, api_engine, base_url  # noqa: F401  (the live-server fixtures)
+from conftest import ADMIN_KEY as ADMIN, QUERY_KEY as QUERY  # the live server: conftest.base_url
 
 N = 50
 COLORS = ["red", "green", "blue", "black", "white"]

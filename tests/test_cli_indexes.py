@@ -18,7 +18,7 @@ def test_precomputed_vectors_end_to_end(home, tmp_path, index_name):
                              "--field", "category:int:filterable,facetable", "--json").stdout)
     assert created["vector_fields"][0] | {"params": None} == {
         "name": "vector", "dims": 8, "model_id": None, "metric": "l2", "storage": "vector", "algorithm": "hnsw",
-        "params": None}
+        "params": None, "space": None}
     assert created["fields"][0]["filterable"] and created["fields"][0]["facetable"]
 
     rng = np.random.default_rng(0)

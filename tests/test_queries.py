@@ -297,3 +297,14 @@ def test_search_flags_from_the_command_line(home, sample_index):
     assert hits[0]["subscores"]["vector"]["rank"] == 1  # keyword weight 0: the order is the vector list's
     bad = run_cli("search", "a cat", "--index", sample_index, "--filter", "width gt", home=home)
     assert bad.returncode == 1 and "position 8" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_clearly_irrelevant_hits_can_be_hidden(idx):
+    absent = idx.query(SearchRequest(text="a giraffe", mode="vector", top=10, hide_irrelevant=True))
+    everything = idx.query(SearchRequest(text="a giraffe", mode="vector", top=10))
+    assert len(everything) == 10 and absent.hidden >= 5 and len(absent) + absent.hidden == 10
+    coffee = idx.query(SearchRequest(text="a cup of coffee", mode="vector", top=10, hide_irrelevant=True))
+    assert names(coffee)[0] == "coffee.png" and coffee.hidden > 0
+    # more like this is never cut: images and ids always have an answer
+    like = idx.query(SearchRequest(ids=[coffee[0].id], top=10, hide_irrelevant=True))
+    assert len(like) == 10 and like.hidden == 0

@@ -223,7 +223,11 @@ def test_filters_folder_tags_and_dates(page, photos):
     page.fill("#q", "a cup of coffee")  # filters hold for searches too
     page.press("#q", "Enter")
     wait_for_results(page, "Results for “a cup of coffee”")
-    assert result_names(page)[0] == "coffee.png" and len(result_names(page)) == 3
+    assert result_names(page) == ["coffee.png"]  # the two others are clearly not coffee: left out, and said so
+    assert "left out" in page.locator("#hidden-note").text_content()
+    page.click("#show-all")
+    page.wait_for_function("document.querySelectorAll('#results li').length === 3")
+    assert result_names(page)[0] == "coffee.png" and page.locator("#hidden-note").is_hidden()
 
 
 def test_keyboard_only_search(page):

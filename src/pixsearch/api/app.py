@@ -28,7 +28,7 @@ from pixsearch.api.models import (
     jsonable,
 )
 from pixsearch.api.origin import LOOPBACK_NAMES, OriginGuard
-from pixsearch.limits import MAX_TOP, MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, MAX_WINDOW, THUMBNAIL_SIZES
+from pixsearch.limits import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, THUMBNAIL_SIZES
 from pixsearch.search.context import FileTermRefused
 from pixsearch.search.request import MODES, SearchRequest, VectorQuery
 from pixsearch.service import Engine, Index, PhotoNotFound
@@ -74,6 +74,7 @@ def create_app(
     app.add_api_route("/indexes/{name}", h.put_index, methods=["PUT"])
     app.add_api_route("/indexes/{name}", h.delete_index, methods=["DELETE"], status_code=204)
     app.add_api_route("/indexes/{name}/stats", h.index_stats, methods=["GET"])
+    app.add_api_route("/indexes/{name}/capabilities", h.capabilities, methods=["GET"])
     app.add_api_route("/indexes/{name}/docs/index", h.index_documents, methods=["POST"])
     app.add_api_route("/indexes/{name}/docs/search", h.search, methods=["POST"])
     app.add_api_route("/indexes/{name}/docs/$count", h.count, methods=["GET"])  # before /docs/{key}
@@ -212,6 +213,27 @@ class Handlers:
             raise ApiError(404, "IndexNotFound", f"no index named {name!r}") from None
         return Response(status_code=204)
 
+    def capabilities(self, name: str) -> dict[str, Any]:
+        """What a search client (the page) may ask of an index: its fields' abilities, whether it embeds text, and
+        whether clearly irrelevant hits can be hidden. Open to query keys; no stored data in it."""
+        index = self.open(name)
+        relevance = None
+        if index.modelled:
+            try:
+                model = index.model()
+                text_search = model.text_field is not None
+                if model.embedder.relevance is not None:
+                    relevance = {"threshold": model.embedder.relevance.threshold}
+            except ValueError:
+                text_search = False
+        else:
+            text_search = False
+        return {"name": index.name, "kind": index.spec.kind, "model": index.spec.model, "key": index.spec.key_field,
+                "textSearch": text_search, "keywordSearch": any(f.searchable for f in index.spec.fields),
+                "relevance": relevance,
+                "fields": [{"name": f.name, "type": f.type, "filterable": f.filterable, "facetable": f.facetable,
+                            "sortable": f.sortable, "retrievable": f.retrievable} for f in index.spec.fields]}
+
     def index_stats(self, name: str) -> dict[str, Any]:
         stats = self.open(name).stats()
         vector_bytes = sum(v.get("ann_index_bytes") or 0 for v in stats["vector_fields"].values())
@@ -296,6 +318,8 @@ class Handlers:
             out["@search.facets"] = response.facets
         if debug:
             out["@search.debug"] = {"mode": response.mode, "complete": response.complete, "reason": response.reason}
+        if response.hidden:
+            out["@pixsearch.hidden"] = response.hidden
         out["value"] = value
         return jsonable(out)
 
@@ -405,14 +429,9 @@ def _search_request(
         mode = mode or "hybrid"
     # Azure pages over the k neighbours of each query: with no top, a page is the largest k.
     k = max((q.k or 0 for q in queries), default=0)
-    top = body.top if body.top is not None else (k or DEFAULT_TOP)
-    if not 1 <= top <= MAX_TOP:
-        raise _bad(f"top must be between 1 and {MAX_TOP}, got {top}")
-    if body.skip < 0:
-        raise _bad("skip cannot be negative")
-    if body.skip + top > MAX_WINDOW:
-        raise _bad(f"skip + top must be at most {MAX_WINDOW}: refine the query or the filter instead")
+    top = body.top if body.top is not None else (k or DEFAULT_TOP)  # bounds: checked by the service (limits.py)
     select = _select_list(spec, body.select, allow_vectors=False) if body.select else None
     request = SearchRequest(text=text, field=field, filter=body.filter, mode=mode, top=top, skip=body.skip,
-                            sort=_orderby(body.orderby), facets=list(body.facets), vector_queries=queries)
+                            sort=_orderby(body.orderby), facets=list(body.facets), vector_queries=queries,
+                            hide_irrelevant=body.relevance == "auto")
     return request, select

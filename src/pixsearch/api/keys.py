@@ -28,6 +28,7 @@ QUERY_ROUTES: list[tuple[str, re.Pattern[str]]] = [
     ("POST", re.compile(r"^/indexes/[^/]+/docs/search$")),
     ("POST", re.compile(r"^/indexes/[^/]+/images/search$")),
     ("GET", re.compile(r"^/indexes/[^/]+/docs/[^/]+$")),
+    ("GET", re.compile(r"^/indexes/[^/]+/capabilities$")),
     ("POST", re.compile(r"^/indexes\('[^/]+'\)/docs/search\.post\.search$")),
     ("GET", re.compile(r"^/indexes\('[^/]+'\)/docs/\$count$")),
     ("GET", re.compile(r"^/indexes\('[^/]+'\)/docs\('.+'\)$")),

@@ -230,3 +230,6 @@ class SearchBody(BaseModel):
     mode: str | None = None
     count: bool = False
     debug: str | bool | None = None  # anything but false/"disabled": each result carries "@search.subscores"
+    # "auto": text-query hits the index's model calls clearly irrelevant are left out (counted in
+    # "@pixsearch.hidden"); "all": every ranked hit
+    relevance: Literal["auto", "all"] = "auto"

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from pixsearch.cli.indexes import evaluate_cmd, indexes_app, stats_cmd, tune_cmd, vectors_app
 from pixsearch.cli.keys import keys_app
+from pixsearch.cli.models import models_app
 from pixsearch.cli.common import EXIT_OK, EXIT_PARTIAL, IndexOption, err, fail, open_engine, out
 from pixsearch.search.ranking import Cutoff
 from pixsearch.search.request import SearchRequest
@@ -58,8 +59,8 @@ class _RichIngestProgress:
 
 
 def _index_paths(engine: Engine, paths: List[Path], index: str | None, prune: bool, as_json: bool,
-                 follow_symlinks: bool = False) -> int:
-    idx = engine.index(index, create=True)
+                 follow_symlinks: bool = False, model: str | None = None) -> int:
+    idx = engine.index(index, create=True, model=model)
     progress = _RichIngestProgress(err)
     try:
         report = idx.add_paths(paths, prune=prune, progress=progress, follow_symlinks=follow_symlinks)
@@ -90,6 +91,10 @@ def index_cmd(
     follow_symlinks: bool = typer.Option(
         False, "--follow-symlinks", help="Index what symbolic links inside the folders point to (else they are skipped)."
     ),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Model of a new index: offline, clip:PATH_OR_REPO_ID, open_clip:ARCH[:CHECKPOINT]. "
+        "An existing index keeps its own (pixsearch reindex moves it)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Index photos incrementally: new and changed files are embedded, unchanged ones skipped.
@@ -97,7 +102,7 @@ def index_cmd(
     Exit status 0 when every file was indexed, 3 when some files failed (they are listed), 1 on errors.
     """
     with open_engine(index) as engine:
-        status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks)
+        status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model)
     raise typer.Exit(status)
 
 
@@ -171,6 +176,9 @@ def search_cmd(
     sort: List[str] = typer.Option([], "--sort", help="'FIELD [asc|desc]', applied after the relevance cut."),
     facet: List[str] = typer.Option([], "--facet", help="Count values: tags, folder, camera, 'taken_at,interval:year'."),
     weight: List[str] = typer.Option([], "--weight", help="Hybrid list weight, e.g. keyword=0.5 (lists: vector, keyword)."),
+    hide_irrelevant: bool = typer.Option(
+        False, "--hide-irrelevant", help="Leave out text-query hits the model calls clearly irrelevant (as the page does)."
+    ),
     index: Optional[str] = IndexOption,
     batch: Optional[Path] = typer.Option(
         None, "--batch", help="File with one query per line (text, or image:PATH); one JSON line of hits per query."
@@ -194,10 +202,13 @@ def search_cmd(
         text=text, image=image, ids=[i for i in (ids or "").split(",") if i] or None,
         vector=_load_vector(vector) if vector is not None else None, field=field, filter=filter_, mode=mode,
         top=k, skip=skip, cutoff=_parse_cutoff(min_score, cutoff), sort=_parse_sort(sort), facets=facet,
-        weights=_parse_weights(weight),
+        weights=_parse_weights(weight), hide_irrelevant=hide_irrelevant,
     )
     with open_engine(index) as engine:
         result = engine.index(index).query(request)
+    if result.hidden:
+        err.print(f"note: {result.hidden} clearly irrelevant hits left out (drop --hide-irrelevant to see them)",
+                  highlight=False)
     if not result.complete and len(result.hits) < k:
         why = {"fewer_matches": "no more rows match", "scan_limit": "the index scan reached its limit"}
         err.print(f"note: {len(result.hits)} of {k} hits: {why.get(result.reason, result.reason)}", highlight=False)
@@ -357,9 +368,45 @@ def _serve(engine: Engine, host: str, port: int, *, page_index: str | None, sess
         bounded.close()
 
 
+@app.command("reindex")
+def reindex_cmd(
+    name: str = typer.Argument(..., help="The photo index to move."),
+    model: Optional[str] = typer.Option(None, "--model", help="The model to move it to."),
+    drop_old: bool = typer.Option(False, "--drop-old", help="Drop the old model's fields once switched."),
+    abort: bool = typer.Option(False, "--abort", help="Undo a re-index that has not switched yet."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Re-embed a photo index with another model while searches go on using the old one; switch when complete.
+    Interrupted, it resumes where it stopped when run again."""
+    with open_engine() as engine:
+        idx = engine.index(name)
+        if abort:
+            dropped = idx.abort_reindex()
+            err.print(f"re-index of {name} undone; dropped {', '.join(dropped) or 'nothing'}", highlight=False)
+            raise typer.Exit(EXIT_OK)
+        if model is None:
+            raise fail("give --model MODEL (or --abort)")
+        progress = _RichIngestProgress(err)
+        try:
+            report = idx.reindex(model, drop_old=drop_old, progress=progress)
+        finally:
+            progress.stop()
+    if as_json:
+        print(json.dumps(report.to_json()))
+    fields = ", ".join(f"{column}" for column in report.columns.values())
+    err.print(f"[bold]{escape(name)}[/]: {report.embedded} photos embedded into {escape(fields)} by "
+              f"{escape(report.model)}{' (resumed)' if report.resumed else ''}; "
+              f"{'switched' if report.switched else 'not switched'}; {len(report.failed)} failed"
+              + (f"; dropped {', '.join(report.dropped)}" if report.dropped else ""), highlight=False)
+    for path, reason in report.failed:
+        err.print(f"  [red]failed[/] {escape(path)}: {escape(reason)}", highlight=False)
+    raise typer.Exit(EXIT_PARTIAL if report.failed or not report.switched else EXIT_OK)
+
+
 app.add_typer(indexes_app, name="indexes")
 app.add_typer(vectors_app, name="vectors")
 app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
 app.command("stats")(stats_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("tune")(tune_cmd)

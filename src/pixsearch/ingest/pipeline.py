@@ -113,9 +113,11 @@ def ingest_paths(
     roots: Sequence[Path],
     options: IngestOptions = IngestOptions(),
     *,
+    columns: dict[str, str] | None = None,
     progress: IngestProgress | None = None,
 ) -> IngestReport:
-    """Index the images under `roots`. Unchanged files (size + mtime, then content hash) are skipped; files that fail
+    """Index the images under `roots` with `embedder`, its vector spaces written to `columns` (space -> vector
+    field; default: the fields named like the spaces). Unchanged files (size + mtime, then content hash) are skipped; files that fail
     to read or decode are reported and skipped; each batch is written in its own transaction, and rows the database
     refuses are reported one by one while the rest of their batch is written."""
     progress = progress or _NoProgress()
@@ -156,10 +158,10 @@ def ingest_paths(
             else:
                 batch.append(work)
                 if len(batch) >= options.batch_size:
-                    _embed_and_write(db, table, embedder, batch, report, progress)
+                    _embed_and_write(db, table, embedder, columns, batch, report, progress)
                     batch = []
         if batch:
-            _embed_and_write(db, table, embedder, batch, report, progress)
+            _embed_and_write(db, table, embedder, columns, batch, report, progress)
     if touched:
         with db.connection() as conn:
             touch(conn, table, touched)
@@ -226,6 +228,7 @@ def _embed_and_write(
     db: Database,
     table: DocumentTable,
     embedder: Embedder,
+    columns: dict[str, str] | None,
     batch: list[_Work],
     report: IngestReport,
     progress: IngestProgress,
@@ -253,7 +256,7 @@ def _embed_and_write(
                 gps_lat=decoded.gps_lat,
                 gps_lon=decoded.gps_lon,
                 extra=embeddings.fields[i] if embeddings.fields else {},
-                vectors={name: vectors[i] for name, vectors in embeddings.vectors.items()},
+                vectors={(columns or {}).get(space, space): vectors[i] for space, vectors in embeddings.vectors.items()},
             )
         )
     t0 = time.perf_counter()

@@ -35,11 +35,24 @@ class ClassScore:
 
 @dataclass(frozen=True)
 class Relevance:
-    """What a text-to-image similarity in the text space means: hits scoring below `threshold` are clearly
-    irrelevant and hidden by default (the page and API can still show all). `how` says how it was calibrated."""
+    """What a text-to-image similarity in the text space means, so clearly irrelevant hits can be hidden (the page
+    and the API do by default, with a way to show all).
+
+    A hit is relevant when (s - b) / (1 - b) >= threshold, where s is its similarity to the query and b the query's
+    similarity to `baseline` — a vector standing for "any photo" (None: b = 0). Text embedders often place every
+    text close to every image (MiniLM's space is anisotropic); measuring a hit against what any photo would score
+    for this query separates "about this" from "about anything" far better than one fixed similarity.
+    `how` says how the threshold was calibrated."""
 
     threshold: float
     how: str
+    baseline: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def adjusted(self, similarity: float, query: np.ndarray) -> float:
+        if self.baseline is None:
+            return similarity
+        b = float(np.dot(query, self.baseline))
+        return (similarity - b) / max(1e-6, 1.0 - b)
 
 
 @dataclass

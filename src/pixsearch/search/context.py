@@ -30,13 +30,43 @@ class FileTermRefused(ValueError):
         super().__init__(self.MESSAGE)
 
 
+@dataclass(frozen=True)
+class IndexModel:
+    """An index's model bound to the index's columns: which vector field a text query and an image query land in,
+    and the column each of the model's vector spaces fills (usually the space's own name)."""
+
+    embedder: Embedder
+    columns: dict[str, str]  # the model's space name -> the index's vector field
+
+    @property
+    def model_id(self) -> str:
+        return self.embedder.model_id
+
+    @property
+    def text_field(self) -> str | None:
+        space = self.embedder.text_space
+        return self.columns[space] if space is not None else None
+
+    @property
+    def image_field(self) -> str:
+        return self.columns[self.embedder.image_space]
+
+    def embed_text(self, text: str) -> np.ndarray:
+        return self.embedder.embed_texts([text])[0]
+
+    def embed_image(self, image: Image.Image) -> dict[str, np.ndarray]:
+        """field -> vector of one upright RGB image."""
+        embedded = self.embedder.embed_images([self.embedder.prepare_image(image)])
+        return {self.columns[space]: v[0] for space, v in embedded.vectors.items() if space in self.columns}
+
+
 @dataclass
 class SearchContext:
     """One index as search sees it.
 
     spec/table/db: the index definition, its SQL, the database (store opens one snapshot per search from it).
-    model:        loads the model the index was built with (checked against its vector fields); None when the
-                  index holds precomputed vectors only.
+    model:        loads the model the index was built with (checked against its vector fields) bound to its
+                  columns; None when the index holds precomputed vectors only.
     query_vectors: recent query embeddings, shared by the server.
     open_image:   reads an image file or bytes into an upright RGB image, within the configured limits.
     allow_file_terms: whether `image:PATH` terms may open server files (CLI, Python: yes; REST API, page: no).
@@ -45,7 +75,7 @@ class SearchContext:
     spec: IndexSpec
     table: DocumentTable
     db: Database
-    model: Callable[[], Embedder] | None
+    model: Callable[[], IndexModel] | None
     query_vectors: "QueryVectorCache"
     open_image: Callable[[str | Path | bytes], Image.Image]
     allow_file_terms: bool = True

@@ -17,7 +17,7 @@ import psycopg
 from PIL import Image
 
 from pixsearch.limits import MAX_FACETS, MAX_QUERY_CHARS, MAX_QUERY_IDS, MAX_TOP, MAX_VECTOR_QUERIES, MAX_WINDOW
-from pixsearch.search.context import FileTermRefused, SearchContext
+from pixsearch.search.context import FileTermRefused, IndexModel, SearchContext
 from pixsearch.search.expressions import Term, combine, parse_query
 from pixsearch.search.facets import count_facets
 from pixsearch.search.ranking import Cutoff, reciprocal_rank_fusion, sort_hits
@@ -75,6 +75,7 @@ class SearchRequest:
     weights: dict[str, float] = dataclass_field(default_factory=dict)  # "vector" / "keyword" weights for fusion
     vector_queries: Sequence[VectorQuery] = ()
     options: QueryOptions = dataclass_field(default_factory=QueryOptions)
+    hide_irrelevant: bool = False  # drop text-query hits the model's calibrated relevance calls clearly irrelevant
 
 
 @dataclass
@@ -85,6 +86,7 @@ class SearchResponse(HitList):
     complete: bool = True
     reason: str | None = None
     facets: dict[str, list[dict[str, Any]]] = dataclass_field(default_factory=dict)
+    hidden: int = 0  # hits dropped as clearly irrelevant (hide_irrelevant)
 
 
 def validate(request: SearchRequest) -> None:
@@ -164,9 +166,9 @@ def _choose_field(ctx: SearchContext, terms: Sequence[Term], field_name: str | N
     if ctx.model is None:
         return ctx.spec.vector_field(None).name
     model = ctx.model()
-    if {t.kind for t in terms} <= {"image", "id", "ids"} or model.text_space is None:
-        return model.image_space
-    return model.text_space
+    if {t.kind for t in terms} <= {"image", "id", "ids"} or model.text_field is None:
+        return model.image_field
+    return model.text_field
 
 
 def embed_terms(ctx: SearchContext, terms: Sequence[Term], field_name: str | None) -> _Embedded:
@@ -175,18 +177,15 @@ def embed_terms(ctx: SearchContext, terms: Sequence[Term], field_name: str | Non
     vf = ctx.spec.vector_field(field_name)
     vectors: list[np.ndarray | None] = []
     for t in terms:
-        if t.kind == "text":
-            if ctx.model is None or not vf.model_id:
-                raise SchemaError(f"index {ctx.spec.name!r} has no model to embed text: search it with a vector")
-            model = ctx.model()
-            if field_name != model.text_space:
-                raise ValueError(f"text cannot be searched in the {field_name!r} field; use {model.text_space!r}")
-            text = t.value
-            vectors.append(ctx.query_vectors.get(("text", model.model_id, text), lambda: model.embed_texts([text])[0]))
-        elif t.kind == "image":
-            if ctx.model is None or not vf.model_id:
-                raise SchemaError(f"index {ctx.spec.name!r} has no model to embed images: search it with a vector")
-            vectors.append(_embed_image(ctx, t.value)[field_name])
+        if t.kind in ("text", "image"):
+            model = _model_for(ctx, vf, t.kind)
+            if t.kind == "text":
+                if field_name != model.text_field:
+                    raise ValueError(f"text cannot be searched in the {field_name!r} field; use {model.text_field!r}")
+                text = t.value
+                vectors.append(ctx.query_vectors.get(("text", model.model_id, text), lambda: model.embed_text(text)))
+            else:
+                vectors.append(_embed_image(ctx, model, t.value)[field_name])
         elif t.kind in ("id", "ids"):
             vectors.append(None)
         else:  # raw vector
@@ -197,17 +196,24 @@ def embed_terms(ctx: SearchContext, terms: Sequence[Term], field_name: str | Non
     return _Embedded(field_name, list(terms), vectors)
 
 
-def _embed_image(ctx: SearchContext, image: str | Path | bytes | Image.Image) -> dict[str, np.ndarray]:
+def _model_for(ctx: SearchContext, vf, kind: str) -> IndexModel:
+    what = "text" if kind == "text" else "images"
+    if ctx.model is None or not vf.model_id:
+        raise SchemaError(f"index {ctx.spec.name!r} has no model to embed {what}: search it with a vector")
     model = ctx.model()
+    if vf.name not in model.columns.values():
+        raise ValueError(f"the {vf.name!r} field holds vectors of an earlier model ({vf.model_id}): search it with "
+                         "stored ids or a vector, or search the current model's field")
+    return model
 
+
+def _embed_image(ctx: SearchContext, model: IndexModel, image: str | Path | bytes | Image.Image) -> dict[str, np.ndarray]:
     def embed() -> dict[str, np.ndarray]:
-        pixels = image if isinstance(image, Image.Image) else ctx.open_image(image)
-        embedded = model.embed_images([model.prepare_image(pixels)])
-        return {name: v[0] for name, v in embedded.vectors.items()}
+        return model.embed_image(image if isinstance(image, Image.Image) else ctx.open_image(image))
 
     if isinstance(image, (bytes, bytearray)):  # uploads: the same bytes come back for every page
         digest = hashlib.blake2b(image, digest_size=16).digest()
-        return ctx.query_vectors.get(("image", model.model_id, digest), embed)
+        return ctx.query_vectors.get(("image", model.model_id, digest, tuple(sorted(model.columns.items()))), embed)
     return embed()
 
 
@@ -296,11 +302,14 @@ def run(ctx: SearchContext, request: SearchRequest) -> SearchResponse:
     ranked: dict[str, list[tuple[str, float]]] = {}
     vector_hits: dict[str, Hit] = {}
     first: SearchResult | None = None
+    hidden = 0
     with read_snapshot(ctx.db) as conn:
         for item in lists:
             vector = combine_embedded(ctx, conn, item.embedded)
             result = ctx.table.search(conn, item.embedded.field, vector, min(MAX_WINDOW, max(item.depth, depth_floor)),
                                       filter=node, options=item.options)
+            if request.hide_irrelevant:
+                hidden += _drop_irrelevant(ctx, item.embedded, vector, result)
             if first is None:
                 first, complete, reason = result, result.complete, result.reason
             ranked[item.name] = [(h.id, h.score) for h in result.hits]
@@ -337,7 +346,23 @@ def run(ctx: SearchContext, request: SearchRequest) -> SearchResponse:
             cut = keep < len(hits) or request.cutoff != Cutoff()
             facets = count_facets(ctx.table, conn, request.facets, node, [h.id for h in relevant] if cut else None)
     return SearchResponse(page, "hybrid" if "keyword" in ranked and fuse else mode, len(relevant), complete, reason,
-                          facets)
+                          facets, hidden)
+
+
+def _drop_irrelevant(ctx: SearchContext, embedded: _Embedded, query: np.ndarray, result: SearchResult) -> int:
+    """Drop the hits of a text query that the model's calibrated relevance calls clearly irrelevant (see
+    models.base.Relevance); how many were dropped. Image, id and vector queries are never cut: "more like this"
+    always has an answer."""
+    if ctx.model is None or not any(t.kind == "text" and t.weight > 0 for t in embedded.terms):
+        return 0
+    model = ctx.model()
+    relevance = model.embedder.relevance
+    if relevance is None or embedded.field != model.text_field:
+        return 0
+    kept = [h for h in result.hits if relevance.adjusted(h.score, query) >= relevance.threshold]
+    dropped = len(result.hits) - len(kept)
+    result.hits = kept
+    return dropped
 
 
 def _browse(ctx: SearchContext, request: SearchRequest, node: Filter | None) -> SearchResponse:

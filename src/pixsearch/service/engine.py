@@ -119,6 +119,11 @@ class Engine:
                     f"no index named {name!r}: index some photos first (pixsearch index PATH --index {name})"
                 ) from None
             return self.create_photo_index(name, model=model, **vector_options)
+        if model is not None and spec.model is not None and self.model(model).name != spec.model:
+            raise ValueError(
+                f"index {name!r} uses model {spec.model!r}; to move it to {model!r}: pixsearch reindex {name} "
+                f"--model {model}"
+            )
         return Index(self, spec)
 
     def create_photo_index(self, name: str, *, model: str | None = None, **vector_options: Any) -> "Index":

@@ -12,9 +12,8 @@ from PIL import Image
 from pixsearch.db import Database
 from pixsearch.ingest import IngestOptions, IngestProgress, IngestReport, ingest_paths
 from pixsearch.limits import MAX_TOP
-from pixsearch.models.base import Embedder
 from pixsearch.search import evaluation
-from pixsearch.search.context import SearchContext
+from pixsearch.search.context import IndexModel, SearchContext
 from pixsearch.search.expressions import Term
 from pixsearch.search.request import SearchRequest, SearchResponse, combine_embedded, embed_terms, query_terms
 from pixsearch.search.request import run as run_request
@@ -34,6 +33,7 @@ from pixsearch.store.tables import iter_chunks
 
 if TYPE_CHECKING:
     from pixsearch.service.engine import Engine
+    from pixsearch.service.reindex import ReindexReport
 
 log = logging.getLogger(__name__)
 
@@ -91,25 +91,29 @@ class Index:
     def modelled(self) -> bool:
         return any(vf.model_id for vf in self.spec.vector_fields)
 
-    def model(self) -> Embedder:
-        """The model this index was built with (loaded once per process), checked against its vector fields."""
-        modelled = [vf for vf in self.spec.vector_fields if vf.model_id]
-        if not modelled:
+    def model(self) -> IndexModel:
+        """The model this index was built with (loaded once per process), bound to the index's vector fields: each
+        of the model's spaces must have a field holding that model's vectors, or searching would compare vectors
+        of two different models."""
+        if not self.modelled:
             raise ModelMismatchError(
                 f"index {self.name!r} holds precomputed vectors and has no model: search it with a vector"
             )
         embedder = self.engine.model(self.spec.model or "offline")
-        for vf in modelled:
-            space = embedder.spaces.get(vf.name)
-            if space is None or space.model_id != vf.model_id or space.dims != vf.dims:
-                found = f"{space.model_id} ({space.dims}-d)" if space else "nothing"
+        columns: dict[str, str] = {}
+        for space in embedder.spaces.values():
+            candidates = [vf for vf in self.spec.vector_fields if vf.model_id and vf.space_name == space.name]
+            match = next((vf for vf in candidates if vf.model_id == space.model_id and vf.dims == space.dims), None)
+            if match is None:
+                found = ", ".join(f"{vf.name!r} from {vf.model_id} ({vf.dims}-d)" for vf in candidates) or "no field"
                 raise ModelMismatchError(
-                    f"index {self.name!r} holds {vf.name!r} vectors from model {vf.model_id} ({vf.dims}-d), but the "
-                    f"model {embedder.name!r} ({embedder.model_id}) produces {found} for that field. Vectors of two "
-                    "models cannot be mixed: search it with the model it was built with, or move it to the new "
-                    f"model with `pixsearch reindex {self.name} --model MODEL`."
+                    f"index {self.name!r} has {found} for the {space.name!r} vectors that model {embedder.name!r} "
+                    f"({space.model_id}, {space.dims}-d) produces. Vectors of two models cannot be mixed: search it "
+                    f"with the model it was built with, or move it to another model with `pixsearch reindex "
+                    f"{self.name} --model MODEL`."
                 )
-        return embedder
+            columns[space.name] = match.name
+        return IndexModel(embedder, columns)
 
     def search_context(self, *, allow_file_terms: bool = True) -> SearchContext:
         """What search needs of this index. allow_file_terms=False for requests from the network."""
@@ -148,7 +152,13 @@ class Index:
         )
         model = self.model()
         photos.record_roots(self, [Path(p) for p in (roots if roots is not None else paths)], follow_symlinks)
-        return ingest_paths(self.db, self.table, model, [Path(p) for p in paths], options, progress=progress)
+        report = ingest_paths(self.db, self.table, model.embedder, [Path(p) for p in paths], options,
+                              columns=model.columns, progress=progress)
+        if report.embedded and model.text_field is not None:
+            # Ready the text tower now (its one-time ONNX export needs torch, which ingest has loaded anyway), so the
+            # first search is quick and a search process never imports torch.
+            model.embed_text("warm up")
+        return report
 
     def add_vectors(
         self,
@@ -194,6 +204,18 @@ class Index:
         with self.db.connection() as conn:
             self.table.analyze(conn)
         return written
+
+    def reindex(self, model: str, *, drop_old: bool = False, progress: IngestProgress | None = None) -> "ReindexReport":
+        """Move the index to another model without downtime (service/reindex.py); resumes an interrupted one."""
+        from pixsearch.service.reindex import reindex
+
+        return reindex(self, model, drop_old=drop_old, progress=progress)
+
+    def abort_reindex(self) -> list[str]:
+        """Undo a re-index that has not switched yet; the fields it had added."""
+        from pixsearch.service.reindex import abort
+
+        return abort(self)
 
     def write_rows(
         self, rows: Sequence[Mapping[str, Any]], *, columns: Sequence[str] | None = None, insert_missing: bool = True

@@ -3,6 +3,7 @@ from pixsearch.store.filters import And, AnyEq, Compare, Filter, FilterError, In
 from pixsearch.store.photos import PhotoRecord, StoredState
 from pixsearch.store.registry import (
     IndexExistsError,
+    change_definition,
     IndexNotFoundError,
     create_index,
     delete_index,
@@ -38,6 +39,7 @@ __all__ = [
     "SearchResult",
     "StoredState",
     "VectorField",
+    "change_definition",
     "create_index",
     "delete_index",
     "get_index",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Callable
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -229,18 +229,68 @@ def rename_index(db: Database, name: str, new_name: str) -> IndexSpec:
     return renamed
 
 
+def change_definition(
+    db: Database,
+    name: str,
+    *,
+    vector_fields: tuple[VectorField, ...],
+    fields: tuple[Field, ...],
+    model: str | None,
+    settings_changes: dict[str, Any] | None = None,
+    add: tuple[tuple[Field, ...], tuple[VectorField, ...]] = ((), ()),
+    drop: tuple[str, ...] = (),
+    check: Callable[[Any, Any], None] | None = None,
+) -> IndexSpec:
+    """Change what an index holds in one transaction: its registry entry (vector fields, fields, model, settings) and
+    its table (columns added or dropped). With `check`, the table is first locked against writes (searches go on)
+    and check(conn, table) runs under that lock: it raises to cancel the change (e.g. rows still to fill)."""
+    from pixsearch.store.tables import DocumentTable
+
+    current = get_index(db, name)
+    settings = _merged(current.settings, settings_changes or {})
+    changed = IndexSpec(name=current.name, table_name=current.table_name, vector_fields=vector_fields, fields=fields,
+                        key_field=current.key_field, kind=current.kind, settings=settings, model=model)
+    changed.validate()
+    with db.connection() as conn, conn.transaction():
+        table = DocumentTable(changed)
+        if check is not None:
+            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table.table))
+            check(conn, table)
+        add_fields, add_vectors = add
+        if add_fields or add_vectors:
+            table.add_columns(conn, add_fields, add_vectors)
+        if drop:
+            table.drop_columns(conn, drop)
+        conn.execute(
+            "UPDATE pixsearch_indexes SET vector_fields = %s, fields = %s, model = %s, settings = %s, updated_at = now()"
+            " WHERE name = %s",
+            (Jsonb([vf.to_json() for vf in vector_fields]), Jsonb([asdict(f) for f in fields]), model, Jsonb(settings),
+             name),
+        )
+    return changed
+
+
+def _merged(settings: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """One level deep: dict values are merged, None removes a key, anything else replaces."""
+    merged = dict(settings)
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
 def update_settings(db: Database, name: str, changes: dict[str, Any]) -> IndexSpec:
-    """Merge `changes` into the index's settings (one level deep: dict values are merged, others replaced)."""
+    """Merge `changes` into the index's settings (one level deep: dict values are merged, None removes a key,
+    others replace)."""
     with db.connection() as conn, conn.transaction():
         row = conn.execute("SELECT settings FROM pixsearch_indexes WHERE name = %s FOR UPDATE", (name,)).fetchone()
         if row is None:
             raise IndexNotFoundError(f"no index named {name!r}")
-        settings = dict(row[0])
-        for key, value in changes.items():
-            if isinstance(value, dict) and isinstance(settings.get(key), dict):
-                settings[key] = {**settings[key], **value}
-            else:
-                settings[key] = value
+        settings = _merged(row[0], changes)
         conn.execute(
             "UPDATE pixsearch_indexes SET settings = %s, updated_at = now() WHERE name = %s", (Jsonb(settings), name)
         )

@@ -82,6 +82,10 @@ class Field:
 
 @dataclass(frozen=True)
 class VectorField:
+    """A vector column. model_id: the model that fills it (None: precomputed vectors). space: which of that model's
+    vector spaces it holds, when the column's name differs from the space's (a re-index into a model of the same
+    family adds `clip_2` next to `clip`)."""
+
     name: str
     dims: int
     model_id: str | None = None
@@ -89,6 +93,11 @@ class VectorField:
     storage: str = "vector"
     algorithm: str = "hnsw"
     params: dict[str, Any] = field(default_factory=dict)
+    space: str | None = None
+
+    @property
+    def space_name(self) -> str:
+        return self.space or self.name
 
     def __post_init__(self) -> None:
         merged = dict(DEFAULT_PARAMS.get(self.algorithm, {}))

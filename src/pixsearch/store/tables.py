@@ -20,6 +20,7 @@ from pixsearch.store.filters import Filter, compile_filter
 from pixsearch.store.schema import (
     BROWSE_ORDER,
     OPERATORS,
+    Field,
     IndexSpec,
     SchemaError,
     VectorField,
@@ -173,6 +174,45 @@ class DocumentTable:
         for vf in self.spec.vector_fields:
             if vf.algorithm == "hnsw":  # IVFFlat needs data for its centroids: built by build_index later
                 conn.execute(self._create_index_sql(vf, lists=None))
+
+    def add_columns(self, conn: psycopg.Connection, fields: Sequence[Field], vector_fields: Sequence[VectorField]) -> None:
+        """Add metadata and vector columns (a re-index adds the new model's); `self.spec` must already include them.
+        ANN indexes of the new vector fields are built later, once they are filled (build_index)."""
+        for f in fields:
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                self.table, sql.Identifier(f.name), sql.SQL(f.sql_type)))
+        for vf in vector_fields:
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}({})").format(
+                self.table, sql.Identifier(vf.name), sql.SQL(vf.column_type), sql.Literal(vf.dims)))
+        if self.searchable:
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} tsvector").format(
+                self.table, sql.Identifier(SEARCH_TEXT)))
+            self._create_keyword_indexes(conn)
+
+    def drop_columns(self, conn: psycopg.Connection, names: Sequence[str]) -> None:
+        """Drop columns (and with them their indexes): the vector fields of a model an index no longer uses."""
+        for name in names:
+            conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}").format(self.table, sql.Identifier(name)))
+
+    def keys_missing(
+        self, conn: psycopg.Connection, columns: Sequence[str], after: str | None, limit: int, extra: Sequence[str] = ()
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Up to `limit` rows (in key order, after key `after`) where any of `columns` is empty: what a re-index
+        still has to embed. Returns (key, {extra column: value})."""
+        missing = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in columns)
+        statement = sql.SQL("SELECT {key}{extra} FROM {t} WHERE ({missing}){after} ORDER BY {key} LIMIT %(limit)s").format(
+            key=self.key,
+            extra=sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(c)) for c in extra),
+            t=self.table,
+            missing=missing,
+            after=sql.SQL(" AND {} > %(after)s").format(self.key) if after is not None else sql.SQL(""),
+        )
+        rows = conn.execute(statement, {"after": after, "limit": limit}).fetchall()
+        return [(row[0], dict(zip(extra, row[1:]))) for row in rows]
+
+    def count_missing(self, conn: psycopg.Connection, columns: Sequence[str]) -> int:
+        missing = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(c)) for c in columns)
+        return conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(self.table, missing)).fetchone()[0]
 
     @property
     def searchable(self) -> list:

@@ -6,7 +6,7 @@ const MAX_WINDOW = 1000; // the API's skip + top limit
 const THUMB_SIZE = window.devicePixelRatio > 1.5 ? 512 : 256;
 const QUERY_IMAGE_SIDE = 1024; // query images are shrunk in the browser first: the model sees 224 px anyway
 const KEY_STORAGE = "pixsearch.apiKey";
-const SELECT = "id,path,filename,folder,taken_at,tags";
+const WANTED_FIELDS = ["path", "filename", "folder", "taken_at", "tags"]; // shown on a card, when the index has them
 
 const $ = (id) => document.getElementById(id);
 
@@ -20,7 +20,16 @@ const state = {
   loading: false,
   generation: 0, // bumped by every new search, so answers to older ones are dropped
   thumbnailUrls: [],
+  fields: null, // name -> {filterable, facetable, ...} of the index, from /capabilities
+  showAll: false, // show hits the model calls clearly irrelevant too (reset by a new query)
 };
+
+const has = (name, ability = "retrievable") => Boolean(state.fields?.[name]?.[ability]);
+
+function setQuery(query) {
+  state.query = query;
+  state.showAll = false;
+}
 
 // -- the API ----------------------------------------------------------------------------------------------------------
 class ApiError extends Error {
@@ -126,17 +135,38 @@ function filterExpression({ withFolder = true } = {}) {
 }
 
 function searchBody(skip) {
-  const body = { top: PAGE_SIZE, skip, count: true, select: SELECT, filter: filterExpression() };
-  if (skip === 0) body.facets = ["tags,count:20", "taken_at,interval:year,count:50"];
+  const select = ["id", ...WANTED_FIELDS.filter((name) => has(name))].join(",");
+  const body = { top: PAGE_SIZE, skip, count: true, select, filter: filterExpression() };
+  body.relevance = state.showAll ? "all" : "auto";
+  if (skip === 0) {
+    body.facets = [];
+    if (has("tags", "facetable")) body.facets.push("tags,count:20");
+    if (has("taken_at", "facetable")) body.facets.push("taken_at,interval:year,count:50");
+  }
   const query = state.query;
   if (query?.kind === "text") body.search = query.text;
   if (query?.kind === "like") body.vectorQueries = [{ kind: "id", id: query.id }];
   return body;
 }
 
+/** The index's fields, so the page asks only for what it has (an index built by a CLIP model has no tags). */
+async function loadCapabilities() {
+  const answer = await (await api(`${indexPath()}/capabilities`)).json();
+  state.fields = Object.fromEntries(answer.fields.map((f) => [f.name, f]));
+  $("tags").hidden = !has("tags", "facetable");
+}
+
 // -- searching ------------------------------------------------------------------------------------------------------------
 async function runSearch() {
   const generation = ++state.generation;
+  if (state.fields === null) {
+    try {
+      await loadCapabilities();
+    } catch (error) {
+      if (generation === state.generation && (await handleError(error))) return;
+      if (state.fields === null) return;
+    }
+  }
   state.loaded = 0;
   state.done = false;
   state.loading = false; // a request of an older search may still be running: its answer will be dropped
@@ -161,7 +191,10 @@ async function loadPage(generation = state.generation) {
     $("results").append(...hits.map((hit) => card(hit, state.query !== null)));
     state.loaded += hits.length;
     state.done = hits.length < PAGE_SIZE || state.loaded + PAGE_SIZE > MAX_WINDOW;
-    if (skip === 0) showFacets(answer["@search.facets"] || {});
+    if (skip === 0) {
+      showFacets(answer["@search.facets"] || {});
+      showHidden(answer["@pixsearch.hidden"] || 0);
+    }
     showCount(answer["@odata.count"]);
   } catch (error) {
     if (generation === state.generation && !(await handleError(error))) state.done = true;
@@ -237,6 +270,13 @@ async function handleError(error) {
     showError(error instanceof ApiError ? error.message : `Could not reach the server (${error.message}).`);
   }
   return false;
+}
+
+function showHidden(hidden) {
+  $("hidden-note").hidden = !hidden;
+  $("hidden-text").textContent = hidden
+    ? `${hidden} result${hidden === 1 ? "" : "s"} that clearly do${hidden === 1 ? "es" : ""} not match were left out.`
+    : "";
 }
 
 function showError(message) {
@@ -395,7 +435,7 @@ function commonFolder(paths) {
 
 // -- query kinds ----------------------------------------------------------------------------------------------------------
 function moreLike(id, name, preview) {
-  state.query = { kind: "like", id, name, preview };
+  setQuery({ kind: "like", id, name, preview });
   $("q").value = "";
   runSearch();
   $("results-heading").focus();
@@ -410,7 +450,7 @@ async function searchByImage(file) {
   const blob = await shrink(file);
   const preview = URL.createObjectURL(blob);
   state.thumbnailUrls.push(preview);
-  state.query = { kind: "image", blob, name: file.name || "image", preview };
+  setQuery({ kind: "image", blob, name: file.name || "image", preview });
   $("q").value = "";
   await runSearch();
 }
@@ -455,7 +495,7 @@ function wire() {
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = $("q").value.trim();
-    state.query = text ? { kind: "text", text } : null;
+    setQuery(text ? { kind: "text", text } : null);
     runSearch();
   });
   $("pick-image").addEventListener("click", () => $("image-input").click());
@@ -464,13 +504,13 @@ function wire() {
     event.target.value = "";
   });
   $("clear-query").addEventListener("click", () => {
-    state.query = null;
+    setQuery(null);
     runSearch();
     $("q").focus();
   });
   $("home").addEventListener("click", (event) => {
     event.preventDefault();
-    state.query = null;
+    setQuery(null);
     $("q").value = "";
     runSearch();
   });
@@ -486,6 +526,10 @@ function wire() {
     });
   }
   $("forget-key").addEventListener("click", forgetKey);
+  $("show-all").addEventListener("click", () => {
+    state.showAll = true;
+    runSearch();
+  });
   $("clear-filters").addEventListener("click", () => {
     state.filters = { folder: "", from: "", to: "", tags: new Set() };
     $("filters").reset();
@@ -532,7 +576,7 @@ async function start() {
   const text = new URLSearchParams(location.search).get("q");
   if (text) {
     $("q").value = text;
-    state.query = { kind: "text", text };
+    setQuery({ kind: "text", text });
   }
   runSearch();
 }

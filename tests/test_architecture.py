@@ -1,0 +1,62 @@
+"""Dependencies run one way: front doors -> service -> ingest / search / models -> store -> db -> shared leaves.
+
+Every import in src/pixsearch (module level or inside functions) is checked against the layers of the README's
+Architecture section.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pixsearch"
+LAYERS = {
+    "cli": 5, "api": 5, "web": 4,
+    "service": 3,
+    "ingest": 2, "search": 2, "models": 2,
+    "store": 1,
+    "db": 0.5,
+    "imaging": 0, "config": 0, "samples": 0,
+    "limits": -1,
+}
+# Siblings that may use one another: search and ingest use the embedder protocol of models.
+ALLOWED_SIBLINGS = {("search", "models"), ("ingest", "models")}
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "pixsearch" or len(parts) < 2:
+        return None
+    return parts[1]
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), str(path))
+    package = "pixsearch." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                found.append((node.lineno, f"{base}.{node.module}" if node.module else base))
+            elif node.module:
+                found.append((node.lineno, node.module))
+    return found
+
+
+def test_no_module_imports_a_layer_above_it():
+    violations = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        own = relative.parts[0].removesuffix(".py")
+        if own not in LAYERS:
+            continue
+        for line, module in _imports(path):
+            target = _layer(module)
+            if target is None or target == own or target not in LAYERS:
+                continue
+            if LAYERS[target] > LAYERS[own] or (LAYERS[target] == LAYERS[own] and (own, target) not in
+                                                 ALLOWED_SIBLINGS | {("cli", "api"), ("api", "web")}):
+                violations.append(f"{relative}:{line} ({own}) imports {module} ({target})")
+    assert not violations, "\n".join(violations)
