@@ -119,3 +119,27 @@ def query(base_url):
 def anon(base_url):
     with _client(base_url, None) as c:
         yield c
+
+
+# -- a real Citus cluster (coordinator + 2 workers on 127.0.0.1), for the distributed tests -----------------------------
+@pytest.fixture(scope="session")
+def citus_cluster():
+    """Built into the embedded PostgreSQL on first use (tests/citus_cluster.py); skipped, with the reason, only when
+    Citus cannot be built here (no compiler, no source)."""
+    from citus_cluster import FAST_SETTINGS, LocalCitusCluster, citus_unavailable_reason
+
+    reason = citus_unavailable_reason(build=True)
+    if reason:
+        pytest.skip(f"Citus is not available: {reason}")
+    base = Path(tempfile.mkdtemp(prefix="pixsearch-citus-"))
+    cluster = LocalCitusCluster(base, workers=2, settings={**FAST_SETTINGS, "citus.shard_count": 8})
+    cluster.start()
+    yield cluster
+    cluster.delete()
+
+
+@pytest.fixture(scope="session")
+def citus_home():
+    path = Path(tempfile.mkdtemp(prefix="pixsearch-citus-home-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

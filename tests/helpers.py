@@ -1,10 +1,13 @@
 """Test data the tests make themselves: altered copies of sample photos and broken files."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image
 
@@ -51,3 +54,25 @@ def read_page_link(proc: subprocess.Popen) -> tuple[str, str, str]:
         assert lines[-1] or proc.poll() is None, "exited before printing the link:\n" + "".join(lines)
     base, key = re.search(r"search page: (http://127\.0\.0\.1:\d+/)#key=(\S+)", lines[-1]).groups()
     return base, key, "".join(lines)
+
+
+# The browser tests drive Debian's Chromium with Playwright (its own browser download cannot work offline); the
+# flags keep it from reaching for the network, which is closed here.
+CHROMIUM = os.environ.get("PIXSEARCH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@contextmanager
+def chromium_browser() -> Iterator[object]:
+    """A headless Chromium driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    if not shutil.which(CHROMIUM):
+        raise RuntimeError(f"Chromium not found at {CHROMIUM}: apt-get install chromium (or set PIXSEARCH_CHROMIUM)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

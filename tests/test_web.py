@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import altered_copy
+from helpers import CHROMIUM, altered_copy, chromium_browser
 from pixsearch.api import create_app
 from pixsearch.api.server import serving_in_thread
 from pixsearch.config import Settings
@@ -23,9 +23,6 @@ from pixsearch.service import Engine
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 QUERY = "web-query-key-1"
-CHROMIUM = os.environ.get("PIXSEARCH_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 NEWEST = "scikit-image/astronaut.png"
 IN_2021 = ["imagenet/imagenet-00-243.jpg", "imagenet/imagenet-01-559.jpg", "scikit-image/coffee.png"]
 TIMEOUT_MS = 60_000  # the first query loads the text model in the server
@@ -62,10 +59,8 @@ def site(home, embedder, photos):
 def browser():
     if not shutil.which(CHROMIUM):
         pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (or set PIXSEARCH_CHROMIUM)")
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with chromium_browser() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture

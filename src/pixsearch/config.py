@@ -35,6 +35,8 @@ class Settings:
     max_image_megapixels: float = DEFAULT_MAX_IMAGE_PIXELS / 1e6  # checked from the header before decoding
     api_statement_timeout: float = DEFAULT_API_STATEMENT_TIMEOUT_S  # seconds per SQL statement of an API request
     thumbnail_cache_mb: float = DEFAULT_THUMBNAIL_CACHE_BYTES / 1e6
+    distribute: bool = False  # on a Citus coordinator, new indexes are distributed across the workers
+    shards: int = 0  # shards per distributed index (0: Citus' citus.shard_count, 32 by default)
 
     @property
     def max_file_bytes(self) -> int:
@@ -87,11 +89,26 @@ def _known(raw: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 _INTEGERS = ("batch_size", "decode_workers")
+_BOOLEANS = ("distribute",)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 _POSITIVE_NUMBERS = ("max_file_mb", "max_image_megapixels", "api_statement_timeout", "thumbnail_cache_mb")
 
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
+    for name in _BOOLEANS:
+        if name in out and not isinstance(out[name], bool):
+            text = str(out[name]).strip().lower()
+            if text not in _TRUE + _FALSE:
+                raise ValueError(f"setting {name} must be true or false, got {out[name]!r}")
+            out[name] = text in _TRUE
+    if "shards" in out:
+        try:
+            out["shards"] = int(out["shards"])
+        except (TypeError, ValueError):
+            raise ValueError(f"setting shards must be an integer, got {out['shards']!r}") from None
+        if out["shards"] < 0:
+            raise ValueError("setting shards cannot be negative")
     for name in _INTEGERS + _POSITIVE_NUMBERS:
         if name not in out:
             continue

@@ -8,6 +8,7 @@ from typing import Any, List, Optional
 import numpy as np
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
+from rich.markup import escape
 from rich.table import Table
 
 from pixsearch.cli.common import IndexOption, err, fail, open_engine, out, print_json
@@ -63,14 +64,20 @@ def create_cmd(
     oversample: Optional[int] = typer.Option(None, help="bit/halfvec: candidates per hit re-ranked exactly."),
     field: List[str] = typer.Option([], "--field", help="Metadata field name:type[:filterable,sortable,...]."),
     schema: Optional[Path] = typer.Option(None, help="JSON file with {fields: [...], vector_fields: [...]}."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model of a photo index (default: the configured one)."),
+    distributed: Optional[bool] = typer.Option(
+        None, "--distributed/--local", help="On a Citus coordinator: shard it across the workers (default: the "
+        "`distribute` setting)."
+    ),
+    shards: Optional[int] = typer.Option(None, "--shards", min=0, help="Shards of a distributed index (0: Citus' default)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Create an index. IVFFlat indexes are built later, from data: `pixsearch indexes rebuild NAME`."""
     params = _vector_params(m, ef_construction, lists, oversample)
-    with open_engine() as engine:
+    with open_engine(shards=shards) as engine:
         if photos:
             options = {"algorithm": algorithm, "storage": storage, "params": params}
-            idx = engine.create_photo_index(name, **options)
+            idx = engine.create_photo_index(name, model=model, distributed=distributed, **options)
         elif schema is not None:
             try:
                 raw = json.loads(schema.read_text())
@@ -78,17 +85,32 @@ def create_cmd(
                 raise fail(f"cannot read schema {schema}: {exc}") from None
             fields = [Field(**f) for f in raw.get("fields", [])]
             vfs = [VectorField(**vf) for vf in raw.get("vector_fields", [])]
-            idx = engine.create_index(name, vfs, fields, key_field=raw.get("key", "id"))
+            idx = engine.create_index(name, vfs, fields, key_field=raw.get("key", "id"), distributed=distributed)
         else:
             if dims is None:
                 raise fail("give --dims for a precomputed-vector index, --photos for a photo index, or --schema FILE")
             vf = VectorField(vector_field, dims, metric=metric or ("hamming" if storage == "bit" else "cosine"),
                              storage=storage, algorithm=algorithm, params=params)
-            idx = engine.create_index(name, [vf], [parse_field(f) for f in field])
+            idx = engine.create_index(name, [vf], [parse_field(f) for f in field], distributed=distributed)
     if as_json:
         print_json(_spec_json(idx.spec))
     else:
         err.print(f"created index [bold]{idx.name}[/] ({idx.spec.kind})", highlight=False)
+
+
+@indexes_app.command("distribute")
+def distribute_cmd(
+    name: str = typer.Argument(...),
+    shards: Optional[int] = typer.Option(None, "--shards", min=0, help="Shard count (0: Citus' citus.shard_count)."),
+) -> None:
+    """Shard an index across the workers of a Citus cluster (PIXSEARCH_DATABASE_URL names the coordinator): its
+    rows move into the shards, and every ANN index exists on every shard."""
+    with open_engine() as engine:
+        idx = engine.distribute_index(name, shards)
+        with engine.db.connection() as conn:
+            stats = idx.table.stats(conn)
+    err.print(f"distributed {escape(name)}: {stats['rows']} rows in {stats['shards']} shards on {stats['nodes']} nodes",
+              highlight=False)
 
 
 @indexes_app.command("list")

@@ -403,6 +403,33 @@ def reindex_cmd(
     raise typer.Exit(EXIT_PARTIAL if report.failed or not report.switched else EXIT_OK)
 
 
+@app.command("doctor")
+def doctor_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Server, pgvector and Citus versions, features, nodes and shards, the settings that matter, and advice."""
+    from pixsearch.service.doctor import diagnose
+
+    with open_engine() as engine:
+        report = diagnose(engine)
+    if as_json:
+        print(json.dumps(report, default=str))
+        return
+    out.print(f"PostgreSQL {report['server_version']}{' (embedded)' if report['embedded'] else ''}, pgvector "
+              f"{report['pgvector_version']}, Citus {report['citus_version'] or 'not installed'}", highlight=False)
+    out.print("features: " + ", ".join(f"{name} {'yes' if ok else 'no'}" for name, ok in report["features"].items()),
+              highlight=False)
+    for node in report.get("nodes", []):
+        out.print(f"node {node['name']}:{node['port']} {node['role']} {'active' if node['active'] else 'INACTIVE'}",
+                  highlight=False)
+    out.print("settings: " + ", ".join(f"{name} {v['value']}" for name, v in report["settings"].items()),
+              highlight=False)
+    for index in report["indexes"]:
+        where = f", {index['shards']} shards on {index['nodes']} nodes" if index.get("distributed") else ""
+        out.print(Text(f"index {index['name']}: {index.get('rows', '?')} rows, "
+                       f"{(index.get('total_bytes') or 0) / 1e6:,.1f} MB{where}"))
+    for line in report["advice"]:
+        out.print(Text(f"advice: {line}"))
+
+
 app.add_typer(indexes_app, name="indexes")
 app.add_typer(vectors_app, name="vectors")
 app.add_typer(keys_app, name="keys")

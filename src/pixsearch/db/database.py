@@ -5,6 +5,7 @@ import logging
 import re
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import psycopg
@@ -39,8 +40,20 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
-def ensure_extensions(conninfo: str) -> str:
-    """Create the vector extension if missing and check its version; return the pgvector version."""
+@dataclass(frozen=True)
+class ServerInfo:
+    """What the server is: versions that decide what pixsearch can do on it."""
+
+    server_version: str
+    pgvector_version: str
+    citus_version: str | None  # set on a Citus node (pixsearch talks to the coordinator)
+
+
+def ensure_extensions(conninfo: str) -> ServerInfo:
+    """Create the extensions pixsearch needs where they are missing, check pgvector's version, report the server.
+
+    An extension already there is left alone: on Citus even a no-op CREATE EXTENSION IF NOT EXISTS is forwarded to
+    the workers, where it fails for a user who does not own the extension."""
     try:
         conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
@@ -74,7 +87,10 @@ def ensure_extensions(conninfo: str) -> str:
                 f"pgvector {version} is too old: pixsearch needs >= 0.8.0 (iterative index scans). Upgrade the "
                 "server package, then run: ALTER EXTENSION vector UPDATE;"
             )
+        present = {row[0] for row in conn.execute("SELECT extname FROM pg_extension")}
         for name in KEYWORD_EXTENSIONS:
+            if name in present:
+                continue
             try:
                 conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(name)))
             except (psycopg.errors.UndefinedFile, psycopg.errors.FeatureNotSupported):
@@ -87,7 +103,9 @@ def ensure_extensions(conninfo: str) -> str:
                     f"this user may not enable the {name} extension. Ask an administrator to run: "
                     f"CREATE EXTENSION {name};"
                 ) from None
-        return version
+        citus = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'citus'").fetchone()
+        server = conn.execute("SHOW server_version").fetchone()[0]
+        return ServerInfo(server_version=server, pgvector_version=version, citus_version=citus[0] if citus else None)
 
 
 class Database:
@@ -104,7 +122,8 @@ class Database:
         self.conninfo = conninfo
         self.embedded = embedded
         self.statement_timeout_s = statement_timeout_s
-        self.pgvector_version = ensure_extensions(conninfo)
+        self.server = ensure_extensions(conninfo)
+        self.pgvector_version = self.server.pgvector_version
         self.pool = ConnectionPool(
             conninfo, min_size=1, max_size=max_size, configure=self._configure, open=False, name="pixsearch"
         )

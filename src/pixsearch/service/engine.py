@@ -23,6 +23,7 @@ from pixsearch.store import (
     VectorField,
     create_index,
     delete_index,
+    distribute_index,
     get_index,
     list_indexes,
     migrate,
@@ -126,8 +127,16 @@ class Engine:
             )
         return Index(self, spec)
 
-    def create_photo_index(self, name: str, *, model: str | None = None, **vector_options: Any) -> "Index":
-        """A photo index for `model`: the photo fields plus the model's own fields, and its vector fields."""
+    def _shards(self, distributed: bool | None) -> int | None:
+        """None: a local table; else the shard count for create_distributed_table (0: Citus' default)."""
+        if distributed is None:
+            distributed = self.settings.distribute
+        return self.settings.shards if distributed else None
+
+    def create_photo_index(self, name: str, *, model: str | None = None, distributed: bool | None = None,
+                           **vector_options: Any) -> "Index":
+        """A photo index for `model`: the photo fields plus the model's own fields, and its vector fields.
+        distributed (default: the `distribute` setting) shards it across a Citus cluster's workers."""
         from pixsearch.service.index import Index
 
         embedder = self.model(model)
@@ -136,15 +145,24 @@ class Engine:
             for s in embedder.spaces.values()
         ]
         fields = PHOTO_FIELDS + tuple(embedder.photo_fields)
-        return Index(self, create_index(self.db, name, vector_fields, fields, kind="photos", model=embedder.name))
+        return Index(self, create_index(self.db, name, vector_fields, fields, kind="photos", model=embedder.name,
+                                        shards=self._shards(distributed)))
 
     def create_index(
-        self, name: str, vector_fields: Sequence[VectorField], fields: Sequence[Field] = (), *, key_field: str = "id"
+        self, name: str, vector_fields: Sequence[VectorField], fields: Sequence[Field] = (), *, key_field: str = "id",
+        distributed: bool | None = None,
     ) -> "Index":
         """An index of documents with precomputed vectors (no model): a key, metadata fields, vector fields."""
         from pixsearch.service.index import Index
 
-        return Index(self, create_index(self.db, name, list(vector_fields), tuple(fields), key_field=key_field))
+        return Index(self, create_index(self.db, name, list(vector_fields), tuple(fields), key_field=key_field,
+                                        shards=self._shards(distributed)))
+
+    def distribute_index(self, name: str, shards: int | None = None) -> "Index":
+        """Shard an existing index across the Citus workers (rows move into the shards)."""
+        from pixsearch.service.index import Index
+
+        return Index(self, distribute_index(self.db, name, self.settings.shards if shards is None else shards))
 
     def list_indexes(self) -> list[IndexSpec]:
         return list_indexes(self.db)

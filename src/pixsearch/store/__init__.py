@@ -4,6 +4,7 @@ from pixsearch.store.photos import PhotoRecord, StoredState
 from pixsearch.store.registry import (
     IndexExistsError,
     change_definition,
+    distribute_index,
     IndexNotFoundError,
     create_index,
     delete_index,
@@ -40,6 +41,7 @@ __all__ = [
     "StoredState",
     "VectorField",
     "change_definition",
+    "distribute_index",
     "create_index",
     "delete_index",
     "get_index",

@@ -8,7 +8,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pixsearch.db import Database
-from pixsearch.store.schema import PHOTO_FIELDS, Field, IndexSpec, VectorField, table_name_for
+from pixsearch.store.schema import PHOTO_FIELDS, Field, IndexSpec, SchemaError, VectorField, table_name_for
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -146,8 +146,10 @@ def create_index(
     kind: str = "documents",
     key_field: str = "id",
     model: str | None = None,
+    shards: int | None = None,
 ) -> IndexSpec:
-    """Register an index and create its table (and the ANN indexes that can be built empty) in one transaction."""
+    """Register an index and create its table (and the ANN indexes that can be built empty) in one transaction.
+    With `shards` (0: Citus' default count) the table is distributed across the Citus workers by its key."""
     from pixsearch.store.tables import DocumentTable
 
     spec = IndexSpec(
@@ -158,6 +160,7 @@ def create_index(
         key_field=key_field,
         kind=kind,
         model=model,
+        settings={"distribution": {"column": key_field, "shards": shards or None}} if shards is not None else {},
     )
     spec.validate()
     with db.connection() as conn, conn.transaction():
@@ -171,14 +174,53 @@ def create_index(
                 spec.table_name,
                 spec.key_field,
                 Jsonb([vf.to_json() for vf in spec.vector_fields]),
-                Jsonb({}),
+                Jsonb(spec.settings),
                 kind,
                 Jsonb([asdict(f) for f in spec.fields]),
                 model,
             ),
         )
         DocumentTable(spec).create(conn)
+        if shards is not None:
+            _distribute(conn, spec, shards)
     return spec
+
+
+class NotCitusError(SchemaError):
+    """Distribution was asked of a server that is not a Citus coordinator."""
+
+
+def _distribute(conn, spec: IndexSpec, shards: int) -> None:
+    """create_distributed_table on the key: Citus shards the table across the workers, creates every index of the
+    table (ANN, keyword, browse) on every shard, and moves rows already there into the shards."""
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone() is None:
+        raise NotCitusError(
+            "this PostgreSQL server has no Citus extension: distributing an index needs a Citus coordinator "
+            "(see docs/citus.md); on one server, indexes stay local"
+        )
+    table = sql.Identifier(spec.table_name).as_string(conn)
+    if shards:
+        conn.execute("SELECT create_distributed_table(%s, %s, shard_count => %s)", (table, spec.key_field, shards))
+    else:
+        conn.execute("SELECT create_distributed_table(%s, %s)", (table, spec.key_field))
+
+
+def distribute_index(db: Database, name: str, shards: int = 0) -> IndexSpec:
+    """Distribute an existing index's table across the Citus workers by its key, its rows moved into the shards."""
+    spec = get_index(db, name)
+    with db.connection() as conn, conn.transaction():
+        citus = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone() is not None
+        if citus and conn.execute("SELECT 1 FROM pg_dist_partition WHERE logicalrelid = %s::regclass",
+                                  (sql.Identifier(spec.table_name).as_string(conn),)).fetchone():
+            # Citus' own catalog decides: a restored dump records distribution in the registry but not here.
+            raise SchemaError(f"index {name!r} is already distributed")
+        _distribute(conn, spec, shards)
+        # create_distributed_table copied the rows into the shards; the coordinator's own copy is now dead weight
+        conn.execute("SELECT truncate_local_data_after_distributing_table(%s)",
+                     (sql.Identifier(spec.table_name).as_string(conn),))
+        shard_count = conn.execute("SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = %s::regclass",
+                                   (sql.Identifier(spec.table_name).as_string(conn),)).fetchone()[0]
+    return update_settings(db, name, {"distribution": {"column": spec.key_field, "shards": shard_count}})
 
 
 def _check_free(conn, name: str, table_name: str) -> None:

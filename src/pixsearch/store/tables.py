@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 import time
@@ -139,6 +140,28 @@ def _pg_vector(value: Any, vf: VectorField, wrong_dims: Callable[[int], str], no
     return HalfVector(array) if vf.column_type == "halfvec" else Vector(array)
 
 
+def set_local(conn: psycopg.Connection, settings: dict[str, Any], *, propagate: bool = False) -> None:
+    """SET LOCAL each setting for the current transaction, all in one round trip. propagate: the statement that
+    follows runs on Citus workers too (a distributed table), which see SET LOCAL — not set_config() — only after
+    `SET LOCAL citus.propagate_set_commands = 'local'` in the same transaction."""
+    statements = [sql.SQL("SET LOCAL citus.propagate_set_commands = 'local'")] if propagate else []
+    statements += [sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(*name.split(".")), sql.Literal(str(value)))
+                   for name, value in settings.items()]
+    if statements:
+        conn.execute(sql.SQL("; ").join(statements))
+
+
+def parallel_workers() -> int:
+    """Workers besides the leader for one index build: pgvector builds HNSW in parallel; leave one core free."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(0, cores - 1)
+
+
 @contextmanager
 def read_snapshot(db: Database) -> Iterator[psycopg.Connection]:
     """One connection and one REPEATABLE READ, READ ONLY transaction: every statement of a search (its ranked
@@ -153,6 +176,11 @@ class DocumentTable:
         self.spec = spec
         self.table = sql.Identifier(spec.table_name)
         self.key = sql.Identifier(spec.key_field)
+
+    @property
+    def distributed(self) -> bool:
+        """Sharded across Citus workers (by its key): settings must be propagated, sizes summed over shards."""
+        return bool(self.spec.settings.get("distribution"))
 
     # -- DDL ---------------------------------------------------------------------------------------------------------
     def create(self, conn: psycopg.Connection) -> None:
@@ -337,7 +365,8 @@ class DocumentTable:
         started = time.perf_counter()
         try:
             with db.connection() as conn, conn.transaction():
-                conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (f"{mem_mb}MB",))
+                set_local(conn, {"maintenance_work_mem": f"{mem_mb}MB",
+                                 "max_parallel_maintenance_workers": parallel_workers()}, propagate=self.distributed)
                 conn.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(self.ann_index_name(vf))))
                 conn.execute(self._create_index_sql(vf, lists))
         finally:
@@ -354,18 +383,32 @@ class DocumentTable:
         }
 
     def _watch_build(self, db: Database, progress: Callable[[dict[str, Any]], None], stop: threading.Event) -> None:
-        query = (
+        """Report pg_stat_progress_create_index of this table's build; on a distributed table, the shards' builds
+        on every worker (the coordinator builds nothing itself), summed."""
+        columns = ("phase", "blocks_done", "blocks_total", "tuples_done", "tuples_total")
+        local = (
             "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total FROM pg_stat_progress_create_index"
             " WHERE relid = to_regclass(%s)"
+        )
+        on_workers = (
+            "SELECT result FROM run_command_on_workers($$SELECT coalesce(json_agg(json_build_object("
+            "'phase', phase, 'blocks_done', blocks_done, 'blocks_total', blocks_total, 'tuples_done', tuples_done, "
+            "'tuples_total', tuples_total)), '[]') FROM pg_stat_progress_create_index$$) WHERE success"
         )
         name = sql.Identifier(self.spec.table_name)
         try:
             with psycopg.connect(db.conninfo, autocommit=True) as conn:
                 while not stop.wait(0.5):
-                    row = conn.execute(query, (name.as_string(conn),)).fetchone()
-                    if row:
-                        progress(dict(zip(("phase", "blocks_done", "blocks_total", "tuples_done", "tuples_total"), row)))
-        except psycopg.Error:
+                    if not self.distributed:
+                        row = conn.execute(local, (name.as_string(conn),)).fetchone()
+                        if row:
+                            progress(dict(zip(columns, row)))
+                        continue
+                    builds = [b for (result,) in conn.execute(on_workers) for b in json.loads(result)]
+                    if builds:
+                        summed = {c: sum(b[c] or 0 for b in builds) for c in columns[1:]}
+                        progress({"phase": builds[0]["phase"], "shards_building": len(builds), **summed})
+        except (psycopg.Error, ValueError):
             pass  # progress is a nicety; the build itself reports real errors
 
     def rename_to(self, conn: psycopg.Connection, renamed: IndexSpec) -> None:
@@ -553,7 +596,7 @@ class DocumentTable:
     def _apply_query_settings(
         self, conn: psycopg.Connection, vf: VectorField, k: int, filtered: bool, options: QueryOptions
     ) -> None:
-        """Set (set_config(..., true): local to the transaction) every ANN knob this query depends on. All of them
+        """SET LOCAL (for this transaction only) every ANN knob this query depends on. All of them
         each time, on or off: one search runs several kNN statements in one transaction, and a knob left from an
         earlier one (an exact list, a filtered list) must not leak into the next."""
         settings: dict[str, Any] = {"enable_indexscan": "off" if options.exact else "on"}
@@ -572,24 +615,29 @@ class DocumentTable:
                 settings["ivfflat.iterative_scan"] = "relaxed_order" if iterative else "off"
                 if iterative:
                     settings["ivfflat.max_probes"] = lists
-        names = list(settings)
-        calls = sql.SQL(", ").join(sql.SQL("set_config({}, {}, true)").format(sql.Placeholder(), sql.Placeholder())
-                                   for _ in names)
-        conn.execute(sql.SQL("SELECT {}").format(calls), [v for n in names for v in (n, str(settings[n]))])
+        set_local(conn, settings, propagate=self.distributed)
 
     def _resolve(self, field_name: str | None, filter: Filter | None):
         vf = self.spec.vector_field(field_name)
         where, params = compile_filter(self.spec, filter)
         return vf, where, params
 
-    def _run_knn(self, conn, vf, where, params, vector, k, options: QueryOptions, prefix: sql.Composable):
+    def _run_knn(self, conn, vf, where, params, vector, k, options: QueryOptions, prefix: sql.Composable,
+                 explain: bool = False):
         """Run the kNN statement (optionally EXPLAINed) with its ANN settings local to one transaction."""
         query_params = {**params, "q": as_query_vector(vector, vf), "k": k,
                         "candidates": k * vf.params.get("oversample", 1)}
         with conn.transaction():
             self._apply_query_settings(conn, vf, k, where is not None, options)
-            cursor = conn.execute(prefix + self.knn_sql(vf, where, exact=options.exact), query_params)
-            return cursor
+            statement = prefix + self.knn_sql(vf, where, exact=options.exact)
+            if explain and self.distributed:
+                # Citus cannot fetch the workers' plans of a statement with bind parameters ("Could not get remote
+                # plan"): the values are bound on the client for EXPLAIN, and every shard's plan is shown.
+                set_local(conn, {"citus.explain_all_tasks": "on"})
+                cursor = psycopg.ClientCursor(conn)
+                cursor.execute(statement, query_params)
+                return cursor
+            return conn.execute(statement, query_params)
 
     def search(
         self,
@@ -756,21 +804,28 @@ class DocumentTable:
     ) -> str:
         vf, where, params = self._resolve(field_name, filter)
         prefix = sql.SQL("EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN ")
-        rows = self._run_knn(conn, vf, where, params, vector, k, options, prefix).fetchall()
+        rows = self._run_knn(conn, vf, where, params, vector, k, options, prefix, explain=True).fetchall()
         return "\n".join(row[0] for row in rows)
 
     # -- sizes -------------------------------------------------------------------------------------------------------
     def stats(self, conn: psycopg.Connection) -> dict[str, Any]:
+        """Rows and sizes. On a distributed table the coordinator's own table is an empty shell: sizes are Citus'
+        sums over every shard on every node, and the shard and node counts are reported too."""
         name = self.table.as_string(conn)
         rows = self.count(conn)
+        table_size, total_size, relation_size = (
+            ("citus_table_size", "citus_total_relation_size", "citus_relation_size") if self.distributed
+            else ("pg_table_size", "pg_total_relation_size", "pg_relation_size"))
         table_bytes, total_bytes = conn.execute(
-            "SELECT pg_table_size(%s::regclass), pg_total_relation_size(%s::regclass)", (name, name)
+            sql.SQL("SELECT {}(%s::regclass), {}(%s::regclass)").format(
+                sql.Identifier(table_size), sql.Identifier(total_size)), (name, name)
         ).fetchone()
         fields = {}
         for vf in self.spec.vector_fields:
             index_name = sql.Identifier(self.ann_index_name(vf)).as_string(conn)
             index_bytes = conn.execute(
-                "SELECT CASE WHEN to_regclass(%s) IS NULL THEN NULL ELSE pg_relation_size(to_regclass(%s)) END",
+                sql.SQL("SELECT CASE WHEN to_regclass(%s) IS NULL THEN NULL ELSE {}(to_regclass(%s)) END").format(
+                    sql.Identifier(relation_size)),
                 (index_name, index_name),
             ).fetchone()[0]
             fields[vf.name] = {
@@ -784,13 +839,19 @@ class DocumentTable:
                 "ann_index_bytes": index_bytes,
                 "tuned": self.spec.tuned(vf.name) or None,
             }
-        return {
+        stats = {
             "index": self.spec.name,
             "rows": rows,
             "table_bytes": table_bytes,
             "total_bytes": total_bytes,
             "vector_fields": fields,
         }
+        if self.distributed:
+            stats["shards"], stats["nodes"] = conn.execute(
+                "SELECT count(*), count(DISTINCT (nodename, nodeport)) FROM citus_shards WHERE table_name = %s::regclass",
+                (name,),
+            ).fetchone()
+        return stats
 
 
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
