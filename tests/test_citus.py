@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from helpers import chromium_browser, copy_some
+from helpers import chromium_browser
 from pixsearch.api import create_app
 from pixsearch.api.server import serving_in_thread
 from pixsearch.config import Settings
