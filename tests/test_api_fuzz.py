@@ -1,4 +1,5 @@
-"""Schemathesis over the server's own OpenAPI: no request the schema allows (and none it does not) gets a 5xx.
+"""Schemathesis over the server's own OpenAPI: no request the schema allows (and none it does not) gets a 5xx other
+than the deliberate 501 for an Azure feature pixsearch lacks.
 
 Bounded: a fixed number of generated requests per operation, on loopback, against a live server with a photo index
 and a document index to aim at (half of the generated index names are replaced by theirs, so requests reach past
@@ -13,7 +14,6 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
-from schemathesis.checks import not_a_server_error
 
 from pixsearch.api import create_app
 from pixsearch.api.server import serving_in_thread
@@ -62,13 +62,15 @@ def test_no_request_gets_a_server_error(fuzz_server):
                     case.path_parameters["name"] = "fuzz-deleted-" + uuid.uuid4().hex[:6]
                 elif chooser.random() < 0.5:
                     case.path_parameters["name"] = chooser.choice(names)
-            try:
-                response = case.call_and_validate(base_url=url, headers={"api-key": ADMIN},
-                                                  checks=[not_a_server_error], timeout=60)
-                calls.append(response.status_code)
-            except (AssertionError, BaseExceptionGroup) as exc:  # schemathesis reports checks as a FailureGroup
-                failures.append(f"{operation.label}: {str(exc)[:500]}")
-                raise AssertionError(str(exc)) from None
+            response = case.call(base_url=url, headers={"api-key": ADMIN}, timeout=60)
+            calls.append(response.status_code)
+            # 501 is deliberate: a real Azure AI Search feature pixsearch lacks, named in a JSON error. Any other
+            # 5xx is a crash.
+            deliberate = response.status_code == 501 and response.json()["error"]["code"] == "NotImplemented"
+            if response.status_code >= 500 and not deliberate:
+                failures.append(f"{operation.label}: {response.status_code} {response.text[:300]}\n"
+                                f"{case.as_curl_command({'api-key': '[Filtered]'})[:500]}")
+                raise AssertionError(failures[-1])
 
         try:
             run()

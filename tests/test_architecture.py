@@ -10,7 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pixsearch"
 LAYERS = {
-    "cli": 5, "api": 5, "web": 4,
+    "cli": 5, "api": 5, "client": 5, "web": 4,
     "service": 3,
     "ingest": 2, "search": 2, "models": 2,
     "store": 1,

@@ -251,6 +251,22 @@ def test_the_api_and_the_page_work_against_the_cluster(engines, cluster_photos, 
         assert again.status_code == 200
 
 
+def test_regions_live_with_their_photos_on_the_cluster(engines, cluster_photos):
+    idx = engines["citus"].index(cluster_photos)
+    keys = [h.id for h in idx.query(SearchRequest(text="a cup of coffee", top=3))]
+    report = idx.add_regions("grid-coarse", photo_keys=keys)
+    assert report.photos == 3 and report.regions == 3 * 34
+    with engines["citus"].db.connection() as conn:
+        colocation = conn.execute(
+            "SELECT count(DISTINCT colocationid) FROM pg_dist_partition WHERE logicalrelid IN (%s::regclass, %s::regclass)",
+            (idx.spec.table_name, idx.spec.table_name + "_regions")).fetchone()[0]
+    assert colocation == 1  # same distribution key, same shards: a photo and its regions are on one node
+    found = idx.query(SearchRequest(text="a cup of coffee", top=2, regions="images"))
+    assert found[0].id == keys[0] and found[0].region["box"]
+    idx.remove([keys[0]])
+    assert keys[0] not in [h.id for h in idx.query(SearchRequest(text="a cup of coffee", top=3, regions="images"))]
+
+
 def test_doctor_reports_the_cluster(dsn, citus_home, cluster_photos):
     r = run_cli("doctor", "--json", home=citus_home, env={"PIXSEARCH_DATABASE_URL": dsn})
     assert r.returncode == 0, r.stderr

@@ -133,6 +133,29 @@ def test_fewer_matches_than_k_is_reported_not_hidden(filtered_index):
     assert (result.complete, result.reason, result.matching) == (False, "fewer_matches", 3)
 
 
+def test_knobs_a_standalone_search_leaves_on_its_connection_never_decide_the_next(filtered_index):
+    """Standalone searches set pgvector's knobs at session level, only where they change (one round trip in the
+    steady state): a filtered search's iterative scan must be off again for the next unfiltered one, and an exact
+    search must not leave index scans off for whatever else the pooled connection runs."""
+    engine, idx, vectors = filtered_index
+    q = vectors[5]
+    with idx.db.connection() as conn:
+        def show(name: str) -> str:
+            value = conn.execute(f"SHOW {name}").fetchone()[0]
+            conn.commit()  # as a search leaves it: idle
+            return value
+
+        filtered = idx.table.search(conn, "v", q, 10, filter=Compare("category", "eq", 7))
+        assert len(filtered.hits) == 10 and show("hnsw.iterative_scan") == "relaxed_order"
+        plain = idx.table.search(conn, "v", q, 10)
+        assert show("hnsw.iterative_scan") == "off" and plain.hits[0].id == "5"
+        idx.table.search(conn, "v", q, 10, options=QueryOptions(exact=True))
+        assert show("enable_indexscan") == "on"
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and not conn.autocommit
+        idx.table.search(conn, "v", q, 10, options=QueryOptions(ef_search=77))
+        assert show("hnsw.ef_search") == "77"
+
+
 def test_a_tiny_scan_limit_is_reported(filtered_index):
     engine, idx, vectors = filtered_index
     result = idx.search_vector(vectors[0], 10, filter=Compare("category", "eq", 3),

@@ -230,6 +230,7 @@ class Handlers:
             text_search = False
         return {"name": index.name, "kind": index.spec.kind, "model": index.spec.model, "key": index.spec.key_field,
                 "textSearch": text_search, "keywordSearch": any(f.searchable for f in index.spec.fields),
+                "regions": bool(index.spec.settings.get("regions")),
                 "relevance": relevance,
                 "fields": [{"name": f.name, "type": f.type, "filterable": f.filterable, "facetable": f.facetable,
                             "sortable": f.sortable, "retrievable": f.retrievable} for f in index.spec.fields]}
@@ -308,6 +309,8 @@ class Handlers:
             if select is not None:
                 doc = {n: doc.get(n) for n in select}
             item = {"@search.score": hit.score, **doc}
+            if hit.region is not None:
+                item["@search.region"] = hit.region
             if debug:
                 item["@search.subscores"] = hit.subscores
             value.append(item)
@@ -320,6 +323,8 @@ class Handlers:
             out["@search.debug"] = {"mode": response.mode, "complete": response.complete, "reason": response.reason}
         if response.hidden:
             out["@pixsearch.hidden"] = response.hidden
+        if response.building:
+            out["@pixsearch.indexBuilding"] = jsonable(response.building)
         out["value"] = value
         return jsonable(out)
 
@@ -433,5 +438,5 @@ def _search_request(
     select = _select_list(spec, body.select, allow_vectors=False) if body.select else None
     request = SearchRequest(text=text, field=field, filter=body.filter, mode=mode, top=top, skip=body.skip,
                             sort=_orderby(body.orderby), facets=list(body.facets), vector_queries=queries,
-                            hide_irrelevant=body.relevance == "auto")
+                            hide_irrelevant=body.relevance == "auto", regions=body.regions)
     return request, select

@@ -233,3 +233,6 @@ class SearchBody(BaseModel):
     # "auto": text-query hits the index's model calls clearly irrelevant are left out (counted in
     # "@pixsearch.hidden"); "all": every ranked hit
     relevance: Literal["auto", "all"] = "auto"
+    # "images": photos ranked by their best region (object patch), each with "@search.region" (box in pixels of the
+    # original image); "regions": every matching region
+    regions: Literal["images", "regions"] | None = None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, List, Optional
 
@@ -235,6 +236,21 @@ def vectors_get_cmd(
         found = engine.index(name).get(ids, vectors=with_vectors)
     print_json({key: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in doc.items()}
                 for key, doc in found.items()})
+
+
+@vectors_app.command("export")
+def vectors_export_cmd(
+    name: str = typer.Argument(..., help="Index name."),
+    out_file: Path = typer.Argument(..., help=".npy file to write: an (n, dims) float32 array, in id order."),
+    ids_out: Optional[Path] = typer.Option(None, "--ids-out", help="Also write the ids, one per line, in that order."),
+    field: Optional[str] = typer.Option(None, "--field", help="Vector field (default: the index's only one)."),
+) -> None:
+    """Export every stored vector of a field (streamed with a binary cursor)."""
+    with open_engine() as engine:
+        started = time.perf_counter()
+        written = engine.index(name).export_vectors(out_file, field=field, ids_path=ids_out)
+    err.print(f"{written} vectors written to {escape(str(out_file))} in {time.perf_counter() - started:.1f} s",
+              highlight=False)
 
 
 @vectors_app.command("remove")

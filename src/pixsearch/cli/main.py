@@ -59,13 +59,17 @@ class _RichIngestProgress:
 
 
 def _index_paths(engine: Engine, paths: List[Path], index: str | None, prune: bool, as_json: bool,
-                 follow_symlinks: bool = False, model: str | None = None) -> int:
+                 follow_symlinks: bool = False, model: str | None = None, regions: str | None = None) -> int:
     idx = engine.index(index, create=True, model=model)
     progress = _RichIngestProgress(err)
     try:
         report = idx.add_paths(paths, prune=prune, progress=progress, follow_symlinks=follow_symlinks)
     finally:
         progress.stop()
+    if regions is not None:
+        found = idx.add_regions(regions, photo_keys=report.keys)
+        err.print(f"regions: {found.regions} in {found.photos} photos ({escape(regions)}), {len(found.failed)} "
+                  f"failed, {len(found.unmatched)} boxes for photos not in the index", highlight=False)
     if as_json:
         print(json.dumps(report.to_json()))
     summary = (
@@ -95,6 +99,10 @@ def index_cmd(
         None, "--model", help="Model of a new index: offline, clip:PATH_OR_REPO_ID, open_clip:ARCH[:CHECKPOINT]. "
         "An existing index keeps its own (pixsearch reindex moves it)."
     ),
+    regions: Optional[str] = typer.Option(
+        None, "--regions", help="Also index regions: 'grid' (83 sliding windows at 3 scales; later runs keep doing "
+        "it), 'grid-coarse' (34), or a box file: COCO JSON, CSV or JSON Lines (path,x0,y0,x1,y1[,label][,score])."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Index photos incrementally: new and changed files are embedded, unchanged ones skipped.
@@ -102,7 +110,7 @@ def index_cmd(
     Exit status 0 when every file was indexed, 3 when some files failed (they are listed), 1 on errors.
     """
     with open_engine(index) as engine:
-        status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model)
+        status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions)
     raise typer.Exit(status)
 
 
@@ -179,6 +187,9 @@ def search_cmd(
     hide_irrelevant: bool = typer.Option(
         False, "--hide-irrelevant", help="Leave out text-query hits the model calls clearly irrelevant (as the page does)."
     ),
+    regions: Optional[str] = typer.Option(
+        None, "--regions", help="Search regions: 'images' (each photo by its best region, with its box) or 'regions'."
+    ),
     index: Optional[str] = IndexOption,
     batch: Optional[Path] = typer.Option(
         None, "--batch", help="File with one query per line (text, or image:PATH); one JSON line of hits per query."
@@ -202,7 +213,7 @@ def search_cmd(
         text=text, image=image, ids=[i for i in (ids or "").split(",") if i] or None,
         vector=_load_vector(vector) if vector is not None else None, field=field, filter=filter_, mode=mode,
         top=k, skip=skip, cutoff=_parse_cutoff(min_score, cutoff), sort=_parse_sort(sort), facets=facet,
-        weights=_parse_weights(weight), hide_irrelevant=hide_irrelevant,
+        weights=_parse_weights(weight), hide_irrelevant=hide_irrelevant, regions=regions,
     )
     with open_engine(index) as engine:
         result = engine.index(index).query(request)

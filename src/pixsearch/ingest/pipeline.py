@@ -6,10 +6,11 @@ import os
 import time
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import psycopg
 
@@ -72,6 +73,8 @@ class IngestReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # passed over on purpose (links, FIFOs...)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # indexed, but something was left out
+    keys: list[str] = field(default_factory=list)  # ids of the photos found that are in the index after the run
+    embedded_keys: list[str] = field(default_factory=list)  # ids of the photos (re-)embedded by this run
     stage_seconds: dict[str, float] = field(
         default_factory=lambda: {"scan": 0.0, "decode": 0.0, "embed": 0.0, "write": 0.0}
     )
@@ -115,9 +118,11 @@ def ingest_paths(
     *,
     columns: dict[str, str] | None = None,
     progress: IngestProgress | None = None,
+    loading: Callable[[int], ContextManager[Any]] | None = None,
 ) -> IngestReport:
     """Index the images under `roots` with `embedder`, its vector spaces written to `columns` (space -> vector
-    field; default: the fields named like the spaces). Unchanged files (size + mtime, then content hash) are skipped; files that fail
+    field; default: the fields named like the spaces). `loading(n)` wraps the writes of the n files to embed (the
+    service's choice between incremental and bulk loading). Unchanged files (size + mtime, then content hash) are skipped; files that fail
     to read or decode are reported and skipped; each batch is written in its own transaction, and rows the database
     refuses are reported one by one while the rest of their batch is written."""
     progress = progress or _NoProgress()
@@ -142,6 +147,27 @@ def ingest_paths(
     report.stage_seconds["scan"] = time.perf_counter() - t0
 
     progress.start(len(pending))
+    with (loading or _incremental)(len(pending)):
+        _run(db, table, embedder, columns, pending, options, report, progress)
+    failed = {path for path, _ in report.failed}
+    report.keys = [f.id for f in scanned.found if f.path not in failed]
+    if options.prune:
+        report.removed = _prune(db, table, roots)
+    if report.added or report.updated or report.removed:
+        with db.connection() as conn:
+            table.analyze(conn)
+    report.elapsed_seconds = time.perf_counter() - started
+    return report
+
+
+@contextmanager
+def _incremental(count: int) -> Iterator[None]:
+    yield
+
+
+def _run(db: Database, table: DocumentTable, embedder: Embedder, columns: dict[str, str] | None,
+         pending: list[_Work], options: IngestOptions, report: IngestReport, progress: IngestProgress) -> None:
+    """Decode (thread pool), embed and write the pending files, batch by batch."""
     batch: list[_Work] = []
     touched: list[tuple[str, int, int]] = []
     with ThreadPoolExecutor(max_workers=options.decode_workers, thread_name_prefix="pixsearch-decode") as pool:
@@ -165,13 +191,6 @@ def ingest_paths(
     if touched:
         with db.connection() as conn:
             touch(conn, table, touched)
-    if options.prune:
-        report.removed = _prune(db, table, roots)
-    if report.added or report.updated or report.removed:
-        with db.connection() as conn:
-            table.analyze(conn)
-    report.elapsed_seconds = time.perf_counter() - started
-    return report
 
 
 def _stored_states(db: Database, table: DocumentTable, ids: list[str]) -> dict[str, StoredState]:
@@ -270,6 +289,7 @@ def _embed_and_write(
         else:
             for message in work.decoded.warnings:
                 report.warnings.append((work.file.path, message))
+            report.embedded_keys.append(work.file.id)
             if work.stored is None:
                 report.added += 1
             else:

@@ -70,6 +70,7 @@ class SearchContext:
     query_vectors: recent query embeddings, shared by the server.
     open_image:   reads an image file or bytes into an upright RGB image, within the configured limits.
     allow_file_terms: whether `image:PATH` terms may open server files (CLI, Python: yes; REST API, page: no).
+    regions:      the child table of regions, searched instead of whole photos when a request asks for regions.
     """
 
     spec: IndexSpec
@@ -79,6 +80,7 @@ class SearchContext:
     query_vectors: "QueryVectorCache"
     open_image: Callable[[str | Path | bytes], Image.Image]
     allow_file_terms: bool = True
+    regions: DocumentTable | None = None  # the index's regions (object patches), when it has any
 
 
 class QueryVectorCache:

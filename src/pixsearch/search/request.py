@@ -76,6 +76,7 @@ class SearchRequest:
     vector_queries: Sequence[VectorQuery] = ()
     options: QueryOptions = dataclass_field(default_factory=QueryOptions)
     hide_irrelevant: bool = False  # drop text-query hits the model's calibrated relevance calls clearly irrelevant
+    regions: str | None = None  # "images": photos by their best region (with its box); "regions": every region
 
 
 @dataclass
@@ -87,6 +88,7 @@ class SearchResponse(HitList):
     reason: str | None = None
     facets: dict[str, list[dict[str, Any]]] = dataclass_field(default_factory=dict)
     hidden: int = 0  # hits dropped as clearly irrelevant (hide_irrelevant)
+    building: dict[str, Any] | None = None  # a bulk load is rebuilding the ANN index: searches are exact meanwhile
 
 
 def validate(request: SearchRequest) -> None:
@@ -99,6 +101,8 @@ def validate(request: SearchRequest) -> None:
         raise ValueError(f"skip + top must be at most {MAX_WINDOW}: refine the query or the filter instead")
     if request.mode is not None and request.mode not in MODES:
         raise ValueError(f"unknown mode {request.mode!r}; use one of {', '.join(MODES)}")
+    if request.regions not in (None, "images", "regions"):
+        raise ValueError(f"regions must be 'images' or 'regions', got {request.regions!r}")
     if len(request.facets) > MAX_FACETS:
         raise ValueError(f"at most {MAX_FACETS} facets per search, got {len(request.facets)}")
     if len(request.vector_queries) > MAX_VECTOR_QUERIES:
@@ -265,6 +269,8 @@ def run(ctx: SearchContext, request: SearchRequest) -> SearchResponse:
     vq_terms = [query_terms(vq) for vq in request.vector_queries]
     _check_terms(ctx, [terms, *vq_terms])
     node = resolve_filter(request.filter)
+    if request.regions:
+        return _search_regions(ctx, request, terms, node)
     if not terms and not request.vector_queries:
         return _browse(ctx, request, node)
     words = keyword_text(terms)
@@ -345,8 +351,53 @@ def run(ctx: SearchContext, request: SearchRequest) -> SearchResponse:
         if request.facets:
             cut = keep < len(hits) or request.cutoff != Cutoff()
             facets = count_facets(ctx.table, conn, request.facets, node, [h.id for h in relevant] if cut else None)
+        building = _building(ctx, conn) if lists else None
     return SearchResponse(page, "hybrid" if "keyword" in ranked and fuse else mode, len(relevant), complete, reason,
-                          facets, hidden)
+                          facets, hidden, building)
+
+
+REGION_DEPTH = 5  # region candidates per wanted photo when photos are ranked by their best region
+
+
+def _search_regions(ctx: SearchContext, request: SearchRequest, terms: Sequence[Term],
+                    node: Filter | None) -> SearchResponse:
+    """kNN over the index's regions instead of whole photos. "images": each photo once, by its best region, with
+    that region's box; "regions": every matching region. The filter applies to region fields (label, score...)."""
+    if ctx.regions is None:
+        raise ValueError(f"index {ctx.spec.name!r} has no regions: add some (pixsearch index PATH --regions grid)")
+    if not terms or request.vector_queries:
+        raise ValueError("a region search takes one query (text, image, ids or a vector), without vector queries")
+    embedded = embed_terms(ctx, terms, request.field)
+    window = request.skip + request.top
+    per_photo = request.regions == "images"
+    with read_snapshot(ctx.db) as conn:
+        vector = combine_embedded(ctx, conn, embedded)
+        depth = min(MAX_WINDOW * REGION_DEPTH, window * (REGION_DEPTH if per_photo else 1))
+        result = ctx.regions.search(conn, embedded.field, vector, depth, filter=node, options=request.options)
+        found: list[Hit] = []
+        seen: set[str] = set()
+        for h in result.hits:
+            photo = h.document["photo_key"]
+            if per_photo and photo in seen:
+                continue
+            seen.add(photo)
+            region = {"id": h.document["region"], "label": h.document["label"], "score": h.document["score"],
+                      "box": [h.document["x0"], h.document["y0"], h.document["x1"], h.document["y1"]]}
+            found.append(Hit(photo if per_photo else h.id, h.score, h.distance, {}, region=region))
+        found = found[:window]
+        documents = ctx.table.fetch(conn, list({h.id if per_photo else h.id.split(":", 1)[0] for h in found}))
+    for h in found:
+        h.document = documents.get(h.id if per_photo else h.id.split(":", 1)[0], {})
+    page = found[request.skip : request.skip + request.top]
+    return SearchResponse(page, f"regions/{request.regions}", len(found), len(found) >= window,
+                          None if len(found) >= window else "fewer_matches")
+
+
+def _building(ctx: SearchContext, conn: psycopg.Connection) -> dict[str, Any] | None:
+    """While a bulk load has the ANN indexes down (the index's settings say so), what the build is doing."""
+    if not ctx.spec.settings.get("bulk_load"):
+        return None
+    return ctx.table.build_progress(conn) or {"phase": "loading rows"}
 
 
 def _drop_irrelevant(ctx: SearchContext, embedded: _Embedded, query: np.ndarray, result: SearchResult) -> int:

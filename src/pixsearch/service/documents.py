@@ -74,6 +74,18 @@ def write_documents(index: "Index", actions: list[DocumentAction]) -> list[Docum
         columns = () if action == "upload" else tuple(sorted([*item.fields, *item.vectors]))
         groups.setdefault((action, columns), []).append(i)
 
+    with index.loading(sum(len(m) for m in groups.values())):
+        _apply_groups(index, actions, groups, results)
+    if deletes:
+        index.remove([actions[i].key for i in deletes])
+        for i in deletes:
+            results[i] = DocumentResult(actions[i].key, True, 200)
+    return [r for r in results if r is not None]
+
+
+def _apply_groups(index: "Index", actions: list[DocumentAction], groups: dict[tuple[str, tuple[str, ...]], list[int]],
+                  results: list[DocumentResult | None]) -> None:
+    spec = index.spec
     for (action, columns), members in groups.items():
         rows = []
         for i in members:
@@ -97,11 +109,6 @@ def write_documents(index: "Index", actions: list[DocumentAction]) -> list[Docum
             else:
                 results[i] = DocumentResult(key, False, 404,
                                             f"document {key!r} not found (merge needs an existing document)")
-    if deletes:
-        index.remove([actions[i].key for i in deletes])
-        for i in deletes:
-            results[i] = DocumentResult(actions[i].key, True, 200)
-    return [r for r in results if r is not None]
 
 
 def _photo_refusal(item: DocumentAction) -> str | None:

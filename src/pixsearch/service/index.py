@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -29,16 +31,24 @@ from pixsearch.store import (
     read_snapshot,
     update_settings,
 )
+from pixsearch.store.regions import RegionTable
 from pixsearch.store.tables import iter_chunks
 
 if TYPE_CHECKING:
     from pixsearch.service.engine import Engine
+    from pixsearch.service.regions import RegionReport
     from pixsearch.service.reindex import ReindexReport
 
 log = logging.getLogger(__name__)
 
 IMAGE_QUERY_PREFIX = "image:"
 VECTOR_BATCH = 5000
+# When a load is large for its table, the ANN indexes are dropped, the rows loaded, and each index built once:
+# inserting into a live HNSW graph row by row is ~5x slower than one build. "Large": at least BULK_MIN_ROWS rows, or
+# at least BULK_MIN_SHARE of the rows already there (and BULK_FLOOR rows, so small first batches stay incremental).
+BULK_MIN_ROWS = 10_000
+BULK_MIN_SHARE = 0.2
+BULK_FLOOR = 1_000
 
 
 class ModelMismatchError(ValueError):
@@ -125,6 +135,7 @@ class Index:
             query_vectors=self.engine.query_vectors,
             open_image=self.engine.open_image,
             allow_file_terms=allow_file_terms,
+            regions=RegionTable(self.spec) if self.spec.settings.get("regions") else None,
         )
 
     # -- writes ----------------------------------------------------------------------------------------------------
@@ -153,7 +164,10 @@ class Index:
         model = self.model()
         photos.record_roots(self, [Path(p) for p in (roots if roots is not None else paths)], follow_symlinks)
         report = ingest_paths(self.db, self.table, model.embedder, [Path(p) for p in paths], options,
-                              columns=model.columns, progress=progress)
+                              columns=model.columns, progress=progress, loading=self.loading)
+        auto_regions = self.spec.settings.get("regions", {}).get("auto")
+        if auto_regions and report.embedded_keys:  # regions of new and changed photos, as the index was set up
+            self.add_regions(auto_regions, photo_keys=report.embedded_keys)
         if report.embedded and model.text_field is not None:
             # Ready the text tower now (its one-time ONNX export needs torch, which ingest has loaded anyway), so the
             # first search is quick and a search process never imports torch.
@@ -185,24 +199,26 @@ class Index:
         if documents is not None and len(documents) != len(ids):
             raise ValueError(f"got {len(documents)} documents for {len(ids)} ids")
         known = {f.name for f in self.spec.fields}
+        for doc in documents or ():
+            unknown = set(doc) - known
+            if unknown:
+                raise SchemaError(f"unknown field(s) {', '.join(sorted(unknown))} in index {self.name!r}")
         written = 0
-        for chunk in iter_chunks(range(len(ids)), VECTOR_BATCH):
-            rows = []
-            for i in chunk:
-                row = dict(documents[i]) if documents is not None else {}
-                unknown = set(row) - known
-                if unknown:
-                    raise SchemaError(f"unknown field(s) {', '.join(sorted(unknown))} in index {self.name!r}")
-                row[self.spec.key_field] = ids[i]
-                for name, array in vectors.items():
-                    row[name] = array[i]
-                rows.append(row)
-            self.write_rows(rows)
-            written += len(rows)
-            if progress:
-                progress(len(rows))
-        with self.db.connection() as conn:
-            self.table.analyze(conn)
+        with self.loading(len(ids)):
+            for chunk in iter_chunks(range(len(ids)), VECTOR_BATCH):
+                rows = []
+                for i in chunk:
+                    row = dict(documents[i]) if documents is not None else {}
+                    row[self.spec.key_field] = ids[i]
+                    for name, array in vectors.items():
+                        row[name] = array[i]
+                    rows.append(row)
+                self.write_rows(rows)
+                written += len(rows)
+                if progress:
+                    progress(len(rows))
+            with self.db.connection() as conn:
+                self.table.analyze(conn)
         return written
 
     def reindex(self, model: str, *, drop_old: bool = False, progress: IngestProgress | None = None) -> "ReindexReport":
@@ -216,6 +232,80 @@ class Index:
         from pixsearch.service.reindex import abort
 
         return abort(self)
+
+    # -- bulk loads --------------------------------------------------------------------------------------------------
+    def bulk_wanted(self, incoming: int) -> bool:
+        """Whether a load of `incoming` rows takes the bulk path (see BULK_MIN_ROWS)."""
+        if not any(vf.algorithm != "exact" for vf in self.spec.vector_fields):
+            return False
+        if incoming >= BULK_MIN_ROWS:
+            return True
+        return incoming >= BULK_FLOOR and incoming >= BULK_MIN_SHARE * self.count()
+
+    @contextmanager
+    def loading(self, incoming: int) -> Iterator[bool]:
+        """Around a load of `incoming` rows: the bulk path when it is large (yields True): ANN indexes dropped
+        first and each built once afterwards, even if the load fails. The index's settings mark a bulk load while it
+        runs: searches meanwhile are exact scans (correct, slower) and report the build's progress; a load killed in
+        between leaves the mark, and the next load (or `pixsearch indexes rebuild`) builds what is missing."""
+        self.ensure_ann_indexes()
+        if not self.bulk_wanted(incoming):
+            yield False
+            return
+        self.spec = update_settings(self.db, self.name, {"bulk_load": {
+            "started_at": datetime.now(timezone.utc).isoformat(), "rows": incoming}})
+        self.table = DocumentTable(self.spec)
+        self.drop_ann_indexes()
+        try:
+            yield True
+        finally:
+            self.ensure_ann_indexes()
+
+    def ensure_ann_indexes(self) -> list[str]:
+        """Build every ANN index that is missing or invalid (after a killed bulk load or a failed concurrent build);
+        clears the bulk-load mark. IVFFlat indexes are built only once the table has rows (they learn from them)."""
+        with self.db.connection() as conn:
+            ready = self.table.ann_indexes_ready(conn)
+            rows = self.table.count(conn) if not all(ready.values()) else None
+        built = []
+        for name, ok in ready.items():
+            vf = self.spec.vector_field(name)
+            if ok or (vf.algorithm == "ivfflat" and not rows and not self.spec.settings.get("built", {}).get(name)):
+                continue
+            self.build(name)
+            built.append(name)
+        if self.spec.settings.get("bulk_load"):
+            self.spec = update_settings(self.db, self.name, {"bulk_load": None})
+            self.table = DocumentTable(self.spec)
+        return built
+
+    def all_vectors(self, field: str | None = None) -> tuple[np.ndarray, list[str]]:
+        """Every stored vector of one field (float32, key order) and their keys, from one snapshot."""
+        vf = self.spec.vector_field(field)
+        with read_snapshot(self.db) as conn:
+            chunks = list(self.table.iter_vectors(conn, vf.name))
+        keys = [key for chunk_keys, _ in chunks for key in chunk_keys]
+        array = np.concatenate([block for _, block in chunks]) if chunks else np.zeros((0, vf.dims), np.float32)
+        return array, keys
+
+    def export_vectors(self, path: Path | str, *, field: str | None = None, ids_path: Path | str | None = None) -> int:
+        """Write every stored vector of one field to a .npy file (float32, key order) and, with ids_path, their ids
+        one per line; the number written. Streams through a binary server-side cursor."""
+        vf = self.spec.vector_field(field)
+        path = Path(path)
+        with read_snapshot(self.db) as conn:  # the count and the rows from one snapshot, whatever is written meanwhile
+            total = self.table.count_vectors(conn, vf.name)
+            out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(total, vf.dims))
+            written = 0
+            with open(ids_path, "w", encoding="utf-8") if ids_path else nullcontext() as ids_file:
+                for keys, block in self.table.iter_vectors(conn, vf.name):
+                    out[written : written + len(keys)] = block
+                    written += len(keys)
+                    if ids_file is not None:
+                        ids_file.write("".join(f"{key}\n" for key in keys))
+            out.flush()
+            del out
+        return written
 
     def write_rows(
         self, rows: Sequence[Mapping[str, Any]], *, columns: Sequence[str] | None = None, insert_missing: bool = True
@@ -248,6 +338,13 @@ class Index:
     def add_image_bytes(self, filename: str, data: bytes) -> tuple[str, IngestReport]:
         """Index an uploaded image (kept under PIXSEARCH_HOME/uploads/<index>/); returns its key."""
         return photos.add_image_bytes(self, filename, data)
+
+    def add_regions(self, source: "str | Path | dict", *, photo_keys: Sequence[str] | None = None) -> "RegionReport":
+        """Embed regions (object patches) of the photos: `grid`, or boxes from a COCO JSON / CSV / JSON Lines file
+        (service/regions.py)."""
+        from pixsearch.service.regions import add_regions
+
+        return add_regions(self, source, photo_keys=photo_keys)
 
     def thumbnail(self, key: str, size: int = 256) -> bytes:
         """A WebP thumbnail (longest side `size`: 128, 256, 512 or 1024) of a stored photo."""
@@ -333,8 +430,14 @@ class Index:
     ) -> SearchResult:
         if not 1 <= k <= MAX_TOP:
             raise ValueError(f"k must be between 1 and {MAX_TOP}, got {k}")
+        options = options or QueryOptions()
+        with self.db.connection() as conn:  # one statement: the common case needs no snapshot
+            result = self.table.search(conn, field, vector, k, filter=filter, options=options, count_if_short=False)
+        if len(result.hits) == k:
+            return result
+        # Short: the hits and the count of what matches come from one snapshot, so the reason given is right.
         with read_snapshot(self.db) as conn:
-            return self.table.search(conn, field, vector, k, filter=filter, options=options or QueryOptions())
+            return self.table.search(conn, field, vector, k, filter=filter, options=options)
 
     def explain(
         self,

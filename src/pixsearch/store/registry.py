@@ -238,14 +238,18 @@ def _check_free(conn, name: str, table_name: str) -> None:
 
 
 def delete_index(db: Database, name: str) -> None:
-    """Drop the index's table (with its ANN indexes) and its registry row; nothing else."""
+    """Drop the index's table (with its ANN indexes), its regions' table, and its registry row; nothing else."""
+    from pixsearch.store.regions import region_spec
+
     spec = get_index(db, name)
     with db.connection() as conn, conn.transaction():
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(region_spec(spec).table_name)))
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(spec.table_name)))
         conn.execute("DELETE FROM pixsearch_indexes WHERE name = %s", (name,))
 
 
 def rename_index(db: Database, name: str, new_name: str) -> IndexSpec:
+    from pixsearch.store.regions import RegionTable, region_spec
     from pixsearch.store.tables import DocumentTable
 
     spec = get_index(db, name)
@@ -264,6 +268,9 @@ def rename_index(db: Database, name: str, new_name: str) -> IndexSpec:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pixsearch_indexes'))")
         _check_free(conn, new_name, renamed.table_name)
         DocumentTable(spec).rename_to(conn, renamed)
+        regions = RegionTable(spec)
+        if regions.exists(conn):
+            regions.rename_to(conn, region_spec(renamed))
         conn.execute(
             "UPDATE pixsearch_indexes SET name = %s, table_name = %s, updated_at = now() WHERE name = %s",
             (new_name, renamed.table_name, name),

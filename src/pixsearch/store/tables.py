@@ -6,9 +6,10 @@ import json
 import re
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -45,6 +46,7 @@ class Hit:
     distance: float
     document: dict[str, Any] = field(default_factory=dict)
     subscores: dict[str, dict[str, float]] | None = None  # hybrid: per list {"rank", "score"}
+    region: dict[str, Any] | None = None  # region searches: {"id", "box": [x0, y0, x1, y1], "label", "score"}
 
     @property
     def path(self) -> str | None:
@@ -60,6 +62,8 @@ class Hit:
             out[key] = value.isoformat() if isinstance(value, datetime) else value
         if self.subscores is not None:
             out["subscores"] = self.subscores
+        if self.region is not None:
+            out["region"] = self.region
         if out["distance"] != out["distance"]:  # NaN: a keyword-only hit has no vector distance
             out["distance"] = None
         return out
@@ -141,14 +145,43 @@ def _pg_vector(value: Any, vf: VectorField, wrong_dims: Callable[[int], str], no
 
 
 def set_local(conn: psycopg.Connection, settings: dict[str, Any], *, propagate: bool = False) -> None:
-    """SET LOCAL each setting for the current transaction, all in one round trip. propagate: the statement that
-    follows runs on Citus workers too (a distributed table), which see SET LOCAL — not set_config() — only after
+    """Set each setting for the current transaction only, in one round trip. propagate: the statement that follows
+    runs on Citus workers too (a distributed table), which see SET LOCAL — not set_config() — only after
     `SET LOCAL citus.propagate_set_commands = 'local'` in the same transaction."""
-    statements = [sql.SQL("SET LOCAL citus.propagate_set_commands = 'local'")] if propagate else []
+    if not settings:
+        return
+    if not propagate:
+        # One parameterised statement: psycopg prepares it after a few uses, so it costs one cheap round trip.
+        names = list(settings)
+        calls = sql.SQL(", ").join(sql.SQL("set_config({}, {}, true)").format(sql.Placeholder(), sql.Placeholder())
+                                   for _ in names)
+        conn.execute(sql.SQL("SELECT {}").format(calls), [v for n in names for v in (n, str(settings[n]))])
+        return
+    statements = [sql.SQL("SET LOCAL citus.propagate_set_commands = 'local'")]
     statements += [sql.SQL("SET LOCAL {} = {}").format(sql.Identifier(*name.split(".")), sql.Literal(str(value)))
                    for name, value in settings.items()]
-    if statements:
-        conn.execute(sql.SQL("; ").join(statements))
+    conn.execute(sql.SQL("; ").join(statements))
+
+
+# The ANN knobs each pooled connection was last given at session level (see set_session).
+_SESSION_KNOBS: "weakref.WeakKeyDictionary[psycopg.Connection, dict[str, str]]" = weakref.WeakKeyDictionary()
+_SESSION_KNOB_PREFIXES = ("hnsw.", "ivfflat.")
+
+
+def set_session(conn: psycopg.Connection, settings: dict[str, Any]) -> None:
+    """Session-level ANN settings on an idle connection, sent only where they differ from what this connection was
+    last given: a standalone kNN query with the usual settings is then its one statement, not BEGIN + settings +
+    query + COMMIT. Only pgvector's knobs are set this way. Every kNN statement sets all the ones it depends on, so a
+    value left on the connection never decides another query, and nothing else reads them."""
+    assert all(name.startswith(_SESSION_KNOB_PREFIXES) for name in settings), settings
+    known = _SESSION_KNOBS.setdefault(conn, {})
+    changed = {name: str(value) for name, value in settings.items() if known.get(name) != str(value)}
+    if not changed:
+        return
+    calls = sql.SQL(", ").join(sql.SQL("set_config({}, {}, false)").format(sql.Placeholder(), sql.Placeholder())
+                               for _ in changed)
+    conn.execute(sql.SQL("SELECT {}").format(calls), [v for item in changed.items() for v in item])
+    known.update(changed)
 
 
 def parallel_workers() -> int:
@@ -165,10 +198,16 @@ def parallel_workers() -> int:
 @contextmanager
 def read_snapshot(db: Database) -> Iterator[psycopg.Connection]:
     """One connection and one REPEATABLE READ, READ ONLY transaction: every statement of a search (its ranked
-    lists, documents, facets, counts) sees the same data, and a search never holds more than one pool connection."""
-    with db.connection() as conn, conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        yield conn
+    lists, documents, facets, counts) sees the same data, and a search never holds more than one pool connection.
+    The isolation level goes with BEGIN itself (no separate round trip) and is reset before the connection
+    returns to the pool."""
+    with db.connection() as conn:
+        conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
+        try:
+            with conn.transaction():
+                yield conn
+        finally:
+            conn.isolation_level, conn.read_only = None, None
 
 
 class DocumentTable:
@@ -176,6 +215,10 @@ class DocumentTable:
         self.spec = spec
         self.table = sql.Identifier(spec.table_name)
         self.key = sql.Identifier(spec.key_field)
+
+    def conflict_target(self) -> sql.Composable:
+        """The unique key an upsert matches on (a region table's is (photo key, region key))."""
+        return self.key
 
     @property
     def distributed(self) -> bool:
@@ -323,6 +366,29 @@ class DocumentTable:
             options,
         )
 
+    def ann_indexes_ready(self, conn: psycopg.Connection) -> dict[str, bool]:
+        """For each ANN-indexed vector field: whether its index exists and is valid (a killed CREATE INDEX
+        CONCURRENTLY leaves an invalid one)."""
+        rows = conn.execute(
+            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " WHERE i.indrelid = to_regclass(%s)", (self.table.as_string(conn),)
+        ).fetchall()
+        valid = {name: ok for name, ok in rows}
+        return {vf.name: bool(valid.get(self.ann_index_name(vf))) for vf in self.spec.vector_fields
+                if vf.algorithm != "exact"}
+
+    def build_progress(self, conn: psycopg.Connection) -> dict[str, Any] | None:
+        """The running CREATE INDEX of this table (summed over the workers' shards when distributed), or None."""
+        if self.distributed:
+            builds = [b for (result,) in conn.execute(_PROGRESS_ON_WORKERS) for b in json.loads(result)]
+        else:
+            row = conn.execute(_PROGRESS_LOCAL, (self.table.as_string(conn),)).fetchone()
+            builds = [dict(zip(_PROGRESS_COLUMNS, row))] if row else []
+        if not builds:
+            return None
+        summed = {c: sum(b[c] or 0 for b in builds) for c in _PROGRESS_COLUMNS[1:]}
+        return {"phase": builds[0]["phase"], **summed}
+
     def ann_index_exists(self, conn: psycopg.Connection, vf: VectorField) -> bool:
         row = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(self.ann_index_name(vf)).as_string(conn),))
         return row.fetchone()[0] is not None
@@ -383,31 +449,13 @@ class DocumentTable:
         }
 
     def _watch_build(self, db: Database, progress: Callable[[dict[str, Any]], None], stop: threading.Event) -> None:
-        """Report pg_stat_progress_create_index of this table's build; on a distributed table, the shards' builds
-        on every worker (the coordinator builds nothing itself), summed."""
-        columns = ("phase", "blocks_done", "blocks_total", "tuples_done", "tuples_total")
-        local = (
-            "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total FROM pg_stat_progress_create_index"
-            " WHERE relid = to_regclass(%s)"
-        )
-        on_workers = (
-            "SELECT result FROM run_command_on_workers($$SELECT coalesce(json_agg(json_build_object("
-            "'phase', phase, 'blocks_done', blocks_done, 'blocks_total', blocks_total, 'tuples_done', tuples_done, "
-            "'tuples_total', tuples_total)), '[]') FROM pg_stat_progress_create_index$$) WHERE success"
-        )
-        name = sql.Identifier(self.spec.table_name)
+        """Report this table's build progress every half second (from the workers when distributed)."""
         try:
             with psycopg.connect(db.conninfo, autocommit=True) as conn:
                 while not stop.wait(0.5):
-                    if not self.distributed:
-                        row = conn.execute(local, (name.as_string(conn),)).fetchone()
-                        if row:
-                            progress(dict(zip(columns, row)))
-                        continue
-                    builds = [b for (result,) in conn.execute(on_workers) for b in json.loads(result)]
-                    if builds:
-                        summed = {c: sum(b[c] or 0 for b in builds) for c in columns[1:]}
-                        progress({"phase": builds[0]["phase"], "shards_building": len(builds), **summed})
+                    current = self.build_progress(conn)
+                    if current:
+                        progress(current)
         except (psycopg.Error, ValueError):
             pass  # progress is a nicety; the build itself reports real errors
 
@@ -484,10 +532,11 @@ class DocumentTable:
                     set_names.append(sql.Identifier(SEARCH_TEXT))
                 statement = sql.SQL(
                     "INSERT INTO {t} ({cols}, {extra_names}) SELECT {cols}, {extra_values} FROM {s} "
-                    "ON CONFLICT ({key}) DO UPDATE SET {updates} RETURNING {key}"
+                    "ON CONFLICT ({conflict}) DO UPDATE SET {updates} RETURNING {key}"
                 ).format(
                     t=self.table, cols=idents, extra_names=sql.SQL(", ").join(extra_names),
                     extra_values=sql.SQL(", ").join(extra_values), s=staging, key=self.key,
+                    conflict=self.conflict_target(),
                     updates=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(i) for i in set_names),
                 )
             else:
@@ -533,10 +582,53 @@ class DocumentTable:
     def select(
         self, conn: psycopg.Connection, ids: Sequence[str], columns: Sequence[str]
     ) -> dict[str, dict[str, Any]]:
-        query = sql.SQL("SELECT {}, {} FROM {} WHERE {} = ANY(%s)").format(
-            self.key, sql.SQL(", ").join(map(sql.Identifier, columns)), self.table, self.key
-        )
-        return {row[0]: dict(zip(columns, row[1:])) for row in conn.execute(query, (list(ids),))}
+        """The given columns of the given documents. Results come in binary: a vector is then a block of float32s
+        numpy reads as is, instead of text to parse (10,000 x 512 in a fraction of a second)."""
+        selected = sql.SQL(", ").join([self.key, *map(sql.Identifier, columns)])
+        query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s)").format(selected, self.table, self.key)
+        return {row[0]: dict(zip(columns, row[1:])) for row in conn.execute(query, (list(ids),), binary=True)}
+
+    def iter_vectors(self, conn: psycopg.Connection, field_name: str, batch: int = 10_000
+                     ) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Every (key, vector) of one field in key order, in chunks, through a server-side binary cursor: an export
+        streams without holding the index in memory twice."""
+        vf = self.spec.vector_field(field_name)
+        query = sql.SQL("SELECT {}, {} FROM {} WHERE {} IS NOT NULL ORDER BY {}").format(
+            self.key, sql.Identifier(vf.name), self.table, sql.Identifier(vf.name), self.key)
+        with conn.cursor(name="pixsearch_export", binary=True) as cur:
+            cur.itersize = batch
+            cur.execute(query)
+            while rows := cur.fetchmany(batch):
+                yield [r[0] for r in rows], np.stack([np.asarray(r[1].to_numpy(), dtype=np.float32) for r in rows])
+
+    def near_pairs(self, conn: psycopg.Connection, field_name: str, max_distance: float, k: int = 10
+                   ) -> list[tuple[str, str, float]]:
+        """(key, key, distance) of pairs within `max_distance` of each other, found through the ANN index: each
+        row's k nearest neighbours (a lateral kNN per row, not all pairs), each pair once."""
+        vf = self.spec.vector_field(field_name)
+        op = _operator(OPERATORS[vf.exact_metric])
+        column = sql.Identifier(vf.name)
+        if self.distributed:  # Citus cannot plan a lateral join on a non-distribution column: one query per row
+            pairs = []
+            for keys, block in self.iter_vectors(conn, vf.name):
+                for key, vector in zip(keys, block):
+                    for hit in self.search(conn, vf.name, vector, k + 1, options=QueryOptions()).hits:
+                        if hit.id > key and hit.distance <= max_distance:
+                            pairs.append((key, hit.id, hit.distance))
+            return pairs
+        statement = sql.SQL(
+            "SELECT a.{key}, n.{key}, n.distance FROM {t} a CROSS JOIN LATERAL ("
+            "SELECT b.{key}, b.{col} {op} a.{col} AS distance FROM {t} b WHERE b.{col} IS NOT NULL "
+            "ORDER BY b.{col} {op} a.{col} LIMIT %(k)s) n "
+            "WHERE a.{col} IS NOT NULL AND n.{key} > a.{key} AND n.distance <= %(max)s"
+        ).format(key=self.key, t=self.table, col=column, op=op)
+        with conn.transaction():
+            self._apply_query_settings(conn, vf, k + 1, False, QueryOptions())
+            return [(a, b, float(d)) for a, b, d in conn.execute(statement, {"k": k + 1, "max": max_distance})]
+
+    def count_vectors(self, conn: psycopg.Connection, field_name: str) -> int:
+        column = sql.Identifier(self.spec.vector_field(field_name).name)
+        return conn.execute(sql.SQL("SELECT count({}) FROM {}").format(column, self.table)).fetchone()[0]
 
     def distinct_values(self, conn: psycopg.Connection, column: str) -> list[Any]:
         query = sql.SQL("SELECT DISTINCT {c} FROM {t} WHERE {c} IS NOT NULL").format(
@@ -593,28 +685,35 @@ class DocumentTable:
             return inner
         return sql.SQL("WITH hits AS MATERIALIZED ({}) SELECT * FROM hits ORDER BY distance").format(inner)
 
+    def _query_settings(self, vf: VectorField, k: int, filtered: bool, options: QueryOptions) -> dict[str, Any]:
+        """Every ANN knob this query depends on, on or off: one search runs several kNN statements in one
+        transaction, and a knob left from an earlier one (an exact list, a filtered list) must not leak into the
+        next. enable_indexscan is off only for exact queries (which always run in a transaction of their own)."""
+        settings: dict[str, Any] = {}
+        if options.exact:
+            return {"enable_indexscan": "off"}
+        tuned = self.spec.tuned(vf.name)
+        iterative = filtered and options.iterative
+        if vf.algorithm == "hnsw":
+            ef = options.ef_search or tuned.get("ef_search") or DEFAULT_EF_SEARCH
+            settings["hnsw.ef_search"] = min(MAX_EF_SEARCH, max(ef, k * vf.params.get("oversample", 1)))
+            settings["hnsw.iterative_scan"] = "relaxed_order" if iterative else "off"
+            if iterative:
+                settings["hnsw.max_scan_tuples"] = options.max_scan_tuples or DEFAULT_MAX_SCAN_TUPLES
+        elif vf.algorithm == "ivfflat":
+            lists = self.spec.settings.get("built", {}).get(vf.name, {}).get("lists") or 1
+            settings["ivfflat.probes"] = options.probes or tuned.get("probes") or default_probes(lists)
+            settings["ivfflat.iterative_scan"] = "relaxed_order" if iterative else "off"
+            if iterative:
+                settings["ivfflat.max_probes"] = lists
+        return settings
+
     def _apply_query_settings(
         self, conn: psycopg.Connection, vf: VectorField, k: int, filtered: bool, options: QueryOptions
     ) -> None:
-        """SET LOCAL (for this transaction only) every ANN knob this query depends on. All of them
-        each time, on or off: one search runs several kNN statements in one transaction, and a knob left from an
-        earlier one (an exact list, a filtered list) must not leak into the next."""
-        settings: dict[str, Any] = {"enable_indexscan": "off" if options.exact else "on"}
-        if not options.exact:
-            tuned = self.spec.tuned(vf.name)
-            iterative = filtered and options.iterative
-            if vf.algorithm == "hnsw":
-                ef = options.ef_search or tuned.get("ef_search") or DEFAULT_EF_SEARCH
-                settings["hnsw.ef_search"] = min(MAX_EF_SEARCH, max(ef, k * vf.params.get("oversample", 1)))
-                settings["hnsw.iterative_scan"] = "relaxed_order" if iterative else "off"
-                if iterative:
-                    settings["hnsw.max_scan_tuples"] = options.max_scan_tuples or DEFAULT_MAX_SCAN_TUPLES
-            elif vf.algorithm == "ivfflat":
-                lists = self.spec.settings.get("built", {}).get(vf.name, {}).get("lists") or 1
-                settings["ivfflat.probes"] = options.probes or tuned.get("probes") or default_probes(lists)
-                settings["ivfflat.iterative_scan"] = "relaxed_order" if iterative else "off"
-                if iterative:
-                    settings["ivfflat.max_probes"] = lists
+        """SET LOCAL (for this transaction only) the query's knobs (_query_settings), and enable_indexscan back on
+        unless the query is exact."""
+        settings = {"enable_indexscan": "on", **self._query_settings(vf, k, filtered, options)}
         set_local(conn, settings, propagate=self.distributed)
 
     def _resolve(self, field_name: str | None, filter: Filter | None):
@@ -627,9 +726,24 @@ class DocumentTable:
         """Run the kNN statement (optionally EXPLAINed) with its ANN settings local to one transaction."""
         query_params = {**params, "q": as_query_vector(vector, vf), "k": k,
                         "candidates": k * vf.params.get("oversample", 1)}
-        with conn.transaction():
-            self._apply_query_settings(conn, vf, k, where is not None, options)
+        inside = conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        if not (inside or explain or options.exact or self.distributed):
+            # On its own, on one node: the settings at session level where they changed, then the statement in
+            # autocommit — one round trip in the steady state (set_session).
+            statement = prefix + self.knn_sql(vf, where, exact=False)
+            conn.autocommit = True
+            try:
+                set_session(conn, self._query_settings(vf, k, where is not None, options))
+                cursor = conn.execute(statement, query_params)
+                return cursor
+            finally:
+                conn.autocommit = False
+        # Inside a search's snapshot the settings are simply set again for each statement (all of them, every time);
+        # otherwise (exact, EXPLAIN, Citus, whose workers see only SET LOCAL) the statement gets a transaction of its
+        # own, so that they end with it.
+        with nullcontext() if inside else conn.transaction():
             statement = prefix + self.knn_sql(vf, where, exact=options.exact)
+            self._apply_query_settings(conn, vf, k, where is not None, options)
             if explain and self.distributed:
                 # Citus cannot fetch the workers' plans of a statement with bind parameters ("Could not get remote
                 # plan"): the values are bound on the client for EXPLAIN, and every shard's plan is shown.
@@ -648,7 +762,9 @@ class DocumentTable:
         *,
         filter: Filter | None = None,
         options: QueryOptions = QueryOptions(),
+        count_if_short: bool = True,
     ) -> SearchResult:
+        """The k nearest rows. When fewer come back, the result says why (count_if_short: count what matches)."""
         vf, where, params = self._resolve(field_name, filter)
         rows = self._run_knn(conn, vf, where, params, vector, k, options, sql.SQL("")).fetchall()
         names = [self.spec.key_field] + self.retrievable
@@ -661,7 +777,7 @@ class DocumentTable:
             document = dict(zip(names[1:], row[1:-1]))
             hits.append(Hit(row[0], similarity(vf.exact_metric, distance, vf.dims), distance, document))
         result = SearchResult(hits=hits, k=k)
-        if len(hits) < k:
+        if len(hits) < k and count_if_short:
             matching = self._count_matching(conn, vf, where, params, limit=k)
             result.complete = False
             result.matching = matching
@@ -854,6 +970,15 @@ class DocumentTable:
         return stats
 
 
+_PROGRESS_COLUMNS = ("phase", "blocks_done", "blocks_total", "tuples_done", "tuples_total")
+_PROGRESS_LOCAL = ("SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total"
+                   " FROM pg_stat_progress_create_index WHERE relid = to_regclass(%s)")
+# The coordinator of a distributed table builds nothing itself: its workers build the shards' indexes.
+_PROGRESS_ON_WORKERS = (
+    "SELECT result FROM run_command_on_workers($$SELECT coalesce(json_agg(json_build_object("
+    "'phase', phase, 'blocks_done', blocks_done, 'blocks_total', blocks_total, 'tuples_done', tuples_done, "
+    "'tuples_total', tuples_total)), '[]') FROM pg_stat_progress_create_index$$) WHERE success"
+)
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
 

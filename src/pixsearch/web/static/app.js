@@ -6,7 +6,8 @@ const MAX_WINDOW = 1000; // the API's skip + top limit
 const THUMB_SIZE = window.devicePixelRatio > 1.5 ? 512 : 256;
 const QUERY_IMAGE_SIDE = 1024; // query images are shrunk in the browser first: the model sees 224 px anyway
 const KEY_STORAGE = "pixsearch.apiKey";
-const WANTED_FIELDS = ["path", "filename", "folder", "taken_at", "tags"]; // shown on a card, when the index has them
+// shown on a card, when the index has them (width and height place a region's box on the thumbnail)
+const WANTED_FIELDS = ["path", "filename", "folder", "taken_at", "tags", "width", "height"];
 
 const $ = (id) => document.getElementById(id);
 
@@ -22,6 +23,7 @@ const state = {
   thumbnailUrls: [],
   fields: null, // name -> {filterable, facetable, ...} of the index, from /capabilities
   showAll: false, // show hits the model calls clearly irrelevant too (reset by a new query)
+  insidePhotos: false, // rank photos by their best region (object patch) and draw its box
 };
 
 const has = (name, ability = "retrievable") => Boolean(state.fields?.[name]?.[ability]);
@@ -138,6 +140,7 @@ function searchBody(skip) {
   const select = ["id", ...WANTED_FIELDS.filter((name) => has(name))].join(",");
   const body = { top: PAGE_SIZE, skip, count: true, select, filter: filterExpression() };
   body.relevance = state.showAll ? "all" : "auto";
+  if (state.insidePhotos && state.query) body.regions = "images";
   if (skip === 0) {
     body.facets = [];
     if (has("tags", "facetable")) body.facets.push("tags,count:20");
@@ -154,6 +157,7 @@ async function loadCapabilities() {
   const answer = await (await api(`${indexPath()}/capabilities`)).json();
   state.fields = Object.fromEntries(answer.fields.map((f) => [f.name, f]));
   $("tags").hidden = !has("tags", "facetable");
+  $("inside-box").hidden = !answer.regions;
 }
 
 // -- searching ------------------------------------------------------------------------------------------------------------
@@ -194,6 +198,7 @@ async function loadPage(generation = state.generation) {
     if (skip === 0) {
       showFacets(answer["@search.facets"] || {});
       showHidden(answer["@pixsearch.hidden"] || 0);
+      showBuilding(answer["@pixsearch.indexBuilding"]);
     }
     showCount(answer["@odata.count"]);
   } catch (error) {
@@ -279,6 +284,16 @@ function showHidden(hidden) {
     : "";
 }
 
+/** A bulk load is rebuilding the search index: results are exact (and slower) until it is done. */
+function showBuilding(building) {
+  $("building-note").hidden = !building;
+  if (!building) return;
+  const total = building.tuples_total || building.blocks_total;
+  const done = building.tuples_total ? building.tuples_done : building.blocks_done;
+  const percent = total ? ` (${Math.floor((100 * done) / total)} %)` : "";
+  $("building-note").textContent = `The search index is being rebuilt${percent}: results are exact meanwhile, and slower.`;
+}
+
 function showError(message) {
   $("error").hidden = !message;
   $("error").textContent = message || "";
@@ -354,9 +369,28 @@ function card(hit, scored) {
   date.textContent = formatDate(hit.taken_at);
   caption.append(date);
 
+  const region = hit["@search.region"];
+  if (region && hit.width && hit.height) button.append(regionBox(region, hit.width, hit.height));
+
   item.append(button, caption);
   thumbnails.observe(img);
   return item;
+}
+
+/** The matching region drawn over a whole (letterboxed) thumbnail: box in original pixels -> % of the square. */
+function regionBox(region, width, height) {
+  const [x0, y0, x1, y1] = region.box;
+  const scale = Math.max(width, height);
+  const left = (scale - width) / 2;
+  const top = (scale - height) / 2;
+  const box = document.createElement("span");
+  box.className = "region-box";
+  box.style.left = `${((left + x0) / scale) * 100}%`;
+  box.style.top = `${((top + y0) / scale) * 100}%`;
+  box.style.width = `${((x1 - x0) / scale) * 100}%`;
+  box.style.height = `${((y1 - y0) / scale) * 100}%`;
+  box.title = region.label ? `Matching region: ${region.label}` : "Matching region";
+  return box;
 }
 
 // -- facets -------------------------------------------------------------------------------------------------------------
@@ -526,6 +560,10 @@ function wire() {
     });
   }
   $("forget-key").addEventListener("click", forgetKey);
+  $("inside-photos").addEventListener("change", (event) => {
+    state.insidePhotos = event.target.checked;
+    if (state.query) runSearch();
+  });
   $("show-all").addEventListener("click", () => {
     state.showAll = true;
     runSearch();
