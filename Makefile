@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[demo,test,clip]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[demo,test,clip,ocr]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps foolbox==3.3.4
 	touch $(STAMP)
 

@@ -6,7 +6,9 @@ Makes a folder of photo-sized JPEGs (the sample photos scaled so the long side i
 like camera/phone photos), warms the models, then measures:
   * model only: embed_images on already-decoded images, batch by batch;
   * end to end: Index.add_paths on the folder (scan, read + hash + decode in threads, embed, COPY BINARY write),
-    with the per-stage split the pipeline records.
+    with the per-stage split the pipeline records;
+  * with OCR (unless --ocr-images 0): the first --ocr-images photos indexed without and then with `ocr=True`, and
+    as many rendered signs (three lines of text each), side by side: images/s and OCR ms per image.
 Prints a table and writes bench/results/ingest.json.
 """
 from __future__ import annotations
@@ -45,11 +47,61 @@ def make_photos(folder: Path, count: int, side: int) -> list[Path]:
     return paths
 
 
+def make_signs(folder: Path, count: int) -> list[Path]:
+    """Rendered signs: three lines of words on a photo-sized canvas, like a shop front or a screenshot."""
+    from PIL import ImageDraw, ImageFont
+
+    words = ["harbour", "bakery", "station", "museum", "garden", "pharmacy", "ticket", "open", "daily", "exit"]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        image = Image.new("RGB", (1600, 1200), (230 - i % 40, 225, 210))
+        draw = ImageDraw.Draw(image)
+        for line in range(3):
+            text = " ".join(words[(i + line * 3 + k) % len(words)] for k in range(3)).upper()
+            draw.text((80, 200 + line * 300), text, fill=(20, 20, 30), font=ImageFont.load_default(110))
+        path = folder / f"sign-{i:04d}.jpg"
+        image.save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def compare_ocr(engine: Engine, photos: list[Path], work: Path) -> dict:
+    """The same files indexed without and with OCR, photos and signs apart."""
+    import shutil
+
+    from pixsearch.ingest.ocr import shared_reader
+
+    shared_reader().load()  # the OCR model's load is not per image
+    sets = {"photos": work / "ocr-photos", "signs": work / "ocr-signs"}
+    sets["photos"].mkdir()
+    for path in photos:
+        shutil.copy(path, sets["photos"] / path.name)
+    make_signs(sets["signs"], len(photos))
+    out = {}
+    for kind, folder in sets.items():
+        row = {"images": len(photos)}
+        for ocr in (False, True):
+            name = f"bench-ocr-{os.getpid()}-{kind}-{ocr}"
+            idx = engine.index(name, create=True)
+            t0 = time.perf_counter()
+            report = idx.add_paths([folder], ocr=ocr)
+            seconds = time.perf_counter() - t0
+            assert report.added == len(photos) and not report.failed, report.to_json()
+            row["with_ocr_images_per_s" if ocr else "without_ocr_images_per_s"] = round(len(photos) / seconds, 2)
+            if ocr:
+                row["ocr_ms_per_image"] = round(1000 * report.stage_seconds["ocr"] / len(photos), 1)
+            engine.delete_index(name)
+        out[kind] = row
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=192)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--side", type=int, default=2000, help="long side of the generated photos, px")
+    parser.add_argument("--ocr-images", type=int, default=32, help="photos (and signs) for the OCR comparison")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ingest.json")
     args = parser.parse_args()
 
@@ -85,6 +137,7 @@ def main() -> None:
         rerun = idx.add_paths([work / "photos"])
         rerun_seconds = time.perf_counter() - rerun_t0
         engine.delete_index(name)
+        ocr = compare_ocr(engine, photos[: args.ocr_images], work) if args.ocr_images else None
 
     n = len(photos)
     assert report.added == n and not report.failed, report.to_json()
@@ -101,6 +154,7 @@ def main() -> None:
         "stage_seconds": {k: round(v, 3) for k, v in report.stage_seconds.items()},
         "end_to_end_seconds": round(end_to_end, 3),
         "rerun_unchanged_seconds": round(rerun_seconds, 3),
+        "ocr": ocr,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +167,9 @@ def main() -> None:
     print("stages (s)      " + "  ".join(f"{k} {v:.2f}" for k, v in stages.items())
           + "   (decode is summed over its threads and overlaps embed)")
     print(f"rerun, nothing changed: {rerun_seconds:.2f} s for {n} files")
+    for kind, row in (ocr or {}).items():
+        print(f"{kind:6s} x{row['images']}: {row['without_ocr_images_per_s']:.2f} images/s without OCR, "
+              f"{row['with_ocr_images_per_s']:.2f} with; OCR {row['ocr_ms_per_image']:.0f} ms/image")
     print(f"wrote {args.out}")
 
 

@@ -1,4 +1,5 @@
-"""Test data the tests make themselves: altered copies of sample photos and broken files."""
+"""Test data the tests make themselves: altered copies of sample photos, broken files, and photo metadata as other
+tools write it (XMP, IPTC, EXIF XP* tags)."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from xml.sax.saxutils import escape
 
 from PIL import Image
 
@@ -76,3 +78,59 @@ def chromium_browser() -> Iterator[object]:
             yield browser
         finally:
             browser.close()
+
+
+# -- photo metadata as other tools write it --------------------------------------------------------------------------
+NS = ('xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+      'xmlns:lr="http://ns.adobe.com/lightroom/1.0/" xmlns:photoshop="http://ns.adobe.com/photoshop/1.0/" '
+      'xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:digiKam="http://www.digikam.org/ns/1.0/"')
+
+
+def xmp_packet(*, title: str | None = None, title_de: str | None = None, description: str | None = None,
+               subjects=(), hierarchical=(), date: str | None = None, body: str = "") -> bytes:
+    """An XMP packet as Lightroom/darktable write it: one rdf:Description, dc:title/description as rdf:Alt (a German
+    entry first, to check that x-default wins), dc:subject and lr:hierarchicalSubject as rdf:Bag."""
+    props = []
+    if title is not None or title_de is not None:
+        lis = ""
+        if title_de is not None:
+            lis += f'<rdf:li xml:lang="de-DE">{escape(title_de)}</rdf:li>'
+        if title is not None:
+            lis += f'<rdf:li xml:lang="x-default">{escape(title)}</rdf:li>'
+        props.append(f"<dc:title><rdf:Alt>{lis}</rdf:Alt></dc:title>")
+    if description is not None:
+        props.append(f'<dc:description><rdf:Alt><rdf:li xml:lang="x-default">{escape(description)}</rdf:li>'
+                     "</rdf:Alt></dc:description>")
+    if subjects:
+        props.append("<dc:subject><rdf:Bag>" + "".join(f"<rdf:li>{escape(s)}</rdf:li>" for s in subjects)
+                     + "</rdf:Bag></dc:subject>")
+    if hierarchical:
+        props.append("<lr:hierarchicalSubject><rdf:Bag>"
+                     + "".join(f"<rdf:li>{escape(h)}</rdf:li>" for h in hierarchical)
+                     + "</rdf:Bag></lr:hierarchicalSubject>")
+    date_attr = f' photoshop:DateCreated="{date}"' if date else ""
+    return ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+            f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF {NS}>'
+            f'<rdf:Description rdf:about=""{date_attr}>{"".join(props)}{body}</rdf:Description>'
+            '</rdf:RDF></x:xmpmeta>\n<?xpacket end="w"?>').encode("utf-8")
+
+
+def iim(*fields: tuple[int, int, bytes]) -> bytes:
+    """An IPTC IIM block: 0x1C, record, dataset, 2-byte big-endian length, value."""
+    return b"".join(b"\x1c" + bytes([r, d]) + len(v).to_bytes(2, "big") + v for r, d, v in fields)
+
+
+def with_iptc(jpeg: bytes, block: bytes) -> bytes:
+    """Splice a Photoshop APP13 segment holding `block` as image resource 0x0404 after the JPEG's APP0/APP1."""
+    resource = b"8BIM" + (0x0404).to_bytes(2, "big") + b"\x00\x00" + len(block).to_bytes(4, "big") + block
+    resource += b"\x00" * (len(block) % 2)
+    payload = b"Photoshop 3.0\x00" + resource
+    segment = b"\xff\xed" + (len(payload) + 2).to_bytes(2, "big") + payload
+    pos = 2
+    while jpeg[pos] == 0xFF and jpeg[pos + 1] in (0xE0, 0xE1):
+        pos += 2 + int.from_bytes(jpeg[pos + 2: pos + 4], "big")
+    return jpeg[:pos] + segment + jpeg[pos:]
+
+
+def utf16z(text: str) -> bytes:
+    return text.encode("utf-16-le") + b"\x00\x00"

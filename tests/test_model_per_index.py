@@ -67,7 +67,7 @@ def test_stored_and_query_vectors_equal_the_reference_model(home, clip_index, ti
     model, processor, tokenizer, torch = _reference(tiny_clip)
     with Engine(Settings.load(home=home)) as engine:
         idx = engine.index(clip_index)
-        assert idx.spec.model == tiny_clip.name and [vf.name for vf in idx.spec.vector_fields] == ["clip"]
+        assert idx.spec.model == tiny_clip.name and [vf.name for vf in idx.spec.vector_fields] == ["clip", "caption"]
         assert {f.name for f in idx.spec.fields}.isdisjoint({"class_ids", "class_probs", "tags"})
         stored = {h.document["filename"]: h.id for h in idx.query(SearchRequest(top=50))}
         for name in ("cat-chelsea.png", "coffee.png"):

@@ -65,10 +65,13 @@ def test_no_query_lists_photos_newest_first_with_an_exact_total(engine, index_na
     idx.add_paths([tmp_path / "photos"])
     listed = idx.query(SearchRequest(top=2, facets=["taken_at,interval:day"]))
     assert listed.mode == "browse" and listed.total == 3
-    assert names(listed) == ["coffee.png", "cat-chelsea.png"]  # no EXIF date: the file's time stands in
+    assert names(listed) == ["coffee.png", "rocket.jpg"]  # no recorded date: the file's time stands in
     assert listed[0].document["taken_at"] == datetime(2020, 1, 4, tzinfo=timezone.utc)
+    assert listed[0].document["taken_at_source"] == "file"
     assert len(listed.facets["taken_at"]) == 3
-    assert names(idx.query(SearchRequest(top=2, skip=2))) == ["rocket.jpg"]
+    [cat] = idx.query(SearchRequest(top=2, skip=2)).hits  # its XMP says when it was taken (no UTC offset given)
+    assert cat.document["filename"] == "cat-chelsea.png" and cat.document["taken_at_source"] == "xmp-no-offset"
+    assert cat.document["taken_at"] == datetime(2009, 2, 9, 9, 11, 30, tzinfo=timezone.utc)
     older = idx.query(SearchRequest(filter="taken_at lt 2020-01-04", sort=[("filename", False)]))
     assert names(older) == ["cat-chelsea.png", "rocket.jpg"] and older.total == 2
 

@@ -194,11 +194,14 @@ class SimilarityIndex:
                 hit.fields[dist_field] = hit.distance
         return hits
 
-    def duplicates(self, threshold: float = 0.05, *, field: str | None = None) -> list[list[str]]:
+    def duplicates(self, threshold: float | None = None, *, field: str | None = None,
+                   same_frame: bool = True) -> list[list[str]]:
         """Groups of near-identical items: pairs within `threshold` cosine distance on `field` (default: the image
-        field), found through the ANN index (each item's nearest neighbours), joined transitively."""
+        field; threshold default: calibrated for the model), found through the ANN index (each item's nearest
+        neighbours) and, for photos, with the same layout (same_frame=False also groups similar shots such as a
+        burst's), joined transitively."""
         index = self._index
-        return [group.ids for group in duplicate_groups(index, threshold, field=field)]
+        return [group.ids for group in duplicate_groups(index, threshold, field=field, same_frame=same_frame)]
 
 
 class Client:

@@ -35,3 +35,5 @@ QUERY_VECTOR_CACHE_ITEMS = 256
 # -- time -------------------------------------------------------------------------------------------------------------
 DEFAULT_API_STATEMENT_TIMEOUT_S = 10.0  # per SQL statement of an API request (setting api_statement_timeout)
 API_KEY_CACHE_SECONDS = 30.0  # a verified (or refused) stored key is trusted this long; revocation takes effect within it
+# Near-duplicate groups one answer holds at most (CLI, REST, Python).
+MAX_DUPLICATE_GROUPS = 1000

@@ -28,8 +28,9 @@ from pixsearch.api.models import (
     jsonable,
 )
 from pixsearch.api.origin import LOOPBACK_NAMES, OriginGuard
-from pixsearch.limits import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, THUMBNAIL_SIZES
+from pixsearch.limits import MAX_DUPLICATE_GROUPS, MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, THUMBNAIL_SIZES
 from pixsearch.search.context import FileTermRefused
+from pixsearch.search.ranking import Cutoff
 from pixsearch.search.request import MODES, SearchRequest, VectorQuery
 from pixsearch.service import Engine, Index, PhotoNotFound
 from pixsearch.store import FilterError, IndexExistsError, IndexNotFoundError, IndexSpec
@@ -75,6 +76,7 @@ def create_app(
     app.add_api_route("/indexes/{name}", h.delete_index, methods=["DELETE"], status_code=204)
     app.add_api_route("/indexes/{name}/stats", h.index_stats, methods=["GET"])
     app.add_api_route("/indexes/{name}/capabilities", h.capabilities, methods=["GET"])
+    app.add_api_route("/indexes/{name}/duplicates", h.duplicates, methods=["GET"])
     app.add_api_route("/indexes/{name}/docs/index", h.index_documents, methods=["POST"])
     app.add_api_route("/indexes/{name}/docs/search", h.search, methods=["POST"])
     app.add_api_route("/indexes/{name}/docs/$count", h.count, methods=["GET"])  # before /docs/{key}
@@ -234,6 +236,18 @@ class Handlers:
                 "relevance": relevance,
                 "fields": [{"name": f.name, "type": f.type, "filterable": f.filterable, "facetable": f.facetable,
                             "sortable": f.sortable, "retrievable": f.retrievable} for f in index.spec.fields]}
+
+    def duplicates(self, name: str, threshold: float | None = Query(None, ge=0, le=2),
+                   similar: bool = False, top: int = Query(100, ge=1, le=MAX_DUPLICATE_GROUPS)) -> dict[str, Any]:
+        """Groups of near-duplicate photos (largest first, at most `top`): `threshold` is the image vectors' cosine
+        distance (default: calibrated for the model); `similar` also groups similar shots. Admin keys only: it
+        looks at every photo's neighbours."""
+        index = self.open(name)
+        try:
+            groups = index.duplicates(threshold, same_frame=not similar, max_groups=top)
+        except ValueError as exc:
+            raise ApiError(400, "InvalidRequestParameter", str(exc)) from None
+        return {"value": [jsonable(g.to_json()) for g in groups]}
 
     def index_stats(self, name: str) -> dict[str, Any]:
         stats = self.open(name).stats()
@@ -436,7 +450,11 @@ def _search_request(
     k = max((q.k or 0 for q in queries), default=0)
     top = body.top if body.top is not None else (k or DEFAULT_TOP)  # bounds: checked by the service (limits.py)
     select = _select_list(spec, body.select, allow_vectors=False) if body.select else None
+    try:
+        cutoff = Cutoff.parse(body.cutoff)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
     request = SearchRequest(text=text, field=field, filter=body.filter, mode=mode, top=top, skip=body.skip,
                             sort=_orderby(body.orderby), facets=list(body.facets), vector_queries=queries,
-                            hide_irrelevant=body.relevance == "auto", regions=body.regions)
+                            hide_irrelevant=body.relevance == "auto", regions=body.regions, cutoff=cutoff)
     return request, select

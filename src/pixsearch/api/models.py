@@ -26,6 +26,8 @@ class FieldIn(BaseModel):
     facetable: bool = False
     searchable: bool = False
     retrievable: bool = True
+    # a ranked list of its own in keyword search (photo indexes' ocr_text: "ocr"), instead of the general one
+    keywordList: str | None = PField(default=None, max_length=40)
 
 
 class VectorFieldIn(BaseModel):
@@ -37,6 +39,7 @@ class VectorFieldIn(BaseModel):
     algorithm: str = "hnsw"
     parameters: dict[str, Any] = PField(default_factory=dict)
     modelId: str | None = None  # read-only: accepted so a GET definition can be PUT back unchanged
+    space: str | None = PField(default=None, max_length=40)  # likewise: which of the model's spaces it holds
 
 
 class IndexIn(BaseModel):
@@ -48,23 +51,30 @@ class IndexIn(BaseModel):
     vectorFields: list[VectorFieldIn]
 
     def to_service(self) -> tuple[str, tuple[Field, ...], tuple[VectorField, ...]]:
-        fields = tuple(Field(**f.model_dump()) for f in self.fields)
+        fields = tuple(Field(**{k: v for k, v in f.model_dump().items() if k != "keywordList"},
+                             keyword_list=f.keywordList) for f in self.fields)
         vector_fields = tuple(
             VectorField(name=v.name, dims=v.dimensions, model_id=v.modelId, metric=v.metric, storage=v.storage,
-                        algorithm=v.algorithm, params=dict(v.parameters))
+                        algorithm=v.algorithm, params=dict(v.parameters), space=v.space)
             for v in self.vectorFields
         )
         return self.key, fields, vector_fields
 
 
 def field_json(f: Field) -> dict[str, Any]:
-    return {"name": f.name, "type": f.type, "filterable": f.filterable, "sortable": f.sortable,
-            "facetable": f.facetable, "searchable": f.searchable, "retrievable": f.retrievable}
+    out = {"name": f.name, "type": f.type, "filterable": f.filterable, "sortable": f.sortable,
+           "facetable": f.facetable, "searchable": f.searchable, "retrievable": f.retrievable}
+    if f.keyword_list is not None:
+        out["keywordList"] = f.keyword_list
+    return out
 
 
 def vector_field_json(v: VectorField) -> dict[str, Any]:
-    return {"name": v.name, "dimensions": v.dims, "metric": v.metric, "storage": v.storage,
-            "algorithm": v.algorithm, "parameters": dict(v.params), "modelId": v.model_id}
+    out = {"name": v.name, "dimensions": v.dims, "metric": v.metric, "storage": v.storage,
+           "algorithm": v.algorithm, "parameters": dict(v.params), "modelId": v.model_id}
+    if v.space is not None:
+        out["space"] = v.space
+    return out
 
 
 def definition(spec: IndexSpec) -> dict[str, Any]:
@@ -226,6 +236,8 @@ class SearchBody(BaseModel):
     select: str | None = None
     facets: list[str] = PField(default_factory=list)
     orderby: str | None = None
+    # which ranked hits count before orderby sorts them: "gap" (up to the largest score drop) or "relative:F"
+    cutoff: str | None = PField(default=None, max_length=32)
     queryType: str | None = None
     mode: str | None = None
     count: bool = False

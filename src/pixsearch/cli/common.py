@@ -30,13 +30,14 @@ def open_engine(index: str | None = None, **engine_options: Any) -> Iterator[Eng
     """Open the engine; turn the errors a user can fix into one clear line instead of a traceback."""
     from pixsearch.db import DatabaseError
     from pixsearch.ingest.decode import DecodeError
+    from pixsearch.ingest.ocr import OcrUnavailable
     from pixsearch.models.base import ModelNotAvailableError
     from pixsearch.store import IndexNotFoundError
 
     try:
         with Engine(index=index, **engine_options) as engine:
             yield engine
-    except (DatabaseError, IndexNotFoundError, ModelNotAvailableError, DecodeError, ValueError) as exc:
+    except (DatabaseError, IndexNotFoundError, ModelNotAvailableError, DecodeError, OcrUnavailable, ValueError) as exc:
         raise fail(str(exc)) from None
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,7 +17,7 @@ from rich.text import Text
 from pixsearch.cli.indexes import evaluate_cmd, indexes_app, stats_cmd, tune_cmd, vectors_app
 from pixsearch.cli.keys import keys_app
 from pixsearch.cli.models import models_app
-from pixsearch.cli.common import EXIT_OK, EXIT_PARTIAL, IndexOption, err, fail, open_engine, out
+from pixsearch.cli.common import EXIT_OK, EXIT_PARTIAL, IndexOption, err, fail, open_engine, out, print_json
 from pixsearch.search.ranking import Cutoff
 from pixsearch.search.request import SearchRequest
 from pixsearch.service import Engine, Query
@@ -59,11 +60,12 @@ class _RichIngestProgress:
 
 
 def _index_paths(engine: Engine, paths: List[Path], index: str | None, prune: bool, as_json: bool,
-                 follow_symlinks: bool = False, model: str | None = None, regions: str | None = None) -> int:
+                 follow_symlinks: bool = False, model: str | None = None, regions: str | None = None,
+                 ocr: bool | None = None) -> int:
     idx = engine.index(index, create=True, model=model)
     progress = _RichIngestProgress(err)
     try:
-        report = idx.add_paths(paths, prune=prune, progress=progress, follow_symlinks=follow_symlinks)
+        report = idx.add_paths(paths, prune=prune, progress=progress, follow_symlinks=follow_symlinks, ocr=ocr)
     finally:
         progress.stop()
     if regions is not None:
@@ -71,11 +73,18 @@ def _index_paths(engine: Engine, paths: List[Path], index: str | None, prune: bo
         err.print(f"regions: {found.regions} in {found.photos} photos ({escape(regions)}), {len(found.failed)} "
                   f"failed, {len(found.unmatched)} boxes for photos not in the index", highlight=False)
     if as_json:
-        print(json.dumps(report.to_json()))
+        print(json.dumps(report.to_json()), flush=True)
+    _print_report(idx.name, report, f"{report.scanned} image files, {report.elapsed_seconds:.1f} s")
+    return EXIT_PARTIAL if report.failed else EXIT_OK
+
+
+def _print_report(name: str, report, scope: str) -> None:
     summary = (
-        f"[bold]{idx.name}[/]: {report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
-        f"{report.removed} removed, {len(report.failed)} failed, {len(report.skipped)} skipped "
-        f"({report.scanned} image files, {report.elapsed_seconds:.1f} s)"
+        f"[bold]{escape(name)}[/]: {report.added} added, {report.updated} updated, {report.moved} moved, "
+        f"{report.unchanged} unchanged, {report.removed} removed, {len(report.failed)} failed, "
+        f"{len(report.skipped)} skipped"
+        + (f", captions re-read for {report.metadata_updated}" if report.metadata_updated else "")
+        + f" ({scope})"
     )
     err.print(summary, highlight=False)
     for path, reason in report.skipped:
@@ -84,7 +93,33 @@ def _index_paths(engine: Engine, paths: List[Path], index: str | None, prune: bo
         err.print(f"  [yellow]warning[/] {escape(path)}: {escape(message)}", highlight=False)
     for path, reason in report.failed:
         err.print(f"  [red]failed[/] {escape(path)}: {escape(reason)}", highlight=False)
-    return EXIT_PARTIAL if report.failed else EXIT_OK
+
+
+def _watch(engine: Engine, paths: List[Path], index: str | None, follow_symlinks: bool, polling: bool,
+           as_json: bool) -> None:
+    """Follow the folders until Ctrl+C: each quiet moment after changes, one batch applied and reported."""
+    from pixsearch.ingest.watch import FolderWatcher
+
+    idx = engine.index(index)
+    roots = [p.expanduser().absolute() for p in paths if p.is_dir()]
+    if not roots:
+        raise fail("--watch needs folders to watch")
+
+    def apply(changed: set[str], deleted: set[str], moved: list[tuple[str, str]]) -> None:
+        started = time.perf_counter()
+        report = idx.apply_folder_changes(changed, deleted, moved, roots=roots, follow_symlinks=follow_symlinks)
+        if as_json:
+            print(json.dumps(report.to_json()), flush=True)
+        _print_report(idx.name, report, f"{time.strftime('%H:%M:%S')}, {time.perf_counter() - started:.1f} s")
+
+    with FolderWatcher(roots, apply, polling=polling):
+        err.print(f"watching {len(roots)} folder{'s' if len(roots) != 1 else ''} for changes (Ctrl+C stops)",
+                  highlight=False)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            err.print("stopping: the last changes are applied first", highlight=False)
 
 
 @app.command("index")
@@ -103,15 +138,57 @@ def index_cmd(
         None, "--regions", help="Also index regions: 'grid' (83 sliding windows at 3 scales; later runs keep doing "
         "it), 'grid-coarse' (34), or a box file: COCO JSON, CSV or JSON Lines (path,x0,y0,x1,y1[,label][,score])."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    ocr: Optional[bool] = typer.Option(
+        None, "--ocr/--no-ocr", help="Read text in the photos (signs, screenshots): searchable and ranked with the "
+        "rest; ~0.5-1 s per photo. Remembered for the index's later runs."
+    ),
+    watch: bool = typer.Option(
+        False, "--watch", help="After indexing, follow the folders and apply each change (new, changed, moved, "
+        "deleted files and caption sidecars) as it happens, until Ctrl+C."
+    ),
+    polling: bool = typer.Option(
+        False, "--polling", help="With --watch: poll instead of OS notifications (network shares)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (one line per batch)."),
 ) -> None:
-    """Index photos incrementally: new and changed files are embedded, unchanged ones skipped.
+    """Index photos incrementally: new and changed files are embedded, unchanged ones skipped, moved and renamed
+    ones recognised by their content (their rows follow them: nothing is embedded again).
 
     Exit status 0 when every file was indexed, 3 when some files failed (they are listed), 1 on errors.
     """
     with open_engine(index) as engine:
-        status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions)
+        status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions, ocr)
+        if watch:
+            _watch(engine, paths, index, follow_symlinks, polling, as_json)
     raise typer.Exit(status)
+
+
+@app.command("duplicates")
+def duplicates_cmd(
+    index: Optional[str] = IndexOption,
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", help="Largest cosine distance of the image vectors (default: calibrated for the model)."
+    ),
+    similar: bool = typer.Option(
+        False, "--similar", help="Also group similar shots (a burst of one scene): skip the check that two photos "
+        "show the same frame."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the groups as JSON on stdout."),
+) -> None:
+    """Groups of near-duplicate photos: edited copies (resized, recompressed, cropped, mirrored) and files copied
+    to several places, found through the ANN index."""
+    with open_engine(index) as engine:
+        groups = engine.index(index).duplicates(threshold, same_frame=not similar)
+    if as_json:
+        print_json([g.to_json() for g in groups])
+        return
+    for number, group in enumerate(groups, 1):
+        out.print(f"[bold]group {number}[/] ({len(group.ids)} photos, distance up to {group.max_distance:.3f})",
+                  highlight=False)
+        for key in group.ids:
+            doc = group.documents.get(key, {})
+            out.print(f"  {escape(str(doc.get('path') or key))}", highlight=False)
+    err.print(f"{len(groups)} group{'s' if len(groups) != 1 else ''} of near-duplicates", highlight=False)
 
 
 def _print_hits(query: str, hits) -> None:
@@ -126,18 +203,10 @@ def _print_hits(query: str, hits) -> None:
 
 
 def _parse_cutoff(min_score: float | None, cutoff: str | None) -> Cutoff:
-    if cutoff is None:
-        return Cutoff(min_score=min_score)
-    if cutoff == "gap":
-        return Cutoff(min_score=min_score, gap=True)
-    if cutoff.startswith("relative:"):
-        try:
-            fraction = float(cutoff.split(":", 1)[1])
-        except ValueError:
-            fraction = -1.0
-        if 0 < fraction <= 1:
-            return Cutoff(min_score=min_score, relative=fraction)
-    raise fail(f"--cutoff {cutoff!r}: use 'gap' or 'relative:F' with 0 < F <= 1")
+    try:
+        return Cutoff.parse(cutoff, min_score)
+    except ValueError as exc:
+        raise fail(f"--{exc}") from None
 
 
 def _parse_sort(sort: list[str]) -> list[tuple[str, bool]]:

@@ -15,12 +15,16 @@ import stat
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Callable
 
 from PIL import Image, UnidentifiedImageError
 
 from pixsearch.imaging import to_rgb, upright
-from pixsearch.ingest.metadata import photo_metadata
+from pixsearch.ingest.formats import first_frame, register_extra_formats
+from pixsearch.ingest.metadata import camera_facts
 from pixsearch.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
+
+register_extra_formats()  # HEIF (and AVIF where Pillow lacks it) open like any other format, when installed
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +41,27 @@ class DecodeError(ValueError):
 
 @dataclass
 class DecodedImage:
+    """Upright RGB pixels, the file's size facts, what its EXIF says about the capture (see metadata.camera_facts)
+    and whatever the caller's `describe` read from the opened file."""
+
     image: Image.Image
     content_hash: str
     format: str
     width: int
     height: int
     taken_at: datetime | None = None
+    taken_at_source: str | None = None  # "exif" (with its UTC offset), "exif-no-offset"; the caller may add others
     camera: str | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lens: str | None = None
     gps_lat: float | None = None
     gps_lon: float | None = None
+    described: Any = None
     warnings: list[str] = field(default_factory=list)
+
+
+Describe = Callable[[Image.Image, Image.Exif], Any]
 
 
 def content_hash(data: bytes) -> str:
@@ -115,17 +130,20 @@ def decode_bytes(
     *,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     draft: tuple[int, int] | None = DRAFT_SIZE,
+    describe: Describe | None = None,
 ) -> DecodedImage:
     """Decode an image file's bytes; `digest` is their content_hash when the caller already computed it. Images of
     more than `max_pixels` (read from the header) are refused before their pixels are decoded. JPEGs are decoded at
-    the smallest scale that keeps `draft` (None: full size)."""
+    the smallest scale that keeps `draft` (None: full size). Multi-frame files give the frame that stands for the
+    photo (formats.first_frame). `describe(image, exif)` runs on the file as opened, before any conversion (where
+    XMP, IPTC and comments still are); what it returns is `described` (it must not raise for bad metadata)."""
     if not data:
         raise DecodeError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             # Our own pixel cap decides; Pillow's bomb check (2x its MAX_IMAGE_PIXELS) stays as the last guard.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = first_frame(Image.open(io.BytesIO(data)))
             fmt = img.format or "unknown"
             width, height = img.size
             if width * height > max_pixels:
@@ -136,6 +154,7 @@ def decode_bytes(
             exif, warned = _exif(img)
             if exif.get(_ORIENTATION, 1) in (5, 6, 7, 8):
                 width, height = height, width
+            described = describe(img, exif) if describe is not None else None
             if fmt == "JPEG" and draft is not None:
                 img.draft("RGB", draft)
             img.load()
@@ -149,11 +168,15 @@ def decode_bytes(
             raise
         raise DecodeError(f"corrupt or truncated image: {exc}") from None
     try:
-        meta = photo_metadata(exif)
+        facts = camera_facts(exif)
     except Exception as exc:  # noqa: BLE001 - metadata is a bonus: never lose the photo over it
-        meta, warned = {}, warned + [f"metadata not read: {type(exc).__name__}: {exc}"]
-    return DecodedImage(image=img, content_hash=digest or content_hash(data), format=fmt, width=width,
-                        height=height, warnings=warned, **meta)
+        facts, warned = {}, warned + [f"metadata not read: {type(exc).__name__}: {exc}"]
+    return DecodedImage(
+        image=img, content_hash=digest or content_hash(data), format=fmt, width=width, height=height,
+        taken_at=facts.get("taken_at"), taken_at_source=facts.get("taken_at_source"), camera=facts.get("camera"),
+        camera_make=facts.get("make"), camera_model=facts.get("model"), lens=facts.get("lens"),
+        gps_lat=facts.get("gps_lat"), gps_lon=facts.get("gps_lon"), described=described, warnings=warned,
+    )
 
 
 def _exif(img: Image.Image) -> tuple[Image.Exif, list[str]]:

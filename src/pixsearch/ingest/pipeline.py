@@ -12,15 +12,32 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol, Sequence, TypeVar
 
+import json
+import threading
+
+import numpy as np
 import psycopg
 
 from pixsearch.db import Database
-from pixsearch.ingest.decode import DecodedImage, DecodeError, content_hash, decode_bytes, read_file
+from pixsearch.ingest.decode import DRAFT_SIZE, DecodedImage, DecodeError, content_hash, decode_bytes, read_file
+from pixsearch.ingest.descriptions import Descriptions, read_descriptions
+from pixsearch.ingest.formats import companion_key
+from pixsearch.ingest.layout import layout_signature
+from pixsearch.ingest.ocr import OcrError, OcrUnavailable, TextBox, joined_text, shared_reader
 from pixsearch.ingest.scan import FoundFile, scan
 from pixsearch.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from pixsearch.models.base import Embedder
 from pixsearch.store import DocumentTable, PhotoRecord, StoredState
-from pixsearch.store.photos import paths_under, stored_states, touch, write_photos
+from pixsearch.store.photos import (
+    PhotoLocation,
+    move_photos,
+    paths_under,
+    same_content,
+    stored_states,
+    touch,
+    update_descriptions,
+    write_photos,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +78,7 @@ class IngestOptions:
     follow_symlinks: bool = False
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    ocr: bool = False  # read text in the pixels (ingest/ocr.py): ~0.5-1 s per photo on 2 cores
 
 
 @dataclass
@@ -70,13 +88,15 @@ class IngestReport:
     updated: int = 0
     unchanged: int = 0
     removed: int = 0
+    moved: int = 0  # files moved or renamed: their rows followed them, nothing embedded again
+    metadata_updated: int = 0  # photos whose caption sidecars changed: captions read again, pixels not
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # passed over on purpose (links, FIFOs...)
     warnings: list[tuple[str, str]] = field(default_factory=list)  # indexed, but something was left out
     keys: list[str] = field(default_factory=list)  # ids of the photos found that are in the index after the run
     embedded_keys: list[str] = field(default_factory=list)  # ids of the photos (re-)embedded by this run
     stage_seconds: dict[str, float] = field(
-        default_factory=lambda: {"scan": 0.0, "decode": 0.0, "embed": 0.0, "write": 0.0}
+        default_factory=lambda: {"scan": 0.0, "decode": 0.0, "ocr": 0.0, "embed": 0.0, "write": 0.0}
     )
     elapsed_seconds: float = 0.0
 
@@ -91,6 +111,8 @@ class IngestReport:
             "updated": self.updated,
             "unchanged": self.unchanged,
             "removed": self.removed,
+            "moved": self.moved,
+            "metadata_updated": self.metadata_updated,
             "failed": [{"path": p, "reason": r} for p, r in self.failed],
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "warnings": [{"path": p, "message": m} for p, m in self.warnings],
@@ -103,10 +125,35 @@ class IngestReport:
 class _Work:
     file: FoundFile
     stored: StoredState | None
+    describe_only: bool = False  # the file is as indexed but its caption sidecars changed
     decoded: DecodedImage | None = None
     prepared: Any = None  # the embedder's prepare_image() result, made in the decode thread
+    described: Descriptions | None = None
+    text_boxes: list[TextBox] | None = None  # OCR, in pixels of the original image
+    layout: str | None = None
+    moved_from: StoredState | None = None  # the row of a file with the same bytes that is gone from its path
     same_content: bool = False
     error: str | None = None
+
+
+class _MovedFiles:
+    """Finds, for a new file, the row of a file with the same bytes whose path no longer exists: the same photo,
+    moved or renamed. Each row is claimed once (two copies of a moved file: one takes the row, one is new)."""
+
+    def __init__(self, db: Database, table: DocumentTable):
+        self.db, self.table = db, table
+        self._claimed: set[str] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, digest: str) -> StoredState | None:
+        with self.db.connection() as conn:
+            candidates = same_content(conn, self.table, digest)
+        with self._lock:
+            for row in candidates:
+                if row.id not in self._claimed and not os.path.lexists(row.path):
+                    self._claimed.add(row.id)
+                    return row
+        return None
 
 
 def ingest_paths(
@@ -117,14 +164,20 @@ def ingest_paths(
     options: IngestOptions = IngestOptions(),
     *,
     columns: dict[str, str] | None = None,
+    caption_field: str | None = None,
     progress: IngestProgress | None = None,
     loading: Callable[[int], ContextManager[Any]] | None = None,
 ) -> IngestReport:
     """Index the images under `roots` with `embedder`, its vector spaces written to `columns` (space -> vector
-    field; default: the fields named like the spaces). `loading(n)` wraps the writes of the n files to embed (the
-    service's choice between incremental and bulk loading). Unchanged files (size + mtime, then content hash) are skipped; files that fail
-    to read or decode are reported and skipped; each batch is written in its own transaction, and rows the database
-    refuses are reported one by one while the rest of their batch is written."""
+    field; default: the fields named like the spaces), each photo's caption (title, description, keywords)
+    embedded as text into `caption_field` when given. `loading(n)` wraps the writes of the n files to embed (the
+    service's choice between incremental and bulk loading).
+
+    Unchanged files (size + mtime, then content hash) are skipped; a file whose caption sidecars changed has its
+    captions read again; a new file with the bytes of an indexed file that is gone from its path is that photo
+    moved: its row follows it. Files that fail to read or decode are reported and skipped; each batch is written in
+    its own transaction, and rows the database refuses are reported one by one while the rest of their batch is
+    written."""
     progress = progress or _NoProgress()
     report = IngestReport()
     started = time.perf_counter()
@@ -141,14 +194,18 @@ def ingest_paths(
     for f in scanned.found:
         state = stored.get(f.id)
         if state and state.path == f.path and state.size_bytes == f.size_bytes and state.mtime_ns == f.mtime_ns:
-            report.unchanged += 1
+            if state.sidecar_state == f.sidecar_state:
+                report.unchanged += 1
+            else:
+                pending.append(_Work(f, state, describe_only=True))
         else:
             pending.append(_Work(f, state))
     report.stage_seconds["scan"] = time.perf_counter() - t0
 
     progress.start(len(pending))
-    with (loading or _incremental)(len(pending)):
-        _run(db, table, embedder, columns, pending, options, report, progress)
+    writer = _Writer(db, table, embedder, columns, caption_field, report, progress)
+    with (loading or _incremental)(sum(not w.describe_only for w in pending)):
+        _run(writer, pending, options, _MovedFiles(db, table))
     failed = {path for path, _ in report.failed}
     report.keys = [f.id for f in scanned.found if f.path not in failed]
     if options.prune:
@@ -165,18 +222,31 @@ def _incremental(count: int) -> Iterator[None]:
     yield
 
 
-def _run(db: Database, table: DocumentTable, embedder: Embedder, columns: dict[str, str] | None,
-         pending: list[_Work], options: IngestOptions, report: IngestReport, progress: IngestProgress) -> None:
+def _run(writer: "_Writer", pending: list[_Work], options: IngestOptions, moved_files: _MovedFiles) -> None:
     """Decode (thread pool), embed and write the pending files, batch by batch."""
+    report, progress = writer.report, writer.progress
+    reader = shared_reader() if options.ocr else None
     batch: list[_Work] = []
+    moves: list[_Work] = []
+    described: list[_Work] = []
     touched: list[tuple[str, int, int]] = []
     with ThreadPoolExecutor(max_workers=options.decode_workers, thread_name_prefix="pixsearch-decode") as pool:
-        decode = lambda w: _decode(w, report, embedder, options)  # noqa: E731
+        decode = lambda w: _decode(w, report, writer.embedder, options, moved_files, reader)  # noqa: E731
         for work in _bounded_map(pool, decode, pending, window=options.batch_size * 2):
             if work.error is not None:
                 report.failed.append((work.file.path, work.error))
                 progress.failure(work.file.path, work.error)
                 progress.advance()
+            elif work.moved_from is not None:
+                moves.append(work)
+                if len(moves) >= options.batch_size:
+                    writer.moves(moves)
+                    moves = []
+            elif work.describe_only:
+                described.append(work)
+                if len(described) >= options.batch_size:
+                    writer.descriptions(described)
+                    described = []
             elif work.same_content:
                 touched.append((work.file.id, work.file.size_bytes, work.file.mtime_ns))
                 report.unchanged += 1
@@ -184,13 +254,14 @@ def _run(db: Database, table: DocumentTable, embedder: Embedder, columns: dict[s
             else:
                 batch.append(work)
                 if len(batch) >= options.batch_size:
-                    _embed_and_write(db, table, embedder, columns, batch, report, progress)
+                    writer.photos(batch)
                     batch = []
-        if batch:
-            _embed_and_write(db, table, embedder, columns, batch, report, progress)
+        writer.moves(moves)
+        writer.descriptions(described)
+        writer.photos(batch)
     if touched:
-        with db.connection() as conn:
-            touch(conn, table, touched)
+        with writer.db.connection() as conn:
+            touch(conn, writer.table, touched)
 
 
 def _stored_states(db: Database, table: DocumentTable, ids: list[str]) -> dict[str, StoredState]:
@@ -201,23 +272,63 @@ def _stored_states(db: Database, table: DocumentTable, ids: list[str]) -> dict[s
     return states
 
 
-def _decode(work: _Work, report: IngestReport, embedder: Embedder, options: IngestOptions) -> _Work:
+def _decode(work: _Work, report: IngestReport, embedder: Embedder, options: IngestOptions, moved_files: _MovedFiles,
+            reader: Any) -> _Work:
     t0 = time.perf_counter()
+    path = work.file.path
     try:
-        data = read_file(work.file.path, max_bytes=options.max_file_bytes, follow_symlinks=options.follow_symlinks)
+        if work.describe_only:
+            work.described = read_descriptions(path, follow_symlinks=options.follow_symlinks)
+            return work
+        data = read_file(path, max_bytes=options.max_file_bytes, follow_symlinks=options.follow_symlinks)
         digest = content_hash(data)
         if work.stored is not None and work.stored.content_hash == digest:
             work.same_content = True
-        else:
-            work.decoded = decode_bytes(data, digest, max_pixels=options.max_pixels)
-            work.prepared = _prepared(embedder, work.decoded.image)
-            work.decoded.image = None  # only the model's small input is kept until the batch is embedded
+            if work.stored.sidecar_state != work.file.sidecar_state:
+                work.describe_only = True
+                work.described = read_descriptions(path, follow_symlinks=options.follow_symlinks)
+            return work
+        if work.stored is None:
+            work.moved_from = moved_files.claim(digest)
+            if work.moved_from is not None:
+                if work.moved_from.sidecar_state != work.file.sidecar_state:
+                    work.described = read_descriptions(path, follow_symlinks=options.follow_symlinks)
+                return work
+
+        def describe(image, exif) -> Descriptions:
+            return read_descriptions(path, image, exif, follow_symlinks=options.follow_symlinks)
+
+        work.decoded = decode_bytes(data, digest, max_pixels=options.max_pixels, describe=describe,
+                                    draft=(reader.max_side,) * 2 if reader is not None else DRAFT_SIZE)
+        work.described = work.decoded.described
+        if reader is not None:
+            work.text_boxes = _read_text(reader, work, report)
+        work.layout = layout_signature(work.decoded.image)
+        work.prepared = _prepared(embedder, work.decoded.image)
+        work.decoded.image = None  # only the model's small input is kept until the batch is embedded
     except DecodeError as exc:
         work.error = str(exc)
     finally:
         # Several decode threads add here; float += under the GIL is good enough for a timing total.
         report.stage_seconds["decode"] += time.perf_counter() - t0
     return work
+
+
+def _read_text(reader: Any, work: _Work, report: IngestReport) -> list[TextBox] | None:
+    """OCR of the decoded image, boxes in pixels of the original (the JPEG may have been decoded smaller). A
+    failure is a warning on the photo, not a failed photo."""
+    image = work.decoded.image
+    t0 = time.perf_counter()
+    try:
+        boxes = reader.read(image)
+    except (OcrError, OcrUnavailable) as exc:
+        work.decoded.warnings.append(f"text not read: {exc}")
+        return None
+    finally:
+        report.stage_seconds["ocr"] += time.perf_counter() - t0
+    sx, sy = work.decoded.width / image.width, work.decoded.height / image.height
+    return [TextBox(b.text, b.score, (round(b.box[0] * sx), round(b.box[1] * sy), round(b.box[2] * sx),
+                                      round(b.box[3] * sy))) for b in boxes]
 
 
 def _prepared(embedder: Embedder, image) -> Any:
@@ -243,59 +354,115 @@ def _file_time(mtime_ns: int) -> datetime:
     return datetime.fromtimestamp(mtime_ns / 1e9, timezone.utc)
 
 
-def _embed_and_write(
-    db: Database,
-    table: DocumentTable,
-    embedder: Embedder,
-    columns: dict[str, str] | None,
-    batch: list[_Work],
-    report: IngestReport,
-    progress: IngestProgress,
-) -> None:
-    t0 = time.perf_counter()
-    embeddings = embedder.embed_images([w.prepared for w in batch])
-    report.stage_seconds["embed"] += time.perf_counter() - t0
-    records = []
-    for i, work in enumerate(batch):
-        decoded, path = work.decoded, work.file.path
-        records.append(
-            PhotoRecord(
-                id=work.file.id,
-                path=path,
-                folder=os.path.dirname(path),
-                filename=os.path.basename(path),
-                content_hash=decoded.content_hash,
-                size_bytes=work.file.size_bytes,
-                mtime_ns=work.file.mtime_ns,
-                format=decoded.format,
-                width=decoded.width,
-                height=decoded.height,
-                taken_at=decoded.taken_at or _file_time(work.file.mtime_ns),
-                camera=decoded.camera,
-                gps_lat=decoded.gps_lat,
-                gps_lon=decoded.gps_lon,
-                extra=embeddings.fields[i] if embeddings.fields else {},
-                vectors={(columns or {}).get(space, space): vectors[i] for space, vectors in embeddings.vectors.items()},
-            )
-        )
-    t0 = time.perf_counter()
-    refused = _write_or_bisect(db, table, records)
-    report.stage_seconds["write"] += time.perf_counter() - t0
-    for work in batch:
-        reason = refused.get(work.file.id)
-        if reason is not None:
-            report.failed.append((work.file.path, reason))
-            progress.failure(work.file.path, reason)
-        else:
-            for message in work.decoded.warnings:
-                report.warnings.append((work.file.path, message))
-            report.embedded_keys.append(work.file.id)
-            if work.stored is None:
-                report.added += 1
+class _Writer:
+    """Writes what the decode threads produced, batch by batch, and keeps the report."""
+
+    def __init__(self, db: Database, table: DocumentTable, embedder: Embedder, columns: dict[str, str] | None,
+                 caption_field: str | None, report: IngestReport, progress: IngestProgress):
+        self.db, self.table, self.embedder = db, table, embedder
+        self.columns, self.caption_field = columns or {}, caption_field
+        self.report, self.progress = report, progress
+
+    def captions(self, described: Sequence[Descriptions | None]) -> list[np.ndarray | None]:
+        """Each photo's caption embedded in the model's text space (None without a caption or a caption field)."""
+        texts = [d.searchable_text() if d is not None else "" for d in described]
+        out: list[np.ndarray | None] = [None] * len(texts)
+        wanted = [i for i, text in enumerate(texts) if text.strip()]
+        if self.caption_field is None or not wanted:
+            return out
+        vectors = self.embedder.embed_texts([texts[i] for i in wanted])
+        for i, vector in zip(wanted, vectors):
+            out[i] = vector
+        return out
+
+    def photos(self, batch: list[_Work]) -> None:
+        if not batch:
+            return
+        report = self.report
+        t0 = time.perf_counter()
+        embeddings = self.embedder.embed_images([w.prepared for w in batch])
+        captions = self.captions([w.described for w in batch])
+        report.stage_seconds["embed"] += time.perf_counter() - t0
+        records = [self._record(work, i, embeddings, captions[i]) for i, work in enumerate(batch)]
+        t0 = time.perf_counter()
+        refused = _write_or_bisect(self.db, self.table, records)
+        report.stage_seconds["write"] += time.perf_counter() - t0
+        for work in batch:
+            reason = refused.get(work.file.id)
+            if reason is not None:
+                report.failed.append((work.file.path, reason))
+                self.progress.failure(work.file.path, reason)
             else:
-                report.updated += 1
-        work.decoded = work.prepared = None  # release the pixels
-    progress.advance(len(batch))
+                warnings = work.decoded.warnings + (work.described.warnings if work.described else [])
+                report.warnings.extend((work.file.path, message) for message in warnings)
+                report.embedded_keys.append(work.file.id)
+                if work.stored is None:
+                    report.added += 1
+                else:
+                    report.updated += 1
+            work.decoded = work.prepared = None  # release the pixels
+        self.progress.advance(len(batch))
+
+    def _record(self, work: _Work, i: int, embeddings, caption: np.ndarray | None) -> PhotoRecord:
+        decoded, described, path = work.decoded, work.described or Descriptions(), work.file.path
+        taken_at, taken_at_source = decoded.taken_at, decoded.taken_at_source
+        if taken_at is None and described.taken_at is not None:  # a date a person or tool wrote in XMP/IPTC
+            taken_at, taken_at_source = described.taken_at, described.taken_at_source
+        if taken_at is None:
+            taken_at, taken_at_source = _file_time(work.file.mtime_ns), "file"
+        vectors = {self.columns.get(space, space): v[i] for space, v in embeddings.vectors.items()}
+        if caption is not None:
+            vectors[self.caption_field] = caption
+        boxes = work.text_boxes
+        return PhotoRecord(
+            id=work.file.id, path=path, folder=os.path.dirname(path), filename=os.path.basename(path),
+            content_hash=decoded.content_hash, size_bytes=work.file.size_bytes, mtime_ns=work.file.mtime_ns,
+            format=decoded.format, width=decoded.width, height=decoded.height, taken_at=taken_at,
+            taken_at_source=taken_at_source, camera=decoded.camera, camera_make=decoded.camera_make,
+            camera_model=decoded.camera_model, lens=decoded.lens, gps_lat=decoded.gps_lat, gps_lon=decoded.gps_lon,
+            title=described.title, description=described.description, keywords=described.keywords or None,
+            ocr_text=(joined_text(boxes) or None) if boxes is not None else None,
+            ocr_boxes=json.dumps([{"text": b.text, "score": b.score, "box": list(b.box)} for b in boxes])
+            if boxes else None,
+            companion_key=companion_key(path), sidecar_state=work.file.sidecar_state, layout=work.layout,
+            extra=embeddings.fields[i] if embeddings.fields else {}, vectors=vectors,
+        )
+
+    def moves(self, moved: list[_Work]) -> None:
+        """Rows of moved files follow them; captions are read again where the sidecars differ."""
+        if not moved:
+            return
+        locations = [(w.moved_from.id, PhotoLocation(
+            id=w.file.id, path=w.file.path, folder=os.path.dirname(w.file.path),
+            filename=os.path.basename(w.file.path), size_bytes=w.file.size_bytes, mtime_ns=w.file.mtime_ns,
+            companion_key=companion_key(w.file.path))) for w in moved]
+        t0 = time.perf_counter()
+        with self.db.connection() as conn:
+            move_photos(conn, self.table, locations)
+        self.report.stage_seconds["write"] += time.perf_counter() - t0
+        self.report.moved += len(moved)
+        self.progress.advance(len(moved))
+        self.descriptions([w for w in moved if w.described is not None], advance=False)
+
+    def descriptions(self, works: list[_Work], *, advance: bool = True) -> None:
+        """Photos whose caption sidecars changed: their captions (and caption vectors) replaced."""
+        if not works:
+            return
+        captions = self.captions([w.described for w in works])
+        rows = []
+        for work, caption in zip(works, captions):
+            d = work.described
+            row = {self.table.spec.key_field: work.file.id, "title": d.title, "description": d.description,
+                   "keywords": d.keywords or None, "sidecar_state": work.file.sidecar_state}
+            if self.caption_field is not None:
+                row[self.caption_field] = caption
+            rows.append(row)
+            self.report.warnings.extend((work.file.path, message) for message in d.warnings)
+        with self.db.connection() as conn:
+            update_descriptions(conn, self.table, rows, self.caption_field)
+        self.report.metadata_updated += len(works)
+        if advance:
+            self.progress.advance(len(works))
 
 
 def _write_or_bisect(db: Database, table: DocumentTable, records: list[PhotoRecord]) -> dict[str, str]:

@@ -9,9 +9,13 @@ from pathlib import Path
 from typing import Iterable
 
 from pixsearch.ingest.decode import file_kind
+from pixsearch.ingest.descriptions import is_sidecar_name, sidecar_paths
+from pixsearch.ingest.formats import available_suffixes
 from pixsearch.limits import DEFAULT_MAX_FILE_BYTES
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+# Pillow's own formats, and HEIF/AVIF when pillow-heif (or a Pillow with libavif) can open them.
+SCANNED_SUFFIXES = IMAGE_SUFFIXES | available_suffixes()
 SYMLINK_SKIPPED = "symbolic link: skipped (--follow-symlinks indexes what links point to)"
 
 
@@ -20,6 +24,7 @@ class FoundFile:
     path: str
     size_bytes: int
     mtime_ns: int
+    sidecar_state: str | None = None  # see sidecar_state(): changes when a caption sidecar appears, changes, goes
 
     @property
     def id(self) -> str:
@@ -42,7 +47,26 @@ def photo_id(path: str) -> str:
 
 
 def is_image_name(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
+    return Path(name).suffix.lower() in SCANNED_SUFFIXES and not name.startswith(".")
+
+
+def sidecar_state(path: str, listing: frozenset[str] | None = None) -> str | None:
+    """A short digest of the photo's caption sidecars (names, sizes, times), None when it has none: ingest compares
+    it to re-read captions whose sidecar changed while the photo did not. `listing`: the names in the photo's
+    folder, when the caller has them (then only sidecars in it are looked at)."""
+    seen = []
+    for candidate in sidecar_paths(path):
+        if listing is not None and os.path.basename(candidate) not in listing:
+            continue
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            seen.append(f"{os.path.basename(candidate)}:{st.st_size}:{st.st_mtime_ns}")
+    if not seen:
+        return None
+    return hashlib.blake2b("|".join(seen).encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
 def valid_utf8(path: str) -> bool:
@@ -64,7 +88,7 @@ def scan(
     result = ScanResult()
     found: dict[str, FoundFile] = {}
 
-    def consider(path: str, explicit: bool = False) -> None:
+    def consider(path: str, explicit: bool = False, listing: frozenset[str] | None = None) -> None:
         try:
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
@@ -83,7 +107,7 @@ def scan(
         elif st.st_size > max_file_bytes:
             result.failures.append((path, f"larger than the {max_file_bytes // 1_000_000} MB limit (setting max_file_mb)"))
         else:
-            found[path] = FoundFile(path, st.st_size, st.st_mtime_ns)
+            found[path] = FoundFile(path, st.st_size, st.st_mtime_ns, sidecar_state(path, listing))
 
     for root in roots:
         root = Path(root).expanduser().absolute()
@@ -120,6 +144,7 @@ def _walk(root: Path, follow_symlinks: bool, consider, result: ScanResult) -> No
             else:
                 kept.append(name)
         dirnames[:] = kept
+        sidecars = frozenset(name for name in filenames if is_sidecar_name(name))
         for name in sorted(filenames):
             if is_image_name(name):
-                consider(os.path.join(dirpath, name))
+                consider(os.path.join(dirpath, name), listing=sidecars)

@@ -85,6 +85,8 @@ class Embedder(Protocol):
     image_space: the field for image-to-image ("more like this") search.
     photo_fields: extra per-photo fields ingest stores from ImageEmbeddings.fields.
     relevance:   calibrated text-query threshold, or None when the model has none.
+    caption_threshold (optional attribute): the text-to-text similarity from which a photo's caption matches a
+                 query (search/request.py has a fallback relative to an empty caption for models without one).
     """
 
     name: str

@@ -108,6 +108,11 @@ class OfflineEmbedder:
     text_space = "semantic"
     image_space = "image"
     photo_fields = OFFLINE_PHOTO_FIELDS
+    # MiniLM query-to-caption cosine: related captions 0.33-0.95, unrelated ones at most 0.25 (test_photo_library.py)
+    caption_threshold = 0.3
+    # image-vector cosine distance of an edited copy (resized, recompressed, cropped <= 10 %, mirrored; all at once):
+    # at most 0.151 on the sample photos (bench/duplicates.py); layouts then tell copies from bursts
+    duplicate_threshold = 0.16
 
     def __init__(
         self,

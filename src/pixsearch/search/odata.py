@@ -14,6 +14,8 @@ Grammar (the subset of Azure AI Search's $filter that pixsearch serves; keywords
                  | field op literal | literal op field   -- literal first: the operator is mirrored
                  | field '/any(' var ':' or_expr ')' | field '/all(' var ':' or_expr ')'
                  | 'search.in(' field ',' string [',' string] ')'
+                 | 'startswith(' field ',' string ')'
+                 | 'geo.distance(' location ',' 'geography' string ')' op number   -- km; 'POINT(lon lat)'
                  | field                                 -- a boolean field: field eq true
     op          := 'eq' | 'ne' | 'gt' | 'ge' | 'lt' | 'le'
     literal     := 'text' (quote doubled: 'O''Brien') | 12 | -3 | 1.5 | 2e-3 | true | false | null
@@ -38,7 +40,19 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pixsearch.limits import MAX_FILTER_CHARS, MAX_FILTER_DEPTH
-from pixsearch.store.filters import COMPARISONS, AnyEq, And, Compare, Filter, FilterError, In, Not, Or, Prefix
+from pixsearch.store.filters import (
+    COMPARISONS,
+    AnyEq,
+    And,
+    Compare,
+    Filter,
+    FilterError,
+    GeoDistance,
+    In,
+    Not,
+    Or,
+    Prefix,
+)
 
 MAX_LENGTH = MAX_FILTER_CHARS
 MAX_DEPTH = MAX_FILTER_DEPTH
@@ -49,7 +63,8 @@ NEGATED = {"eq": "ne", "ne": "eq", "gt": "le", "ge": "lt", "lt": "ge", "le": "gt
 VALUE_KEYWORDS = {"true": True, "false": False, "null": None}
 KEYWORDS = set(COMPARISONS) | set(VALUE_KEYWORDS) | {"and", "or", "not"}
 # Azure AI Search functions pixsearch does not serve (named so the error can say so).
-AZURE_FUNCTIONS = {"search.ismatch", "search.ismatchscoring", "search.score", "geo.distance", "geo.intersects"}
+AZURE_FUNCTIONS = {"search.ismatch", "search.ismatchscoring", "search.score", "geo.intersects"}
+_POINT = re.compile(r"POINT\s*\(\s*(-?[0-9]+(?:\.[0-9]+)?)\s+(-?[0-9]+(?:\.[0-9]+)?)\s*\)", re.IGNORECASE)
 INT64 = (-(2**63), 2**63 - 1)
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -514,13 +529,16 @@ class _Parser:
         name = self.advance()
         if name.value == "startswith" and lam is None:
             return self.startswith_call()
+        if name.value == "geo.distance" and lam is None:
+            return self.geo_distance_call()
         if name.value != "search.in":
             if name.value.lower() == "search.in":
                 hint = "; did you mean 'search.in'?"
             elif name.value in AZURE_FUNCTIONS:
-                hint = ": pixsearch does not support it; the functions are search.in and startswith"
+                hint = ": pixsearch does not support it; the functions are search.in, startswith and geo.distance"
             else:
-                hint = "; the functions are search.in(field, 'a,b,c') and startswith(field, 'prefix')"
+                hint = ("; the functions are search.in(field, 'a,b,c'), startswith(field, 'prefix') and "
+                        "geo.distance(location, geography'POINT(lon lat)')")
             raise self.error(f"unknown function {name.value!r}{hint}", name.pos)
         self.expect("lparen", "'(' after search.in")
         target = self.token
@@ -549,6 +567,36 @@ class _Parser:
         if lam is not None:
             return _LIn(values, name.pos)
         return In(target.value, values)
+
+    def geo_distance_call(self) -> Filter:
+        """Azure's geo.distance(location, geography'POINT(lon lat)') op km, the function first."""
+        self.expect("lparen", "'(' after geo.distance")
+        target = self.token
+        if target.kind != "ident" or target.value in KEYWORDS or "." in target.value:
+            raise self.error(f"expected a location field as geo.distance's first argument (a photo's is gps), "
+                             f"found {target.describe()}")
+        self.advance()
+        self.expect("comma", "',' and geography'POINT(lon lat)' after the location in geo.distance")
+        keyword = self.token
+        if not keyword.is_word("geography"):
+            raise self.error(f"expected geography'POINT(lon lat)' as geo.distance's second argument, found "
+                             f"{keyword.describe()}")
+        self.advance()
+        point = self.expect("string", "a quoted point after geography, e.g. geography'POINT(2.2945 48.8584)'")
+        match = _POINT.fullmatch(point.value.strip())
+        if not match:
+            raise self.error("expected POINT(longitude latitude), e.g. geography'POINT(2.2945 48.8584)'", point.pos)
+        if self.token.kind != "rparen":
+            raise self.error(f"expected ')' to close geo.distance (it takes 2 arguments), found "
+                             f"{self.token.describe()}")
+        close = self.advance()
+        op = self.comparison_operator(close)
+        if op.value in ("eq", "ne"):
+            raise self.error("geo.distance is compared with lt, le, gt or ge (a distance is never exactly equal)",
+                             op.pos)
+        distance = self.expect("number", "a distance in kilometres after the comparison")
+        return GeoDistance(target.value, float(match.group(1)), float(match.group(2)), op.value,
+                           float(distance.value))
 
     def startswith_call(self) -> Filter:
         """OData's startswith(field, 'prefix'): folder and path prefixes."""

@@ -49,6 +49,22 @@ class Cutoff:
     gap_ratio: float = 3.0
     min_keep: int = 1
 
+    @classmethod
+    def parse(cls, text: str | None, min_score: float | None = None) -> "Cutoff":
+        """'gap' or 'relative:F' (0 < F <= 1), as the CLI's --cutoff and the API's cutoff take them."""
+        if text is None:
+            return cls(min_score=min_score)
+        if text == "gap":
+            return cls(min_score=min_score, gap=True)
+        if text.startswith("relative:"):
+            try:
+                fraction = float(text.split(":", 1)[1])
+            except ValueError:
+                fraction = -1.0
+            if 0 < fraction <= 1:
+                return cls(min_score=min_score, relative=fraction)
+        raise ValueError(f"cutoff {text!r}: use 'gap' or 'relative:F' with 0 < F <= 1")
+
     def apply(self, scores: Sequence[float]) -> int:
         """How many of the (descending) scores to keep."""
         keep = len(scores)

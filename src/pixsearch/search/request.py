@@ -22,11 +22,12 @@ from pixsearch.search.expressions import Term, combine, parse_query
 from pixsearch.search.facets import count_facets
 from pixsearch.search.ranking import Cutoff, reciprocal_rank_fusion, sort_hits
 from pixsearch.store import Filter, Hit, QueryOptions, SchemaError, SearchResult, read_snapshot
-from pixsearch.store.schema import BROWSE_ORDER
+from pixsearch.store.schema import BROWSE_ORDER, CAPTION_FIELD
 from pixsearch.store.tables import HitList
 
 MODES = ("vector", "keyword", "hybrid")
 FUSION_DEPTH = 50  # each list contributes at least this many candidates to hybrid fusion
+SORTED_DEPTH = 200  # ranked hits a sorted search with a cutoff (e.g. newest first) cuts and sorts, whatever the page
 
 
 @dataclass
@@ -289,11 +290,16 @@ def run(ctx: SearchContext, request: SearchRequest) -> SearchResponse:
         raise ValueError("keyword mode does not use vector queries: drop them or choose vector or hybrid mode")
     window = request.skip + request.top
 
-    # Each ranked list: the query expression's vector, one per extra vector query; the keyword matches below.
+    # Each ranked list: the query expression's vector, the photos' captions for hybrid text, one per extra vector
+    # query; the keyword matches (and each field's keyword list of its own, e.g. text read by OCR) below.
     lists: list[_List] = []
     weights = dict(request.weights)
     if mode in ("vector", "hybrid") and vector_terms:
-        lists.append(_List("vector", embed_terms(ctx, vector_terms, request.field), window, request.options))
+        main = embed_terms(ctx, vector_terms, request.field)
+        lists.append(_List("vector", main, window, request.options))
+        if mode == "hybrid" and request.field is None and _captions_searchable(ctx, main):
+            lists.append(_List(CAPTION_FIELD, _Embedded(CAPTION_FIELD, main.terms, main.vectors), window,
+                               request.options))
     for i, (vq, q_terms) in enumerate(zip(request.vector_queries, vq_terms), 1):
         if not q_terms:
             raise ValueError(f"vector query {i} is empty: give it text, an image, ids or a vector")
@@ -301,8 +307,14 @@ def run(ctx: SearchContext, request: SearchRequest) -> SearchResponse:
         name = f"vector_query_{i}"
         lists.append(_List(name, embed_terms(ctx, q_terms, vq.field), min(MAX_WINDOW, max(window, vq.k or 0)), options))
         weights[name] = vq.weight
-    fuse = len(lists) + (mode != "vector") > 1
-    depth_floor = FUSION_DEPTH if fuse else 0
+    own_keyword_lists = sorted({f.keyword_list for f in ctx.spec.fields if f.keyword_list}) if words else []
+    if mode == "vector":
+        own_keyword_lists = []
+    fuse = len(lists) + (mode != "vector") + len(own_keyword_lists) > 1
+    # Relevant hits sorted (a cutoff, then orderby, as the page's "newest first" asks): the same hits on every page,
+    # cut from a fixed depth rather than the window. Without a cutoff the window is the set, as in Azure.
+    sorted_relevant = bool(request.sort) and request.cutoff != Cutoff()
+    depth_floor = max(FUSION_DEPTH if fuse else 0, SORTED_DEPTH if sorted_relevant else 0)
 
     complete, reason = True, None
     ranked: dict[str, list[tuple[str, float]]] = {}
@@ -314,7 +326,10 @@ def run(ctx: SearchContext, request: SearchRequest) -> SearchResponse:
             vector = combine_embedded(ctx, conn, item.embedded)
             result = ctx.table.search(conn, item.embedded.field, vector, min(MAX_WINDOW, max(item.depth, depth_floor)),
                                       filter=node, options=item.options)
-            if request.hide_irrelevant:
+            if item.name == CAPTION_FIELD:  # kNN always finds some caption: only captions about the query count
+                floor = _caption_floor(ctx, vector)
+                result.hits = [h for h in result.hits if h.score >= floor]
+            elif request.hide_irrelevant:
                 hidden += _drop_irrelevant(ctx, item.embedded, vector, result)
             if first is None:
                 first, complete, reason = result, result.complete, result.reason
@@ -322,7 +337,11 @@ def run(ctx: SearchContext, request: SearchRequest) -> SearchResponse:
             for h in result.hits:
                 vector_hits.setdefault(h.id, h)
         if mode in ("keyword", "hybrid"):
-            ranked["keyword"] = ctx.table.keyword_search(conn, words, max(window, depth_floor), filter=node)
+            if any(f.searchable for f in ctx.spec.fields):
+                ranked["keyword"] = ctx.table.keyword_search(conn, words, max(window, depth_floor), filter=node)
+            for name in own_keyword_lists:
+                ranked[name] = ctx.table.keyword_search(conn, words, max(window, depth_floor), filter=node,
+                                                        keyword_list=name)
 
         if fuse:
             fused = reciprocal_rank_fusion(ranked, weights)
@@ -333,8 +352,9 @@ def run(ctx: SearchContext, request: SearchRequest) -> SearchResponse:
                 document = base.document if base else documents.get(f.id, {})
                 hits.append(Hit(f.id, f.score, base.distance if base else float("nan"), document, f.subscores))
         elif mode == "keyword":
-            documents = ctx.table.fetch(conn, [key for key, _ in ranked["keyword"]])
-            hits = [Hit(key, score, float("nan"), documents.get(key, {})) for key, score in ranked["keyword"]]
+            only = next(iter(ranked.values()))
+            documents = ctx.table.fetch(conn, [key for key, _ in only])
+            hits = [Hit(key, score, float("nan"), documents.get(key, {})) for key, score in only]
             complete = len(hits) >= window
             reason = None if complete else "fewer_matches"
         else:
@@ -352,8 +372,9 @@ def run(ctx: SearchContext, request: SearchRequest) -> SearchResponse:
             cut = keep < len(hits) or request.cutoff != Cutoff()
             facets = count_facets(ctx.table, conn, request.facets, node, [h.id for h in relevant] if cut else None)
         building = _building(ctx, conn) if lists else None
-    return SearchResponse(page, "hybrid" if "keyword" in ranked and fuse else mode, len(relevant), complete, reason,
-                          facets, hidden, building)
+    keyword_ranked = "keyword" in ranked or any(name in ranked for name in own_keyword_lists)
+    return SearchResponse(page, "hybrid" if keyword_ranked and fuse and lists else mode, len(relevant), complete,
+                          reason, facets, hidden, building)
 
 
 REGION_DEPTH = 5  # region candidates per wanted photo when photos are ranked by their best region
@@ -398,6 +419,33 @@ def _building(ctx: SearchContext, conn: psycopg.Connection) -> dict[str, Any] | 
     if not ctx.spec.settings.get("bulk_load"):
         return None
     return ctx.table.build_progress(conn) or {"phase": "loading rows"}
+
+
+def _captions_searchable(ctx: SearchContext, main: _Embedded) -> bool:
+    """Whether the index has caption vectors of the model a text query was embedded with (a caption field left
+    from an earlier model is not searched until its captions are embedded again)."""
+    caption = next((vf for vf in ctx.spec.vector_fields if vf.name == CAPTION_FIELD), None)
+    if caption is None or ctx.model is None or not all(t.kind == "text" for t in main.terms):
+        return False
+    model = ctx.model()
+    text_space = model.embedder.text_space
+    return (main.field == model.text_field and text_space is not None
+            and caption.model_id == model.embedder.spaces[text_space].model_id)
+
+
+CAPTION_MARGIN = 0.3  # models without a calibrated caption threshold: this share of the way from baseline to 1
+
+
+def _caption_floor(ctx: SearchContext, query: np.ndarray) -> float:
+    """The text-to-text similarity from which a photo's caption matches the query: the model's calibrated
+    `caption_threshold`, else CAPTION_MARGIN of the way from the query's similarity to an empty caption to 1."""
+    model = ctx.model()
+    threshold = getattr(model.embedder, "caption_threshold", None)
+    if threshold is not None:
+        return float(threshold)
+    empty = ctx.query_vectors.get(("text", model.model_id, ""), lambda: model.embed_text(""))
+    baseline = float(np.dot(query, empty))
+    return baseline + CAPTION_MARGIN * (1.0 - baseline)
 
 
 def _drop_irrelevant(ctx: SearchContext, embedded: _Embedded, query: np.ndarray, result: SearchResult) -> int:

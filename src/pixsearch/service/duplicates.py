@@ -1,14 +1,21 @@
-"""Near-duplicate groups: pairs of items within a distance of each other (through the ANN index), joined
-transitively. Used by `pixsearch duplicates`, the REST API and the Python API."""
+"""Near-duplicate groups: pairs of photos within a distance of each other (found through the ANN index, each item's
+nearest neighbours, not all pairs), confirmed by their layout (ingest/layout.py: an edited copy keeps the frame, another
+shot of a burst does not), joined transitively. Used by `pixsearch duplicates`, the REST API and the Python API."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pixsearch.ingest.layout import same_layout
+from pixsearch.limits import MAX_DUPLICATE_GROUPS
+
 if TYPE_CHECKING:
     from pixsearch.service.index import Index
 
 NEIGHBOURS = 10  # each item's nearest neighbours looked at: a group larger than this still joins through chains
+# Cosine distance of the image vectors for models that declare no `duplicate_threshold`: generous, since the layout
+# check decides between an edited copy and a similar shot.
+DEFAULT_THRESHOLD = 0.15
 
 
 @dataclass
@@ -22,16 +29,32 @@ class DuplicateGroup:
                 "items": [{"id": i, **{k: v for k, v in self.documents.get(i, {}).items()}} for i in self.ids]}
 
 
-def duplicate_groups(index: "Index", threshold: float, *, field: str | None = None,
-                     with_documents: bool = False) -> list[DuplicateGroup]:
-    """Groups of two or more items whose `field` vectors (default: the model's image field) lie within
-    `threshold` distance of a member, largest groups first."""
+def default_threshold(index: "Index") -> float:
+    """The index's model's calibrated duplicate distance, else DEFAULT_THRESHOLD."""
+    if not index.modelled:
+        return DEFAULT_THRESHOLD
+    return float(getattr(index.model().embedder, "duplicate_threshold", None) or DEFAULT_THRESHOLD)
+
+
+def duplicate_groups(index: "Index", threshold: float | None = None, *, field: str | None = None,
+                     same_frame: bool = True, with_documents: bool = False,
+                     max_groups: int = MAX_DUPLICATE_GROUPS) -> list[DuplicateGroup]:
+    """Groups of two or more items whose `field` vectors (default: the model's image field) lie within `threshold`
+    distance of a member (default: default_threshold), largest groups first. same_frame: a photo pair also needs the
+    same layout (edited copies group, other shots of a burst do not); False groups similar shots too."""
+    if threshold is None:
+        threshold = default_threshold(index)
     if not 0 <= threshold <= 2:
         raise ValueError("the duplicate threshold is a distance: 0 (identical) to 2")
     if field is None:
         field = index.model().image_field if index.modelled else index.spec.vector_field(None).name
     with index.db.connection() as conn:
         pairs = index.table.near_pairs(conn, field, threshold, NEIGHBOURS)
+    if same_frame and pairs and any(f.name == "layout" for f in index.spec.fields):
+        with index.db.connection() as conn:
+            layouts = index.table.select(conn, sorted({k for a, b, _ in pairs for k in (a, b)}), ["layout"])
+        pairs = [(a, b, d) for a, b, d in pairs
+                 if same_layout(layouts.get(a, {}).get("layout"), layouts.get(b, {}).get("layout"))]
     parent: dict[str, str] = {}
 
     def root(x: str) -> str:
@@ -52,6 +75,7 @@ def duplicate_groups(index: "Index", threshold: float, *, field: str | None = No
         members.setdefault(root(item), []).append(item)
     groups = [DuplicateGroup(sorted(ids), widest.get(r, 0.0)) for r, ids in members.items() if len(ids) > 1]
     groups.sort(key=lambda g: (-len(g.ids), g.ids[0]))
+    groups = groups[:max_groups]
     if with_documents and groups:
         found = index.get([i for g in groups for i in g.ids], vectors=False)
         for g in groups:

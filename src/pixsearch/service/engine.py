@@ -14,6 +14,7 @@ from pixsearch.ingest.decode import decode_bytes, read_and_decode
 from pixsearch.models import load_embedder
 from pixsearch.models.base import Embedder
 from pixsearch.search.context import QueryVectorCache
+from pixsearch.service.captions import caption_vector_field
 from pixsearch.service.thumbnails import ThumbnailCache
 from pixsearch.store import (
     PHOTO_FIELDS,
@@ -144,6 +145,9 @@ class Engine:
             VectorField(name=s.name, dims=s.dims, model_id=s.model_id, metric=s.metric, **vector_options)
             for s in embedder.spaces.values()
         ]
+        caption = caption_vector_field(embedder, vector_fields)
+        if caption is not None:
+            vector_fields.append(caption)
         fields = PHOTO_FIELDS + tuple(embedder.photo_fields)
         return Index(self, create_index(self.db, name, vector_fields, fields, kind="photos", model=embedder.name,
                                         shards=self._shards(distributed)))

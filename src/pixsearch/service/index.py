@@ -13,13 +13,15 @@ from PIL import Image
 
 from pixsearch.db import Database
 from pixsearch.ingest import IngestOptions, IngestProgress, IngestReport, ingest_paths
-from pixsearch.limits import MAX_TOP
+from pixsearch.limits import MAX_DUPLICATE_GROUPS, MAX_TOP
 from pixsearch.search import evaluation
 from pixsearch.search.context import IndexModel, SearchContext
 from pixsearch.search.expressions import Term
 from pixsearch.search.request import SearchRequest, SearchResponse, combine_embedded, embed_terms, query_terms
 from pixsearch.search.request import run as run_request
 from pixsearch.service import documents, photos
+from pixsearch.service.captions import upgrade_photo_index
+from pixsearch.service.duplicates import DuplicateGroup, duplicate_groups
 from pixsearch.store import (
     DocumentTable,
     Filter,
@@ -32,6 +34,7 @@ from pixsearch.store import (
     update_settings,
 )
 from pixsearch.store.regions import RegionTable
+from pixsearch.store.schema import CAPTION_FIELD
 from pixsearch.store.tables import iter_chunks
 
 if TYPE_CHECKING:
@@ -147,11 +150,21 @@ class Index:
         follow_symlinks: bool = False,
         progress: IngestProgress | None = None,
         roots: Sequence[Path] | None = None,
+        ocr: bool | None = None,
     ) -> IngestReport:
         """Index photo files and folders (see ingest.pipeline); the folders are recorded as the index's roots (or
-        `roots`, when given), the only places the server opens photo files for thumbnails."""
+        `roots`, when given), the only places the server opens photo files for thumbnails. ocr: read text in the
+        photos (True/False is remembered for the index's later runs; None: as the index is set up)."""
         if self.spec.kind != "photos":
             raise SchemaError(f"index {self.name!r} is not a photo index: add vectors to it instead")
+        upgrade_photo_index(self)
+        if ocr is not None and ocr != bool(self.spec.settings.get("ocr")):
+            if ocr:
+                from pixsearch.ingest.ocr import shared_reader
+
+                shared_reader().load()  # fails now, with how to install it, rather than as a warning per photo
+            self.spec = update_settings(self.db, self.name, {"ocr": ocr or None})
+            self.table = DocumentTable(self.spec)
         settings = self.engine.settings
         options = IngestOptions(
             batch_size=settings.batch_size,
@@ -160,11 +173,13 @@ class Index:
             follow_symlinks=follow_symlinks,
             max_file_bytes=settings.max_file_bytes,
             max_pixels=settings.max_image_pixels,
+            ocr=bool(self.spec.settings.get("ocr")),
         )
         model = self.model()
         photos.record_roots(self, [Path(p) for p in (roots if roots is not None else paths)], follow_symlinks)
+        caption = next((vf.name for vf in self.spec.vector_fields if vf.name == CAPTION_FIELD), None)
         report = ingest_paths(self.db, self.table, model.embedder, [Path(p) for p in paths], options,
-                              columns=model.columns, progress=progress, loading=self.loading)
+                              columns=model.columns, caption_field=caption, progress=progress, loading=self.loading)
         auto_regions = self.spec.settings.get("regions", {}).get("auto")
         if auto_regions and report.embedded_keys:  # regions of new and changed photos, as the index was set up
             self.add_regions(auto_regions, photo_keys=report.embedded_keys)
@@ -173,6 +188,16 @@ class Index:
             # first search is quick and a search process never imports torch.
             model.embed_text("warm up")
         return report
+
+    def duplicates(self, threshold: float | None = None, *, same_frame: bool = True,
+                   max_groups: int = MAX_DUPLICATE_GROUPS) -> list[DuplicateGroup]:
+        """Groups of near-duplicates with their documents (service/duplicates.py)."""
+        return duplicate_groups(self, threshold, same_frame=same_frame, with_documents=True, max_groups=max_groups)
+
+    def apply_folder_changes(self, changed: set[str], deleted: set[str], moved: list[tuple[str, str]], *,
+                             roots: Sequence[Path], follow_symlinks: bool = False) -> IngestReport:
+        """One batch of a folder watcher's changes (service/photos.py apply_folder_changes)."""
+        return photos.apply_folder_changes(self, changed, deleted, moved, roots=roots, follow_symlinks=follow_symlinks)
 
     def add_vectors(
         self,

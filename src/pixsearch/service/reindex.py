@@ -25,7 +25,9 @@ from pixsearch.ingest import IngestProgress
 from pixsearch.ingest.decode import DecodeError, decode_bytes, read_file
 from pixsearch.models import ModelNotAvailableError, load_embedder
 from pixsearch.models.base import Embedder
+from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.store import DocumentTable, SchemaError, VectorField, change_definition
+from pixsearch.store.schema import CAPTION_FIELD
 
 if TYPE_CHECKING:
     from pixsearch.service.index import Index
@@ -93,6 +95,7 @@ def reindex(index: "Index", model_name: str, *, drop_old: bool = False,
         except _StillToFill:
             continue
         report.switched = True
+        upgrade_photo_index(index)  # the captions, embedded again in the new model's text space
         break
     report.failed = [(path, reason) for path, reason in failed.values()]
     if report.switched and drop_old:
@@ -223,7 +226,7 @@ def _switch(index: "Index", new: Embedder, columns: dict[str, str], failed: set[
     spec = index.spec
     previous = dict(spec.settings.get("previous_models", {}))
     for vf in spec.vector_fields:
-        if vf.model_id and vf.name not in columns.values() and spec.model:
+        if vf.model_id and vf.name not in columns.values() and vf.name != CAPTION_FIELD and spec.model:
             previous.setdefault(vf.name, spec.model)
     index.spec = change_definition(
         index.db, index.name, vector_fields=spec.vector_fields, fields=spec.fields, model=new.name,
@@ -236,7 +239,8 @@ def _drop_old(index: "Index", new: Embedder) -> list[str]:
     """Drop the vector fields of earlier models and the photo fields only they filled."""
     spec = index.spec
     current = set(index.model().columns.values())
-    old_vectors = [vf.name for vf in spec.vector_fields if vf.model_id and vf.name not in current]
+    old_vectors = [vf.name for vf in spec.vector_fields
+                   if vf.model_id and vf.name not in current and vf.name != CAPTION_FIELD]
     new_fields = {f.name for f in new.photo_fields}
     old_fields: set[str] = set()
     for model_name in set(spec.settings.get("previous_models", {}).values()):

@@ -14,6 +14,7 @@ from psycopg import sql
 from pixsearch.store.schema import Field, IndexSpec, SchemaError
 
 COMPARISONS = {"eq": "=", "ne": "<>", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+EARTH_RADIUS_KM = 6371.0088  # the mean radius (IUGG)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,19 @@ class AnyEq:
 
 
 @dataclass(frozen=True)
+class GeoDistance:
+    """The great-circle distance in kilometres from a point to a location compared with a value (OData
+    `geo.distance(location, geography'POINT(lon lat)') le 5`). A location is a pair of float fields
+    `<location>_lat` and `<location>_lon` (a photo's is `gps`)."""
+
+    location: str
+    lon: float
+    lat: float
+    op: str
+    km: float
+
+
+@dataclass(frozen=True)
 class And:
     items: tuple["Filter", ...]
 
@@ -61,7 +75,7 @@ class Not:
     item: "Filter"
 
 
-Filter = Union[Compare, In, Prefix, AnyEq, And, Or, Not]
+Filter = Union[Compare, In, Prefix, AnyEq, GeoDistance, And, Or, Not]
 
 
 class FilterError(ValueError):
@@ -109,6 +123,29 @@ class _Compiler:
             raise FilterError(f"field {name!r} is not filterable in index {self.spec.name!r}")
         return f
 
+    def geo_distance(self, node: GeoDistance) -> sql.Composable:
+        lat_field, lon_field = (self.filterable(f"{node.location}_{part}") for part in ("lat", "lon"))
+        if lat_field.type != "float" or lon_field.type != "float":
+            raise FilterError(f"{node.location!r} is not a location: {lat_field.name} and {lon_field.name} must be "
+                              "floats")
+        if node.op not in COMPARISONS or node.op in ("eq", "ne"):
+            raise FilterError("geo.distance is compared with lt, le, gt or ge")
+        if not (-90 <= node.lat <= 90 and -180 <= node.lon <= 180):
+            raise FilterError(f"POINT({node.lon} {node.lat}) is not a place: longitude first (-180..180), then "
+                              "latitude")
+        if isinstance(node.km, bool) or not isinstance(node.km, (int, float)) or node.km < 0:
+            raise FilterError("geo.distance is compared with a distance in kilometres (a number >= 0)")
+        lat, lon = sql.Identifier(lat_field.name), sql.Identifier(lon_field.name)
+        p_lat, p_lon, km = self.param(float(node.lat)), self.param(float(node.lon)), self.param(float(node.km))
+        # haversine; least() keeps rounding from pushing asin's argument past 1 for antipodal points (and since it
+        # ignores NULLs, a photo without a location is excluded explicitly)
+        distance = sql.SQL(
+            "(2 * {r} * asin(least(1, sqrt(power(sin(radians({lat} - {p_lat}) / 2), 2) + cos(radians({p_lat})) * "
+            "cos(radians({lat})) * power(sin(radians({lon} - {p_lon}) / 2), 2)))))"
+        ).format(r=sql.Literal(EARTH_RADIUS_KM), lat=lat, lon=lon, p_lat=p_lat, p_lon=p_lon)
+        return sql.SQL("({lat} IS NOT NULL AND {lon} IS NOT NULL AND {distance} {op} {km})").format(
+            lat=lat, lon=lon, distance=distance, op=sql.SQL(COMPARISONS[node.op]), km=km)
+
     def compile(self, node: Filter) -> sql.Composable:
         if isinstance(node, Compare):
             f = self.filterable(node.field)
@@ -149,6 +186,8 @@ class _Compiler:
             # `value op ANY(col)` reads "some element e satisfies e op value" with the operator mirrored.
             mirrored = {"eq": "=", "ne": "<>", "gt": "<", "ge": "<=", "lt": ">", "le": ">="}[node.op]
             return sql.SQL("{} {} ANY({})").format(self.param(node.value), sql.SQL(mirrored), sql.Identifier(f.name))
+        if isinstance(node, GeoDistance):
+            return self.geo_distance(node)
         if isinstance(node, (And, Or)):
             if not node.items:
                 raise FilterError("empty and/or")

@@ -8,6 +8,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import psycopg
 
+from pixsearch.store.regions import RegionTable
 from pixsearch.store.tables import DocumentTable
 
 
@@ -24,9 +25,21 @@ class PhotoRecord:
     width: int | None = None
     height: int | None = None
     taken_at: datetime | None = None
+    taken_at_source: str | None = None
     camera: str | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lens: str | None = None
     gps_lat: float | None = None
     gps_lon: float | None = None
+    title: str | None = None
+    description: str | None = None
+    keywords: list[str] | None = None
+    ocr_text: str | None = None
+    ocr_boxes: str | None = None  # JSON: [{"text", "score", "box": [x0, y0, x1, y1]}] in pixels of the original
+    companion_key: str | None = None
+    sidecar_state: str | None = None
+    layout: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # the embedder's own photo fields (Embedder.photo_fields)
     vectors: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -46,9 +59,10 @@ class StoredState:
     size_bytes: int
     mtime_ns: int
     content_hash: str
+    sidecar_state: str | None = None
 
 
-_STATE_COLUMNS = ("path", "size_bytes", "mtime_ns", "content_hash")
+_STATE_COLUMNS = ("path", "size_bytes", "mtime_ns", "content_hash", "sidecar_state")
 
 
 def stored_states(conn: psycopg.Connection, table: DocumentTable, ids: Sequence[str]) -> dict[str, StoredState]:
@@ -68,3 +82,48 @@ def touch(conn: psycopg.Connection, table: DocumentTable, changes: Iterable[tupl
 
 def paths_under(conn: psycopg.Connection, table: DocumentTable, prefix: str) -> list[tuple[str, str]]:
     return table.rows_where_prefix(conn, "path", prefix)
+
+
+def same_content(conn: psycopg.Connection, table: DocumentTable, digest: str) -> list[StoredState]:
+    """The photos whose file had these bytes when it was indexed."""
+    rows = table.rows_where(conn, "content_hash", digest, _STATE_COLUMNS)
+    key = table.spec.key_field
+    return [StoredState(id=row[key], **{c: row[c] for c in _STATE_COLUMNS}) for row in rows]
+
+
+@dataclass(frozen=True)
+class PhotoLocation:
+    """Where a photo's file is now: what a move or rename changes of its row (the key follows the path)."""
+
+    id: str
+    path: str
+    folder: str
+    filename: str
+    size_bytes: int
+    mtime_ns: int
+    companion_key: str | None
+
+
+def move_photos(conn: psycopg.Connection, table: DocumentTable, moves: Sequence[tuple[str, PhotoLocation]]) -> None:
+    """Give photos whose files moved their new location, in one transaction, keeping their vectors, metadata and
+    regions. Moves apply together (a swap is two moves); a row already at a destination is replaced."""
+    moves = [(old, new) for old, new in moves if old != new.id]
+    if not moves:
+        return
+    regions = RegionTable(table.spec)
+    with conn.transaction():
+        staged = regions.stage_photos(conn, [old for old, _ in moves])
+        table.rekey(conn, [(old, {table.spec.key_field: new.id, **{k: v for k, v in asdict(new).items() if k != "id"}})
+                           for old, new in moves])
+        if staged:
+            regions.restore_photos(conn, [(old, new.id) for old, new in moves])
+
+
+DESCRIPTION_COLUMNS = ("title", "description", "keywords", "sidecar_state")
+
+
+def update_descriptions(conn: psycopg.Connection, table: DocumentTable, rows: Sequence[dict[str, Any]],
+                        caption_field: str | None) -> None:
+    """Replace what people wrote about photos (and their caption vectors) when only their sidecars changed."""
+    columns = [*DESCRIPTION_COLUMNS, *([caption_field] if caption_field else [])]
+    table.write(conn, rows, columns=columns, insert_missing=False)

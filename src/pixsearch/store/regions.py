@@ -8,16 +8,17 @@ photo and its regions live on the same shard.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import psycopg
 from psycopg import sql
 
 from pixsearch.db import Database
-from pixsearch.store.schema import Field, IndexSpec
+from pixsearch.store.schema import CAPTION_FIELD, Field, IndexSpec
 from pixsearch.store.tables import DocumentTable, derived_identifier
 
 PHOTO_KEY = "photo_key"
+_STAGED = sql.Identifier("pixsearch_staged_regions")
 REGION_FIELDS: tuple[Field, ...] = (
     Field(PHOTO_KEY, "string", filterable=True),
     Field("region", "string", filterable=True),
@@ -32,9 +33,9 @@ REGION_FIELDS: tuple[Field, ...] = (
 
 
 def region_spec(parent: IndexSpec) -> IndexSpec:
-    """The child table's spec: the region fields and the parent's modelled vector fields (same names, dims,
-    storage, metric, model), its distribution and tuned search settings."""
-    vector_fields = tuple(vf for vf in parent.vector_fields if vf.model_id)
+    """The child table's spec: the region fields and the parent's modelled vector fields but the caption's (same
+    names, dims, storage, metric, model), its distribution and tuned search settings."""
+    vector_fields = tuple(vf for vf in parent.vector_fields if vf.model_id and vf.name != CAPTION_FIELD)
     settings = {key: parent.settings[key] for key in ("distribution", "tuned") if key in parent.settings}
     return IndexSpec(
         name=f"{parent.name}/regions",
@@ -79,6 +80,28 @@ class RegionTable(DocumentTable):
             "ALTER TABLE {} ADD CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE CASCADE"
         ).format(self.table, sql.Identifier(self.derived_name("photo", "fk")), sql.Identifier(PHOTO_KEY), parent,
                  sql.Identifier(self.parent.key_field)))
+
+    def stage_photos(self, conn: psycopg.Connection, photo_keys: Sequence[str]) -> bool:
+        """Keep a copy of these photos' regions (in the caller's transaction) before the photos are deleted and
+        written back under new keys (which deletes their regions); restore_photos puts them back. False when
+        there is no region table."""
+        if not photo_keys or not self.exists(conn):
+            return False
+        conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT * FROM {} WHERE {} = ANY(%s)").format(
+            _STAGED, self.table, sql.Identifier(PHOTO_KEY)), (list(photo_keys),))
+        return True
+
+    def restore_photos(self, conn: psycopg.Connection, renamed: Sequence[tuple[str, str]]) -> None:
+        """Write the staged regions back under the photos' new keys ((old key, new key) pairs)."""
+        kept = [name for name in self._all_columns() if name not in (self.spec.key_field, PHOTO_KEY)]
+        statement = sql.SQL(
+            "INSERT INTO {t} ({key}, {photo}, {kept}) SELECT %(new)s || ':' || region, %(new)s, {kept} FROM {s} "
+            "WHERE {photo} = %(old)s"
+        ).format(t=self.table, key=self.key, photo=sql.Identifier(PHOTO_KEY), s=_STAGED,
+                 kept=sql.SQL(", ").join(map(sql.Identifier, kept)))
+        with conn.cursor() as cur:
+            cur.executemany(statement, [{"old": old, "new": new} for old, new in renamed])
+        conn.execute(sql.SQL("DROP TABLE {}").format(_STAGED))
 
     def ensure(self, db: Database) -> None:
         """Create the table if it is not there yet."""

@@ -62,6 +62,9 @@ class Field:
     facetable: bool = False
     searchable: bool = False
     retrievable: bool = True
+    # A ranked list of its own in keyword search (e.g. "ocr": text read from the pixels), fused with the others by
+    # RRF instead of being one more field of the general keyword list.
+    keyword_list: str | None = None
 
     def validate(self) -> None:
         if not isinstance(self.name, str) or not FIELD_NAME.fullmatch(self.name):
@@ -70,6 +73,9 @@ class Field:
             raise SchemaError(f"field {self.name!r}: unknown type {self.type!r}; known: {', '.join(FIELD_TYPES)}")
         if self.sortable and self.type.endswith("[]"):
             raise SchemaError(f"field {self.name!r}: a collection ({self.type}) cannot be sortable")
+        if self.keyword_list is not None and (self.type not in ("string", "string[]") or self.searchable):
+            raise SchemaError(f"field {self.name!r}: a keyword list of its own needs a string field that is not also "
+                              "searchable in the general list")
 
     @property
     def sql_type(self) -> str:
@@ -261,6 +267,9 @@ def default_probes(lists: int) -> int:
 # What a listing without a query shows first, per index kind ("recent photos"); such tables carry a b-tree index in
 # exactly this order (then indexed_at DESC, key), so a page of the listing reads a few index entries, not a sort.
 BROWSE_ORDER: dict[str, tuple[tuple[str, bool], ...]] = {"photos": (("taken_at", True),)}
+# Columns looked up by value, per index kind, with a b-tree each: a photo's content hash finds the row of a file that
+# was moved or renamed (its vectors move with it instead of being computed again).
+LOOKUP_COLUMNS: dict[str, tuple[str, ...]] = {"photos": ("content_hash",)}
 
 # The photo index: what ingest fills for every photo whatever the model (the model adds its own fields, e.g. the
 # offline model's classes and tags). Internal bookkeeping fields are not retrievable.
@@ -275,10 +284,26 @@ PHOTO_FIELDS: tuple[Field, ...] = (
     Field("width", "int", filterable=True, sortable=True),
     Field("height", "int", filterable=True, sortable=True),
     Field("taken_at", "datetime", filterable=True, sortable=True, facetable=True),
+    Field("taken_at_source", "string", filterable=True, facetable=True),  # exif, exif-no-offset, xmp, iptc, file
     Field("camera", "string", filterable=True, facetable=True),
+    Field("camera_make", "string", filterable=True, facetable=True),
+    Field("camera_model", "string", filterable=True, facetable=True),
+    Field("lens", "string", filterable=True, facetable=True),
     Field("gps_lat", "float", filterable=True),
     Field("gps_lon", "float", filterable=True),
+    # what people wrote about the photo (XMP, IPTC, EXIF, .xmp/.txt sidecars): ingest/descriptions.py
+    Field("title", "string", searchable=True),
+    Field("description", "string", searchable=True),
+    Field("keywords", "string[]", filterable=True, facetable=True, searchable=True),
+    # text read from the pixels (`--ocr`): a ranked list of its own; its lines' boxes as JSON, for the page
+    Field("ocr_text", "string", keyword_list="ocr"),
+    Field("ocr_boxes", "string"),
+    # the files of one shot (Live Photo, RAW+JPEG, burst, edited copy): ingest/formats.py companion_key
+    Field("companion_key", "string", filterable=True),
+    Field("sidecar_state", "string", retrievable=False),  # the sidecars' names, sizes and times when last read
+    Field("layout", "string", retrievable=False),  # a tiny greyscale frame: edited copies vs bursts (ingest/layout.py)
 )
+CAPTION_FIELD = "caption"  # the caption (title, description, keywords) embedded in the model's text space
 # What the REST API may change on a photo (merge): descriptive metadata. Everything else of a photo (its file, the
 # facts read from the file, the model's fields and vectors) is written only by ingest and uploads: a client that
 # could set `path` could make the server read any file.

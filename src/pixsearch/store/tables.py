@@ -21,6 +21,7 @@ from pixsearch.db import Database
 from pixsearch.store.filters import Filter, compile_filter
 from pixsearch.store.schema import (
     BROWSE_ORDER,
+    LOOKUP_COLUMNS,
     OPERATORS,
     Field,
     IndexSpec,
@@ -32,6 +33,11 @@ from pixsearch.store.schema import (
 
 DEFAULT_EF_SEARCH = 40
 SEARCH_TEXT = "search_text"  # the tsvector column keyword search reads, maintained on every write
+
+
+def keyword_column(f: Field) -> str:
+    """The tsvector column of a field with a keyword list of its own."""
+    return f"{f.name}_tsv"
 MAX_EF_SEARCH = 1000
 DEFAULT_MAX_SCAN_TUPLES = 20000
 MB = 1024 * 1024
@@ -230,8 +236,8 @@ class DocumentTable:
         columns = [sql.SQL("{} text PRIMARY KEY").format(self.key)]
         columns += [sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(f.sql_type)) for f in self.spec.fields]
         columns.append(sql.SQL("indexed_at timestamptz NOT NULL DEFAULT now()"))
-        if self.searchable:
-            columns.append(sql.SQL("{} tsvector").format(sql.Identifier(SEARCH_TEXT)))
+        for column, _ in self.text_columns:
+            columns.append(sql.SQL("{} tsvector").format(sql.Identifier(column)))
         for vf in self.spec.vector_fields:
             columns.append(
                 sql.SQL("{} {}({})").format(sql.Identifier(vf.name), sql.SQL(vf.column_type), sql.Literal(vf.dims))
@@ -242,6 +248,7 @@ class DocumentTable:
             order = self._browse_order(BROWSE_ORDER[self.spec.kind])
             conn.execute(sql.SQL("CREATE INDEX {} ON {} ({})").format(
                 sql.Identifier(self.derived_name("browse")), self.table, sql.SQL(", ").join(order)))
+        self.create_lookup_indexes(conn)
         for vf in self.spec.vector_fields:
             if vf.algorithm == "hnsw":  # IVFFlat needs data for its centroids: built by build_index later
                 conn.execute(self._create_index_sql(vf, lists=None))
@@ -255,10 +262,10 @@ class DocumentTable:
         for vf in vector_fields:
             conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}({})").format(
                 self.table, sql.Identifier(vf.name), sql.SQL(vf.column_type), sql.Literal(vf.dims)))
-        if self.searchable:
+        for column, _ in self.text_columns:
             conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} tsvector").format(
-                self.table, sql.Identifier(SEARCH_TEXT)))
-            self._create_keyword_indexes(conn)
+                self.table, sql.Identifier(column)))
+        self._create_keyword_indexes(conn)
 
     def drop_columns(self, conn: psycopg.Connection, names: Sequence[str]) -> None:
         """Drop columns (and with them their indexes): the vector fields of a model an index no longer uses."""
@@ -289,15 +296,21 @@ class DocumentTable:
     def searchable(self) -> list:
         return [f for f in self.spec.fields if f.searchable]
 
+    @property
+    def text_columns(self) -> list[tuple[str, list[Field]]]:
+        """The tsvector columns keyword search reads, each with the fields it is made from: the general list's
+        (every searchable field) and one per field with a keyword list of its own."""
+        columns = [(SEARCH_TEXT, self.searchable)] if self.searchable else []
+        return columns + [(keyword_column(f), [f]) for f in self.spec.fields if f.keyword_list]
+
     def _create_keyword_indexes(self, conn: psycopg.Connection) -> None:
-        """GIN on the full-text column; trigram GIN on searchable single strings (partial file names)."""
-        if not self.searchable:
-            return
-        conn.execute(
-            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gin ({})").format(
-                sql.Identifier(self.derived_name(SEARCH_TEXT, "gin")), self.table, sql.Identifier(SEARCH_TEXT)
+        """GIN on the full-text columns; trigram GIN on searchable single strings (partial file names)."""
+        for column, _ in self.text_columns:
+            conn.execute(
+                sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gin ({})").format(
+                    sql.Identifier(self.derived_name(column, "gin")), self.table, sql.Identifier(column)
+                )
             )
-        )
         for f in self.searchable:
             if f.type == "string":
                 conn.execute(
@@ -306,11 +319,11 @@ class DocumentTable:
                     )
                 )
 
-    def _document_text(self, source: sql.Composable) -> sql.Composable:
-        """SQL for the text keyword search sees: searchable fields, punctuation turned into spaces (file names
-        like IMG_2034-beach.jpg become words), arrays joined."""
+    def _document_text(self, source: sql.Composable, fields: Sequence[Field]) -> sql.Composable:
+        """SQL for the text keyword search sees in `fields`: punctuation turned into spaces (file names like
+        IMG_2034-beach.jpg become words), arrays joined."""
         parts = []
-        for f in self.searchable:
+        for f in fields:
             column = sql.SQL("{}.{}").format(source, sql.Identifier(f.name))
             if f.type.endswith("[]"):
                 column = sql.SQL("array_to_string({}, ' ')").format(column)
@@ -327,12 +340,69 @@ class DocumentTable:
     def derived_names(self) -> list[str]:
         """Every name derived_name gives this table's indexes (rename moves them all)."""
         names = [self.ann_index_name(vf) for vf in self.spec.vector_fields if vf.algorithm != "exact"]
-        if self.searchable:
-            names.append(self.derived_name(SEARCH_TEXT, "gin"))
-            names += [self.derived_name(f.name, "trgm") for f in self.searchable if f.type == "string"]
+        names += [self.derived_name(column, "gin") for column, _ in self.text_columns]
+        names += [self.derived_name(f.name, "trgm") for f in self.searchable if f.type == "string"]
         if self.spec.kind in BROWSE_ORDER:
             names.append(self.derived_name("browse"))
+        names += [self.derived_name(column) for column in LOOKUP_COLUMNS.get(self.spec.kind, ())]
         return names
+
+    def create_lookup_indexes(self, conn: psycopg.Connection) -> None:
+        """The b-trees of LOOKUP_COLUMNS (IF NOT EXISTS: tables made before they existed get them too)."""
+        for column in LOOKUP_COLUMNS.get(self.spec.kind, ()):
+            name = sql.Identifier(self.derived_name(column))
+            exists = conn.execute("SELECT to_regclass(%s)", (name.as_string(conn),)).fetchone()[0] is not None
+            if not exists and any(f.name == column for f in self.spec.fields):  # (CREATE waits on writers)
+                conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
+                    name, self.table, sql.Identifier(column)))
+
+    def rows_where(self, conn: psycopg.Connection, column: str, value: Any, columns: Sequence[str]
+                   ) -> list[dict[str, Any]]:
+        """The rows whose `column` equals `value`, with their key and `columns`."""
+        selected = sql.SQL(", ").join([self.key, *map(sql.Identifier, columns)])
+        query = sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(selected, self.table, sql.Identifier(column))
+        return [dict(zip([self.spec.key_field, *columns], row)) for row in conn.execute(query, (value,))]
+
+    def rekey(self, conn: psycopg.Connection, moves: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Give rows a new key with some columns replaced, keeping everything else (vectors included), in the
+        caller's transaction: each move is (old key, {key field: new key, column: value, ...}), every move replacing
+        the same columns. The rows are staged first, so swaps and chains work, then deleted and written back under
+        their new keys (a distribution column cannot be updated in place on Citus); a row already at a new key is
+        replaced; the keyword text is rebuilt from the new values."""
+        if not moves:
+            return
+        olds = [old for old, _ in moves]
+        news = [new[self.spec.key_field] for _, new in moves]
+        staging = sql.Identifier("pixsearch_rekeyed")
+        conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT * FROM {} WHERE {} = ANY(%s)").format(
+            staging, self.table, self.key), (olds,))
+        self.delete(conn, olds + news)
+        replaced = list(moves[0][1])
+        kept = [name for name in self._all_columns() if name not in replaced]
+        target = sql.SQL(", ").join(map(sql.Identifier, [*replaced, *kept]))
+        values = sql.SQL(", ").join([*(sql.Placeholder(f"new_{i}") for i in range(len(replaced))),
+                                     *map(sql.Identifier, kept)])
+        statement = sql.SQL("INSERT INTO {t} ({target}) SELECT {values} FROM {s} WHERE {key} = %(old)s").format(
+            t=self.table, target=target, values=values, s=staging, key=self.key)
+        with conn.cursor() as cur:
+            cur.executemany(statement, [{"old": old, **{f"new_{i}": new[name] for i, name in enumerate(replaced)}}
+                                        for old, new in moves])
+        conn.execute(sql.SQL("DROP TABLE {}").format(staging))
+        self.rebuild_text(conn, news)
+
+    def rebuild_text(self, conn: psycopg.Connection, keys: Sequence[str]) -> None:
+        """Recompute the keyword text columns of these rows from their fields."""
+        if not self.text_columns or not keys:
+            return
+        sets = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(column), self._document_text(self.table, fields))
+            for column, fields in self.text_columns)
+        conn.execute(sql.SQL("UPDATE {} SET {} WHERE {} = ANY(%s)").format(self.table, sets, self.key), (list(keys),))
+
+    def _all_columns(self) -> list[str]:
+        names = [self.spec.key_field, *(f.name for f in self.spec.fields), "indexed_at"]
+        names += [column for column, _ in self.text_columns]
+        return names + [vf.name for vf in self.spec.vector_fields]
 
     def ann_index_name(self, vf: VectorField) -> str:
         return self.derived_name(vf.name, vf.algorithm)
@@ -526,10 +596,10 @@ class DocumentTable:
             set_names = [sql.Identifier(n) for n in names[1:]] + [sql.Identifier("indexed_at")]
             if insert_missing:
                 extra_names, extra_values = [sql.Identifier("indexed_at")], [sql.SQL("now()")]
-                if self.searchable and whole:
-                    extra_names.append(sql.Identifier(SEARCH_TEXT))
-                    extra_values.append(self._document_text(staging))
-                    set_names.append(sql.Identifier(SEARCH_TEXT))
+                for column, fields in self.text_columns if whole else ():
+                    extra_names.append(sql.Identifier(column))
+                    extra_values.append(self._document_text(staging, fields))
+                    set_names.append(sql.Identifier(column))
                 statement = sql.SQL(
                     "INSERT INTO {t} ({cols}, {extra_names}) SELECT {cols}, {extra_values} FROM {s} "
                     "ON CONFLICT ({conflict}) DO UPDATE SET {updates} RETURNING {key}"
@@ -545,12 +615,15 @@ class DocumentTable:
                 statement = sql.SQL("UPDATE {t} AS t SET {sets} FROM {s} AS s WHERE t.{key} = s.{key} RETURNING t.{key}")
                 statement = statement.format(t=self.table, sets=sql.SQL(", ").join(assignments), s=staging, key=self.key)
             written = {row[0] for row in conn.execute(statement)}
-            if self.searchable and not whole and written:
-                # A merge changes some fields: the keyword text is rebuilt from the merged rows.
+            rebuilt = [(column, fields) for column, fields in self.text_columns
+                       if any(f.name in names for f in fields)] if not whole and written else []
+            if rebuilt:
+                # A merge changes some fields: the keyword text made from them is rebuilt from the merged rows.
                 conn.execute(
-                    sql.SQL("UPDATE {t} SET {st} = {text} WHERE {key} = ANY(%s)").format(
-                        t=self.table, st=sql.Identifier(SEARCH_TEXT), text=self._document_text(self.table), key=self.key
-                    ),
+                    sql.SQL("UPDATE {t} SET {sets} WHERE {key} = ANY(%s)").format(
+                        t=self.table, key=self.key, sets=sql.SQL(", ").join(
+                            sql.SQL("{} = {}").format(sql.Identifier(column), self._document_text(self.table, fields))
+                            for column, fields in rebuilt)),
                     (list(written),),
                 )
         return written
@@ -785,38 +858,46 @@ class DocumentTable:
         return result
 
     def keyword_search(
-        self, conn: psycopg.Connection, text: str, limit: int, *, filter: Filter | None = None
+        self, conn: psycopg.Connection, text: str, limit: int, *, filter: Filter | None = None,
+        keyword_list: str | None = None,
     ) -> list[tuple[str, float]]:
         """Full-text (english stems, accents folded) and trigram (partial names) matches, best first.
 
         Any word may match (Azure's default searchMode=any): a photo named rocket.jpg matches "a rocket launch".
         Score: ts_rank_cd of the full-text match (more words matched, closer together, rank higher) plus the best
-        word similarity of the text to a searchable string.
+        word similarity of the text to a searchable string. keyword_list: the list of the fields that have that
+        keyword list of their own (full-text only) instead of the general one.
         """
-        if not self.searchable:
+        if keyword_list is not None:
+            own = [f for f in self.spec.fields if f.keyword_list == keyword_list]
+            if not own:
+                raise SchemaError(f"index {self.spec.name!r} has no {keyword_list!r} keyword list")
+            columns, strings = [keyword_column(f) for f in own], []
+        elif not self.searchable:
             raise SchemaError(f"index {self.spec.name!r} has no searchable fields: keyword search needs some")
+        else:
+            columns = [SEARCH_TEXT]
+            strings = [sql.Identifier(f.name) for f in self.searchable if f.type == "string"]
         where, params = compile_filter(self.spec, filter)
         t = sql.Placeholder("text")
         words = [w for w in re.findall(r"[^\W_]+", text) if w.lower() != "or"]
         params = {**params, "any_word": " or ".join(words)}
         query = sql.SQL("websearch_to_tsquery('english', unaccent(%(any_word)s))")
-        strings = [sql.Identifier(f.name) for f in self.searchable if f.type == "string"]
         similarity_terms = [sql.SQL("coalesce(word_similarity({}, {}), 0)").format(t, c) for c in strings]
         similarity_sql = (
             sql.SQL("greatest({})").format(sql.SQL(", ").join(similarity_terms)) if similarity_terms else sql.SQL("0")
         )
-        matches = [sql.SQL("{} @@ {}").format(sql.Identifier(SEARCH_TEXT), query)]
+        matches = [sql.SQL("{} @@ {}").format(sql.Identifier(c), query) for c in columns]
         matches += [sql.SQL("{} <%% {}").format(t, c) for c in strings]
         condition = sql.SQL("({})").format(sql.SQL(" OR ").join(matches))
         if where is not None:
             condition = sql.SQL("{} AND {}").format(condition, where)
+        rank = sql.SQL(" + ").join(sql.SQL("coalesce(ts_rank_cd({}, {}), 0)").format(sql.Identifier(c), query)
+                                   for c in columns)
         statement = sql.SQL(
-            "SELECT {key}, ts_rank_cd({st}, {query}) + {similarity} AS score FROM {t} WHERE {condition} "
+            "SELECT {key}, {rank} + {similarity} AS score FROM {t} WHERE {condition} "
             "ORDER BY score DESC, {key} LIMIT %(limit)s"
-        ).format(
-            key=self.key, st=sql.Identifier(SEARCH_TEXT), query=query, similarity=similarity_sql, t=self.table,
-            condition=condition,
-        )
+        ).format(key=self.key, rank=rank, similarity=similarity_sql, t=self.table, condition=condition)
         rows = conn.execute(statement, {**params, "text": text, "limit": limit}).fetchall()
         return [(row[0], float(row[1])) for row in rows]
 

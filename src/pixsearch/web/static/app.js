@@ -7,7 +7,7 @@ const THUMB_SIZE = window.devicePixelRatio > 1.5 ? 512 : 256;
 const QUERY_IMAGE_SIDE = 1024; // query images are shrunk in the browser first: the model sees 224 px anyway
 const KEY_STORAGE = "pixsearch.apiKey";
 // shown on a card, when the index has them (width and height place a region's box on the thumbnail)
-const WANTED_FIELDS = ["path", "filename", "folder", "taken_at", "tags", "width", "height"];
+const WANTED_FIELDS = ["path", "filename", "folder", "taken_at", "tags", "width", "height", "ocr_boxes"];
 
 const $ = (id) => document.getElementById(id);
 
@@ -24,6 +24,7 @@ const state = {
   fields: null, // name -> {filterable, facetable, ...} of the index, from /capabilities
   showAll: false, // show hits the model calls clearly irrelevant too (reset by a new query)
   insidePhotos: false, // rank photos by their best region (object patch) and draw its box
+  sort: "", // "": best match (recent photos without a query); else an orderby, e.g. "taken_at desc"
 };
 
 const has = (name, ability = "retrievable") => Boolean(state.fields?.[name]?.[ability]);
@@ -141,6 +142,11 @@ function searchBody(skip) {
   const body = { top: PAGE_SIZE, skip, count: true, select, filter: filterExpression() };
   body.relevance = state.showAll ? "all" : "auto";
   if (state.insidePhotos && state.query) body.regions = "images";
+  if (state.sort) {
+    body.orderby = state.sort;
+    // the relevant hits, up to the largest drop in score, then by date: not every photo there is
+    if (state.query) body.cutoff = "gap";
+  }
   if (skip === 0) {
     body.facets = [];
     if (has("tags", "facetable")) body.facets.push("tags,count:20");
@@ -158,6 +164,7 @@ async function loadCapabilities() {
   state.fields = Object.fromEntries(answer.fields.map((f) => [f.name, f]));
   $("tags").hidden = !has("tags", "facetable");
   $("inside-box").hidden = !answer.regions;
+  $("sort-box").hidden = !has("taken_at", "sortable");
 }
 
 // -- searching ------------------------------------------------------------------------------------------------------------
@@ -371,10 +378,30 @@ function card(hit, scored) {
 
   const region = hit["@search.region"];
   if (region && hit.width && hit.height) button.append(regionBox(region, hit.width, hit.height));
+  if (hit.ocr_boxes && hit.width && hit.height && state.query?.kind === "text") {
+    for (const line of textMatches(hit.ocr_boxes, state.query.text)) {
+      const box = regionBox(line, hit.width, hit.height);
+      box.className = "text-box";
+      box.title = `Text in the photo: ${line.text}`;
+      button.append(box);
+    }
+  }
 
   item.append(button, caption);
   thumbnails.observe(img);
   return item;
+}
+
+/** The lines of text read in a photo (OCR, JSON from the index) that contain a word of the query. */
+function textMatches(ocrBoxes, query) {
+  const words = query.toLowerCase().match(/[\p{L}\p{N}]{3,}/gu) || [];
+  let lines;
+  try {
+    lines = JSON.parse(ocrBoxes);
+  } catch {
+    return [];
+  }
+  return lines.filter((line) => words.some((word) => line.text.toLowerCase().includes(word))).slice(0, 10);
 }
 
 /** The matching region drawn over a whole (letterboxed) thumbnail: box in original pixels -> % of the square. */
@@ -560,6 +587,10 @@ function wire() {
     });
   }
   $("forget-key").addEventListener("click", forgetKey);
+  $("sort").addEventListener("change", (event) => {
+    state.sort = event.target.value;
+    runSearch();
+  });
   $("inside-photos").addEventListener("change", (event) => {
     state.insidePhotos = event.target.checked;
     if (state.query) runSearch();

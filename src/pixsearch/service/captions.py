@@ -1,0 +1,86 @@
+"""Photo indexes keep up with what later releases store: the photo fields added since an index was made, and the
+caption vector field — each photo's title, description and keywords embedded in its model's text space, searched
+as a list of its own in hybrid search (search/request.py).
+
+Captions are embedded from the stored text, never from the image, so a caption field can be (re)filled at any time:
+for an index made before captions existed, or after `pixsearch reindex` moved the index to another model (whose
+text space the old caption vectors are not in).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from pixsearch.ingest.descriptions import caption_text
+from pixsearch.models.base import Embedder
+from pixsearch.store import PHOTO_FIELDS, DocumentTable, VectorField, change_definition
+from pixsearch.store.schema import CAPTION_FIELD
+
+if TYPE_CHECKING:
+    from pixsearch.service.index import Index
+
+CAPTION_BATCH = 256
+CAPTION_TEXT_FIELDS = ("title", "description", "keywords")
+
+
+def caption_vector_field(embedder: Embedder, vector_fields: Sequence[VectorField]) -> VectorField | None:
+    """The caption field for a model: its text space's width, model and metric, stored and indexed like the field
+    the text space fills (None for a model without a text tower)."""
+    if embedder.text_space is None:
+        return None
+    space = embedder.spaces[embedder.text_space]
+    text_field = next((vf for vf in vector_fields if vf.model_id == space.model_id and vf.space_name == space.name),
+                      None)
+    options = {"storage": text_field.storage, "algorithm": text_field.algorithm,
+               "params": dict(text_field.params)} if text_field is not None else {}
+    return VectorField(name=CAPTION_FIELD, dims=space.dims, model_id=space.model_id, metric=space.metric,
+                       space=CAPTION_FIELD, **options)
+
+
+def upgrade_photo_index(index: "Index") -> None:
+    """Add what this release stores and the index lacks: photo fields (empty until their photos are indexed
+    again), the lookup b-trees, and a caption field of the index's model (filled from the stored captions)."""
+    if index.spec.kind != "photos" or not index.modelled:
+        return
+    spec = index.spec
+    have = {f.name for f in spec.fields}
+    missing = tuple(f for f in PHOTO_FIELDS if f.name not in have)
+    embedder = index.model().embedder
+    wanted = caption_vector_field(embedder, spec.vector_fields)
+    current = next((vf for vf in spec.vector_fields if vf.name == CAPTION_FIELD), None)
+    stale = current is not None and (wanted is None or current.model_id != wanted.model_id)
+    if stale:  # vectors of another model's text space: dropped, then made again below
+        index.spec = change_definition(
+            index.db, index.name, vector_fields=tuple(vf for vf in spec.vector_fields if vf.name != CAPTION_FIELD),
+            fields=spec.fields, model=spec.model, drop=(CAPTION_FIELD,))
+        spec, current = index.spec, None
+    add_vectors = (wanted,) if wanted is not None and current is None else ()
+    if missing or add_vectors:
+        index.spec = change_definition(index.db, index.name, vector_fields=spec.vector_fields + add_vectors,
+                                       fields=spec.fields + missing, model=spec.model, add=(missing, add_vectors))
+    index.table = DocumentTable(index.spec)
+    with index.db.connection() as conn, conn.transaction():
+        index.table.create_lookup_indexes(conn)
+    if add_vectors and "title" in have:  # its photos may already carry captions
+        refresh_captions(index, embedder)
+    index.ensure_ann_indexes()
+
+
+def refresh_captions(index: "Index", embedder: Embedder) -> int:
+    """Embed the stored captions of every photo that has one and no caption vector; the number embedded."""
+    table = index.table
+    done, after = 0, None
+    while True:
+        with index.db.connection() as conn:
+            rows = table.keys_missing(conn, [CAPTION_FIELD], after, CAPTION_BATCH, extra=CAPTION_TEXT_FIELDS)
+        if not rows:
+            return done
+        after = rows[-1][0]
+        texts = {key: caption_text(values["title"], values["description"], values["keywords"]) for key, values in rows}
+        wanted = [key for key, text in texts.items() if text]
+        if wanted:
+            vectors = embedder.embed_texts([texts[key] for key in wanted])
+            with index.db.connection() as conn:
+                table.write(conn, [{table.spec.key_field: key, CAPTION_FIELD: vector}
+                                   for key, vector in zip(wanted, vectors)], columns=[CAPTION_FIELD],
+                            insert_missing=False)
+            done += len(wanted)
