@@ -7,7 +7,7 @@ import time
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol, Sequence, TypeVar
@@ -15,7 +15,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol, 
 import psycopg
 
 from pixsearch.db import Database
-from pixsearch.ingest.decode import DecodedImage, DecodeError, content_hash, decode_bytes, read_file
+from pixsearch.ingest.decode import DecodedImage, DecodeError, content_hash, decode_bytes, read_file_with_stat
 from pixsearch.ingest.scan import FoundFile, scan
 from pixsearch.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from pixsearch.models.base import Embedder
@@ -204,7 +204,11 @@ def _stored_states(db: Database, table: DocumentTable, ids: list[str]) -> dict[s
 def _decode(work: _Work, report: IngestReport, embedder: Embedder, options: IngestOptions) -> _Work:
     t0 = time.perf_counter()
     try:
-        data = read_file(work.file.path, max_bytes=options.max_file_bytes, follow_symlinks=options.follow_symlinks)
+        data, info = read_file_with_stat(work.file.path, max_bytes=options.max_file_bytes,
+                                         follow_symlinks=options.follow_symlinks)
+        if (info.st_size, info.st_mtime_ns) != (work.file.size_bytes, work.file.mtime_ns):
+            # changed since the scan: the row must describe the bytes read, or the next run would misjudge it
+            work.file = replace(work.file, size_bytes=info.st_size, mtime_ns=info.st_mtime_ns)
         digest = content_hash(data)
         if work.stored is not None and work.stored.content_hash == digest:
             work.same_content = True
@@ -315,6 +319,17 @@ def _write_or_bisect(db: Database, table: DocumentTable, records: list[PhotoReco
     return {**_write_or_bisect(db, table, records[:middle]), **_write_or_bisect(db, table, records[middle:])}
 
 
+def _gone(path: str) -> bool:
+    """Deleted for sure: a file that cannot be looked at (its folder unreadable for now, an I/O error) is kept."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        pass
+    return False
+
+
 def _prune(db: Database, table: DocumentTable, roots: Sequence[Path]) -> int:
     """Remove rows of files that were under a scanned folder and are gone from disk."""
     gone: list[str] = []
@@ -324,6 +339,6 @@ def _prune(db: Database, table: DocumentTable, roots: Sequence[Path]) -> int:
             if not root.is_dir():
                 continue
             for photo_id, path in paths_under(conn, table, str(root).rstrip(os.sep) + os.sep):
-                if not os.path.exists(path):
+                if _gone(path):
                     gone.append(photo_id)
         return table.delete(conn, gone)
