@@ -13,6 +13,7 @@ from pixsearch.limits import (
     DEFAULT_API_STATEMENT_TIMEOUT_S,
     DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_POOL_SIZE,
     DEFAULT_THUMBNAIL_CACHE_BYTES,
 )
 
@@ -35,6 +36,7 @@ class Settings:
     max_image_megapixels: float = DEFAULT_MAX_IMAGE_PIXELS / 1e6  # checked from the header before decoding
     api_statement_timeout: float = DEFAULT_API_STATEMENT_TIMEOUT_S  # seconds per SQL statement of an API request
     thumbnail_cache_mb: float = DEFAULT_THUMBNAIL_CACHE_BYTES / 1e6
+    pool_size: int = DEFAULT_POOL_SIZE  # database connections per process (the REST API's concurrency in SQL)
     distribute: bool = False  # on a Citus coordinator, new indexes are distributed across the workers
     shards: int = 0  # shards per distributed index (0: Citus' citus.shard_count, 32 by default)
 
@@ -88,7 +90,7 @@ def _known(raw: dict[str, Any], source: str) -> dict[str, Any]:
     return raw
 
 
-_INTEGERS = ("batch_size", "decode_workers")
+_INTEGERS = ("batch_size", "decode_workers", "pool_size")
 _BOOLEANS = ("distribute",)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 _POSITIVE_NUMBERS = ("max_file_mb", "max_image_megapixels", "api_statement_timeout", "thumbnail_cache_mb")

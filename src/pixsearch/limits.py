@@ -32,6 +32,9 @@ DEFAULT_THUMBNAIL_CACHE_BYTES = 512 * 1024 * 1024  # on disk, per PIXSEARCH_HOME
 QUERY_VECTOR_CACHE_BYTES = 32 * 1024 * 1024  # recent query vectors kept in memory per server
 QUERY_VECTOR_CACHE_ITEMS = 256
 
+# -- concurrency --------------------------------------------------------------------------------------------------------
+DEFAULT_POOL_SIZE = 4  # database connections per process (setting pool_size); README "Reliability" says why 4
+
 # -- time -------------------------------------------------------------------------------------------------------------
 DEFAULT_API_STATEMENT_TIMEOUT_S = 10.0  # per SQL statement of an API request (setting api_statement_timeout)
 API_KEY_CACHE_SECONDS = 30.0  # a verified (or refused) stored key is trusted this long; revocation takes effect within it

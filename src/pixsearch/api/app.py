@@ -32,7 +32,7 @@ from pixsearch.limits import MAX_DUPLICATE_GROUPS, MAX_UPLOAD_BYTES, MAX_UPLOAD_
 from pixsearch.search.context import FileTermRefused
 from pixsearch.search.ranking import Cutoff
 from pixsearch.search.request import MODES, SearchRequest, VectorQuery
-from pixsearch.service import Engine, Index, PhotoNotFound
+from pixsearch.service import Engine, Index, PhotoNotFound, StorageError
 from pixsearch.store import FilterError, IndexExistsError, IndexNotFoundError, IndexSpec
 from pixsearch.web import install_page
 
@@ -130,6 +130,8 @@ class Handlers:
             else:
                 try:
                     key, report = index.add_image_bytes(upload.filename or "upload", data)
+                except StorageError as exc:  # the server's folder is full or read-only: not the client's fault
+                    entry.update(errorMessage=str(exc), statusCode=507)
                 except (ValueError, OSError) as exc:
                     entry["errorMessage"] = str(exc)
                 else:

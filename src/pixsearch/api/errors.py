@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pixsearch.db import DatabaseError
+from pixsearch.db import DatabaseError, DatabaseFull, DatabaseUnavailable
 from pixsearch.limits import MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES
 from pixsearch.search.odata import FilterSyntaxError
 from pixsearch.store import FilterError, IndexExistsError, IndexNotFoundError, SchemaError
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 _HTTP_CODES = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
                409: "Conflict", 413: "RequestEntityTooLarge", 500: "InternalServerError", 501: "NotImplemented"}
 RETRY_AFTER_SECONDS = 5
+# While the database is down, requests are refused at once and its return is noticed within half a second.
+OUTAGE_RETRY_AFTER_SECONDS = 2
 # A JSON string escape for NUL: \u0000 preceded by an even number of backslashes (an odd one escapes the first).
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
@@ -43,15 +45,24 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> JSONRe
 
 def unavailable_response(exc: Exception) -> JSONResponse:
     """503 with Retry-After for what is the database's state, not the request's fault: a statement that ran past
-    the API's statement_timeout, or a database that cannot be reached right now."""
+    the API's statement_timeout, or a database that cannot be reached right now; 507 when its disk is full. Not
+    logged here: the database layer logs an outage once, not once per refused request."""
+    if isinstance(exc, DatabaseFull):
+        log.warning("%s", exc)
+        return error_response(507, "InsufficientStorage", "the database has no space left for this write; nothing "
+                              "of it was kept (the server's log names the folder to free)")
     if isinstance(exc, psycopg.errors.QueryCanceled):
         code, message = "QueryTimeout", ("the query ran longer than the server allows (setting api_statement_timeout): "
                                          "narrow it with a filter or fewer facets, or try again")
+        retry_after = RETRY_AFTER_SECONDS
     else:
         code, message = "DatabaseUnavailable", "the database is not reachable right now; try again shortly"
-        log.warning("database unavailable: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        retry_after = OUTAGE_RETRY_AFTER_SECONDS
+        if not isinstance(exc, DatabaseUnavailable):  # anything else is unexpected enough to be worth a line
+            log.warning("database error: %s", str(exc).strip().splitlines()[0] if str(exc).strip() else
+                        type(exc).__name__)
     response = error_response(503, code, message)
-    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    response.headers["Retry-After"] = str(retry_after)
     return response
 
 

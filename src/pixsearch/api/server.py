@@ -62,6 +62,7 @@ def serve(
         page_index=page_index,
         allowed_hosts=host_names(host, allowed_hosts),
     )
+    engine.remove_unfinished_uploads()  # files of uploads a killed server wrote but never committed
     sock = bind(host, port)
     bound_port = sock.getsockname()[1]
     config = uvicorn.Config(app, host=host, port=bound_port, log_level=log_level, server_header=False)

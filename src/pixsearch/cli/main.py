@@ -17,12 +17,18 @@ from rich.text import Text
 from pixsearch.cli.indexes import evaluate_cmd, indexes_app, stats_cmd, tune_cmd, vectors_app
 from pixsearch.cli.keys import keys_app
 from pixsearch.cli.models import models_app
-from pixsearch.cli.common import EXIT_OK, EXIT_PARTIAL, IndexOption, err, fail, open_engine, out, print_json
+from pixsearch.cli.common import (EXIT_OK, EXIT_PARTIAL, IndexOption, err, fail, open_engine, out, print_json,
+                                  stop_on_sigterm_as_on_ctrl_c)
 from pixsearch.search.ranking import Cutoff
 from pixsearch.search.request import SearchRequest
 from pixsearch.service import Engine, Query
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic image search on PostgreSQL + pgvector.")
+
+
+@app.callback()
+def _before_every_command(ctx: typer.Context) -> None:
+    stop_on_sigterm_as_on_ctrl_c(ctx)
 
 
 class _RichIngestProgress:

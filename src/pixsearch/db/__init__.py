@@ -1,4 +1,4 @@
 """Where Postgres comes from: the embedded server under PIXSEARCH_HOME, or a server named by PIXSEARCH_DATABASE_URL."""
-from pixsearch.db.database import Database, DatabaseError, open_database
+from pixsearch.db.database import Database, DatabaseError, DatabaseFull, DatabaseUnavailable, open_database
 
-__all__ = ["Database", "DatabaseError", "open_database"]
+__all__ = ["Database", "DatabaseError", "DatabaseFull", "DatabaseUnavailable", "open_database"]

@@ -4,18 +4,24 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from pixsearch.config import Settings
 
 log = logging.getLogger(__name__)
+# Database reports an outage once (down, back); psycopg and its pool would add a warning per connection dropped,
+# per failed reconnection and per rollback on a cut connection. Left alone when the application configured them.
+if logging.getLogger("psycopg").level == logging.NOTSET:
+    logging.getLogger("psycopg").setLevel(logging.ERROR)
 
 MIN_PGVECTOR = (0, 8, 0)
 # Keyword search: unaccent folds accents, pg_trgm matches partial file names. Both ship in PostgreSQL's contrib.
@@ -108,28 +114,76 @@ def ensure_extensions(conninfo: str) -> ServerInfo:
         return ServerInfo(server_version=server, pgvector_version=version, citus_version=citus[0] if citus else None)
 
 
+# How long a request may wait for a free pooled connection while the database is up (all of them busy: load).
+POOL_WAIT_S = 30.0
+SIDE_POOL_WAIT_S = 10.0
+# libpq's connect_timeout for pool connections and reachability probes: a host that does not answer (a firewall
+# dropping packets) fails within this instead of hanging a request; a stopped local server fails at once.
+CONNECT_TIMEOUT_S = 3
+# While the database is down every request is refused at once; this often a watcher checks whether it is back
+# (and restarts the embedded server if it died), so requests succeed within this long of its return.
+PROBE_INTERVAL_S = 0.5
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached right now (stopped, restarting, killed, out of connections): nothing was
+    done; the same request may succeed shortly."""
+
+
+class DatabaseFull(DatabaseError):
+    """The database's disk is full: the statement failed and its transaction was rolled back."""
+
+
+@dataclass
+class _Outage:
+    since: float
+    reason: str
+    refused: int = 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class Database:
-    """A pool of connections to one database, each with pgvector's types registered.
+    """Pools of connections to one database, each with pgvector's types registered, that fail fast while the
+    database is down.
 
     statement_timeout_s bounds every statement run on the pool's connections (the API server sets it, so no request
     can keep the database busy for long). `side_connection` is a separate one-connection pool for short lookups,
     such as API-key checks, that must not queue behind searches when the main pool is busy.
+
+    When a connection is lost and the server does not answer a new one, the pools are closed (which also releases
+    requests waiting for a connection) and every request is refused at once with DatabaseUnavailable, logged once
+    per outage. A watcher thread checks every PROBE_INTERVAL_S whether the server is back — first calling `revive`,
+    which restarts the embedded server if it died — and then opens fresh pools, so no stale connection is handed
+    out after the outage.
     """
 
     def __init__(
-        self, conninfo: str, *, embedded: bool, max_size: int = 4, statement_timeout_s: float | None = None
+        self, conninfo: str, *, embedded: bool, max_size: int = 4, statement_timeout_s: float | None = None,
+        revive: Callable[[], str | None] | None = None, data_directory: Path | None = None,
     ):
         self.conninfo = conninfo
         self.embedded = embedded
+        self.max_size = max_size
         self.statement_timeout_s = statement_timeout_s
+        self.data_directory = data_directory
+        self._revive = revive
         self.server = ensure_extensions(conninfo)
         self.pgvector_version = self.server.pgvector_version
-        self.pool = ConnectionPool(
-            conninfo, min_size=1, max_size=max_size, configure=self._configure, open=False, name="pixsearch"
-        )
-        self.pool.open(wait=True, timeout=15)
-        self._side_pool: ConnectionPool | None = None
-        self._side_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._outage: _Outage | None = None
+        self._watcher: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._main: ConnectionPool | None = self._new_pool("pixsearch", min_size=1, max_size=max_size)
+        self._main.open(wait=True, timeout=15)
+        self._side: ConnectionPool | None = None
+
+    def _new_pool(self, name: str, *, min_size: int, max_size: int) -> ConnectionPool:
+        return ConnectionPool(self.conninfo, min_size=min_size, max_size=max_size, configure=self._configure,
+                              kwargs={"connect_timeout": CONNECT_TIMEOUT_S}, open=False, name=name)
 
     def _configure(self, conn: psycopg.Connection) -> None:
         register_vector(conn)
@@ -137,27 +191,155 @@ class Database:
             conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(self.statement_timeout_s * 1000)}ms",))
             conn.commit()
 
+    @property
+    def pool(self) -> ConnectionPool | None:
+        """The main pool (None while the database is down)."""
+        return self._main
+
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
-        with self.pool.connection() as conn:
+        with self._connection(lambda: self._main, POOL_WAIT_S) as conn:
             yield conn
 
     @contextmanager
     def side_connection(self) -> Iterator[psycopg.Connection]:
-        if self._side_pool is None:
-            with self._side_lock:
-                if self._side_pool is None:
-                    side = ConnectionPool(self.conninfo, min_size=0, max_size=1, configure=self._configure,
-                                          open=False, name="pixsearch-side")
-                    side.open(wait=False)
-                    self._side_pool = side
-        with self._side_pool.connection(timeout=10) as conn:
+        with self._connection(self._side_pool, SIDE_POOL_WAIT_S) as conn:
             yield conn
 
+    def _side_pool(self) -> ConnectionPool | None:
+        if self._side is None:
+            with self._state_lock:
+                if self._side is None and self._outage is None and not self._closing.is_set():
+                    side = self._new_pool("pixsearch-side", min_size=0, max_size=1)
+                    side.open(wait=False)
+                    self._side = side
+        return self._side
+
+    @contextmanager
+    def _connection(self, pick: Callable[[], ConnectionPool | None], wait_s: float) -> Iterator[psycopg.Connection]:
+        pool = self._pool_or_refuse(pick)
+        try:
+            conn = pool.getconn(timeout=wait_s)
+        except PoolClosed as exc:  # closed by an outage while this request waited, or by close()
+            if self._closing.is_set():
+                raise
+            raise self._refusal() from exc
+        except PoolTimeout as exc:
+            if not self._reachable():
+                self._went_down(exc)
+                raise self._refusal() from exc
+            raise DatabaseUnavailable(
+                f"all {pool.max_size} database connections stayed busy for {wait_s:.0f} s; try again shortly"
+            ) from exc
+        try:
+            with conn:
+                yield conn
+        except psycopg.errors.DiskFull as exc:
+            raise DatabaseFull(self._full_message(exc)) from exc
+        except psycopg.OperationalError as exc:
+            if not conn.broken:  # an error from a working server (a statement timeout, a cancel): the caller's
+                raise
+            self._lost_connection(exc)
+            raise self._refusal(_first_line(exc)) from exc
+        finally:
+            pool.putconn(conn)
+
+    def _pool_or_refuse(self, pick: Callable[[], ConnectionPool | None]) -> ConnectionPool:
+        pool = pick() if self._outage is None else None
+        if pool is None:
+            if self._outage is None and self._closing.is_set():
+                raise PoolClosed("the database connection is closed")
+            raise self._refusal()
+        return pool
+
+    def _refusal(self, reason: str | None = None) -> DatabaseUnavailable:
+        outage = self._outage
+        if outage is not None:
+            outage.refused += 1  # a statistic for the recovery log line; a lost increment does not matter
+            reason = outage.reason
+        return DatabaseUnavailable(f"the database is not reachable right now ({reason or 'connection lost'}); "
+                                   "try again shortly")
+
+    def _full_message(self, exc: psycopg.Error) -> str:
+        where = (f"the embedded database's data directory {self.data_directory}" if self.data_directory is not None
+                 else "the database server's data directory")
+        return f"no space left in {where}: nothing of this write was kept; free some space and run it again " \
+               f"({_first_line(exc)})"
+
+    def _reachable(self) -> bool:
+        try:
+            psycopg.connect(self.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S).close()
+        except psycopg.Error:
+            return False
+        return True
+
+    def _lost_connection(self, exc: BaseException) -> None:
+        """A connection broke: the whole server is down, or it dropped this connection alone (or restarted while
+        the others sat idle in the pool: they are stale too, so the pools are checked)."""
+        with self._state_lock:
+            if self._outage is not None or self._closing.is_set():
+                return
+            reachable = self._reachable()
+        if not reachable:
+            self._went_down(exc)
+            return
+        for pool in (self._main, self._side):
+            if pool is not None:
+                with suppress(psycopg.Error):
+                    pool.check()
+
+    def _went_down(self, exc: BaseException) -> None:
+        with self._state_lock:
+            if self._outage is not None or self._closing.is_set():
+                return
+            self._outage = _Outage(time.monotonic(), redact(_first_line(exc)))
+            closing = [pool for pool in (self._main, self._side) if pool is not None]
+            self._main = self._side = None
+            log.warning("database unavailable (%s): answering requests with 503 until it is back, checking every "
+                        "%.1f s", self._outage.reason, PROBE_INTERVAL_S)
+            self._watcher = threading.Thread(target=self._watch, args=(closing,), name="pixsearch-db-watch",
+                                             daemon=True)
+            self._watcher.start()
+
+    def _watch(self, closing: list[ConnectionPool]) -> None:
+        """Close the pools of the lost server (releasing requests waiting on them), then wait for the server."""
+        for pool in closing:
+            pool.close(timeout=CONNECT_TIMEOUT_S)
+        told: set[str] = set()
+        while not self._closing.wait(PROBE_INTERVAL_S):
+            if self._revive is not None:
+                try:
+                    note = self._revive()
+                except Exception as exc:  # noqa: BLE001 - a failed restart is reported and tried again
+                    note = f"could not restart the embedded PostgreSQL: {type(exc).__name__}: {_first_line(exc)}"
+                if note and note not in told:
+                    told.add(note)
+                    log.warning("%s", note)
+            if not self._reachable():
+                continue
+            main = self._new_pool("pixsearch", min_size=1, max_size=self.max_size)
+            main.open(wait=False)
+            with self._state_lock:
+                outage, self._outage = self._outage, None
+                if self._closing.is_set():
+                    main.close()
+                    return
+                self._main = main
+            if outage is not None:
+                log.warning("database reachable again after %.1f s (%d requests refused meanwhile)",
+                            time.monotonic() - outage.since, outage.refused)
+            return
+
     def close(self) -> None:
-        self.pool.close()
-        if self._side_pool is not None:
-            self._side_pool.close()
+        self._closing.set()
+        with self._state_lock:
+            pools = [pool for pool in (self._main, self._side) if pool is not None]
+            self._main = self._side = None
+            watcher = self._watcher
+        for pool in pools:
+            pool.close()
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(CONNECT_TIMEOUT_S + 5)
 
     def __enter__(self) -> "Database":
         return self
@@ -168,7 +350,10 @@ class Database:
 
 def open_database(settings: Settings, *, statement_timeout_s: float | None = None) -> Database:
     if settings.database_url:
-        return Database(settings.database_url, embedded=False, statement_timeout_s=statement_timeout_s)
-    from pixsearch.db.embedded import start_embedded
+        return Database(settings.database_url, embedded=False, max_size=settings.pool_size,
+                        statement_timeout_s=statement_timeout_s)
+    from pixsearch.db.embedded import restart_if_stopped, start_embedded
 
-    return Database(start_embedded(settings.pgdata), embedded=True, statement_timeout_s=statement_timeout_s)
+    return Database(start_embedded(settings.pgdata), embedded=True, max_size=settings.pool_size,
+                    statement_timeout_s=statement_timeout_s, revive=lambda: restart_if_stopped(settings.pgdata),
+                    data_directory=settings.pgdata)

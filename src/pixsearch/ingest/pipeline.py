@@ -7,7 +7,7 @@ import time
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol, Sequence, TypeVar
@@ -19,7 +19,8 @@ import numpy as np
 import psycopg
 
 from pixsearch.db import Database
-from pixsearch.ingest.decode import DRAFT_SIZE, DecodedImage, DecodeError, content_hash, decode_bytes, read_file
+from pixsearch.ingest.decode import (DRAFT_SIZE, DecodedImage, DecodeError, content_hash, decode_bytes,
+                                    read_file_with_stat)
 from pixsearch.ingest.descriptions import Descriptions, read_descriptions
 from pixsearch.ingest.formats import companion_key
 from pixsearch.ingest.layout import layout_signature
@@ -280,7 +281,11 @@ def _decode(work: _Work, report: IngestReport, embedder: Embedder, options: Inge
         if work.describe_only:
             work.described = read_descriptions(path, follow_symlinks=options.follow_symlinks)
             return work
-        data = read_file(path, max_bytes=options.max_file_bytes, follow_symlinks=options.follow_symlinks)
+        data, info = read_file_with_stat(path, max_bytes=options.max_file_bytes,
+                                         follow_symlinks=options.follow_symlinks)
+        if (info.st_size, info.st_mtime_ns) != (work.file.size_bytes, work.file.mtime_ns):
+            # changed since the scan: the row must describe the bytes read, or the next run would misjudge it
+            work.file = replace(work.file, size_bytes=info.st_size, mtime_ns=info.st_mtime_ns)
         digest = content_hash(data)
         if work.stored is not None and work.stored.content_hash == digest:
             work.same_content = True
@@ -482,6 +487,17 @@ def _write_or_bisect(db: Database, table: DocumentTable, records: list[PhotoReco
     return {**_write_or_bisect(db, table, records[:middle]), **_write_or_bisect(db, table, records[middle:])}
 
 
+def _gone(path: str) -> bool:
+    """Deleted for sure: a file that cannot be looked at (its folder unreadable for now, an I/O error) is kept."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        pass
+    return False
+
+
 def _prune(db: Database, table: DocumentTable, roots: Sequence[Path]) -> int:
     """Remove rows of files that were under a scanned folder and are gone from disk."""
     gone: list[str] = []
@@ -491,6 +507,6 @@ def _prune(db: Database, table: DocumentTable, roots: Sequence[Path]) -> int:
             if not root.is_dir():
                 continue
             for photo_id, path in paths_under(conn, table, str(root).rstrip(os.sep) + os.sep):
-                if not os.path.exists(path):
+                if _gone(path):
                     gone.append(photo_id)
         return table.delete(conn, gone)

@@ -9,6 +9,7 @@ thumbnails.py the bounded on-disk thumbnail cache
 from pixsearch.service.documents import DocumentAction, DocumentResult
 from pixsearch.service.engine import Engine
 from pixsearch.service.index import Index, ModelMismatchError, Query
-from pixsearch.service.photos import PhotoNotFound
+from pixsearch.service.photos import PhotoNotFound, StorageError
 
-__all__ = ["DocumentAction", "DocumentResult", "Engine", "Index", "ModelMismatchError", "PhotoNotFound", "Query"]
+__all__ = ["DocumentAction", "DocumentResult", "Engine", "Index", "ModelMismatchError", "PhotoNotFound", "Query",
+           "StorageError"]

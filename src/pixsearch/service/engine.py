@@ -63,6 +63,8 @@ class Engine:
         self._pinned: dict[str, Embedder] = {embedder.name: embedder} if embedder is not None else {}
         self._models_lock = threading.Lock()
         self.query_vectors = QueryVectorCache()
+        # photo indexes whose uploads folder was checked for files of unfinished uploads since this engine started
+        self.uploads_checked: set[str] = set()
         self.thumbnails = ThumbnailCache(self.settings.cache_dir / "thumbnails", int(self.settings.thumbnail_cache_mb * 1e6))
 
     @property
@@ -167,6 +169,19 @@ class Engine:
         from pixsearch.service.index import Index
 
         return Index(self, distribute_index(self.db, name, self.settings.shards if shards is None else shards))
+
+    def remove_unfinished_uploads(self) -> dict[str, list[str]]:
+        """For every photo index with uploads: remove the files of uploads whose row never committed (see
+        photos.remove_unfinished_uploads). The server runs it at start, after a kill."""
+        from pixsearch.service import photos
+        from pixsearch.service.index import Index
+
+        removed = {}
+        for spec in self.list_indexes():
+            if spec.kind == "photos" and (self.settings.home / "uploads" / spec.name).is_dir():
+                removed[spec.name] = photos.remove_unfinished_uploads(Index(self, spec))
+                self.uploads_checked.add(spec.name)
+        return removed
 
     def list_indexes(self) -> list[IndexSpec]:
         return list_indexes(self.db)

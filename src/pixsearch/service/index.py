@@ -364,6 +364,10 @@ class Index:
         """Index an uploaded image (kept under PIXSEARCH_HOME/uploads/<index>/); returns its key."""
         return photos.add_image_bytes(self, filename, data)
 
+    def remove_unfinished_uploads(self) -> list[str]:
+        """Remove uploaded files whose row never committed (their process was killed in between)."""
+        return photos.remove_unfinished_uploads(self)
+
     def add_regions(self, source: "str | Path | dict", *, photo_keys: Sequence[str] | None = None) -> "RegionReport":
         """Embed regions (object patches) of the photos: `grid`, or boxes from a COCO JSON / CSV / JSON Lines file
         (service/regions.py)."""

@@ -6,12 +6,17 @@ elsewhere is treated as missing.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
+import logging
 import os
 import re
 import stat
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from PIL import Image
 
@@ -21,12 +26,14 @@ from pixsearch.ingest.descriptions import is_sidecar_name, photos_for_sidecar
 from pixsearch.ingest.formats import companion_key
 from pixsearch.ingest.scan import photo_id, valid_utf8
 from pixsearch.service.captions import upgrade_photo_index
-from pixsearch.service.thumbnails import HEX_HASH, private_folder, thumbnail_name, write_private_atomically
+from pixsearch.service.thumbnails import HEX_HASH, private_folder, thumbnail_name
 from pixsearch.store import SchemaError, update_settings
 from pixsearch.store.photos import PhotoLocation, move_photos, paths_under, stored_states
 
 if TYPE_CHECKING:
     from pixsearch.service.index import Index
+
+log = logging.getLogger(__name__)
 
 UPLOAD_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
                    "HEIF": ".heic", "AVIF": ".avif"}
@@ -101,9 +108,31 @@ def photo_file(index: "Index", stored_path: str) -> tuple[str, bool]:
     raise PhotoNotFound("the photo's file is not inside the folders this index was built from")
 
 
+class StorageError(OSError):
+    """A file could not be stored (read-only or full folder); the message names the folder. Nothing was kept."""
+
+
+_STORAGE_REASONS = {errno.EROFS: "the folder is on a read-only file system", errno.ENOSPC: "no space left on the device",
+                    errno.EDQUOT: "the disk quota is exhausted", errno.EACCES: "permission denied",
+                    errno.EPERM: "permission denied"}
+
+
+def storage_reason(exc: OSError) -> str:
+    return _STORAGE_REASONS.get(exc.errno, exc.strerror or str(exc))
+
+
+def uploads_folder(index: "Index") -> Path:
+    return index.engine.settings.home / "uploads" / index.name
+
+
 def add_image_bytes(index: "Index", filename: str, data: bytes) -> tuple[str, IngestReport]:
     """Index an uploaded image: checked by decoding, kept under PIXSEARCH_HOME/uploads/<index>/ (private to this
-    user; named by its content hash, so re-uploading the same bytes is a no-op), then indexed like any file."""
+    user; named by its content hash, so re-uploading the same bytes is a no-op), then indexed like any file.
+
+    All or nothing as clients see it: the file is written (atomically, fsynced) before its row commits and stays
+    locked until then, and the files of uploads that never committed — their process killed in between, or the
+    database lost — are removed by remove_unfinished_uploads, which the server runs at start and before the first
+    upload to an index after it started or after a failed upload."""
     if index.spec.kind != "photos":
         raise SchemaError(f"index {index.name!r} is not a photo index: images cannot be added to it")
     settings = index.engine.settings
@@ -113,13 +142,129 @@ def add_image_bytes(index: "Index", filename: str, data: bytes) -> tuple[str, In
         raise DecodeError(f"unsupported image format {decoded.format}; send JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC "
                           "or AVIF")
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename or "upload").stem).strip("-.")[:60] or "upload"
-    folder = private_folder(settings.home / "uploads" / index.name)
-    same_bytes = sorted(folder.glob(f"{decoded.content_hash[:16]}-*"))
-    path = same_bytes[0] if same_bytes else folder / f"{decoded.content_hash[:16]}-{stem}{suffix}"
-    if not path.exists():
-        write_private_atomically(path, data)
-    report = index.add_paths([path], prune=False, roots=[folder])
+    folder = uploads_folder(index)
+    try:
+        private_folder(folder)
+    except OSError as exc:
+        raise StorageError(f"cannot store uploads in {folder}: {storage_reason(exc)}") from None
+    checked = index.engine.uploads_checked
+    if index.name not in checked:
+        remove_unfinished_uploads(index)
+        checked.add(index.name)
+    prefix = decoded.content_hash[:16]
+    try:
+        with _held_upload(folder, prefix, f"{prefix}-{stem}{suffix}", data) as path:
+            report = index.add_paths([path], prune=False, roots=[folder])
+    except BaseException:
+        checked.discard(index.name)  # its file may be left without a row: look again before the next upload
+        raise
     return photo_id(str(path)), report
+
+
+@contextmanager
+def _held_upload(folder: Path, prefix: str, name: str, data: bytes) -> Iterator[Path]:
+    """The upload's file — the one already stored for the same bytes, or `data` written as folder/name — with a
+    shared lock held on it for the duration, which tells remove_unfinished_uploads the upload is in progress."""
+    while True:
+        same_bytes = sorted(folder.glob(f"{prefix}-*"))
+        if same_bytes:
+            path = same_bytes[0]
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:  # removed as unfinished a moment ago: store it again
+                continue
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        else:
+            path = folder / name
+            fd = _write_locked(path, data)
+        try:
+            if _same_file(fd, path):
+                yield path
+                return
+        finally:
+            os.close(fd)
+        # the file was removed (as unfinished) or replaced between finding and locking it: find it again
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _write_locked(path: Path, data: bytes) -> int:
+    """Write `data` to `path` through a private temporary file, locked (shared) before it gets its name and synced
+    to disk before it does; returns the open, locked descriptor. A full or read-only folder is a StorageError
+    naming it, with nothing left behind."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise StorageError(f"cannot store the upload in {path.parent}: {storage_reason(exc)}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        os.replace(tmp, path)
+        _sync_folder(path.parent)
+    except BaseException as exc:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise StorageError(f"cannot store the upload in {path.parent}: {storage_reason(exc)}") from None
+        raise
+    return fd
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_unfinished_uploads(index: "Index") -> list[str]:
+    """Remove the uploaded files of `index` that have no row and no upload in progress (a process killed between
+    storing a file and committing its row), and temporary files of killed writes; returns their names. A file is
+    removed only under an exclusive lock and after checking again that it has no row, so an upload committing
+    meanwhile keeps its file."""
+    folder = uploads_folder(index)
+    try:
+        entries = [entry for entry in os.scandir(folder) if entry.is_file(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
+    keys = {entry.name: photo_id(str(Path(entry.path).absolute())) for entry in entries
+            if not entry.name.startswith(".")}
+    stored = set(index.get(list(keys.values()), vectors=False)) if keys else set()
+    removed = []
+    for entry in entries:
+        key = keys.get(entry.name)
+        if key in stored or (key is None and not entry.name.endswith(".tmp")):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # an upload in progress
+            if key is not None and index.get([key], vectors=False):
+                continue  # its upload committed after the first look
+            if _same_file(fd, Path(entry.path)):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        finally:
+            os.close(fd)
+    if removed:
+        log.warning("removed %d file(s) of unfinished uploads from %s: %s", len(removed), folder,
+                    ", ".join(removed[:5]) + (" ..." if len(removed) > 5 else ""))
+    return removed
 
 
 def thumbnail(index: "Index", key: str, size: int) -> bytes:

@@ -2,6 +2,7 @@
 user, written atomically with unique temporary names, and bounded in total size (least recently used go first)."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -9,6 +10,8 @@ import threading
 from pathlib import Path
 
 from pixsearch.limits import THUMBNAIL_SIZES
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"([0-9a-f]{32})-([0-9]{2,4})\.webp")
 HEX_HASH = re.compile(r"[0-9a-f]{32}")
@@ -48,6 +51,7 @@ class ThumbnailCache:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._bytes: int | None = None  # measured on first write
+        self._failing = False
 
     def get(self, name: str) -> bytes | None:
         if not _NAME.fullmatch(name):
@@ -61,11 +65,20 @@ class ThumbnailCache:
         return data
 
     def put(self, name: str, data: bytes) -> None:
+        """Keep a thumbnail. A cache folder that is full or read-only costs speed, not answers: the thumbnail is
+        still served, and the problem logged once until a write succeeds again."""
         if not _NAME.fullmatch(name):
             raise ValueError(f"not a thumbnail name: {name!r}")
-        private_folder(self.folder)
-        path = self.folder / name
-        write_private_atomically(path, data)
+        try:
+            private_folder(self.folder)
+            write_private_atomically(self.folder / name, data)
+        except OSError as exc:
+            if not self._failing:
+                self._failing = True
+                log.warning("cannot cache thumbnails in %s (%s): serving them uncached", self.folder,
+                            exc.strerror or exc)
+            return
+        self._failing = False
         with self._lock:
             if self._bytes is None:
                 self._bytes = self._measure()
