@@ -1,6 +1,7 @@
 """One node at scale: 1M x 128 (by default) through pixsearch, side by side with hnswlib on the same vectors.
 
     python bench/scale.py [--rows 1000000] [--dims 128] [--queries 200] [--storages vector,halfvec,bit]
+                          [--oversample N] [--wider-scan 100000] [--no-hnswlib] [--out PATH]
 
 Normalised vectors in 1,000 clusters, cosine, HNSW m = 16, ef_construction = 64 everywhere. For each storage
 (`vector`; `halfvec`; `bit` = binary quantisation + exact re-rank of 4k candidates), on the embedded server:
@@ -8,7 +9,8 @@ Normalised vectors in 1,000 clusters, cosine, HNSW m = 16, ef_construction = 64 
   * recall@10 and p50/p95 latency at ef_search from 10 to 640, and the smallest ef_search reaching recall 0.90 /
     0.95 / 0.99 (ground truth: exact search in numpy);
   * filtered search at 10 % / 1 % / 0.1 % selectivity with iterative scans (ef_search at the 0.95 setting): hits
-    returned of k, recall against the exact filtered answer, p50;
+    returned of k, recall against the exact filtered answer, p50 — and at 1 % / 0.1 % again with a wider iterative
+    scan (hnsw.max_scan_tuples = --wider-scan instead of pixsearch's 20,000) and exact (a sequential scan);
   * the PostgreSQL processes' memory (peak summed PSS) during the run.
 hnswlib (2 threads to build, 1 to query) runs the same vectors and queries. Writes bench/results/scale.json.
 """
@@ -104,9 +106,11 @@ def tuned(rows: list[dict]) -> dict:
     return out
 
 
-def pixsearch_side(engine: Engine, storage: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
+def pixsearch_side(engine: Engine, storage: str, x: np.ndarray, queries: np.ndarray, truth: np.ndarray,
+                   oversample: int | None = None, wider_scan: int | None = None) -> dict:
     dims = x.shape[1]
-    vf = VectorField("v", dims, storage=storage, metric="hamming" if storage == "bit" else "cosine")
+    params = {"oversample": oversample} if oversample and storage != "vector" else {}
+    vf = VectorField("v", dims, storage=storage, metric="hamming" if storage == "bit" else "cosine", params=params)
     name = f"scale-{storage}"
     idx = engine.create_index(name, [vf], [Field("bucket", "int", filterable=True)])
     ids = [f"d{i}" for i in range(len(x))]
@@ -137,8 +141,26 @@ def pixsearch_side(engine: Engine, storage: str, x: np.ndarray, queries: np.ndar
             returned.append(len(result))
         filtered[label] = {"returned_of_10": float(np.mean(returned)), "recall": recall(found, filtered_truth),
                            "p50_ms": statistics.median(ms)}
+        if wider_scan and label != "10%":
+            found, ms = [], []
+            for q in queries[:50]:
+                t = time.perf_counter()
+                result = idx.query(SearchRequest(vector=q, top=10, filter=expression, options=QueryOptions(
+                    ef_search=ef95, max_scan_tuples=wider_scan)))
+                ms.append((time.perf_counter() - t) * 1000)
+                found.append([h.id for h in result])
+            filtered[label]["wider_scan"] = {"max_scan_tuples": wider_scan, "recall": recall(found, filtered_truth),
+                                             "p50_ms": statistics.median(ms)}
+        if label != "10%":
+            found, ms = [], []
+            for q in queries[:50]:
+                t = time.perf_counter()
+                result = idx.query(SearchRequest(vector=q, top=10, filter=expression, options=QueryOptions(exact=True)))
+                ms.append((time.perf_counter() - t) * 1000)
+                found.append([h.id for h in result])
+            filtered[label]["exact"] = {"recall": recall(found, filtered_truth), "p50_ms": statistics.median(ms)}
     engine.delete_index(name)
-    return {"load_s": load_s, "build_s": build_s, "table_mb": stats["table_bytes"] / 1e6,
+    return {"params": vf.params, "load_s": load_s, "build_s": build_s, "table_mb": stats["table_bytes"] / 1e6,
             "ann_index_mb": (stats["vector_fields"]["v"]["ann_index_bytes"] or 0) / 1e6, "ladder": steps,
             "tuned": at, "filtered_at_ef": ef95, "filtered": filtered}
 
@@ -168,6 +190,11 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=128)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--storages", default="vector,halfvec,bit")
+    parser.add_argument("--oversample", type=int, help="halfvec/bit fields: candidates per hit re-ranked exactly "
+                        "(default: the schema's, 4 for bit and 2 for halfvec)")
+    parser.add_argument("--wider-scan", type=int, default=100_000, help="filtered 1 %% and 0.1 %% again with this "
+                        "hnsw.max_scan_tuples (pixsearch's default is 20,000); 0 skips")
+    parser.add_argument("--no-hnswlib", action="store_true")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale.json")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -177,17 +204,20 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pixsearch-bench-scale-"))
     with Engine(Settings.load(home=work / "home")) as engine, PostgresMemory() as memory:
         for storage in args.storages.split(","):
-            results["pixsearch"][storage] = side = pixsearch_side(engine, storage, x, queries, truth)
+            results["pixsearch"][storage] = side = pixsearch_side(engine, storage, x, queries, truth, args.oversample,
+                                                                  args.wider_scan)
             print(f"{storage}: load+build {side['load_s']:.0f} s (build {side['build_s']} s), index "
                   f"{side['ann_index_mb']:.0f} MB, tuned {json.dumps({k: v and v['ef_search'] for k, v in side['tuned'].items()})}",
                   flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2) + "\n")
         results["postgres_peak_pss_mb"] = memory.peak / 1e6
-    results["hnswlib"] = hnswlib_side(x, queries, truth)
+    if not args.no_hnswlib:
+        results["hnswlib"] = hnswlib_side(x, queries, truth)
     results["seconds"] = time.perf_counter() - started
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    for name, side in [*results["pixsearch"].items(), ("hnswlib", results["hnswlib"])]:
+    sides = [*results["pixsearch"].items(), *([("hnswlib", results["hnswlib"])] if "hnswlib" in results else [])]
+    for name, side in sides:
         for target, row in side["tuned"].items():
             if row:
                 print(f"{name:8} recall {target}: ef {row['ef_search']:4d}  recall {row['recall']:.3f}  "

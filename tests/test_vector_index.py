@@ -156,6 +156,20 @@ def test_knobs_a_standalone_search_leaves_on_its_connection_never_decide_the_nex
         assert show("hnsw.ef_search") == "77"
 
 
+def test_a_filter_passing_very_few_rows_is_searched_exactly(filtered_index):
+    """An iterative scan walks far through the graph to meet a 0.015 % filter's rows; the planner's estimate sends
+    such a filter to an exact search, while a 1 % filter keeps the ANN index."""
+    engine, idx, vectors = filtered_index
+    with idx.db.connection() as conn:
+        conn.execute(f'ANALYZE "{idx.spec.table_name}"')  # what autovacuum does after a load
+    rare, one_percent = AnyEq("labels", "eq", "rare"), Compare("category", "eq", 7)
+    assert "hnsw" not in idx.explain(vector=vectors[0], filter=rare).lower()
+    assert "hnsw" in idx.explain(vector=vectors[0], filter=one_percent).lower()
+    q = vectors[17] + 0.01
+    assert [h.id for h in idx.search_vector(q, 2, filter=rare).hits] == ["17", sorted(
+        ["4711", "9999"], key=lambda i: np.linalg.norm(vectors[int(i)] - q))[0]]
+
+
 def test_a_tiny_scan_limit_is_reported(filtered_index):
     engine, idx, vectors = filtered_index
     result = idx.search_vector(vectors[0], 10, filter=Compare("category", "eq", 3),
