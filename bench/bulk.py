@@ -15,7 +15,9 @@ Writes bench/results/bulk.json and prints the ratios.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -101,6 +103,8 @@ def main() -> None:
     args = parser.parse_args()
     results = []
     work = Path(tempfile.mkdtemp(prefix="pixsearch-bench-bulk-"))
+    # a GB-sized data directory: removed at exit, after the embedded server is stopped (atexit runs in reverse)
+    atexit.register(shutil.rmtree, work, True)
     with Engine(Settings.load(home=work / "home")) as engine:
         conninfo = engine.db.conninfo
         for size in args.sizes.split(","):

@@ -17,7 +17,9 @@ hnswlib (2 threads to build, 1 to query) runs the same vectors and queries. Writ
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import statistics
 import tempfile
 import threading
@@ -202,6 +204,8 @@ def main() -> None:
     truth = exact_top(x, queries, 10)
     results: dict = {"rows": args.rows, "dims": args.dims, "queries": args.queries, "pixsearch": {}}
     work = Path(tempfile.mkdtemp(prefix="pixsearch-bench-scale-"))
+    # a GB-sized data directory: removed at exit, after the embedded server is stopped (atexit runs in reverse)
+    atexit.register(shutil.rmtree, work, True)
     with Engine(Settings.load(home=work / "home")) as engine, PostgresMemory() as memory:
         for storage in args.storages.split(","):
             results["pixsearch"][storage] = side = pixsearch_side(engine, storage, x, queries, truth, args.oversample,
