@@ -37,6 +37,7 @@ from citus_cluster import _grant_search, embedded_pg_config, node_os_user
 from conftest import run_cli
 from pixsearch.config import Settings
 from pixsearch.db import DatabaseFull
+from pixsearch.ingest import NoProgress
 from pixsearch.ingest.scan import photo_id
 from pixsearch.samples import sample_files
 from pixsearch.service import Engine
@@ -636,16 +637,10 @@ def test_a_file_changed_after_the_scan_is_stored_as_read(engine, index_name, tmp
     photos = make_photos(tmp_path / "photos", 3)
     replacement = make_photos(tmp_path / "other", 1, start=17)[0].read_bytes()
 
-    class ChangeAfterScan:
+    class ChangeAfterScan(NoProgress):
         def start(self, total: int) -> None:  # called between the scan and the first read
             photos[1].write_bytes(replacement)
             os.utime(photos[1], ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
-
-        def advance(self, n: int = 1) -> None:
-            pass
-
-        def failure(self, path: str, reason: str) -> None:
-            pass
 
     index = engine.index(index_name, create=True)
     first = index.add_paths([tmp_path / "photos"], progress=ChangeAfterScan())

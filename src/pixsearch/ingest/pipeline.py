@@ -60,7 +60,9 @@ class IngestProgress(Protocol):
     def failure(self, path: str, reason: str) -> None: ...
 
 
-class _NoProgress:
+class NoProgress:
+    """IngestProgress that shows nothing (library use, tests, background work)."""
+
     def start(self, total: int) -> None:
         pass
 
@@ -179,7 +181,7 @@ def ingest_paths(
     moved: its row follows it. Files that fail to read or decode are reported and skipped; each batch is written in
     its own transaction, and rows the database refuses are reported one by one while the rest of their batch is
     written."""
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     report = IngestReport()
     started = time.perf_counter()
 

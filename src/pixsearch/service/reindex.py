@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from pixsearch.ingest import IngestProgress
+from pixsearch.ingest import IngestProgress, NoProgress
 from pixsearch.ingest.decode import DecodeError, decode_bytes, read_file
 from pixsearch.models import ModelNotAvailableError, load_embedder
 from pixsearch.models.base import Embedder
@@ -56,21 +56,10 @@ class ReindexReport:
                 "dropped": self.dropped, "seconds": round(self.seconds, 3)}
 
 
-class _Quiet:
-    def start(self, total: int) -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-    def failure(self, path: str, reason: str) -> None:
-        pass
-
-
 def reindex(index: "Index", model_name: str, *, drop_old: bool = False,
             progress: IngestProgress | None = None) -> ReindexReport:
     started = time.perf_counter()
-    progress = progress or _Quiet()
+    progress = progress or NoProgress()
     if index.spec.kind != "photos":
         raise SchemaError(f"index {index.name!r} is not a photo index: only photo indexes have files to re-embed")
     new = index.engine.model(model_name)
