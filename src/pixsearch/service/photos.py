@@ -6,7 +6,6 @@ elsewhere is treated as missing.
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import io
 import logging
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from PIL import Image
 
+from pixsearch.file_errors import storage_reason
 from pixsearch.ingest import IngestReport
 from pixsearch.ingest.decode import DecodeError, content_hash, decode_bytes, read_file
 from pixsearch.ingest.descriptions import is_sidecar_name, photos_for_sidecar
@@ -110,15 +110,6 @@ def photo_file(index: "Index", stored_path: str) -> tuple[str, bool]:
 
 class StorageError(OSError):
     """A file could not be stored (read-only or full folder); the message names the folder. Nothing was kept."""
-
-
-_STORAGE_REASONS = {errno.EROFS: "the folder is on a read-only file system", errno.ENOSPC: "no space left on the device",
-                    errno.EDQUOT: "the disk quota is exhausted", errno.EACCES: "permission denied",
-                    errno.EPERM: "permission denied"}
-
-
-def storage_reason(exc: OSError) -> str:
-    return _STORAGE_REASONS.get(exc.errno, exc.strerror or str(exc))
 
 
 def uploads_folder(index: "Index") -> Path:
