@@ -169,7 +169,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from pixsearch.models import load_embedder
-    from pixsearch.models.onnx_towers import available_cores
+    from pixsearch.config import available_cores
 
     threads = args.threads or available_cores()
     results: dict = {"machine": {"python": sys.version.split()[0], "platform": platform.platform(),

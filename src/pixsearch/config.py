@@ -24,6 +24,14 @@ def default_home() -> Path:
     return Path(platformdirs.user_data_dir("pixsearch", appauthor=False))
 
 
+
+def available_cores() -> int:
+    """Cores this process may run on (cgroup/affinity aware, unlike os.cpu_count())."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
 @dataclass(frozen=True)
 class Settings:
     home: Path

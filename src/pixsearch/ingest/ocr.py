@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from pixsearch.config import available_cores
 from pixsearch.imaging import to_rgb
 from pixsearch.ingest.metadata import clean_text
 
@@ -57,14 +57,6 @@ def ocr_available() -> bool:
     return importlib.util.find_spec("rapidocr") is not None and importlib.util.find_spec("onnxruntime") is not None
 
 
-def default_threads() -> int:
-    """The cores this process may use (cgroup/affinity aware where the OS tells)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 class TextReader:
     """Reads text lines from images. Thread-safe; cheap to create (the model loads on the first read()).
 
@@ -73,7 +65,7 @@ class TextReader:
 
     def __init__(self, *, threads: int | None = None, max_side: int = 1600, min_score: float = 0.5,
                  reread_below: float = 0.9):
-        self.threads = threads or default_threads()
+        self.threads = threads or available_cores()
         self.max_side = max_side
         self.min_score = min_score
         self.reread_below = reread_below

@@ -21,7 +21,6 @@ encoders and torch modules in inference mode are safe to share).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
+
+from pixsearch.config import available_cores
 
 from .base import ImageEmbeddings, ModelNotAvailableError, Relevance, VectorSpace, unit_rows
 from .onnx_backend import ExportError, cache_file, create_session, ensure_exported, export_torch_module, open_session
@@ -68,14 +69,6 @@ def torch_tower(inner: Any, forward: Callable[..., Any]) -> Any:
             return forward(self.inner, *inputs)
 
     return Tower().eval()
-
-
-def available_cores() -> int:
-    """Cores this process may run on (cgroup/affinity aware, unlike os.cpu_count())."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def parse_backend(backend: str) -> tuple[str, bool]:

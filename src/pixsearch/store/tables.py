@@ -17,6 +17,7 @@ import psycopg
 from pgvector import HalfVector, Vector
 from psycopg import sql
 
+from pixsearch.config import available_cores
 from pixsearch.db import Database
 from pixsearch.store.filters import Filter, compile_filter
 from pixsearch.store.schema import (
@@ -197,13 +198,7 @@ def set_session(conn: psycopg.Connection, settings: dict[str, Any]) -> None:
 
 def parallel_workers() -> int:
     """Workers besides the leader for one index build: pgvector builds HNSW in parallel; leave one core free."""
-    import os
-
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(0, cores - 1)
+    return available_cores() - 1
 
 
 @contextmanager
