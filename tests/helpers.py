@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 from xml.sax.saxutils import escape
 
+import numpy as np
 from PIL import Image
 
 
@@ -44,6 +45,17 @@ def broken_files(folder: Path) -> dict[str, Path]:
 def copy_some(samples: Path, dest: Path, names: list[str]) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     return [Path(shutil.copy2(samples / name, dest / name)) for name in names]
+
+
+def noise_images(folder: Path, count: int, height: int, width: int, *, seed: int,
+                 name: str = "p{:03d}.png") -> list[Path]:
+    """`count` images of random pixels, all different (each one is embedded), named by `name`.format(i)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = [folder / name.format(i) for i in range(count)]
+    for path in paths:
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return paths
 
 
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import run_cli
-from helpers import chromium_browser
+from helpers import chromium_browser, noise_images
 from pixsearch.api import create_app
 from pixsearch.api.server import serving_in_thread
 from pixsearch.config import Settings
@@ -168,10 +167,7 @@ def test_distribute_an_existing_index_and_refusal_without_citus(engines, vectors
 
 def test_photo_ingest_killed_and_rerun_stores_every_file_once(dsn, citus_home, tmp_path):
     folder = tmp_path / "photos"
-    folder.mkdir()
-    rng = np.random.default_rng(8)
-    for i in range(120):
-        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(folder / f"p{i:03d}.png")
+    noise_images(folder, 120, 60, 80, seed=8)
     name = "kill-" + uuid.uuid4().hex[:6]
     env = dict(os.environ, PIXSEARCH_HOME=str(citus_home), PIXSEARCH_DATABASE_URL=dsn, PIXSEARCH_DISTRIBUTE="1",
                PIXSEARCH_BATCH_SIZE="4")

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from conftest import ADMIN_KEY, QUERY_KEY, run_cli
-from helpers import copy_some
+from helpers import copy_some, noise_images
 from pixsearch.api import create_app
 from pixsearch.api.server import serving_in_thread
 from pixsearch.config import Settings
@@ -521,10 +521,7 @@ def _jpeg_with_exif(path: Path, color, exif: bytes) -> Path:
 
 def test_bad_bytes_in_photo_metadata_never_stop_a_run(home, tmp_path):
     folder = tmp_path / "phone"
-    folder.mkdir()
-    rng = np.random.default_rng(3)
-    for i in range(50):
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / f"good-{i:02d}.jpg")
+    noise_images(folder, 50, 48, 64, seed=3, name="good-{:02d}.jpg")
     bad = {
         "nul-make.jpg": _exif([(271, 2, "Nokia\x002"), (272, 2, "6300")]),
         "invalid-utf8-model.jpg": _exif([(271, 2, "Acme"), (272, 2, b"Caf\xe9 \xff\xfe")]),

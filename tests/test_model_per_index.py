@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-from helpers import copy_some
+from helpers import copy_some, noise_images
 from pixsearch.config import Settings
 from pixsearch.search.request import SearchRequest
 from pixsearch.search.expressions import parse_query
@@ -173,10 +173,7 @@ def test_reindex_while_searching_then_switch(home, embedder, samples, tiny_clip,
 
 def test_a_killed_reindex_resumes_and_finishes(home, samples, tiny_clip, tmp_path):
     folder = tmp_path / "many"
-    folder.mkdir()
-    rng = np.random.default_rng(5)
-    for i in range(120):
-        Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(folder / f"p{i:03d}.png")
+    noise_images(folder, 120, 96, 128, seed=5)
     name = "killed-" + uuid.uuid4().hex[:6]
     assert run_cli("index", str(folder), "--index", name, home=home).returncode == 0
     env = dict(os.environ, PIXSEARCH_HOME=str(home), PIXSEARCH_BATCH_SIZE="2", PIXSEARCH_DECODE_WORKERS="1")
