@@ -129,38 +129,30 @@ def pixsearch_side(engine: Engine, storage: str, x: np.ndarray, queries: np.ndar
     steps = ladder(search, queries, truth)
     at = tuned(steps)
     ef95 = (at["0.95"] or steps[-1])["ef_search"]
-    filtered = {}
-    for label, expression in SELECTIVITY.items():
-        bucket = np.arange(len(x)) % 1000
-        mask = {"10%": bucket < 100, "1%": bucket < 10, "0.1%": bucket == 0}[label]
-        filtered_truth = exact_top(x, queries[:50], 10, mask)
-        found, ms, returned = [], [], []
-        for q in queries[:50]:
+    bucket = np.arange(len(x)) % 1000
+    masks = {"10%": bucket < 100, "1%": bucket < 10, "0.1%": bucket == 0}
+    sample = queries[:50]
+
+    def filtered_run(expression: str, truth: np.ndarray, options: QueryOptions) -> dict:
+        found, ms = [], []
+        for q in sample:
             t = time.perf_counter()
-            result = idx.query(SearchRequest(vector=q, top=10, filter=expression, options=QueryOptions(ef_search=ef95)))
+            result = idx.query(SearchRequest(vector=q, top=10, filter=expression, options=options))
             ms.append((time.perf_counter() - t) * 1000)
             found.append([h.id for h in result])
-            returned.append(len(result))
-        filtered[label] = {"returned_of_10": float(np.mean(returned)), "recall": recall(found, filtered_truth),
-                           "p50_ms": statistics.median(ms)}
-        if wider_scan and label != "10%":
-            found, ms = [], []
-            for q in queries[:50]:
-                t = time.perf_counter()
-                result = idx.query(SearchRequest(vector=q, top=10, filter=expression, options=QueryOptions(
-                    ef_search=ef95, max_scan_tuples=wider_scan)))
-                ms.append((time.perf_counter() - t) * 1000)
-                found.append([h.id for h in result])
-            filtered[label]["wider_scan"] = {"max_scan_tuples": wider_scan, "recall": recall(found, filtered_truth),
-                                             "p50_ms": statistics.median(ms)}
-        if label != "10%":
-            found, ms = [], []
-            for q in queries[:50]:
-                t = time.perf_counter()
-                result = idx.query(SearchRequest(vector=q, top=10, filter=expression, options=QueryOptions(exact=True)))
-                ms.append((time.perf_counter() - t) * 1000)
-                found.append([h.id for h in result])
-            filtered[label]["exact"] = {"recall": recall(found, filtered_truth), "p50_ms": statistics.median(ms)}
+        return {"returned_of_10": float(np.mean([len(f) for f in found])), "recall": recall(found, truth),
+                "p50_ms": statistics.median(ms)}
+
+    filtered = {}
+    for label, expression in SELECTIVITY.items():
+        filtered_truth = exact_top(x, sample, 10, masks[label])
+        filtered[label] = filtered_run(expression, filtered_truth, QueryOptions(ef_search=ef95))
+        if label == "10%":
+            continue
+        if wider_scan:
+            filtered[label]["wider_scan"] = {"max_scan_tuples": wider_scan, **filtered_run(
+                expression, filtered_truth, QueryOptions(ef_search=ef95, max_scan_tuples=wider_scan))}
+        filtered[label]["exact"] = filtered_run(expression, filtered_truth, QueryOptions(exact=True))
     engine.delete_index(name)
     return {"params": vf.params, "load_s": load_s, "build_s": build_s, "table_mb": stats["table_bytes"] / 1e6,
             "ann_index_mb": (stats["vector_fields"]["v"]["ann_index_bytes"] or 0) / 1e6, "ladder": steps,
