@@ -169,6 +169,16 @@ def test_openclip_preprocessing_equals_transform(images, cfg):
         np.testing.assert_allclose(recipe.prepare(img), want, atol=1e-6, err_msg=name)
 
 
+def test_openclip_config_without_mean_and_std_uses_open_clips_defaults(images):
+    """Hub configs may leave them out: open_clip then uses OpenAI's mean and std (not the mean twice)."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    transform = image_transform_v2(PreprocessCfg(size=64), is_train=False)
+    recipe = open_clip_recipe({"size": 64})
+    for name, img in images.items():
+        np.testing.assert_allclose(recipe.prepare(img), transform(img).numpy(), atol=1e-6, err_msg=name)
+
+
 # -- transformers CLIP -----------------------------------------------------------------------------------------------
 
 

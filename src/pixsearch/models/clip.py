@@ -182,12 +182,14 @@ class PixelRecipe:
             crop=crop,
             crop_rounding="floor",
             scale=float(get("rescale_factor")) if get("do_rescale") else 1.0,
-            mean=_three(mean),
-            std=_three(std),
+            mean=three_channels(mean),
+            std=three_channels(std),
         )
 
 
-def _three(values: Sequence[float]) -> tuple[float, float, float]:
+def three_channels(values: float | Sequence[float]) -> tuple[float, float, float]:
+    """A per-channel mean or std as three values (configs may give one for all channels)."""
+    values = (values,) if isinstance(values, (int, float)) else values
     values = tuple(float(v) for v in values)
     return values * 3 if len(values) == 1 else values  # type: ignore[return-value]
 

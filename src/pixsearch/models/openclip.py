@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from .base import ModelNotAvailableError
-from .clip import PixelRecipe, TokenizersTextTokenizer, slug
+from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PixelRecipe, TokenizersTextTokenizer, slug, three_channels
 from .hub import Need, digest_of, file_digest, force_offline_env, locate, write_text_atomically
 from .onnx_backend import ExportError
 from .onnx_towers import DEFAULT_MAX_BATCH, DualTowerEmbedder, torch_tower
@@ -87,7 +87,9 @@ def open_clip_recipe(cfg: dict[str, Any]) -> PixelRecipe:
     h, w = (int(size[0]), int(size[-1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
     resample = Image.Resampling.BILINEAR if cfg.get("interpolation") == "bilinear" else Image.Resampling.BICUBIC
     mode = cfg.get("resize_mode") or "shortest"
-    common = dict(scale_by_division=True, mean=_three(cfg.get("mean")), std=_three(cfg.get("std")))
+    # open_clip's PreprocessCfg defaults: OpenAI's mean and std, each on its own
+    common = dict(scale_by_division=True, mean=three_channels(cfg.get("mean") or OPENAI_CLIP_MEAN),
+                  std=three_channels(cfg.get("std") or OPENAI_CLIP_STD))
     if mode == "squash":
         return PixelRecipe(resize="fixed", size=(h, w), resample=resample, **common)
     if mode == "longest":
@@ -102,16 +104,6 @@ def open_clip_recipe(cfg: dict[str, Any]) -> PixelRecipe:
     return PixelRecipe(resize="keep_ratio", size=(h, w), resample=Image.Resampling.BICUBIC, crop=(h, w),
                        crop_rounding="round", **common)
 
-
-def _three(values: Any) -> tuple[float, float, float]:
-    from .clip import OPENAI_CLIP_MEAN  # noqa: PLC0415
-
-    if values is None:
-        values = OPENAI_CLIP_MEAN
-    if isinstance(values, (int, float)):
-        values = (values,)
-    values = tuple(float(v) for v in values)
-    return values * 3 if len(values) == 1 else values  # type: ignore[return-value]
 
 
 # -- text ------------------------------------------------------------------------------------------------------------
