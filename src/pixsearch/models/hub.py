@@ -237,7 +237,7 @@ def file_digest(path: Path, cache_dir: Path | None = None) -> str:
         digest = _sha256(target)
         known = {k: v for k, v in _read_json(store).items() if not k.startswith(f"{target}|")}
         known[key] = digest
-        _write_json_atomically(store, known)
+        write_text_atomically(store, json.dumps(known, sort_keys=True))
     return digest
 
 
@@ -262,21 +262,8 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def _write_json_atomically(path: Path, value: object) -> None:
-    """Write JSON via a temp file + os.replace, so concurrent readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(value, fh, sort_keys=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_text_atomically(path: Path, text: str) -> None:
+    """Write via a temp file + os.replace, so concurrent readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
