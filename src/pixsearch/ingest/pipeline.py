@@ -150,7 +150,7 @@ class _MovedFiles:
 
     def claim(self, digest: str) -> StoredState | None:
         with self.db.connection() as conn:
-            candidates = same_content(conn, self.table, digest)
+            candidates = same_content(conn, self.table, [digest]).get(digest, [])
         with self._lock:
             for row in candidates:
                 if row.id not in self._claimed and not os.path.lexists(row.path):

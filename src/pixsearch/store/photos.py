@@ -84,11 +84,14 @@ def paths_under(conn: psycopg.Connection, table: DocumentTable, prefix: str) -> 
     return table.rows_where_prefix(conn, "path", prefix)
 
 
-def same_content(conn: psycopg.Connection, table: DocumentTable, digest: str) -> list[StoredState]:
-    """The photos whose file had these bytes when it was indexed."""
-    rows = table.rows_where(conn, "content_hash", digest, _STATE_COLUMNS)
+def same_content(conn: psycopg.Connection, table: DocumentTable, digests: Sequence[str]
+                 ) -> dict[str, list[StoredState]]:
+    """The photos whose file had each of these contents when it was indexed, by content hash (one query)."""
+    found: dict[str, list[StoredState]] = {}
     key = table.spec.key_field
-    return [StoredState(id=row[key], **{c: row[c] for c in _STATE_COLUMNS}) for row in rows]
+    for row in table.rows_where_in(conn, "content_hash", digests, _STATE_COLUMNS):
+        found.setdefault(row["content_hash"], []).append(StoredState(id=row[key], **{c: row[c] for c in _STATE_COLUMNS}))
+    return found
 
 
 @dataclass(frozen=True)

@@ -356,12 +356,16 @@ class DocumentTable:
                 conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
                     name, self.table, sql.Identifier(column)))
 
-    def rows_where(self, conn: psycopg.Connection, column: str, value: Any, columns: Sequence[str]
-                   ) -> list[dict[str, Any]]:
-        """The rows whose `column` equals `value`, with their key and `columns`."""
-        selected = sql.SQL(", ").join([self.key, *map(sql.Identifier, columns)])
-        query = sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(selected, self.table, sql.Identifier(column))
-        return [dict(zip([self.spec.key_field, *columns], row)) for row in conn.execute(query, (value,))]
+    def rows_where_in(self, conn: psycopg.Connection, column: str, values: Sequence[Any], columns: Sequence[str]
+                      ) -> list[dict[str, Any]]:
+        """The rows whose `column` is one of `values`, with their key, that column and `columns` (one query, by the
+        column's b-tree)."""
+        if not values:
+            return []
+        names = [self.spec.key_field, column, *[c for c in columns if c != column]]
+        selected = sql.SQL(", ").join([self.key, *map(sql.Identifier, names[1:])])
+        query = sql.SQL("SELECT {} FROM {} WHERE {} = ANY(%s)").format(selected, self.table, sql.Identifier(column))
+        return [dict(zip(names, row)) for row in conn.execute(query, (list(values),))]
 
     def rekey(self, conn: psycopg.Connection, moves: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Give rows a new key with some columns replaced, keeping everything else (vectors included), in the

@@ -1,0 +1,217 @@
+"""IndexStore: one index's rows, and every connection and transaction around them.
+
+Callers above store/ never see a connection. They read in one of two ways:
+- `store.reader()`: one REPEATABLE READ, READ ONLY snapshot for everything a search reads (its ranked lists,
+  documents, facets, counts), holding one pool connection;
+- a single-statement read (`count`, `select`, ...), on a pooled connection of its own;
+and they write through named operations (`write`, `delete`, `move_photos`, `prune`, ...), each of which opens and
+commits its own transaction, so a batch is written whole or not at all.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import psycopg
+
+from pixsearch.db import Database
+from pixsearch.store import photos
+from pixsearch.store.filters import Filter
+from pixsearch.store.photos import PhotoLocation, PhotoRecord, StoredState
+from pixsearch.store.regions import RegionTable
+from pixsearch.store.schema import IndexSpec, VectorField
+from pixsearch.store.tables import DocumentTable, QueryOptions, SearchResult, read_snapshot
+
+
+class Reader:
+    """What one search reads, all from one snapshot (see IndexStore.reader)."""
+
+    def __init__(self, table: DocumentTable, conn: psycopg.Connection, regions: RegionTable | None):
+        self._table = table
+        self._conn = conn
+        self._regions = regions
+
+    def search(self, field: str | None, vector: Any, k: int, *, filter: Filter | None = None,
+               options: QueryOptions = QueryOptions(), count_if_short: bool = True) -> SearchResult:
+        return self._table.search(self._conn, field, vector, k, filter=filter, options=options,
+                                  count_if_short=count_if_short)
+
+    def search_regions(self, field: str | None, vector: Any, k: int, *, filter: Filter | None = None,
+                       options: QueryOptions = QueryOptions()) -> SearchResult:
+        if self._regions is None:
+            raise ValueError(f"index {self._table.spec.name!r} has no regions")
+        return self._regions.search(self._conn, field, vector, k, filter=filter, options=options)
+
+    def keyword_search(self, text: str, limit: int, *, filter: Filter | None = None,
+                       keyword_list: str | None = None) -> list[tuple[str, float]]:
+        return self._table.keyword_search(self._conn, text, limit, filter=filter, keyword_list=keyword_list)
+
+    def browse(self, limit: int, offset: int = 0, *, filter: Filter | None = None,
+               sort: Sequence[tuple[str, bool]] = ()) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+        return self._table.browse(self._conn, limit, offset, filter=filter, sort=sort)
+
+    def fetch(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return self._table.fetch(self._conn, ids)
+
+    def select(self, ids: Sequence[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return self._table.select(self._conn, ids, columns)
+
+    def facet_counts(self, field: str, *, interval: str | None = None, limit: int = 10,
+                     filter: Filter | None = None, ids: Sequence[str] | None = None) -> list[tuple[Any, int]]:
+        return self._table.facet_counts(self._conn, field, interval=interval, limit=limit, filter=filter, ids=ids)
+
+    def build_progress(self) -> dict[str, Any] | None:
+        return self._table.build_progress(self._conn)
+
+    def count_vectors(self, field: str) -> int:
+        return self._table.count_vectors(self._conn, field)
+
+    def iter_vectors(self, field: str) -> Iterator[tuple[list[str], np.ndarray]]:
+        return self._table.iter_vectors(self._conn, field)
+
+
+class IndexStore:
+    """The rows of one index (`spec`) in `db`. Cheap to make: it holds no connection between calls."""
+
+    def __init__(self, db: Database, spec: IndexSpec):
+        self.db = db
+        self.spec = spec
+        self._table = DocumentTable(spec)
+        self._regions = RegionTable(spec) if spec.settings.get("regions") else None
+
+    # -- what needs no database ----------------------------------------------------------------------------------
+    @property
+    def retrievable(self) -> list[str]:
+        return self._table.retrievable
+
+    def ann_index_name(self, vf: VectorField) -> str:
+        return self._table.ann_index_name(vf)
+
+    @property
+    def has_regions(self) -> bool:
+        return self._regions is not None
+
+    # -- reads ---------------------------------------------------------------------------------------------------
+    @contextmanager
+    def reader(self) -> Iterator[Reader]:
+        with read_snapshot(self.db) as conn:
+            yield Reader(self._table, conn, self._regions)
+
+    def _one(self, read: Callable[[psycopg.Connection], Any]) -> Any:
+        """A read of one statement (or a few that need not agree): a pooled connection, no snapshot."""
+        with self.db.connection() as conn:
+            return read(conn)
+
+    def count(self) -> int:
+        return self._one(self._table.count)
+
+    def stats(self) -> dict[str, Any]:
+        return self._one(self._table.stats)
+
+    def select(self, ids: Sequence[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return self._one(lambda conn: self._table.select(conn, ids, columns))
+
+    def distinct_values(self, column: str) -> list[Any]:
+        return self._one(lambda conn: self._table.distinct_values(conn, column))
+
+    def rows_where_prefix(self, column: str, prefix: str) -> list[tuple[str, Any]]:
+        return self._one(lambda conn: self._table.rows_where_prefix(conn, column, prefix))
+
+    def keys_missing(self, columns: Sequence[str], after: str | None, limit: int, extra: Sequence[str] = ()
+                     ) -> list[tuple[str, dict[str, Any]]]:
+        return self._one(lambda conn: self._table.keys_missing(conn, columns, after, limit, extra=extra))
+
+    def count_missing(self, columns: Sequence[str]) -> int:
+        return self._one(lambda conn: self._table.count_missing(conn, columns))
+
+    def ann_indexes_ready(self) -> dict[str, bool]:
+        return self._one(self._table.ann_indexes_ready)
+
+    def ann_index_exists(self, vf: VectorField) -> bool:
+        return self._one(lambda conn: self._table.ann_index_exists(conn, vf))
+
+    def near_pairs(self, field: str, max_distance: float, k: int) -> list[tuple[str, str, float]]:
+        return self._one(lambda conn: self._table.near_pairs(conn, field, max_distance, k))
+
+    def sample_vectors(self, vf: VectorField, n: int) -> list[tuple]:
+        return self._one(lambda conn: self._table.sample_vectors(conn, vf, n))
+
+    def search(self, field: str | None, vector: Any, k: int, *, filter: Filter | None = None,
+               options: QueryOptions = QueryOptions(), count_if_short: bool = True) -> SearchResult:
+        """One kNN query on a connection of its own (no snapshot: the common case is one statement)."""
+        return self._one(lambda conn: self._table.search(conn, field, vector, k, filter=filter, options=options,
+                                                         count_if_short=count_if_short))
+
+    def explain(self, field: str | None, vector: Any, k: int, *, filter: Filter | None = None,
+                options: QueryOptions = QueryOptions(), analyze: bool = False) -> str:
+        return self._one(lambda conn: self._table.explain(conn, field, vector, k, filter=filter, options=options,
+                                                          analyze=analyze))
+
+    # -- photo lookups for incremental ingest: one query per batch, not per file --------------------------------
+    def stored_states(self, ids: Sequence[str]) -> dict[str, StoredState]:
+        return self._one(lambda conn: photos.stored_states(conn, self._table, ids))
+
+    def same_content(self, digests: Iterable[str]) -> dict[str, list[StoredState]]:
+        """The photos whose file had each of these content hashes when it was indexed, by hash."""
+        return self._one(lambda conn: photos.same_content(conn, self._table, list(digests)))
+
+    def paths_under(self, prefix: str) -> list[tuple[str, str]]:
+        return self._one(lambda conn: photos.paths_under(conn, self._table, prefix))
+
+    # -- writes, each its own transaction --------------------------------------------------------------------------
+    def _write(self, write: Callable[[psycopg.Connection], Any]) -> Any:
+        with self.db.connection() as conn, conn.transaction():
+            return write(conn)
+
+    def write(self, rows: Sequence[dict[str, Any]], *, columns: Sequence[str] | None = None,
+              insert_missing: bool = True) -> set[str]:
+        """Whole documents (columns=None) or some columns of them, in one transaction (DocumentTable.write)."""
+        return self._write(lambda conn: self._table.write(conn, list(rows), columns=columns,
+                                                          insert_missing=insert_missing))
+
+    def delete(self, ids: Sequence[str]) -> int:
+        return self._write(lambda conn: self._table.delete(conn, list(ids)))
+
+    def write_photos(self, records: Sequence[PhotoRecord]) -> None:
+        self._write(lambda conn: photos.write_photos(conn, self._table, records))
+
+    def touch(self, changes: Sequence[tuple[str, int, int]]) -> None:
+        """New size/mtime of files whose content hash shows they did not really change."""
+        self._write(lambda conn: photos.touch(conn, self._table, changes))
+
+    def move_photos(self, moves: Sequence[tuple[str, PhotoLocation]]) -> None:
+        self._write(lambda conn: photos.move_photos(conn, self._table, moves))
+
+    def update_descriptions(self, rows: Sequence[dict[str, Any]], caption_field: str | None) -> None:
+        self._write(lambda conn: photos.update_descriptions(conn, self._table, rows, caption_field))
+
+    def create_lookup_indexes(self) -> None:
+        self._write(self._table.create_lookup_indexes)
+
+    def analyze(self) -> None:
+        """Fresh planner statistics after a large write (see DocumentTable.analyze)."""
+        self._one(self._table.analyze)
+
+    # -- ANN indexes -------------------------------------------------------------------------------------------------
+    def drop_ann_index(self, vf: VectorField) -> bool:
+        return self._write(lambda conn: self._table.drop_ann_index(conn, vf))
+
+    def build_index(self, vf: VectorField, *, progress: Callable[[dict[str, Any]], None] | None = None
+                    ) -> dict[str, Any]:
+        return self._table.build_index(self.db, vf, progress=progress)
+
+    # -- regions (a child table keyed by photo and region) ---------------------------------------------------------
+    def ensure_regions(self) -> str:
+        """Create the regions table if it is not there yet; its name."""
+        regions = self._regions or RegionTable(self.spec)
+        regions.ensure(self.db)
+        return regions.spec.table_name
+
+    def replace_regions(self, photo_keys: list[str], rows: list[dict[str, Any]], source: str) -> None:
+        """In one transaction: the regions of these photos from `source` replaced by `rows`."""
+        (self._regions or RegionTable(self.spec)).replace_photos(self.db, photo_keys, rows, source)
+
+    def analyze_regions(self) -> None:
+        regions = self._regions or RegionTable(self.spec)
+        self._one(regions.analyze)
