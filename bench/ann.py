@@ -315,7 +315,7 @@ def main() -> None:
                     assert all(buckets[int(h.id)] == b for h in res.hits)
             filtered = {}
             planned = min(args.plan_queries, len(queries))
-            ann_index = vidx.table.ann_index_name(vidx.spec.vector_field())
+            ann_index = vidx.store.ann_index_name(vidx.spec.vector_field())
             for label, iterative in modes.items():
                 options = QueryOptions(ef_search=args.filter_ef, iterative=iterative)
                 plans = [vidx.explain(vector=queries[i], k=K, filter=Compare("bucket", "eq", int(query_buckets[i])),

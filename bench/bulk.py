@@ -74,8 +74,7 @@ def pixsearch_side(engine: Engine, x: np.ndarray) -> dict:
     idx.add_vectors(ids, x)
     total = time.perf_counter() - started
     idx = engine.index(name)
-    with engine.db.connection() as conn:
-        assert idx.table.ann_index_exists(conn, idx.spec.vector_field(None)), "the ANN index must exist after a load"
+    assert idx.store.ann_index_exists(idx.spec.vector_field(None)), "the ANN index must exist after a load"
     more = vectors(1000, dims, seed=1)
     started = time.perf_counter()
     idx.add_vectors([f"n{i}" for i in range(1000)], more)

@@ -60,3 +60,54 @@ def test_no_module_imports_a_layer_above_it():
                                                  ALLOWED_SIBLINGS | {("cli", "api"), ("api", "web")}):
                 violations.append(f"{relative}:{line} ({own}) imports {module} ({target})")
     assert not violations, "\n".join(violations)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Every module of src/pixsearch -> the pixsearch modules it imports (module level, inside functions, and under
+    TYPE_CHECKING alike: a cycle for the type checker is a cycle for the reader too). `from package import name`
+    counts as importing package.name when that is a module."""
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        for _, imported in _imports(path):
+            targets.add(imported)
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets.update(f"{node.module}.{alias.name}" for alias in node.names)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_no_import_cycle_among_the_files_of_a_package():
+    """Inside each package, imports between its files run one way (a package's __init__, which re-exports, is left
+    out): e.g. service/'s feature modules import the index core, and only the facade imports them."""
+    graph = _module_graph()
+    cycles = []
+    for package in {name.rsplit(".", 1)[0] for name in graph if name.count(".") >= 2}:
+        members = {name for name in graph if name.rsplit(".", 1)[0] == package and name != package}
+        edges = {name: graph[name] & members for name in members}
+        visiting: list[str] = []
+        done: set[str] = set()
+
+        def visit(node: str) -> None:
+            if node in done:
+                return
+            if node in visiting:
+                cycles.append(" -> ".join(visiting[visiting.index(node):] + [node]))
+                return
+            visiting.append(node)
+            for target in sorted(edges[node]):
+                visit(target)
+            visiting.pop()
+            done.add(node)
+
+        for member in sorted(members):
+            visit(member)
+    assert not cycles, "\n".join(sorted(cycles))

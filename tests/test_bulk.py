@@ -17,7 +17,7 @@ import pytest
 from pixsearch.config import Settings
 from pixsearch.search.request import SearchRequest
 from pixsearch.service import Engine
-from pixsearch.service.index import BULK_MIN_ROWS
+from pixsearch.service.builds import BULK_MIN_ROWS
 from pixsearch.store import QueryOptions, VectorField
 
 DIMS = 32
@@ -31,8 +31,7 @@ def _vectors(rows: int, seed: int = 0) -> np.ndarray:
 
 def _ann_ready(engine: Engine, name: str) -> bool:
     idx = engine.index(name)
-    with engine.db.connection() as conn:
-        return all(idx.table.ann_indexes_ready(conn).values())
+    return all(idx.store.ann_indexes_ready().values())
 
 
 def test_bulk_and_incremental_loads_give_the_same_results(engine):
@@ -86,7 +85,7 @@ def test_a_killed_bulk_load_is_finished_by_the_next_one(home, tmp_path):
         with engine.db.connection() as conn:
             assert conn.execute(f"SELECT count(DISTINCT id) FROM {idx.spec.table_name}").fetchone()[0] == rows
         plan = idx.explain(vector=x[7], k=10)
-        assert f"Index Scan using {idx.table.ann_index_name(idx.spec.vector_field(None))}" in plan
+        assert f"Index Scan using {idx.store.ann_index_name(idx.spec.vector_field(None))}" in plan
 
 
 def test_searches_succeed_during_a_bulk_rebuild(engine):

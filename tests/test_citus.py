@@ -71,13 +71,13 @@ def _queries(vectors: np.ndarray, n: int = 20) -> np.ndarray:
 def test_the_cluster_is_really_distributed(engines, vector_indexes, citus_cluster):
     idx = engines["citus"].index(vector_indexes["citus"])
     stats = idx.stats()
-    assert idx.table.distributed and stats["shards"] == 8 and stats["nodes"] == 2 and stats["rows"] == ROWS
+    assert idx.store.distributed and stats["shards"] == 8 and stats["nodes"] == 2 and stats["rows"] == ROWS
     with engines["citus"].db.connection() as conn:
         shard_indexes = conn.execute(
             "SELECT count(*) FROM run_command_on_shards(%s, $$" + HNSW_BYTES + "$$) r WHERE r.result::bigint > 0",
             (idx.spec.table_name,)).fetchone()[0]
     assert shard_indexes == 8  # the HNSW index exists on every shard
-    assert not engines["local"].index(vector_indexes["local"]).table.distributed
+    assert not engines["local"].index(vector_indexes["local"]).store.distributed
 
 
 def test_exact_top_k_is_identical_and_ann_recall_matches_one_node(engines, vector_indexes, vectors):
@@ -138,7 +138,7 @@ def test_writes_deletes_facets_rename_and_delete(engines):
     hybrid = idx.query(SearchRequest(text="car", facets=["title"], vector_queries=[]))  # keyword only: no model
     assert [h.id for h in hybrid] == ["a"] and hybrid.facets["title"]
     renamed = engine.rename_index(name, name + "-b")
-    assert renamed.table.distributed and renamed.count() == 2 and renamed.stats()["shards"] == 8
+    assert renamed.store.distributed and renamed.count() == 2 and renamed.stats()["shards"] == 8
     engine.delete_index(name + "-b")
     with engine.db.connection() as conn:
         assert conn.execute("SELECT count(*) FROM citus_shards WHERE table_name::text LIKE %s",
@@ -150,13 +150,13 @@ def test_distribute_an_existing_index_and_refusal_without_citus(engines, vectors
     name = "later-" + uuid.uuid4().hex[:6]
     idx = engine.create_index(name, [VectorField("v", DIMS)], distributed=False)
     idx.add_vectors([f"d{i}" for i in range(500)], vectors[:500])
-    assert not idx.table.distributed
+    assert not idx.store.distributed
     before = [h.id for h in idx.search_vector(vectors[9], 5, options=QueryOptions(exact=True))]
     r = run_cli("indexes", "distribute", name, "--shards", "4", home=engine.settings.home,
                 env={"PIXSEARCH_DATABASE_URL": engine.settings.database_url})
     assert r.returncode == 0 and "500 rows in 4 shards on 2 nodes" in r.stderr, r.stderr
     idx = engine.index(name)
-    assert idx.table.distributed and idx.count() == 500
+    assert idx.store.distributed and idx.count() == 500
     assert [h.id for h in idx.search_vector(vectors[9], 5, options=QueryOptions(exact=True))] == before
     with engine.db.connection() as conn:  # the coordinator keeps no copy of the rows
         assert conn.execute("SELECT count(*) FROM ONLY " + idx.spec.table_name).fetchone()[0] in (0, 500)
@@ -193,7 +193,7 @@ def test_photo_ingest_killed_and_rerun_stores_every_file_once(dsn, citus_home, t
     assert r.returncode == 0, r.stderr
     with Engine(Settings.load(home=citus_home, database_url=dsn)) as engine:
         idx = engine.index(name)
-        assert idx.table.distributed
+        assert idx.store.distributed
         with engine.db.connection() as conn:
             total, paths = conn.execute(f"SELECT count(*), count(DISTINCT path) FROM {idx.spec.table_name}").fetchone()
         assert total == paths == 120
@@ -204,7 +204,7 @@ def cluster_photos(engines, samples) -> str:
     engine = engines["citus"]
     name = "photos-" + uuid.uuid4().hex[:6]
     report = engine.index(name, create=True).add_paths([samples])
-    assert not report.failed and engine.index(name).table.distributed
+    assert not report.failed and engine.index(name).store.distributed
     return name
 
 

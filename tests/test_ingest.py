@@ -8,7 +8,6 @@ import pytest
 
 from helpers import broken_files, copy_some
 from pixsearch.store import PhotoRecord
-from pixsearch.store.photos import write_photos
 
 SOME = ["cat-chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "imagenet-04-949.jpg"]
 
@@ -74,8 +73,7 @@ def test_a_batch_is_written_all_or_nothing(engine, index_name, samples, tmp_path
                            content_hash="x", size_bytes=1, mtime_ns=1, vectors=vectors)
 
     with pytest.raises(ValueError, match="dimensions"):
-        with engine.db.connection() as conn:
-            write_photos(conn, idx.table, [record(1), record(2), record(3, bad=True)])
+        idx.store.write_photos([record(1), record(2), record(3, bad=True)])
     assert idx.count() == 2
 
 

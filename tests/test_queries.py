@@ -197,8 +197,8 @@ def test_hybrid_ranks_are_reciprocal_rank_fusion_of_both_lists(idx):
     text = "coffee cup"
     hybrid = idx.query(SearchRequest(text=text, mode="hybrid", top=10))
     vector = idx.query(SearchRequest(text=text, mode="vector", top=50))
-    with idx.db.connection() as conn:
-        keyword = idx.table.keyword_search(conn, text, 50)
+    with idx.store.reader() as reader:
+        keyword = reader.keyword_search(text, 50)
     assert keyword and keyword[0][0] == vector[0].id  # coffee.png leads both lists
     expected = {}
     for ranked in ([h.id for h in vector], [key for key, _ in keyword]):

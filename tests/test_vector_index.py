@@ -17,6 +17,7 @@ from pixsearch.store import (
     VectorField,
 )
 from pixsearch.store.schema import SUPPORTED
+from pixsearch.store.tables import DocumentTable
 
 ROWS, DIMS, CLUSTERS = 3000, 32, 60
 
@@ -69,7 +70,7 @@ def test_every_combination_builds_is_used_and_is_exact_on_small_data(engine, ind
 
     q = data[123] + 0.01
     plan = idx.explain(vector=q, k=10)
-    ann_index = idx.table.ann_index_name(idx.spec.vector_field("v"))
+    ann_index = idx.store.ann_index_name(idx.spec.vector_field("v"))
     if algorithm == "exact":
         assert "Index Scan" not in plan and "Seq Scan" in plan, plan
     else:
@@ -145,14 +146,14 @@ def test_knobs_a_standalone_search_leaves_on_its_connection_never_decide_the_nex
             conn.commit()  # as a search leaves it: idle
             return value
 
-        filtered = idx.table.search(conn, "v", q, 10, filter=Compare("category", "eq", 7))
+        filtered = DocumentTable(idx.spec).search(conn, "v", q, 10, filter=Compare("category", "eq", 7))
         assert len(filtered.hits) == 10 and show("hnsw.iterative_scan") == "relaxed_order"
-        plain = idx.table.search(conn, "v", q, 10)
+        plain = DocumentTable(idx.spec).search(conn, "v", q, 10)
         assert show("hnsw.iterative_scan") == "off" and plain.hits[0].id == "5"
-        idx.table.search(conn, "v", q, 10, options=QueryOptions(exact=True))
+        DocumentTable(idx.spec).search(conn, "v", q, 10, options=QueryOptions(exact=True))
         assert show("enable_indexscan") == "on"
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and not conn.autocommit
-        idx.table.search(conn, "v", q, 10, options=QueryOptions(ef_search=77))
+        DocumentTable(idx.spec).search(conn, "v", q, 10, options=QueryOptions(ef_search=77))
         assert show("hnsw.ef_search") == "77"
 
 
@@ -308,7 +309,7 @@ def test_renamed_index_takes_its_table_indexes_along(engine, index_name):
 def test_listing_pages_read_the_browse_index(engine, index_name):
     """"Recent photos" is served by the photo table's b-tree index, not by sorting the table."""
     idx = engine.create_photo_index(index_name)
-    sql_text = idx.table.browse_sql([("taken_at", True)])
+    sql_text = DocumentTable(idx.spec).browse_sql([("taken_at", True)])
     with engine.db.connection() as conn, conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")
         conn.execute("SET LOCAL enable_sort = off")

@@ -16,6 +16,8 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from pixsearch.config import Settings
+from pixsearch.db.embedded import restart_if_stopped, start_embedded
+from pixsearch.db.errors import DatabaseError, DatabaseFull, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 # Database reports an outage once (down, back); psycopg and its pool would add a warning per connection dropped,
@@ -26,10 +28,6 @@ if logging.getLogger("psycopg").level == logging.NOTSET:
 MIN_PGVECTOR = (0, 8, 0)
 # Keyword search: unaccent folds accents, pg_trgm matches partial file names. Both ship in PostgreSQL's contrib.
 KEYWORD_EXTENSIONS = ("unaccent", "pg_trgm")
-
-
-class DatabaseError(RuntimeError):
-    """The database cannot be reached or cannot do what pixsearch needs; the message says how to fix it."""
 
 
 _URI_PASSWORD = re.compile(r"(://[^:/@?#\s]*:)[^@/?#\s]*@")
@@ -123,15 +121,6 @@ CONNECT_TIMEOUT_S = 3
 # While the database is down every request is refused at once; this often a watcher checks whether it is back
 # (and restarts the embedded server if it died), so requests succeed within this long of its return.
 PROBE_INTERVAL_S = 0.5
-
-
-class DatabaseUnavailable(DatabaseError):
-    """The database cannot be reached right now (stopped, restarting, killed, out of connections): nothing was
-    done; the same request may succeed shortly."""
-
-
-class DatabaseFull(DatabaseError):
-    """The database's disk is full: the statement failed and its transaction was rolled back."""
 
 
 @dataclass
@@ -352,8 +341,6 @@ def open_database(settings: Settings, *, statement_timeout_s: float | None = Non
     if settings.database_url:
         return Database(settings.database_url, embedded=False, max_size=settings.pool_size,
                         statement_timeout_s=statement_timeout_s)
-    from pixsearch.db.embedded import restart_if_stopped, start_embedded
-
     return Database(start_embedded(settings.pgdata), embedded=True, max_size=settings.pool_size,
                     statement_timeout_s=statement_timeout_s, revive=lambda: restart_if_stopped(settings.pgdata),
                     data_directory=settings.pgdata)

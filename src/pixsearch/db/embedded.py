@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from pixsearch.db.errors import DatabaseError
 from pixsearch.file_errors import storage_reason
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,6 @@ def _server_log_reason(pgdata: Path) -> str | None:
 
 
 def _cannot_start(pgdata: Path, reason: str):
-    from pixsearch.db.database import DatabaseError
-
     return DatabaseError(
         f"cannot start the embedded PostgreSQL in {pgdata}: {reason}. PIXSEARCH_HOME must be a writable folder "
         f"with free space (or set PIXSEARCH_DATABASE_URL to use your own server)"

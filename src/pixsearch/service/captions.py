@@ -8,15 +8,14 @@ text space the old caption vectors are not in).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from pixsearch.ingest.descriptions import caption_text
 from pixsearch.models.base import Embedder
-from pixsearch.store import PHOTO_FIELDS, DocumentTable, VectorField, change_definition
+from pixsearch.service.builds import ensure_ann_indexes
+from pixsearch.service.core import IndexCore
+from pixsearch.store import PHOTO_FIELDS, VectorField
 from pixsearch.store.schema import CAPTION_FIELD
-
-if TYPE_CHECKING:
-    from pixsearch.service.index import Index
 
 CAPTION_BATCH = 256
 CAPTION_TEXT_FIELDS = ("title", "description", "keywords")
@@ -36,10 +35,15 @@ def caption_vector_field(embedder: Embedder, vector_fields: Sequence[VectorField
                        space=CAPTION_FIELD, **options)
 
 
-def upgrade_photo_index(index: "Index") -> None:
+def upgrade_photo_index(index: IndexCore) -> None:
     """Add what this release stores and the index lacks: photo fields (empty until their photos are indexed
-    again), the lookup b-trees, and a caption field of the index's model (filled from the stored captions)."""
+    again), the lookup b-trees, and a caption field of the index's model (filled from the stored captions). Once per
+    process for each index and model: an index this process has brought up to date stays so (nothing else here
+    removes fields), so ingest batches and watch batches do not repeat the checks."""
     if index.spec.kind != "photos" or not index.modelled:
+        return
+    done = (index.name, index.spec.model)
+    if done in index.engine.upgraded:
         return
     spec = index.spec
     have = {f.name for f in spec.fields}
@@ -49,29 +53,25 @@ def upgrade_photo_index(index: "Index") -> None:
     current = next((vf for vf in spec.vector_fields if vf.name == CAPTION_FIELD), None)
     stale = current is not None and (wanted is None or current.model_id != wanted.model_id)
     if stale:  # vectors of another model's text space: dropped, then made again below
-        index.spec = change_definition(
-            index.db, index.name, vector_fields=tuple(vf for vf in spec.vector_fields if vf.name != CAPTION_FIELD),
-            fields=spec.fields, model=spec.model, drop=(CAPTION_FIELD,))
-        spec, current = index.spec, None
+        spec = index.redefine(vector_fields=tuple(vf for vf in spec.vector_fields if vf.name != CAPTION_FIELD),
+                              fields=spec.fields, model=spec.model, drop=(CAPTION_FIELD,))
+        current = None
     add_vectors = (wanted,) if wanted is not None and current is None else ()
     if missing or add_vectors:
-        index.spec = change_definition(index.db, index.name, vector_fields=spec.vector_fields + add_vectors,
-                                       fields=spec.fields + missing, model=spec.model, add=(missing, add_vectors))
-    index.table = DocumentTable(index.spec)
-    with index.db.connection() as conn, conn.transaction():
-        index.table.create_lookup_indexes(conn)
+        index.redefine(vector_fields=spec.vector_fields + add_vectors, fields=spec.fields + missing, model=spec.model,
+                       add=(missing, add_vectors))
+    index.store.create_lookup_indexes()
     if add_vectors and "title" in have:  # its photos may already carry captions
         refresh_captions(index, embedder)
-    index.ensure_ann_indexes()
+    ensure_ann_indexes(index)
+    index.engine.upgraded.add(done)
 
 
-def refresh_captions(index: "Index", embedder: Embedder) -> int:
+def refresh_captions(index: IndexCore, embedder: Embedder) -> int:
     """Embed the stored captions of every photo that has one and no caption vector; the number embedded."""
-    table = index.table
     done, after = 0, None
     while True:
-        with index.db.connection() as conn:
-            rows = table.keys_missing(conn, [CAPTION_FIELD], after, CAPTION_BATCH, extra=CAPTION_TEXT_FIELDS)
+        rows = index.store.keys_missing([CAPTION_FIELD], after, CAPTION_BATCH, extra=CAPTION_TEXT_FIELDS)
         if not rows:
             return done
         after = rows[-1][0]
@@ -79,8 +79,6 @@ def refresh_captions(index: "Index", embedder: Embedder) -> int:
         wanted = [key for key, text in texts.items() if text]
         if wanted:
             vectors = embedder.embed_texts([texts[key] for key in wanted])
-            with index.db.connection() as conn:
-                table.write(conn, [{table.spec.key_field: key, CAPTION_FIELD: vector}
-                                   for key, vector in zip(wanted, vectors)], columns=[CAPTION_FIELD],
-                            insert_missing=False)
+            index.write_rows([{index.spec.key_field: key, CAPTION_FIELD: vector} for key, vector in zip(wanted, vectors)],
+                             columns=[CAPTION_FIELD], insert_missing=False)
             done += len(wanted)

@@ -15,14 +15,13 @@ photos cannot be created (upload) — they come from files.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from pixsearch.service.builds import loading
+from pixsearch.service.core import IndexCore
 from pixsearch.store.schema import PHOTO_EDITABLE_FIELDS
-
-if TYPE_CHECKING:
-    from pixsearch.service.index import Index
 
 ACTIONS = ("upload", "merge", "mergeOrUpload", "delete")
 
@@ -45,7 +44,7 @@ class DocumentResult:
     message: str | None = None
 
 
-def write_documents(index: "Index", actions: list[DocumentAction]) -> list[DocumentResult]:
+def write_documents(index: IndexCore, actions: list[DocumentAction]) -> list[DocumentResult]:
     """Apply a batch; one result per action, in order."""
     spec = index.spec
     results: list[DocumentResult | None] = [None] * len(actions)
@@ -74,7 +73,7 @@ def write_documents(index: "Index", actions: list[DocumentAction]) -> list[Docum
         columns = () if action == "upload" else tuple(sorted([*item.fields, *item.vectors]))
         groups.setdefault((action, columns), []).append(i)
 
-    with index.loading(sum(len(m) for m in groups.values())):
+    with loading(index, sum(len(m) for m in groups.values())):
         _apply_groups(index, actions, groups, results)
     if deletes:
         index.remove([actions[i].key for i in deletes])
@@ -83,7 +82,7 @@ def write_documents(index: "Index", actions: list[DocumentAction]) -> list[Docum
     return [r for r in results if r is not None]
 
 
-def _apply_groups(index: "Index", actions: list[DocumentAction], groups: dict[tuple[str, tuple[str, ...]], list[int]],
+def _apply_groups(index: IndexCore, actions: list[DocumentAction], groups: dict[tuple[str, tuple[str, ...]], list[int]],
                   results: list[DocumentResult | None]) -> None:
     spec = index.spec
     for (action, columns), members in groups.items():

@@ -4,13 +4,11 @@ shot of a burst does not), joined transitively. Used by `pixsearch duplicates`, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pixsearch.ingest.layout import same_layout
 from pixsearch.limits import MAX_DUPLICATE_GROUPS
-
-if TYPE_CHECKING:
-    from pixsearch.service.index import Index
+from pixsearch.service.core import IndexCore
 
 NEIGHBOURS = 10  # each item's nearest neighbours looked at: a group larger than this still joins through chains
 # Cosine distance of the image vectors for models that declare no `duplicate_threshold`: generous, since the layout
@@ -29,14 +27,14 @@ class DuplicateGroup:
                 "items": [{"id": i, **{k: v for k, v in self.documents.get(i, {}).items()}} for i in self.ids]}
 
 
-def default_threshold(index: "Index") -> float:
+def default_threshold(index: IndexCore) -> float:
     """The index's model's calibrated duplicate distance, else DEFAULT_THRESHOLD."""
     if not index.modelled:
         return DEFAULT_THRESHOLD
     return float(getattr(index.model().embedder, "duplicate_threshold", None) or DEFAULT_THRESHOLD)
 
 
-def duplicate_groups(index: "Index", threshold: float | None = None, *, field: str | None = None,
+def duplicate_groups(index: IndexCore, threshold: float | None = None, *, field: str | None = None,
                      same_frame: bool = True, with_documents: bool = False,
                      max_groups: int = MAX_DUPLICATE_GROUPS) -> list[DuplicateGroup]:
     """Groups of two or more items whose `field` vectors (default: the model's image field) lie within `threshold`
@@ -48,11 +46,9 @@ def duplicate_groups(index: "Index", threshold: float | None = None, *, field: s
         raise ValueError("the duplicate threshold is a distance: 0 (identical) to 2")
     if field is None:
         field = index.model().image_field if index.modelled else index.spec.vector_field(None).name
-    with index.db.connection() as conn:
-        pairs = index.table.near_pairs(conn, field, threshold, NEIGHBOURS)
+    pairs = index.store.near_pairs(field, threshold, NEIGHBOURS)
     if same_frame and pairs and any(f.name == "layout" for f in index.spec.fields):
-        with index.db.connection() as conn:
-            layouts = index.table.select(conn, sorted({k for a, b, _ in pairs for k in (a, b)}), ["layout"])
+        layouts = index.store.select(sorted({k for a, b, _ in pairs for k in (a, b)}), ["layout"])
         pairs = [(a, b, d) for a, b, d in pairs
                  if same_layout(layouts.get(a, {}).get("layout"), layouts.get(b, {}).get("layout"))]
     parent: dict[str, str] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from PIL import Image
 
@@ -14,7 +14,9 @@ from pixsearch.ingest.decode import decode_bytes, read_and_decode
 from pixsearch.models import load_embedder
 from pixsearch.models.base import Embedder
 from pixsearch.search.context import QueryVectorCache
+from pixsearch.service import photos
 from pixsearch.service.captions import caption_vector_field
+from pixsearch.service.index import Index
 from pixsearch.service.thumbnails import ThumbnailCache
 from pixsearch.store import (
     PHOTO_FIELDS,
@@ -31,9 +33,6 @@ from pixsearch.store import (
     rename_index,
 )
 from pixsearch.store import keys
-
-if TYPE_CHECKING:
-    from pixsearch.service.index import Index
 
 # Loaded models kept per process: a server may serve indexes of a few models; each holds hundreds of MB.
 MODEL_CACHE_SIZE = 3
@@ -65,6 +64,8 @@ class Engine:
         self.query_vectors = QueryVectorCache()
         # photo indexes whose uploads folder was checked for files of unfinished uploads since this engine started
         self.uploads_checked: set[str] = set()
+        # (index, model) pairs brought up to this release's photo fields since this engine started (service/captions)
+        self.upgraded: set[tuple[str, str | None]] = set()
         self.thumbnails = ThumbnailCache(self.settings.cache_dir / "thumbnails", int(self.settings.thumbnail_cache_mb * 1e6))
 
     @property
@@ -108,12 +109,10 @@ class Engine:
         return decoded.image
 
     def index(self, name: str | None = None, *, create: bool = False, model: str | None = None,
-              **vector_options: Any) -> "Index":
+              **vector_options: Any) -> Index:
         """Open the index `name` (default from settings). With create=True a missing index is made as a photo
         index for `model` (default: the configured model); `vector_options` (algorithm, storage, metric, params)
         shape its vector fields. An existing index always keeps the model it was built with."""
-        from pixsearch.service.index import Index
-
         name = name or self.settings.index
         try:
             spec = get_index(self.db, name)
@@ -137,11 +136,9 @@ class Engine:
         return self.settings.shards if distributed else None
 
     def create_photo_index(self, name: str, *, model: str | None = None, distributed: bool | None = None,
-                           **vector_options: Any) -> "Index":
+                           **vector_options: Any) -> Index:
         """A photo index for `model`: the photo fields plus the model's own fields, and its vector fields.
         distributed (default: the `distribute` setting) shards it across a Citus cluster's workers."""
-        from pixsearch.service.index import Index
-
         embedder = self.model(model)
         vector_fields = [
             VectorField(name=s.name, dims=s.dims, model_id=s.model_id, metric=s.metric, **vector_options)
@@ -157,25 +154,19 @@ class Engine:
     def create_index(
         self, name: str, vector_fields: Sequence[VectorField], fields: Sequence[Field] = (), *, key_field: str = "id",
         distributed: bool | None = None,
-    ) -> "Index":
+    ) -> Index:
         """An index of documents with precomputed vectors (no model): a key, metadata fields, vector fields."""
-        from pixsearch.service.index import Index
-
         return Index(self, create_index(self.db, name, list(vector_fields), tuple(fields), key_field=key_field,
                                         shards=self._shards(distributed)))
 
-    def distribute_index(self, name: str, shards: int | None = None) -> "Index":
+    def distribute_index(self, name: str, shards: int | None = None) -> Index:
         """Shard an existing index across the Citus workers (rows move into the shards)."""
-        from pixsearch.service.index import Index
-
         return Index(self, distribute_index(self.db, name, self.settings.shards if shards is None else shards))
 
     def remove_unfinished_uploads(self) -> dict[str, list[str]]:
         """For every photo index with uploads: remove the files of uploads whose row never committed (see
         photos.remove_unfinished_uploads). The server runs it at start, after a kill."""
         from pixsearch.service import photos
-        from pixsearch.service.index import Index
-
         removed = {}
         for spec in self.list_indexes():
             if spec.kind == "photos" and (self.settings.home / "uploads" / spec.name).is_dir():
@@ -189,9 +180,7 @@ class Engine:
     def delete_index(self, name: str) -> None:
         delete_index(self.db, name)
 
-    def rename_index(self, name: str, new_name: str) -> "Index":
-        from pixsearch.service.index import Index
-
+    def rename_index(self, name: str, new_name: str) -> Index:
         return Index(self, rename_index(self.db, name, new_name))
 
     # -- API keys (admin: everything; query: search and read) --------------------------------------------------------

@@ -15,7 +15,7 @@ import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from PIL import Image
 
@@ -26,12 +26,12 @@ from pixsearch.ingest.descriptions import is_sidecar_name, photos_for_sidecar
 from pixsearch.ingest.formats import companion_key
 from pixsearch.ingest.scan import photo_id, valid_utf8
 from pixsearch.service.captions import upgrade_photo_index
+from pixsearch.service.core import IndexCore
+from pixsearch.service.library import add_paths
+from pixsearch.service.roots import PhotoNotFound, photo_file
 from pixsearch.service.thumbnails import HEX_HASH, private_folder, thumbnail_name
-from pixsearch.store import SchemaError, update_settings
-from pixsearch.store.photos import PhotoLocation, move_photos, paths_under, stored_states
-
-if TYPE_CHECKING:
-    from pixsearch.service.index import Index
+from pixsearch.store import SchemaError
+from pixsearch.store.photos import PhotoLocation
 
 log = logging.getLogger(__name__)
 
@@ -39,84 +39,15 @@ UPLOAD_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"
                    "HEIF": ".heic", "AVIF": ".avif"}
 
 
-class PhotoNotFound(LookupError):
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-def _roots_json(paths: Sequence[Path], follow_symlinks: bool) -> list[dict[str, Any]]:
-    return [{"path": os.path.realpath(Path(p).expanduser().absolute()), "follow_symlinks": follow_symlinks}
-            for p in paths]
-
-
-def record_roots(index: "Index", paths: Sequence[Path], follow_symlinks: bool) -> None:
-    """Remember the folders (or files) an index was built from: thumbnails open files inside them only."""
-    current = indexed_roots(index)
-    merged = {r["path"]: r for r in current}
-    for root in _roots_json(paths, follow_symlinks):
-        if os.path.exists(root["path"]):
-            old = merged.get(root["path"])
-            merged[root["path"]] = {**root, "follow_symlinks": root["follow_symlinks"] or bool(old and old["follow_symlinks"])}
-    roots = sorted(merged.values(), key=lambda r: r["path"])
-    if roots != current:
-        index.spec = update_settings(index.db, index.name, {"roots": roots})
-        index.table.spec = index.spec
-
-
-def indexed_roots(index: "Index") -> list[dict[str, Any]]:
-    """The index's recorded roots. Indexes made before roots were recorded get them from the folders of their
-    photos (the outermost ones), once."""
-    roots = index.spec.settings.get("roots")
-    if roots is not None:
-        return list(roots)
-    with index.db.connection() as conn:
-        folders = sorted(index.table.distinct_values(conn, "folder"))
-    outermost: list[str] = []
-    for folder in folders:
-        if not any(folder == top or folder.startswith(top.rstrip(os.sep) + os.sep) for top in outermost):
-            outermost.append(folder)
-    derived = [{"path": os.path.realpath(f), "follow_symlinks": False} for f in outermost]
-    index.spec = update_settings(index.db, index.name, {"roots": derived})
-    index.table.spec = index.spec
-    return derived
-
-
-def _inside(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
-
-
-def photo_file(index: "Index", stored_path: str) -> tuple[str, bool]:
-    """(path to open, whether a symbolic link may be followed) for a stored photo path, if it lies inside one of the
-    index's roots; PhotoNotFound otherwise. The check is on the real location of the file's folder, so `..` and
-    folder links cannot lead outside; the file itself is then opened without following links unless its root was
-    indexed with --follow-symlinks (and read_file accepts only a regular file either way)."""
-    normal = os.path.normpath(stored_path)
-    if not os.path.isabs(normal):
-        raise PhotoNotFound("the photo's file is not inside the folders this index was built from")
-    real_folder = os.path.realpath(os.path.dirname(normal))
-    real_file = os.path.join(real_folder, os.path.basename(normal))
-    for root in indexed_roots(index):
-        top, follow = root["path"], bool(root.get("follow_symlinks"))
-        if _inside(real_file, top) or (follow and _inside(normal, top)):
-            try:
-                is_link = stat.S_ISLNK(os.lstat(real_file).st_mode)
-            except OSError:
-                raise PhotoNotFound("the photo's file is missing") from None
-            if is_link and not follow:
-                continue
-            return real_file, follow
-    raise PhotoNotFound("the photo's file is not inside the folders this index was built from")
-
-
 class StorageError(OSError):
     """A file could not be stored (read-only or full folder); the message names the folder. Nothing was kept."""
 
 
-def uploads_folder(index: "Index") -> Path:
+def uploads_folder(index: IndexCore) -> Path:
     return index.engine.settings.home / "uploads" / index.name
 
 
-def add_image_bytes(index: "Index", filename: str, data: bytes) -> tuple[str, IngestReport]:
+def add_image_bytes(index: IndexCore, filename: str, data: bytes) -> tuple[str, IngestReport]:
     """Index an uploaded image: checked by decoding, kept under PIXSEARCH_HOME/uploads/<index>/ (private to this
     user; named by its content hash, so re-uploading the same bytes is a no-op), then indexed like any file.
 
@@ -126,7 +57,7 @@ def add_image_bytes(index: "Index", filename: str, data: bytes) -> tuple[str, In
     upload to an index after it started or after a failed upload."""
     if index.spec.kind != "photos":
         raise SchemaError(f"index {index.name!r} is not a photo index: images cannot be added to it")
-    settings = index.engine.settings
+    settings = index.settings
     decoded = decode_bytes(data, max_pixels=settings.max_image_pixels)
     suffix = UPLOAD_SUFFIXES.get(decoded.format)
     if suffix is None:
@@ -145,7 +76,7 @@ def add_image_bytes(index: "Index", filename: str, data: bytes) -> tuple[str, In
     prefix = decoded.content_hash[:16]
     try:
         with _held_upload(folder, prefix, f"{prefix}-{stem}{suffix}", data) as path:
-            report = index.add_paths([path], prune=False, roots=[folder])
+            report = add_paths(index, [path], prune=False, roots=[folder])
     except BaseException:
         checked.discard(index.name)  # its file may be left without a row: look again before the next upload
         raise
@@ -218,7 +149,7 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def remove_unfinished_uploads(index: "Index") -> list[str]:
+def remove_unfinished_uploads(index: IndexCore) -> list[str]:
     """Remove the uploaded files of `index` that have no row and no upload in progress (a process killed between
     storing a file and committing its row), and temporary files of killed writes; returns their names. A file is
     removed only under an exclusive lock and after checking again that it has no row, so an upload committing
@@ -258,13 +189,12 @@ def remove_unfinished_uploads(index: "Index") -> list[str]:
     return removed
 
 
-def thumbnail(index: "Index", key: str, size: int) -> bytes:
+def thumbnail(index: IndexCore, key: str, size: int) -> bytes:
     """A WebP thumbnail (longest side `size`, one of limits.THUMBNAIL_SIZES) of a stored photo, cached by content
     hash and size."""
     if index.spec.kind != "photos":
         raise PhotoNotFound(f"index {index.name!r} holds no photos")
-    with index.db.connection() as conn:
-        row = index.table.select(conn, [key], ["path", "content_hash"]).get(key)
+    row = index.store.select([key], ["path", "content_hash"]).get(key)
     if row is None:
         raise PhotoNotFound(f"no photo {key!r} in index {index.name!r}")
     stored_hash = row["content_hash"]
@@ -274,7 +204,7 @@ def thumbnail(index: "Index", key: str, size: int) -> bytes:
         if cached is not None:
             return cached
     path, follow = photo_file(index, row["path"])
-    settings = index.engine.settings
+    settings = index.settings
     try:
         data = read_file(path, max_bytes=settings.max_file_bytes, follow_symlinks=follow)
         image = decode_bytes(data, max_pixels=settings.max_image_pixels, draft=(size, size)).image
@@ -287,7 +217,7 @@ def thumbnail(index: "Index", key: str, size: int) -> bytes:
     return buffer.getvalue()
 
 
-def apply_folder_changes(index: "Index", changed: set[str], deleted: set[str], moved: list[tuple[str, str]], *,
+def apply_folder_changes(index: IndexCore, changed: set[str], deleted: set[str], moved: list[tuple[str, str]], *,
                          roots: Sequence[Path], follow_symlinks: bool = False) -> IngestReport:
     """Bring the index up to date with one batch of what a folder watcher saw (ingest/watch.py), in its order:
     moves (the row follows its file, nothing embedded again), deletions (a folder's photos go with it), then new and
@@ -300,8 +230,7 @@ def apply_folder_changes(index: "Index", changed: set[str], deleted: set[str], m
             changed.discard(path)
     moves = []
     photo_moves = [(src, dest) for src, dest in moved if not is_sidecar_name(dest)]
-    with index.db.connection() as conn:
-        stored = stored_states(conn, index.table, [photo_id(src) for src, _ in photo_moves])
+    stored = index.store.stored_states([photo_id(src) for src, _ in photo_moves])
     for src, dest in photo_moves:
         state = stored.get(photo_id(src))
         try:
@@ -314,17 +243,16 @@ def apply_folder_changes(index: "Index", changed: set[str], deleted: set[str], m
         moves.append((state.id, PhotoLocation(photo_id(dest), dest, os.path.dirname(dest), os.path.basename(dest),
                                               st.st_size, st.st_mtime_ns, companion_key(dest))))
         changed.add(dest)  # re-checked below: unchanged, unless its sidecars differ now
+    index.store.move_photos(moves)
     gone: list[str] = []
-    with index.db.connection() as conn:
-        move_photos(conn, index.table, moves)
-        for path in deleted:
-            if is_sidecar_name(path):
-                continue
-            gone.append(photo_id(path))
-            gone += [key for key, _ in paths_under(conn, index.table, path.rstrip(os.sep) + os.sep)]
-        removed = index.table.delete(conn, gone)
+    for path in deleted:
+        if is_sidecar_name(path):
+            continue
+        gone.append(photo_id(path))
+        gone += [key for key, _ in index.store.paths_under(path.rstrip(os.sep) + os.sep)]
+    removed = index.store.delete(gone)
     present = sorted(p for p in changed if os.path.isfile(p) and not is_sidecar_name(p))
-    report = index.add_paths(present, prune=False, roots=roots, follow_symlinks=follow_symlinks) if present \
+    report = add_paths(index, present, prune=False, roots=roots, follow_symlinks=follow_symlinks) if present \
         else IngestReport()
     report.moved += len(moves)
     report.removed += removed

@@ -15,14 +15,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from pixsearch.ingest.decode import DecodeError, decode_bytes, read_file
-from pixsearch.store import SchemaError, update_settings
-from pixsearch.store.regions import PHOTO_KEY, RegionTable
-
-if TYPE_CHECKING:
-    from pixsearch.service.index import Index
+from pixsearch.service.core import IndexCore
+from pixsearch.store import SchemaError
+from pixsearch.store.regions import PHOTO_KEY
 
 # (window side as a fraction of the image side, stride as a fraction): see the module docstring
 GRIDS = {"grid": ((1 / 2, 1 / 4), (1 / 3, 1 / 6), (1 / 4, 1 / 8)), "grid-coarse": ((1 / 2, 1 / 4), (1 / 3, 1 / 6))}
@@ -97,18 +95,15 @@ def read_box_list(path: Path) -> dict[str, list[RegionBox]]:
     return boxes
 
 
-def add_regions(index: "Index", source: str | Path | dict[str, list[RegionBox]], *,
+def add_regions(index: IndexCore, source: str | Path | dict[str, list[RegionBox]], *,
                 photo_keys: Sequence[str] | None = None) -> RegionReport:
     """Embed regions of the index's photos: `grid` / `grid-coarse` (every photo, or `photo_keys`), or boxes from a
     file (or a dict of image reference -> boxes). A photo's regions from the same source are replaced."""
     if index.spec.kind != "photos":
         raise SchemaError(f"index {index.name!r} is not a photo index: regions are parts of photos")
     model = index.model()
-    table = RegionTable(index.spec)
-    table.ensure(index.db)
-    index.spec = update_settings(index.db, index.name, {"regions": {
-        "table": table.spec.table_name, **({"auto": str(source)} if source in GRIDS else {})}})
-    index.table.spec = index.spec
+    table_name = index.store.ensure_regions()
+    index.update_settings({"regions": {"table": table_name, **({"auto": str(source)} if source in GRIDS else {})}})
     report = RegionReport()
     photos = _photos(index)
     if source in GRIDS:
@@ -132,7 +127,7 @@ def add_regions(index: "Index", source: str | Path | dict[str, list[RegionBox]],
             else:
                 wanted.append((key, photos[key], listed))
         label = "boxes"
-    settings = index.engine.settings
+    settings = index.settings
 
     def crops(item: tuple[str, str, list[RegionBox] | None]):
         key, path, listed = item
@@ -173,14 +168,12 @@ def add_regions(index: "Index", source: str | Path | dict[str, list[RegionBox]],
                     row.update({model.columns[space]: v[i] for space, v in embedded.vectors.items()
                                 if space in model.columns})
                     rows.append(row)
-            table.replace_photos(index.db, keys, rows, label)
+            index.store.replace_regions(keys, rows, label)
             report.photos += len(keys)
             report.regions += len(rows)
-    with index.db.connection() as conn:
-        table.analyze(conn)
+    index.store.analyze_regions()
     return report
 
 
-def _photos(index: "Index") -> dict[str, str]:
-    with index.db.connection() as conn:
-        return dict(index.table.rows_where_prefix(conn, "path", "/"))
+def _photos(index: IndexCore) -> dict[str, str]:
+    return dict(index.store.rows_where_prefix("path", "/"))

@@ -19,18 +19,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pixsearch.ingest import IngestProgress, NoProgress
 from pixsearch.ingest.decode import DecodeError, decode_bytes, read_file
 from pixsearch.models import ModelNotAvailableError, load_embedder
 from pixsearch.models.base import Embedder
+from pixsearch.service import builds
 from pixsearch.service.captions import upgrade_photo_index
-from pixsearch.store import DocumentTable, SchemaError, VectorField, change_definition
+from pixsearch.service.core import IndexCore
+from pixsearch.store import SchemaError, VectorField
+from pixsearch.store.registry import RowsStillEmpty
 from pixsearch.store.schema import CAPTION_FIELD
-
-if TYPE_CHECKING:
-    from pixsearch.service.index import Index
 
 MAX_SWITCH_ROUNDS = 5
 
@@ -56,7 +56,7 @@ class ReindexReport:
                 "dropped": self.dropped, "seconds": round(self.seconds, 3)}
 
 
-def reindex(index: "Index", model_name: str, *, drop_old: bool = False,
+def reindex(index: IndexCore, model_name: str, *, drop_old: bool = False,
             progress: IngestProgress | None = None) -> ReindexReport:
     started = time.perf_counter()
     progress = progress or NoProgress()
@@ -93,7 +93,7 @@ def reindex(index: "Index", model_name: str, *, drop_old: bool = False,
     return report
 
 
-def abort(index: "Index") -> list[str]:
+def abort(index: IndexCore) -> list[str]:
     """Undo a re-index that has not switched: drop the columns it added. Returns their names."""
     pending = index.spec.settings.get("reindex")
     if not pending:
@@ -101,17 +101,15 @@ def abort(index: "Index") -> list[str]:
     added = set(pending["columns"].values()) | set(pending.get("added_fields", []))
     added -= set(pending.get("reused", []))
     spec = index.spec
-    index.spec = change_definition(
-        index.db, index.name,
+    index.redefine(
         vector_fields=tuple(vf for vf in spec.vector_fields if vf.name not in added),
         fields=tuple(f for f in spec.fields if f.name not in added),
         model=spec.model, settings_changes={"reindex": None}, drop=tuple(sorted(added)),
     )
-    index.table = DocumentTable(index.spec)
     return sorted(added)
 
 
-def _plan(index: "Index", new: Embedder) -> None:
+def _plan(index: IndexCore, new: Embedder) -> None:
     spec = index.spec
     taken = {vf.name for vf in spec.vector_fields} | {f.name for f in spec.fields}
     added_vectors: list[VectorField] = []
@@ -135,22 +133,19 @@ def _plan(index: "Index", new: Embedder) -> None:
     plan = {"model": new.name, "columns": columns, "fields": [f.name for f in new.photo_fields],
             "added_fields": [f.name for f in added_fields], "reused": reused,
             "started_at": datetime.now(timezone.utc).isoformat()}
-    index.spec = change_definition(
-        index.db, index.name, vector_fields=spec.vector_fields + tuple(added_vectors),
-        fields=spec.fields + added_fields, model=spec.model, settings_changes={"reindex": plan},
-        add=(added_fields, tuple(added_vectors)),
+    index.redefine(
+        vector_fields=spec.vector_fields + tuple(added_vectors), fields=spec.fields + added_fields, model=spec.model,
+        settings_changes={"reindex": plan}, add=(added_fields, tuple(added_vectors)),
     )
-    index.table = DocumentTable(index.spec)
 
 
-def _fill(index: "Index", new: Embedder, columns: dict[str, str], failed: dict[str, tuple[str, str]],
+def _fill(index: IndexCore, new: Embedder, columns: dict[str, str], failed: dict[str, tuple[str, str]],
           progress: IngestProgress) -> int:
     """Embed every row whose new columns are empty, in batches (each one transaction); the number embedded."""
-    settings = index.engine.settings
+    settings = index.settings
     targets = sorted(set(columns.values()))
     extra_fields = [f.name for f in new.photo_fields]
-    with index.db.connection() as conn:
-        total = index.table.count_missing(conn, targets)
+    total = index.store.count_missing(targets)
     progress.start(max(0, total - len(failed)))
     done, after = 0, None
 
@@ -165,8 +160,7 @@ def _fill(index: "Index", new: Embedder, columns: dict[str, str], failed: dict[s
 
     with ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="pixsearch-reindex") as pool:
         while True:
-            with index.db.connection() as conn:
-                batch = index.table.keys_missing(conn, targets, after, settings.batch_size, extra=("path",))
+            batch = index.store.keys_missing(targets, after, settings.batch_size, extra=("path",))
             if not batch:
                 break
             after = batch[-1][0]
@@ -195,36 +189,30 @@ def _fill(index: "Index", new: Embedder, columns: dict[str, str], failed: dict[s
     return done
 
 
-def _build(index: "Index", columns: dict[str, str]) -> None:
+def _build(index: IndexCore, columns: dict[str, str]) -> None:
     """Build the ANN indexes of the new fields once they are full (far faster than growing a graph row by row)."""
-    with index.db.connection() as conn:
-        missing = [vf for vf in index.spec.vector_fields
-                   if vf.name in columns.values() and vf.algorithm != "exact" and not index.table.ann_index_exists(conn, vf)]
+    missing = [vf for vf in index.spec.vector_fields
+               if vf.name in columns.values() and vf.algorithm != "exact" and not index.store.ann_index_exists(vf)]
     for vf in missing:
-        index.build(vf.name)
+        builds.build(index, vf.name)
 
 
-def _switch(index: "Index", new: Embedder, columns: dict[str, str], failed: set[str]) -> None:
+def _switch(index: IndexCore, new: Embedder, columns: dict[str, str], failed: set[str]) -> None:
     targets = sorted(set(columns.values()))
-
-    def nothing_left(conn, table: DocumentTable) -> None:
-        left = [key for key, _ in table.keys_missing(conn, targets, None, len(failed) + 1) if key not in failed]
-        if left:
-            raise _StillToFill()
-
     spec = index.spec
     previous = dict(spec.settings.get("previous_models", {}))
     for vf in spec.vector_fields:
         if vf.model_id and vf.name not in columns.values() and vf.name != CAPTION_FIELD and spec.model:
             previous.setdefault(vf.name, spec.model)
-    index.spec = change_definition(
-        index.db, index.name, vector_fields=spec.vector_fields, fields=spec.fields, model=new.name,
-        settings_changes={"reindex": None, "previous_models": previous or None}, check=nothing_left,
-    )
-    index.table = DocumentTable(index.spec)
+    try:
+        index.redefine(vector_fields=spec.vector_fields, fields=spec.fields, model=new.name,
+                       settings_changes={"reindex": None, "previous_models": previous or None},
+                       require_filled=(targets, failed))
+    except RowsStillEmpty:
+        raise _StillToFill() from None
 
 
-def _drop_old(index: "Index", new: Embedder) -> list[str]:
+def _drop_old(index: IndexCore, new: Embedder) -> list[str]:
     """Drop the vector fields of earlier models and the photo fields only they filled."""
     spec = index.spec
     current = set(index.model().columns.values())
@@ -234,17 +222,15 @@ def _drop_old(index: "Index", new: Embedder) -> list[str]:
     old_fields: set[str] = set()
     for model_name in set(spec.settings.get("previous_models", {}).values()):
         try:
-            old_fields |= {f.name for f in load_embedder(model_name, index.engine.settings.cache_dir).photo_fields}
+            old_fields |= {f.name for f in load_embedder(model_name, index.settings.cache_dir).photo_fields}
         except (ModelNotAvailableError, ValueError):
             continue  # its fields stay: we cannot tell which they are
     old_fields -= new_fields
     dropped = tuple(sorted(set(old_vectors) | old_fields))
     if dropped:
-        index.spec = change_definition(
-            index.db, index.name,
+        index.redefine(
             vector_fields=tuple(vf for vf in spec.vector_fields if vf.name not in dropped),
             fields=tuple(f for f in spec.fields if f.name not in dropped),
             model=spec.model, settings_changes={"previous_models": None}, drop=dropped,
         )
-        index.table = DocumentTable(index.spec)
     return list(dropped)

@@ -89,6 +89,11 @@ class IndexStore:
         return self._table.ann_index_name(vf)
 
     @property
+    def distributed(self) -> bool:
+        """Whether the table is sharded across Citus workers."""
+        return self._table.distributed
+
+    @property
     def has_regions(self) -> bool:
         return self._regions is not None
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any, Collection, Sequence
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -278,6 +278,10 @@ def rename_index(db: Database, name: str, new_name: str) -> IndexSpec:
     return renamed
 
 
+class RowsStillEmpty(Exception):
+    """A definition change that needs every row filled found rows still empty (see change_definition)."""
+
+
 def change_definition(
     db: Database,
     name: str,
@@ -288,11 +292,12 @@ def change_definition(
     settings_changes: dict[str, Any] | None = None,
     add: tuple[tuple[Field, ...], tuple[VectorField, ...]] = ((), ()),
     drop: tuple[str, ...] = (),
-    check: Callable[[Any, Any], None] | None = None,
+    require_filled: tuple[Sequence[str], Collection[str]] | None = None,
 ) -> IndexSpec:
     """Change what an index holds in one transaction: its registry entry (vector fields, fields, model, settings) and
-    its table (columns added or dropped). With `check`, the table is first locked against writes (searches go on)
-    and check(conn, table) runs under that lock: it raises to cancel the change (e.g. rows still to fill)."""
+    its table (columns added or dropped). With require_filled=(columns, excused), the table is first locked against
+    writes (searches go on) and the change is made only if no row but the excused keys has one of `columns` empty;
+    else RowsStillEmpty is raised and nothing changes."""
     from pixsearch.store.tables import DocumentTable
 
     current = get_index(db, name)
@@ -302,9 +307,12 @@ def change_definition(
     changed.validate()
     with db.connection() as conn, conn.transaction():
         table = DocumentTable(changed)
-        if check is not None:
+        if require_filled is not None:
+            columns, excused = require_filled
             conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table.table))
-            check(conn, table)
+            left = [key for key, _ in table.keys_missing(conn, columns, None, len(excused) + 1) if key not in excused]
+            if left:
+                raise RowsStillEmpty(f"index {name!r} has rows to fill first, e.g. {left[0]!r}")
         add_fields, add_vectors = add
         if add_fields or add_vectors:
             table.add_columns(conn, add_fields, add_vectors)

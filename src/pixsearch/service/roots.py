@@ -1,0 +1,77 @@
+"""The folders an index was built from: the only places the server opens photo files (thumbnails, regions,
+reindex). Roots are recorded as real paths; a stored photo path is opened only when its real location lies inside
+one of them."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any, Sequence
+
+from pixsearch.service.core import IndexCore
+
+
+class PhotoNotFound(LookupError):
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def _roots_json(paths: Sequence[Path], follow_symlinks: bool) -> list[dict[str, Any]]:
+    return [{"path": os.path.realpath(Path(p).expanduser().absolute()), "follow_symlinks": follow_symlinks}
+            for p in paths]
+
+
+def record_roots(index: IndexCore, paths: Sequence[Path], follow_symlinks: bool) -> None:
+    """Remember the folders (or files) an index was built from: thumbnails open files inside them only."""
+    current = indexed_roots(index)
+    merged = {r["path"]: r for r in current}
+    for root in _roots_json(paths, follow_symlinks):
+        if os.path.exists(root["path"]):
+            old = merged.get(root["path"])
+            merged[root["path"]] = {**root, "follow_symlinks": root["follow_symlinks"] or bool(old and old["follow_symlinks"])}
+    roots = sorted(merged.values(), key=lambda r: r["path"])
+    if roots != current:
+        index.update_settings({"roots": roots})
+
+
+def indexed_roots(index: IndexCore) -> list[dict[str, Any]]:
+    """The index's recorded roots. Indexes made before roots were recorded get them from the folders of their
+    photos (the outermost ones), once."""
+    roots = index.spec.settings.get("roots")
+    if roots is not None:
+        return list(roots)
+    folders = sorted(index.store.distinct_values("folder"))
+    outermost: list[str] = []
+    for folder in folders:
+        if not any(folder == top or folder.startswith(top.rstrip(os.sep) + os.sep) for top in outermost):
+            outermost.append(folder)
+    derived = [{"path": os.path.realpath(f), "follow_symlinks": False} for f in outermost]
+    index.update_settings({"roots": derived})
+    return derived
+
+
+def _inside(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def photo_file(index: IndexCore, stored_path: str) -> tuple[str, bool]:
+    """(path to open, whether a symbolic link may be followed) for a stored photo path, if it lies inside one of the
+    index's roots; PhotoNotFound otherwise. The check is on the real location of the file's folder, so `..` and
+    folder links cannot lead outside; the file itself is then opened without following links unless its root was
+    indexed with --follow-symlinks (and read_file accepts only a regular file either way)."""
+    normal = os.path.normpath(stored_path)
+    if not os.path.isabs(normal):
+        raise PhotoNotFound("the photo's file is not inside the folders this index was built from")
+    real_folder = os.path.realpath(os.path.dirname(normal))
+    real_file = os.path.join(real_folder, os.path.basename(normal))
+    for root in indexed_roots(index):
+        top, follow = root["path"], bool(root.get("follow_symlinks"))
+        if _inside(real_file, top) or (follow and _inside(normal, top)):
+            try:
+                is_link = stat.S_ISLNK(os.lstat(real_file).st_mode)
+            except OSError:
+                raise PhotoNotFound("the photo's file is missing") from None
+            if is_link and not follow:
+                continue
+            return real_file, follow
+    raise PhotoNotFound("the photo's file is not inside the folders this index was built from")
