@@ -18,7 +18,6 @@ Three things are added around RapidOCR:
 from __future__ import annotations
 
 import functools
-import importlib.util
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +50,6 @@ class TextBox:
     text: str
     score: float
     box: tuple[int, int, int, int]
-
-
-def ocr_available() -> bool:
-    return importlib.util.find_spec("rapidocr") is not None and importlib.util.find_spec("onnxruntime") is not None
 
 
 class TextReader:

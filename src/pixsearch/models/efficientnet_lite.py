@@ -23,22 +23,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-# The torch-free parts live in efficientnet_common; re-exported here so callers keep one import.
-from .efficientnet_common import (  # noqa: F401
-    INPUT_MEAN,
-    INPUT_STD,
-    NEUTRAL_RGB,
-    ONNX_INPUT,
-    ONNX_OUTPUTS,
-    VARIANTS,
-    LiteVariant,
-    make_views,
-    normalize_input_array,
-    stack_views,
-    to_rgb,
-    views_to_array,
-    weights_path,
-)
+# The torch-free parts (variants, input normalisation, views) live in efficientnet_common.
+from .efficientnet_common import INPUT_MEAN, INPUT_STD, ONNX_INPUT, ONNX_OUTPUTS, VARIANTS, stack_views, weights_path
 
 BN_EPS = 1e-3
 NUM_CLASSES = 1000

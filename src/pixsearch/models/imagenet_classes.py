@@ -46,7 +46,3 @@ def load_imagenet_classes() -> tuple[ImageNetClass, ...]:
         raise RuntimeError("packaged imagenet_classes.tsv is corrupt: expected 1000 rows in index order")
     return classes
 
-
-def class_labels() -> list[str]:
-    """The short label of every class, by class id."""
-    return [c.label for c in load_imagenet_classes()]

@@ -166,7 +166,6 @@ class Engine:
     def remove_unfinished_uploads(self) -> dict[str, list[str]]:
         """For every photo index with uploads: remove the files of uploads whose row never committed (see
         photos.remove_unfinished_uploads). The server runs it at start, after a kill."""
-        from pixsearch.service import photos
         removed = {}
         for spec in self.list_indexes():
             if spec.kind == "photos" and (self.settings.home / "uploads" / spec.name).is_dir():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 INDEX_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")  # used with fullmatch: no trailing newline slips through
@@ -245,9 +245,6 @@ class IndexSpec:
             f.validate()
         for vf in self.vector_fields:
             vf.validate()
-
-    def with_settings(self, settings: dict[str, Any]) -> "IndexSpec":
-        return replace(self, settings=settings)
 
 
 def table_name_for(index_name: str) -> str:
