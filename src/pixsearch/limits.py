@@ -15,6 +15,9 @@ MAX_FACETS = 10  # facet requests per search
 MAX_FACET_COUNT = 1000  # values per facet
 MAX_FILTER_CHARS = 10_000  # an OData filter string
 MAX_FILTER_DEPTH = 64  # nesting of parentheses / not / any() in a filter
+# orderby and select name at most as many items as the index has fields (counted before anything is parsed), each
+# of at most this many characters (field names have at most 40; room for ' desc' and spaces)
+MAX_FIELD_LIST_ITEM_CHARS = 64
 
 # -- writes -----------------------------------------------------------------------------------------------------------
 MAX_BATCH_DOCUMENTS = 1000  # documents per indexing request (Azure's limit)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
 from typing import Annotated, Any, Callable, Iterable, Sequence
 
 from fastapi import Body, FastAPI, File, Form, Query, Request, UploadFile
@@ -16,7 +17,14 @@ from pydantic import ValidationError
 
 from pixsearch.api import azure
 from pixsearch.api.docs import install_docs
-from pixsearch.api.errors import DEFAULT_MAX_BODY_BYTES, ApiError, GuardMiddleware, filter_error, install_handlers
+from pixsearch.api.errors import (
+    DEFAULT_MAX_BODY_BYTES,
+    ApiError,
+    BodyGuardMiddleware,
+    GuardMiddleware,
+    filter_error,
+    install_handlers,
+)
 from pixsearch.api.keys import AuthMiddleware, KeyRing
 from pixsearch.api.models import (
     IndexBatch,
@@ -28,7 +36,13 @@ from pixsearch.api.models import (
     jsonable,
 )
 from pixsearch.api.origin import LOOPBACK_NAMES, OriginGuard
-from pixsearch.limits import MAX_DUPLICATE_GROUPS, MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, THUMBNAIL_SIZES
+from pixsearch.limits import (
+    MAX_DUPLICATE_GROUPS,
+    MAX_FIELD_LIST_ITEM_CHARS,
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_FILES,
+    THUMBNAIL_SIZES,
+)
 from pixsearch.search.context import FileTermRefused
 from pixsearch.search.ranking import Cutoff
 from pixsearch.search.request import MODES, SearchRequest, VectorQuery
@@ -51,18 +65,22 @@ def create_app(
     key_lookup: Callable[[str], str | None] | None = None,
     page_index: str | None = None,
     allowed_hosts: Iterable[str] | None = LOOPBACK_NAMES,
+    key_clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """The API, plus the search page at / showing `page_index` (default: the configured index) unless ?index=.
 
     allowed_hosts: the host names clients may reach the server by (the Host header; None: any). The default suits
     a server on loopback; `pixsearch serve` passes the names of the address it binds.
+    key_clock: the clock the stored-key cache's expiry reads (tests drive it to check revocation without waiting).
     With allow_anonymous, requests without a key may search and read (the query role), never write."""
-    ring = KeyRing(admin_keys, query_keys, key_lookup)
+    ring = KeyRing(admin_keys, query_keys, key_lookup, clock=key_clock)
     if not ring and not allow_anonymous:
         raise ValueError("the API needs at least one admin or query key (or allow_anonymous=True)")
     app = FastAPI(title="pixsearch", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     install_handlers(app)
-    # Starlette runs the last middleware added first: the origin check, then the body guard, then keys.
+    # Starlette runs the last middleware added first: the origin check, the guard (a declared body over the limit:
+    # 413, read nothing), the key check, and only then is the body read (keyless uploads are refused unread).
+    app.add_middleware(BodyGuardMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(AuthMiddleware, ring=ring, allow_anonymous=allow_anonymous)
     app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(OriginGuard, allowed_hosts=allowed_hosts)
@@ -358,8 +376,21 @@ def _validation_errors(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
 
 
+def _field_list(spec: IndexSpec, what: str, value: str) -> list[str]:
+    """The comma-separated items of an orderby or select. One that names more items than the index has fields is
+    refused by a count and a length check before it is split: a megabyte list costs no parsing or sorting."""
+    allowed = spec.field_count
+    items = value.count(",") + 1
+    if items > allowed:
+        raise _bad(f"{what}: {items} items, but index {spec.name!r} has {allowed} fields; name each at most once")
+    if len(value) > allowed * MAX_FIELD_LIST_ITEM_CHARS:
+        raise _bad(f"{what}: {len(value)} characters; index {spec.name!r} has {allowed} fields, so at most "
+                   f"{allowed * MAX_FIELD_LIST_ITEM_CHARS} characters ({MAX_FIELD_LIST_ITEM_CHARS} per item)")
+    return value.split(",")
+
+
 def _select_list(spec: IndexSpec, select: str, *, allow_vectors: bool) -> list[str]:
-    names = [s.strip() for s in select.split(",") if s.strip()]
+    names = [s.strip() for s in _field_list(spec, "select", select) if s.strip()]
     vectors = {v.name for v in spec.vector_fields}
     for n in names:
         if n in vectors:
@@ -375,9 +406,11 @@ def _select_list(spec: IndexSpec, select: str, *, allow_vectors: bool) -> list[s
     return names
 
 
-def _orderby(value: str | None) -> list[tuple[str, bool]]:
-    sort = []
-    for part in (value or "").split(","):
+def _orderby(spec: IndexSpec, value: str | None) -> list[tuple[str, bool]]:
+    sort: list[tuple[str, bool]] = []
+    if not value:
+        return sort
+    for part in _field_list(spec, "orderby", value):
         words = part.split()
         if not words:
             continue
@@ -457,6 +490,6 @@ def _search_request(
     except ValueError as exc:
         raise _bad(str(exc)) from None
     request = SearchRequest(text=text, field=field, filter=body.filter, mode=mode, top=top, skip=body.skip,
-                            sort=_orderby(body.orderby), facets=list(body.facets), vector_queries=queries,
+                            sort=_orderby(spec, body.orderby), facets=list(body.facets), vector_queries=queries,
                             hide_irrelevant=body.relevance == "auto", regions=body.regions, cutoff=cutoff)
     return request, select

@@ -133,10 +133,25 @@ def _json_body(scope: dict) -> bool:
     return content_type.split(b";")[0].strip().lower() in (b"application/json", b"")
 
 
+def _sends_body(scope: dict) -> bool:
+    """Whether the client announced a body (a Content-Length above 0, or chunked transfer encoding)."""
+    headers = dict(scope.get("headers") or [])
+    length = headers.get(b"content-length", b"0").strip()
+    return (length.isdigit() and int(length) > 0) or b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+
+
+def answer_early(scope: dict, response: JSONResponse) -> JSONResponse:
+    """A refusal sent before the request's body was read to its end: it closes the connection, so the server stops
+    there instead of taking in (and discarding) the rest of the upload."""
+    if _sends_body(scope):
+        response.headers["Connection"] = "close"
+    return response
+
+
 class GuardMiddleware:
-    """Outermost application layer: caps the request body (413), refuses NUL characters in the URL and in JSON
-    bodies (PostgreSQL cannot store them: a clear 400, not an error deep inside), and turns any unhandled exception
-    into a generic 500 (logged here, never sent). The body is buffered (at most `max_body_bytes`) and replayed."""
+    """Outermost application layer, before the key check: refuses a body declared larger than `max_body_bytes`
+    (413) and NUL characters in the URL without reading anything, and turns any unhandled exception into a
+    generic 500 (logged here, never sent). The body itself is read by BodyGuardMiddleware, after the key check."""
 
     def __init__(self, app: Any, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         self.app = app
@@ -146,16 +161,54 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = error_response(
-            413, "RequestEntityTooLarge", f"the request body is larger than {self.max_body_bytes} bytes"
-        )
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            await too_large(scope, receive, send)
+            await answer_early(scope, too_large(self.max_body_bytes))(scope, receive, send)
             return
-        nul = error_response(400, "InvalidRequest", "NUL characters (\\u0000) are not allowed in requests")
         if _has_nul(scope):
-            await nul(scope, receive, send)
+            await answer_early(scope, nul_refused())(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except (psycopg.OperationalError, DatabaseError) as exc:
+            if started:
+                raise
+            await unavailable_response(exc)(scope, receive, send)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            await error_response(500, "InternalServerError", "internal server error")(scope, receive, send)
+
+
+def too_large(max_body_bytes: int) -> JSONResponse:
+    return error_response(413, "RequestEntityTooLarge", f"the request body is larger than {max_body_bytes} bytes")
+
+
+def nul_refused() -> JSONResponse:
+    return error_response(400, "InvalidRequest", "NUL characters (\\u0000) are not allowed in requests")
+
+
+class BodyGuardMiddleware:
+    """Inside the key check (only requests with a valid key get here): reads the body, at most `max_body_bytes`
+    (413 as soon as a chunked body goes over), refuses NUL characters in JSON bodies (PostgreSQL cannot store them:
+    a clear 400, not an error deep inside), and replays the buffered body to the route."""
+
+    def __init__(self, app: Any, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
         chunks, size = [], 0
         while True:
@@ -165,14 +218,14 @@ class GuardMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                await too_large(scope, receive, send)
+                await answer_early(scope, too_large(self.max_body_bytes))(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
         if _json_body(scope) and (b"\x00" in body or _JSON_NUL.search(body)):
-            await nul(scope, receive, send)
+            await nul_refused()(scope, receive, send)
             return
         replayed = False
 
@@ -183,22 +236,4 @@ class GuardMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        started = False
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, replay, tracking_send)
-        except (psycopg.OperationalError, DatabaseError) as exc:
-            if started:
-                raise
-            await unavailable_response(exc)(scope, replay, send)
-        except Exception:
-            log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
-            if started:
-                raise
-            await error_response(500, "InternalServerError", "internal server error")(scope, replay, send)
+        await self.app(scope, replay, send)

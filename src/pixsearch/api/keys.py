@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 import anyio
 import psycopg
 
+from pixsearch.api.errors import answer_early, error_response, unavailable_response
 from pixsearch.db import DatabaseError
 from pixsearch.limits import API_KEY_CACHE_SECONDS
 from pixsearch.store.keys import hash_key
@@ -50,9 +51,11 @@ class KeyRing:
         lookup: Callable[[str], str | None] | None = None,
         *,
         cache_seconds: float = API_KEY_CACHE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.lookup = lookup
         self.cache_seconds = cache_seconds
+        self.clock = clock
         self._hashes: list[tuple[str, str]] = []
         self._cache: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
         self._lock = threading.Lock()
@@ -81,7 +84,7 @@ class KeyRing:
         digest = hash_key(presented)
         with self._lock:
             entry = self._cache.get(digest)
-            if entry is not None and entry[1] > time.monotonic():
+            if entry is not None and entry[1] > self.clock():
                 return True, entry[0]
         return False, None
 
@@ -93,7 +96,7 @@ class KeyRing:
             return role
         role = self.lookup(presented)
         with self._lock:
-            self._cache[hash_key(presented)] = (role, time.monotonic() + self.cache_seconds)
+            self._cache[hash_key(presented)] = (role, self.clock() + self.cache_seconds)
             while len(self._cache) > MAX_CACHED_KEYS:
                 self._cache.popitem(last=False)
         return role
@@ -110,7 +113,8 @@ def required_role(method: str, path: str) -> str | None:
 
 
 class AuthMiddleware:
-    """Checks the `api-key` header before anything else is read: no or unknown key -> 401, a query key on an admin
+    """Checks the `api-key` header before the body is read (GuardMiddleware, outside it, reads nothing; the body is
+    read by BodyGuardMiddleware, inside it): no or unknown key -> 401, a query key on an admin
     route -> 403. With `allow_anonymous`, a request without a key has the query role: it may search and read,
     never write."""
 
@@ -124,14 +128,12 @@ class AuthMiddleware:
             needed = required_role(scope["method"], scope["path"])
             if needed is not None:
                 refusal = await self._refusal(scope, needed)
-                if refusal is not None:
-                    await refusal(scope, receive, send)
+                if refusal is not None:  # answered before the body is read: a keyless upload costs nothing
+                    await answer_early(scope, refusal)(scope, receive, send)
                     return
         await self.app(scope, receive, send)
 
     async def _refusal(self, scope: dict, needed: str):
-        from pixsearch.api.errors import error_response, unavailable_response
-
         presented = None
         for name, value in scope.get("headers") or []:
             if name.decode("latin-1").lower() == HEADER:

@@ -266,6 +266,9 @@ class _List:
 
 def run(ctx: SearchContext, request: SearchRequest) -> SearchResponse:
     validate(request)
+    if len(request.sort) > ctx.spec.field_count:  # each sort key costs a pass over the hits (or an ORDER BY term)
+        raise ValueError(f"sort: {len(request.sort)} keys, but index {ctx.spec.name!r} has {ctx.spec.field_count} "
+                         "fields; name each at most once")
     terms = query_terms(request)
     vq_terms = [query_terms(vq) for vq in request.vector_queries]
     _check_terms(ctx, [terms, *vq_terms])

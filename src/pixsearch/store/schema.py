@@ -199,6 +199,11 @@ class IndexSpec:
     settings: dict[str, Any] = field(default_factory=dict)
     model: str | None = None  # registry name of the model that fills its modelled vector fields
 
+    @property
+    def field_count(self) -> int:
+        """Every field a request can name: the key, the document fields and the vector fields."""
+        return 1 + len(self.fields) + len(self.vector_fields)
+
     def vector_field(self, name: str | None = None) -> VectorField:
         if name is None:
             if len(self.vector_fields) == 1:
