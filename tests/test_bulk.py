@@ -9,7 +9,9 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -34,16 +36,56 @@ def _ann_ready(engine: Engine, name: str) -> bool:
     return all(idx.store.ann_indexes_ready().values())
 
 
+def _ann_index_oid(engine: Engine, name: str) -> int | None:
+    idx = engine.index(name)
+    with engine.db.connection() as conn:
+        return conn.execute("SELECT to_regclass(%s)::oid", (idx.table.ann_index_name(idx.spec.vector_field(None)),)
+                            ).fetchone()[0]
+
+
+@contextmanager
+def index_builds(engine: Engine) -> Iterator[list[str]]:
+    """The name of every index that a CREATE INDEX or REINDEX made in the database meanwhile, in order, as an event
+    trigger (the test server's role is a superuser) records them; the list is filled when the block ends."""
+    tag = uuid.uuid4().hex[:8]
+    log, function, trigger = f"test_builds_{tag}", f"test_record_build_{tag}", f"test_builds_{tag}"
+    with engine.db.connection() as conn:
+        conn.execute(f"CREATE TABLE {log} (n bigserial, identity text)")
+        conn.execute(f"CREATE FUNCTION {function}() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN "
+                     f"INSERT INTO {log} (identity) SELECT object_identity FROM pg_event_trigger_ddl_commands(); "
+                     "END $$")
+        conn.execute(f"CREATE EVENT TRIGGER {trigger} ON ddl_command_end WHEN TAG IN ('CREATE INDEX', 'REINDEX') "
+                     f"EXECUTE FUNCTION {function}()")
+        conn.commit()
+    built: list[str] = []
+    try:
+        yield built
+    finally:
+        with engine.db.connection() as conn:
+            conn.execute(f"DROP EVENT TRIGGER {trigger}")
+            rows = conn.execute(f"SELECT identity FROM {log} ORDER BY n").fetchall()
+            built += [identity.rpartition(".")[2] for (identity,) in rows]  # schema.name -> name
+            conn.execute(f"DROP FUNCTION {function}()")
+            conn.execute(f"DROP TABLE {log}")
+
+
 def test_bulk_and_incremental_loads_give_the_same_results(engine):
     x = _vectors(BULK_MIN_ROWS + 2000)
     ids = [f"d{i}" for i in range(len(x))]
     bulk = engine.create_index("bulk-" + uuid.uuid4().hex[:6], [VectorField("v", DIMS)])
     assert bulk.bulk_wanted(len(x))
-    bulk.add_vectors(ids, x)
+    with index_builds(engine) as bulk_builds:
+        bulk.add_vectors(ids, x)
+    ann = bulk.table.ann_index_name(bulk.spec.vector_field(None))
+    assert bulk_builds.count(ann) == 1, bulk_builds  # dropped for the load, built once after it
     step = engine.create_index("step-" + uuid.uuid4().hex[:6], [VectorField("v", DIMS)])
-    for start in range(0, len(x), 900):  # each chunk small for the table: the incremental path
-        assert not step.bulk_wanted(900) or start == 0
-        step.add_vectors(ids[start : start + 900], x[start : start + 900])
+    step_oid = _ann_index_oid(engine, step.name)
+    with index_builds(engine) as step_builds:
+        for start in range(0, len(x), 900):  # each chunk small for the table: the incremental path
+            assert not step.bulk_wanted(900) or start == 0
+            step.add_vectors(ids[start : start + 900], x[start : start + 900])
+    assert step_oid is not None and _ann_index_oid(engine, step.name) == step_oid  # kept and grown in place
+    assert step.table.ann_index_name(step.spec.vector_field(None)) not in step_builds, step_builds
     assert _ann_ready(engine, bulk.name) and _ann_ready(engine, step.name)
     assert "bulk_load" not in engine.index(bulk.name).spec.settings
     rng = np.random.default_rng(1)

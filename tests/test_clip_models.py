@@ -59,6 +59,14 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum(unit(a) * unit(b), axis=1).min())
 
 
+def assert_unit_and_close(got: np.ndarray, want_unit: np.ndarray, cosine: float) -> None:
+    """The embedder's own vectors, not re-normalised: each of unit length, and each within the distance of the
+    reference's normalised vector that a cosine of `cosine` allows between unit vectors (|a - b|^2 = 2 - 2 cos)."""
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    distance = np.linalg.norm(got - want_unit, axis=1)
+    assert distance.max() <= np.sqrt(2 * (1 - cosine)) + 1e-6, distance
+
+
 @pytest.fixture(scope="module")
 def images():
     return sample_images()
@@ -219,6 +227,8 @@ def test_clip_equals_transformers(clip_embedders, hf_clip_reference, images, bac
     assert min_cosine(got_images, want_images) >= 0.999
     assert min_cosine(got_texts, want_texts) >= 0.9999
     np.testing.assert_allclose(np.linalg.norm(got_texts, axis=1), 1, atol=1e-5)
+    assert_unit_and_close(got_images, want_images, 0.999)
+    assert_unit_and_close(got_texts, want_texts, 0.9999)
     assert emb.active_backends == {"image": backend, "text": backend}
 
 
@@ -379,8 +389,11 @@ def test_siglip_equals_transformers(siglip_embedders, tiny_siglip, images, backe
         pixels = processor(list(images.values()), return_tensors="pt")["pixel_values"]
         want_images = unit(model.get_image_features(pixel_values=pixels))
         want_texts = unit(model.get_text_features(input_ids=torch.from_numpy(ids)))  # no mask, as trained
-    assert min_cosine(emb.embed_images(list(images.values())).vectors["siglip"], want_images) >= 0.999
-    assert min_cosine(emb.embed_texts(TEXTS), want_texts) >= 0.9999
+    got_images, got_texts = emb.embed_images(list(images.values())).vectors["siglip"], emb.embed_texts(TEXTS)
+    assert min_cosine(got_images, want_images) >= 0.999
+    assert min_cosine(got_texts, want_texts) >= 0.9999
+    assert_unit_and_close(got_images, want_images, 0.999)
+    assert_unit_and_close(got_texts, want_texts, 0.9999)
 
 
 # -- OpenCLIP ----------------------------------------------------------------------------------------------------
@@ -398,8 +411,11 @@ def test_openclip_equals_open_clip(openclip_embedders, tiny_openclip, images, ba
         want_images = model.eval().encode_image(torch.stack([preprocess(i) for i in images.values()]),
                                                 normalize=True).numpy()
         want_texts = model.encode_text(tokenizer(TEXTS), normalize=True).numpy()
-    assert min_cosine(emb.embed_images(list(images.values())).vectors["clip"], want_images) >= 0.9999
-    assert min_cosine(emb.embed_texts(TEXTS), want_texts) >= 0.9999
+    got_images, got_texts = emb.embed_images(list(images.values())).vectors["clip"], emb.embed_texts(TEXTS)
+    assert min_cosine(got_images, want_images) >= 0.9999
+    assert min_cosine(got_texts, want_texts) >= 0.9999
+    assert_unit_and_close(got_images, want_images, 0.9999)
+    assert_unit_and_close(got_texts, want_texts, 0.9999)
     assert emb.active_backends == {"image": backend, "text": backend}
 
 
@@ -450,8 +466,11 @@ def test_openclip_repo_layout_local_dir_and_hf_hub(tmp_path, monkeypatch, images
                                                 normalize=True).numpy()
         want_texts = model.encode_text(tokenizer(TEXTS), normalize=True).numpy()
     local = load_embedder(tiny.name, tmp_path / "cache")
-    assert min_cosine(local.embed_images(list(images.values())).vectors["clip"], want_images) >= 0.9999
-    assert min_cosine(local.embed_texts(TEXTS), want_texts) >= 0.9999
+    got_images, got_texts = local.embed_images(list(images.values())).vectors["clip"], local.embed_texts(TEXTS)
+    assert min_cosine(got_images, want_images) >= 0.9999
+    assert min_cosine(got_texts, want_texts) >= 0.9999
+    assert_unit_and_close(got_images, want_images, 0.9999)
+    assert_unit_and_close(got_texts, want_texts, 0.9999)
 
     fake_hf_cache(tmp_path / "hub", "pixsearch-test/tiny-openclip-repo", tiny.path)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

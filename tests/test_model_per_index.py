@@ -63,6 +63,18 @@ def _unit(x) -> np.ndarray:
     return x / np.linalg.norm(x)
 
 
+def _features(output) -> np.ndarray:
+    return (output.pooler_output if hasattr(output, "pooler_output") else output).numpy()
+
+
+def _assert_unit_and_close(got, reference, cosine: float = 0.999) -> None:
+    """A vector as stored, queried or embedded, not re-normalised: of unit length, and within the distance of the
+    reference model's normalised vector that `cosine` allows between unit vectors (|a - b|^2 = 2 - 2 cos)."""
+    got = np.asarray(got, dtype=np.float64).reshape(-1)
+    assert abs(np.linalg.norm(got) - 1) <= 1e-5, np.linalg.norm(got)
+    assert np.linalg.norm(got - _unit(reference)) <= np.sqrt(2 * (1 - cosine)) + 1e-6
+
+
 def test_stored_and_query_vectors_equal_the_reference_model(home, clip_index, tiny_clip, photo_folder):
     model, processor, tokenizer, torch = _reference(tiny_clip)
     with Engine(Settings.load(home=home)) as engine:
@@ -77,12 +89,18 @@ def test_stored_and_query_vectors_equal_the_reference_model(home, clip_index, ti
                 expected = model.get_image_features(**pixels)
             assert float(_unit(vector) @ _unit(expected.pooler_output if hasattr(expected, "pooler_output")
                                                   else expected)) >= 0.999
+            _assert_unit_and_close(vector, _features(expected))
+        every_image_vector, keys = idx.all_vectors("clip")
+        assert len(keys) == len(PHOTOS)
+        np.testing.assert_allclose(np.linalg.norm(every_image_vector, axis=1), 1, atol=1e-5)
         field, query = idx.resolve(parse_query("a red cat"))
         tokens = tokenizer(["a red cat"], return_tensors="pt", padding=True)
         with torch.no_grad():
             expected = model.get_text_features(**tokens)
         expected = expected.pooler_output if hasattr(expected, "pooler_output") else expected
         assert field == "clip" and float(_unit(query) @ _unit(expected)) >= 0.999
+        _assert_unit_and_close(query, _features(expected))
+        _assert_unit_and_close(engine.model(tiny_clip.name).embed_texts(["a red cat"])[0], _features(expected))
 
 
 def test_text_image_and_id_searches_from_the_cli(home, clip_index, photo_folder):
