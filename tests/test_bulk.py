@@ -39,7 +39,7 @@ def _ann_ready(engine: Engine, name: str) -> bool:
 def _ann_index_oid(engine: Engine, name: str) -> int | None:
     idx = engine.index(name)
     with engine.db.connection() as conn:
-        return conn.execute("SELECT to_regclass(%s)::oid", (idx.table.ann_index_name(idx.spec.vector_field(None)),)
+        return conn.execute("SELECT to_regclass(%s)::oid", (idx.store.ann_index_name(idx.spec.vector_field(None)),)
                             ).fetchone()[0]
 
 
@@ -76,7 +76,7 @@ def test_bulk_and_incremental_loads_give_the_same_results(engine):
     assert bulk.bulk_wanted(len(x))
     with index_builds(engine) as bulk_builds:
         bulk.add_vectors(ids, x)
-    ann = bulk.table.ann_index_name(bulk.spec.vector_field(None))
+    ann = bulk.store.ann_index_name(bulk.spec.vector_field(None))
     assert bulk_builds.count(ann) == 1, bulk_builds  # dropped for the load, built once after it
     step = engine.create_index("step-" + uuid.uuid4().hex[:6], [VectorField("v", DIMS)])
     step_oid = _ann_index_oid(engine, step.name)
@@ -85,7 +85,7 @@ def test_bulk_and_incremental_loads_give_the_same_results(engine):
             assert not step.bulk_wanted(900) or start == 0
             step.add_vectors(ids[start : start + 900], x[start : start + 900])
     assert step_oid is not None and _ann_index_oid(engine, step.name) == step_oid  # kept and grown in place
-    assert step.table.ann_index_name(step.spec.vector_field(None)) not in step_builds, step_builds
+    assert step.store.ann_index_name(step.spec.vector_field(None)) not in step_builds, step_builds
     assert _ann_ready(engine, bulk.name) and _ann_ready(engine, step.name)
     assert "bulk_load" not in engine.index(bulk.name).spec.settings
     rng = np.random.default_rng(1)

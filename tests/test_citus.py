@@ -121,7 +121,7 @@ def test_the_workers_search_their_hnsw_indexes_with_iterative_scans(two_shard_in
     assert idx.stats()["shards"] == 2
     two_percent = "cat lt 2"
     plan = idx.explain(vector=vectors[0], k=10, filter=parse_filter(two_percent))
-    ann = idx.table.ann_index_name(idx.spec.vector_field(None))
+    ann = idx.store.ann_index_name(idx.spec.vector_field(None))
     assert plan.count(f"Index Scan using {ann}_") == 2 and "Seq Scan" not in plan, plan  # each shard's own index
     for q in _queries(vectors, 5):
         result = idx.query(SearchRequest(vector=q, filter=two_percent, top=10))
