@@ -43,13 +43,14 @@ def check_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Load a model, embed sample photos and a text, and print load time and time per item."""
+    from pixsearch.ingest.decode import read_and_decode
     from pixsearch.models import ModelNotAvailableError
     from pixsearch.models.catalog import check
     from pixsearch.samples import sample_files
 
     from PIL import Image
 
-    images = [Image.open(path).convert("RGB") for path in list(sample_files().values())[:8]]
+    images = [read_and_decode(str(path), draft=None).image for path in list(sample_files().values())[:8]]
     if not images:
         images = [Image.new("RGB", (640, 480), (120, 80, 40))]
     with open_engine() as engine:

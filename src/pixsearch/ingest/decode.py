@@ -1,14 +1,14 @@
 """Read one file, boundedly, and decode it: bytes, content hash, upright RGB pixels and sanitised metadata.
 
 Reads are bounded (a maximum file size) and open regular files only, so a FIFO, a device or a huge file named
-`*.jpg` is a per-file failure instead of a hang or an exhausted machine. The pixel count is checked from the image
-header before any pixels are decoded.
+`*.jpg` is a per-file failure instead of a hang or an exhausted machine. Only the documented formats are opened
+(formats.open_image), the pixel count is checked from the image header before any pixels are decoded, and whatever
+a decoder raises is this file's DecodeError.
 """
 from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import logging
 import os
 import stat
@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 from PIL import Image, UnidentifiedImageError
 
-from pixsearch.imaging import to_rgb, upright
-from pixsearch.ingest.formats import first_frame, register_extra_formats
+from pixsearch.imaging import to_eight_bit, to_rgb, upright
+from pixsearch.ingest.formats import SUPPORTED_FORMATS_TEXT, first_frame, open_image, register_extra_formats
 from pixsearch.ingest.metadata import camera_facts
 from pixsearch.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 
@@ -155,7 +155,7 @@ def decode_bytes(
         with warnings.catch_warnings():
             # Our own pixel cap decides; Pillow's bomb check (2x its MAX_IMAGE_PIXELS) stays as the last guard.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = first_frame(Image.open(io.BytesIO(data)))
+            img = first_frame(open_image(data))
             fmt = img.format or "unknown"
             width, height = img.size
             if width * height > max_pixels:
@@ -170,15 +170,22 @@ def decode_bytes(
             if fmt == "JPEG" and draft is not None:
                 img.draft("RGB", draft)
             img.load()
-            img = to_rgb(upright(img))
+            img = upright(img)
+            # Rebinding drops a 16/32-bit frame (4x the 8-bit one) before the RGB copy is made.
+            img = to_eight_bit(img)
+            img = to_rgb(img)
     except UnidentifiedImageError:
-        raise DecodeError("not an image, or an unsupported image format") from None
+        raise DecodeError(f"not an image, or an unsupported image format (supported: {SUPPORTED_FORMATS_TEXT})"
+                          ) from None
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"image too large to decode safely: {exc}") from None
+    except DecodeError:
+        raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        if isinstance(exc, DecodeError):
-            raise
         raise DecodeError(f"corrupt or truncated image: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a decoder failing its own way (a TIFF whose strip offsets are text
+        # raises TypeError) is still one bad file, never a failed run or a 500
+        raise DecodeError(f"corrupt image ({type(exc).__name__}: {exc})") from None
     try:
         facts = camera_facts(exif)
     except Exception as exc:  # noqa: BLE001 - metadata is a bonus: never lose the photo over it

@@ -26,7 +26,6 @@ Nothing here raises for bad content: what could be read is returned, and what co
 """
 from __future__ import annotations
 
-import io
 import os
 import re
 import warnings as _warnings
@@ -403,9 +402,8 @@ def _from_txt(data: bytes) -> _Found | None:
 
 
 def _open_for_metadata(path: str, warned: list[str]) -> Image.Image | None:
-    from pixsearch.ingest.formats import register_extra_formats
+    from pixsearch.ingest.formats import open_image
 
-    register_extra_formats()  # HEIC/AVIF files carry XMP and EXIF too
     try:
         data = read_file(path)
     except DecodeError as exc:
@@ -414,7 +412,7 @@ def _open_for_metadata(path: str, warned: list[str]) -> Image.Image | None:
     try:
         with _warnings.catch_warnings():
             _warnings.simplefilter("ignore")
-            return Image.open(io.BytesIO(data))  # headers and metadata only: pixels are decoded on load()
+            return open_image(data)  # headers and metadata only (HEIC/AVIF too): pixels are decoded on load()
     except Exception as exc:  # noqa: BLE001
         warned.append(f"file: not an image Pillow can open: {type(exc).__name__}")
         return None

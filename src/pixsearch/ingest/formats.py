@@ -1,11 +1,16 @@
 """Image formats beyond Pillow's own, multi-frame files, and which files belong to the same shot.
 
 Phones save HEIC (iPhone) and AVIF; Pillow alone reads neither HEIF nor (unless built with libavif) AVIF. pillow-heif
-adds them as ordinary Pillow openers, so every other part of pixsearch keeps using Image.open. The package is optional:
-without it those files are simply not supported, and register_extra_formats says which formats are.
+adds them as ordinary Pillow openers. The package is optional: without it those files are simply not supported, and
+register_extra_formats says which formats are.
+
+Every image pixsearch decodes (files, uploads, query images, thumbnails, regions, reindex) is opened by open_image,
+which gives Pillow only the openers of DECODED_FORMATS: Pillow's ~40 other decoders, EPS among them (Ghostscript run
+on the file's PostScript), are never reached by bytes a user or a folder supplies.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import threading
@@ -18,6 +23,11 @@ EXTRA_SUFFIXES_BY_FORMAT: dict[str, frozenset[str]] = {
     "AVIF": frozenset({".avif"}),
 }
 EXTRA_SUFFIXES = frozenset().union(*EXTRA_SUFFIXES_BY_FORMAT.values())
+
+# The formats pixsearch opens, as Pillow names its openers; HEIF and AVIF are added when register_extra_formats finds
+# them. Multi-picture JPEGs (phones, 3D cameras) come through the JPEG opener, which gives them format "MPO".
+DECODED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+SUPPORTED_FORMATS_TEXT = "JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC or AVIF"
 
 _lock = threading.Lock()
 _available: frozenset[str] | None = None
@@ -54,6 +64,17 @@ def register_extra_formats() -> frozenset[str]:
 def available_suffixes() -> frozenset[str]:
     """The extra suffixes worth scanning for: those of the formats register_extra_formats could register."""
     return frozenset().union(*(EXTRA_SUFFIXES_BY_FORMAT[f] for f in register_extra_formats()))
+
+
+def decoded_formats() -> tuple[str, ...]:
+    """DECODED_FORMATS and the extra formats registered here (HEIF, AVIF): the only openers open_image uses."""
+    return DECODED_FORMATS + tuple(sorted(register_extra_formats()))
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Image.open on a file's bytes, trying only the openers of decoded_formats(). Nothing is decoded until load();
+    raises what Image.open raises (UnidentifiedImageError for bytes of any other format)."""
+    return Image.open(io.BytesIO(data), formats=decoded_formats())
 
 
 def first_frame(img: Image.Image) -> Image.Image:

@@ -23,7 +23,7 @@ from pixsearch.file_errors import storage_reason
 from pixsearch.ingest import IngestReport
 from pixsearch.ingest.decode import DecodeError, content_hash, decode_bytes, read_file
 from pixsearch.ingest.descriptions import is_sidecar_name, photos_for_sidecar
-from pixsearch.ingest.formats import companion_key
+from pixsearch.ingest.formats import SUPPORTED_FORMATS_TEXT, companion_key
 from pixsearch.ingest.scan import photo_id, valid_utf8
 from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
@@ -35,8 +35,9 @@ from pixsearch.store.photos import PhotoLocation
 
 log = logging.getLogger(__name__)
 
-UPLOAD_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
-                   "HEIF": ".heic", "AVIF": ".avif"}
+# MPO: a JPEG with more pictures in it (phones, 3D cameras), as Pillow names JPEGs that carry an MP index.
+UPLOAD_SUFFIXES = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp",
+                   "TIFF": ".tif", "HEIF": ".heic", "AVIF": ".avif"}
 
 
 class StorageError(OSError):
@@ -61,8 +62,7 @@ def add_image_bytes(index: IndexCore, filename: str, data: bytes) -> tuple[str, 
     decoded = decode_bytes(data, max_pixels=settings.max_image_pixels)
     suffix = UPLOAD_SUFFIXES.get(decoded.format)
     if suffix is None:
-        raise DecodeError(f"unsupported image format {decoded.format}; send JPEG, PNG, WebP, GIF, BMP, TIFF, HEIC "
-                          "or AVIF")
+        raise DecodeError(f"unsupported image format {decoded.format}; send {SUPPORTED_FORMATS_TEXT}")
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(filename or "upload").stem).strip("-.")[:60] or "upload"
     folder = uploads_folder(index)
     try:
