@@ -167,7 +167,7 @@ def decode_bytes(
             if exif.get(_ORIENTATION, 1) in (5, 6, 7, 8):
                 width, height = height, width
             described = describe(img, exif) if describe is not None else None
-            if fmt == "JPEG" and draft is not None:
+            if fmt in ("JPEG", "MPO") and draft is not None:  # MPO: a JPEG with a multi-picture index
                 img.draft("RGB", draft)
             img.load()
             img = upright(img)
