@@ -75,21 +75,29 @@ def test_missing_or_wrong_key_is_401(anon, base_url, vec_index):
     assert _error(anon.post("/indexes/nope/docs/search", content=b"{bad"), 401)
 
 
-def test_query_key_reads_documents_but_cannot_administer(query, vec_index):
+def test_query_key_reads_documents_but_cannot_administer(query, admin, vec_index):
     assert query.post(f"/indexes/{vec_index}/docs/search", json={"vectorQueries": [
         {"kind": "vector", "vector": doc_vector(0), "fields": "v", "k": 3}]}).status_code == 200
     assert query.get(f"/indexes/{vec_index}/docs/d01").status_code == 200
     assert query.get(f"/indexes/{vec_index}/docs/$count").status_code == 200
+    refused_write = {"value": [make_doc(9, id="d99")]}  # a valid document: only the key's role stops it
     for method, path, body in [
         ("GET", "/indexes", None),
         ("GET", f"/indexes/{vec_index}", None),
         ("GET", f"/indexes/{vec_index}/stats", None),
         ("PUT", "/indexes/other", definition_body()),
         ("DELETE", f"/indexes/{vec_index}", None),
-        ("POST", f"/indexes/{vec_index}/docs/index", {"value": [make_doc(99)]}),
+        ("POST", f"/indexes/{vec_index}/docs/index", refused_write),
     ]:
         assert _error(query.request(method, path, json=body), 403)["message"] == "this operation needs an admin key"
     assert query.get(f"/indexes/{vec_index}/docs/d99").status_code == 404  # the write above did not happen
+    assert admin.get("/indexes/other").status_code == 404 and admin.get(f"/indexes/{vec_index}").status_code == 200
+    # ... though the same batch is stored when an admin key sends it (then removed: the index is shared)
+    assert admin.post(f"/indexes/{vec_index}/docs/index", json=refused_write).status_code == 200
+    assert query.get(f"/indexes/{vec_index}/docs/d99").json()["n"] == 9
+    delete = {"value": [{"@search.action": "delete", "id": "d99"}]}
+    removed = admin.post(f"/indexes/{vec_index}/docs/index", json=delete)
+    assert removed.status_code == 200 and query.get(f"/indexes/{vec_index}/docs/d99").status_code == 404
 
 
 def test_unknown_index_is_404(admin):

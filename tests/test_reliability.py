@@ -45,9 +45,9 @@ from pixsearch.service import Engine
 PIXSEARCH = Path(sys.executable).with_name("pixsearch")
 PG_BIN = embedded_pg_config().parent
 ROOT = os.geteuid() == 0
-# Generous bounds that show a hang is gone: psycopg_pool alone waits 30 s for a connection before failing.
-FAIL_FAST_S = 5.0
-RECOVER_WITHIN_S = 10.0
+# How long the outage tests wait for the API to answer again: only a deadline for what is not coming (how fast
+# refusals and recovery are is measured by bench/soak.py, not asserted here).
+RECOVERY_DEADLINE_S = 120.0
 
 
 # -- homes, servers and the embedded PostgreSQL ------------------------------------------------------------------------
@@ -224,39 +224,55 @@ def test_sigterm_stops_index_midway_and_its_embedded_postgres(served_home, tmp_p
     assert "Traceback" not in (tmp_path / "index.stderr").read_text()
 
 
+def _embedded_url(pgdata: Path) -> str:
+    """How to reach a running embedded server directly (its socket folder and port are in postmaster.pid)."""
+    lines = (pgdata / "postmaster.pid").read_text().splitlines()
+    return f"postgresql://postgres@/postgres?host={lines[4]}&port={lines[3]}"
+
+
+def _table_of(conn: psycopg.Connection, index: str) -> str | None:
+    row = conn.execute("SELECT table_name FROM pixsearch_indexes WHERE name = %s", (index,)).fetchone()
+    return row[0] if row else None
+
+
 def _rows_in(pgdata: Path, index: str) -> int:
     """Rows of an index, read straight from a running embedded server (0 while it or the table is not there)."""
     try:
-        lines = (pgdata / "postmaster.pid").read_text().splitlines()
-        with psycopg.connect(f"postgresql://postgres@/postgres?host={lines[4]}&port={lines[3]}",
-                             connect_timeout=2) as conn:
-            table = conn.execute("SELECT table_name FROM pixsearch_indexes WHERE name = %s", (index,)).fetchone()
+        with psycopg.connect(_embedded_url(pgdata), connect_timeout=2) as conn:
+            table = _table_of(conn, index)
             if table is None:
                 return 0
             return conn.execute(psycopg.sql.SQL("SELECT count(*) FROM {}").format(
-                psycopg.sql.Identifier(table[0]))).fetchone()[0]
+                psycopg.sql.Identifier(table))).fetchone()[0]
     except (OSError, IndexError, psycopg.Error):
         return 0
 
 
 # -- the database down under a running server -----------------------------------------------------------------------------
-def _watch_until_recovered(client: httpx.Client, index: str, since: float) -> list[tuple[int, float, dict, str | None]]:
-    """Search every 0.1 s until 5 answers in a row are 200 (or RECOVER_WITHIN_S + 10 s): (status, seconds, body,
-    Retry-After) of each."""
-    answers: list[tuple[int, float, dict, str | None]] = []
-    while time.monotonic() - since < RECOVER_WITHIN_S + 10:
-        started = time.monotonic()
-        r = search(client, index, search="a cat")
-        answers.append((r.status_code, time.monotonic() - started, r.json(), r.headers.get("retry-after")))
+def _answer(r: httpx.Response) -> tuple[int, dict, str | None]:
+    return r.status_code, r.json(), r.headers.get("retry-after")
+
+
+def _watch_until_recovered(client: httpx.Client, index: str) -> list[tuple[int, dict, str | None]]:
+    """Search every 0.1 s until 5 answers in a row are 200 (or RECOVERY_DEADLINE_S): (status, body, Retry-After)
+    of each."""
+    answers: list[tuple[int, dict, str | None]] = []
+    deadline = time.monotonic() + RECOVERY_DEADLINE_S
+    while time.monotonic() < deadline:
+        answers.append(_answer(search(client, index, search="a cat")))
         if len(answers) >= 5 and all(a[0] == 200 for a in answers[-5:]):
             break
         time.sleep(0.1)
     return answers
 
 
+def _refused_meanwhile(log: str) -> int:
+    """The number of requests the server's recovery line says it refused during the outage."""
+    return int(re.search(r"database reachable again after [\d.]+ s \((\d+) requests refused meanwhile\)", log)[1])
+
+
 def _assert_clean_refusals(answers) -> None:
-    for status, seconds, body, retry_after in answers:
-        assert seconds < FAIL_FAST_S
+    for status, body, retry_after in answers:
         assert status in (200, 503), (status, body)
         if status == 503:
             assert body["error"]["code"] == "DatabaseUnavailable" and retry_after is not None, body
@@ -270,17 +286,19 @@ def test_killed_embedded_postgres_is_started_again_and_requests_recover(served_h
         assert search(client, "rel", search="a cat").status_code == 200
         killed = postmaster_pid(pgdata)
         os.kill(killed, signal.SIGKILL)
-        since = time.monotonic()
-        answers = _watch_until_recovered(client, "rel", since)
+        answers = _watch_until_recovered(client, "rel")
     _assert_clean_refusals(answers)
     assert answers[0][0] == 503  # the first request found its connection cut
+    assert answers[-1][0] == 200, [a[0] for a in answers]  # and the API recovered
     recovered = next(i for i, a in enumerate(answers) if a[0] == 200)
     assert all(a[0] == 200 for a in answers[recovered:]), [a[0] for a in answers]
-    assert sum(a[1] for a in answers[:recovered]) + 0.1 * recovered < RECOVER_WITHIN_S
     assert postmaster_pid(pgdata) != killed
     log = server.stderr()
     assert log.count("database unavailable") == 1 and log.count("started it again") == 1, log
     assert log.count("database reachable again") == 1 and "Traceback" not in log, log
+    assert log.index("database unavailable") < log.index("started it again") < log.index("database reachable again")
+    # every 503 came from the outage the server knew of (the last ones may cross the recovery: not counted)
+    assert 1 <= _refused_meanwhile(log) <= recovered, log
     assert server.stop(signal.SIGTERM) == -signal.SIGTERM
     assert_embedded_stopped(pgdata)
 
@@ -357,20 +375,20 @@ def test_own_server_stopped_under_the_api_is_a_fast_503_with_one_log_line_and_re
             refused = []
             for _ in range(12):
                 for who in (client, stranger):  # a cached key, and one the server must look up (and cannot)
-                    started = time.monotonic()
-                    r = search(who, "own", search="a dog")
-                    refused.append((r.status_code, time.monotonic() - started, r.json(), r.headers.get("retry-after")))
+                    refused.append(_answer(search(who, "own", search="a dog")))
             own_server.start()
-            since = time.monotonic()
-            answers = _watch_until_recovered(client, "own", since)
+            answers = _watch_until_recovered(client, "own")
         _assert_clean_refusals(refused)
         assert {status for status, *_ in refused} == {503}
         _assert_clean_refusals(answers)
-        assert answers[-1][0] == 200 and time.monotonic() - since < RECOVER_WITHIN_S + 10
+        assert answers[-1][0] == 200, [a[0] for a in answers]
         first_ok = next(i for i, a in enumerate(answers) if a[0] == 200)
-        assert sum(a[1] for a in answers[:first_ok]) + 0.1 * first_ok < RECOVER_WITHIN_S
+        assert all(a[0] == 200 for a in answers[first_ok:]), [a[0] for a in answers]
         log = server.stderr()
         assert log.count("database unavailable") == 1 and log.count("database reachable again") == 1, log
+        assert log.index("database unavailable") < log.index("database reachable again")
+        # the requests sent while the server was stopped were all refused as part of the one outage
+        assert len(refused) <= _refused_meanwhile(log) <= len(refused) + first_ok, log
         assert "Traceback" not in log and len(log.splitlines()) <= 6, log
         assert server.stop(signal.SIGTERM) == -signal.SIGTERM
     finally:
@@ -459,28 +477,57 @@ def test_document_batch_killed_midway_is_all_or_nothing(writes_home, servers):
                 for i in range(1000)], vectors
 
     with server.client(admin) as client:
+        # An exact vector field: a bulk load into an ANN field first drops its index, which the row held below
+        # would block outside the batch's transaction; the batch is written the same way either way.
         assert client.put("/indexes/docs", json={
             "key": "id", "fields": [{"name": "trial", "type": "int", "filterable": True}],
-            "vectorFields": [{"name": "v", "dimensions": 64}]}).status_code in (200, 201)
+            "vectorFields": [{"name": "v", "dimensions": 64, "algorithm": "exact"}]}).status_code in (200, 201)
         docs, _ = batch(0)
-        started = time.monotonic()
         assert client.post("/indexes/docs/docs/index", json={"value": docs}).status_code == 200
-        takes = time.monotonic() - started
     docs, vectors = batch(1)
-    sender = threading.Thread(target=_post_quietly, args=(server, admin, "/indexes/docs/docs/index", {"value": docs}))
-    sender.start()
-    time.sleep(takes / 2)
-    server.kill()
-    sender.join(60)
+    pgdata = home / "pgdata"
+    # The kill must land inside the batch's transaction. Another session inserts the batch's last key and does not
+    # commit, so the batch's INSERT writes the rows before it and then waits (ON CONFLICT) for that session: the
+    # server is killed while it waits, its transaction open with 999 rows written.
+    with psycopg.connect(_embedded_url(pgdata), autocommit=True) as watcher, \
+            psycopg.connect(_embedded_url(pgdata)) as blocker:
+        table = _table_of(watcher, "docs")
+
+        def size() -> int:
+            return watcher.execute("SELECT pg_relation_size(quote_ident(%s)::regclass)", (table,)).fetchone()[0]
+
+        size_before = size()
+        blocker.execute(psycopg.sql.SQL("INSERT INTO {} (id, trial) VALUES ('t1-999', 1)").format(
+            psycopg.sql.Identifier(table)))
+        sender = threading.Thread(target=_post_quietly, args=(server, admin, "/indexes/docs/docs/index",
+                                                              {"value": docs}))
+        sender.start()
+        deadline = time.monotonic() + 120
+        while not (waiting := watcher.execute(
+                "SELECT pid, backend_xid IS NOT NULL FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND "
+                "wait_event = 'transactionid' AND query LIKE 'INSERT INTO%%pixsearch_staging%%'").fetchone()):
+            assert sender.is_alive() and time.monotonic() < deadline, server.stderr()
+            time.sleep(0.01)
+        writer, has_written = waiting
+        grown = size() - size_before
+        server.kill()
+        sender.join(60)
+        blocker.rollback()  # the waiting INSERT goes on, then finds its client gone: its transaction rolls back
+        deadline = time.monotonic() + 60
+        while watcher.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (writer,)).fetchone():
+            assert time.monotonic() < deadline, "the killed server's session did not end"
+            time.sleep(0.05)
+    assert has_written and grown > 999 * 64 * 4  # the transaction the kill landed in had written the rows
     server = Served(home)
     servers.append(server)
     with server.client(admin) as client:
         counted = search(client, "docs", filter="trial eq 1", top=1, count=True).json()["@odata.count"]
-        assert counted in (0, 1000)
-        if counted:
-            stored = client.get("/indexes/docs/docs/t1-500").json()["v"]
-            assert np.allclose(stored, vectors[500], atol=1e-5)
+        assert counted == 0  # the kill came before the commit: nothing of the batch (never part of it)
         assert search(client, "docs", filter="trial eq 0", top=1, count=True).json()["@odata.count"] == 1000
+        # the batch sent again lands whole
+        assert client.post("/indexes/docs/docs/index", json={"value": docs}).status_code == 200
+        assert search(client, "docs", filter="trial eq 1", top=1, count=True).json()["@odata.count"] == 1000
+        assert np.allclose(client.get("/indexes/docs/docs/t1-500").json()["v"], vectors[500], atol=1e-5)
     assert server.stop() == -signal.SIGTERM
 
 
