@@ -15,7 +15,9 @@ from pixsearch.store.registry import (
     update_settings,
 )
 from pixsearch.store.schema import PHOTO_FIELDS, Field, IndexSpec, SchemaError, VectorField
-from pixsearch.store.tables import DocumentTable, Hit, QueryOptions, SearchResult, read_snapshot
+from pixsearch.store.results import Hit, QueryOptions, SearchResult
+from pixsearch.store.session import read_snapshot
+from pixsearch.store.tables import DocumentTable
 
 __all__ = [
     "PHOTO_FIELDS",

@@ -7,7 +7,7 @@ from psycopg import sql
 
 from pixsearch.db import Database
 from pixsearch.store.registry import list_indexes
-from pixsearch.store.tables import DocumentTable
+from pixsearch.store.table import Table
 
 SETTINGS = ("shared_buffers", "effective_cache_size", "maintenance_work_mem", "max_parallel_maintenance_workers",
             "max_parallel_workers", "work_mem", "max_connections")
@@ -36,9 +36,9 @@ def server_report(db: Database) -> dict[str, Any]:
             ]
         indexes = []
         for spec in list_indexes(db):
-            table = DocumentTable(spec)
+            table = Table(spec)
             try:
-                stats = table.stats(conn)
+                stats = table.stats.stats(conn)
             except Exception as exc:  # noqa: BLE001 - one broken index must not hide the rest of the report
                 indexes.append({"name": spec.name, "error": str(exc)})
                 conn.rollback()
@@ -46,7 +46,7 @@ def server_report(db: Database) -> dict[str, Any]:
             indexes.append({
                 "name": spec.name, "rows": stats["rows"], "total_bytes": stats["total_bytes"],
                 "ann_bytes": sum(f["ann_index_bytes"] or 0 for f in stats["vector_fields"].values()),
-                "distributed": table.distributed, "shards": stats.get("shards"), "nodes": stats.get("nodes"),
+                "distributed": table.shape.distributed, "shards": stats.get("shards"), "nodes": stats.get("nodes"),
                 "model": spec.model,
             })
         report["indexes"] = indexes

@@ -21,54 +21,56 @@ from pixsearch.store.filters import Filter
 from pixsearch.store.photos import PhotoLocation, PhotoRecord, StoredState
 from pixsearch.store.regions import RegionTable
 from pixsearch.store.schema import IndexSpec, VectorField
-from pixsearch.store.tables import DocumentTable, QueryOptions, SearchResult, read_snapshot
+from pixsearch.store.results import QueryOptions, SearchResult
+from pixsearch.store.session import read_snapshot
+from pixsearch.store.table import Table
 
 
 class Reader:
     """What one search reads, all from one snapshot (see IndexStore.reader)."""
 
-    def __init__(self, table: DocumentTable, conn: psycopg.Connection, regions: RegionTable | None):
+    def __init__(self, table: Table, conn: psycopg.Connection, regions: RegionTable | None):
         self._table = table
         self._conn = conn
         self._regions = regions
 
     def search(self, field: str | None, vector: Any, k: int, *, filter: Filter | None = None,
                options: QueryOptions = QueryOptions(), count_if_short: bool = True) -> SearchResult:
-        return self._table.search(self._conn, field, vector, k, filter=filter, options=options,
-                                  count_if_short=count_if_short)
+        return self._table.knn.search(self._conn, field, vector, k, filter=filter, options=options,
+                                      count_if_short=count_if_short, in_snapshot=True)
 
     def search_regions(self, field: str | None, vector: Any, k: int, *, filter: Filter | None = None,
                        options: QueryOptions = QueryOptions()) -> SearchResult:
         if self._regions is None:
             raise ValueError(f"index {self._table.spec.name!r} has no regions")
-        return self._regions.search(self._conn, field, vector, k, filter=filter, options=options)
+        return self._regions.search(self._conn, field, vector, k, filter=filter, options=options, in_snapshot=True)
 
     def keyword_search(self, text: str, limit: int, *, filter: Filter | None = None,
                        keyword_list: str | None = None) -> list[tuple[str, float]]:
-        return self._table.keyword_search(self._conn, text, limit, filter=filter, keyword_list=keyword_list)
+        return self._table.queries.keyword_search(self._conn, text, limit, filter=filter, keyword_list=keyword_list)
 
     def browse(self, limit: int, offset: int = 0, *, filter: Filter | None = None,
                sort: Sequence[tuple[str, bool]] = ()) -> tuple[list[tuple[str, dict[str, Any]]], int]:
-        return self._table.browse(self._conn, limit, offset, filter=filter, sort=sort)
+        return self._table.queries.browse(self._conn, limit, offset, filter=filter, sort=sort)
 
     def fetch(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        return self._table.fetch(self._conn, ids)
+        return self._table.queries.fetch(self._conn, ids)
 
     def select(self, ids: Sequence[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
-        return self._table.select(self._conn, ids, columns)
+        return self._table.queries.select(self._conn, ids, columns)
 
     def facet_counts(self, field: str, *, interval: str | None = None, limit: int = 10,
                      filter: Filter | None = None, ids: Sequence[str] | None = None) -> list[tuple[Any, int]]:
-        return self._table.facet_counts(self._conn, field, interval=interval, limit=limit, filter=filter, ids=ids)
+        return self._table.queries.facet_counts(self._conn, field, interval=interval, limit=limit, filter=filter, ids=ids)
 
     def build_progress(self) -> dict[str, Any] | None:
-        return self._table.build_progress(self._conn)
+        return self._table.definition.build_progress(self._conn)
 
     def count_vectors(self, field: str) -> int:
-        return self._table.count_vectors(self._conn, field)
+        return self._table.stats.count_vectors(self._conn, field)
 
     def iter_vectors(self, field: str) -> Iterator[tuple[list[str], np.ndarray]]:
-        return self._table.iter_vectors(self._conn, field)
+        return self._table.knn.iter_vectors(self._conn, field)
 
 
 class IndexStore:
@@ -77,16 +79,16 @@ class IndexStore:
     def __init__(self, db: Database, spec: IndexSpec):
         self.db = db
         self.spec = spec
-        self._table = DocumentTable(spec)
+        self._table = Table(spec)
         self._regions = RegionTable(spec) if spec.settings.get("regions") else None
 
     # -- what needs no database ----------------------------------------------------------------------------------
     @property
     def retrievable(self) -> list[str]:
-        return self._table.retrievable
+        return self._table.shape.retrievable
 
     def ann_index_name(self, vf: VectorField) -> str:
-        return self._table.ann_index_name(vf)
+        return self._table.shape.ann_index_name(vf)
 
     @property
     def distributed(self) -> bool:
@@ -109,49 +111,49 @@ class IndexStore:
             return read(conn)
 
     def count(self) -> int:
-        return self._one(self._table.count)
+        return self._one(self._table.stats.count)
 
     def stats(self) -> dict[str, Any]:
-        return self._one(self._table.stats)
+        return self._one(self._table.stats.stats)
 
     def select(self, ids: Sequence[str], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
-        return self._one(lambda conn: self._table.select(conn, ids, columns))
+        return self._one(lambda conn: self._table.queries.select(conn, ids, columns))
 
     def distinct_values(self, column: str) -> list[Any]:
-        return self._one(lambda conn: self._table.distinct_values(conn, column))
+        return self._one(lambda conn: self._table.queries.distinct_values(conn, column))
 
     def rows_where_prefix(self, column: str, prefix: str) -> list[tuple[str, Any]]:
-        return self._one(lambda conn: self._table.rows_where_prefix(conn, column, prefix))
+        return self._one(lambda conn: self._table.queries.rows_where_prefix(conn, column, prefix))
 
     def keys_missing(self, columns: Sequence[str], after: str | None, limit: int, extra: Sequence[str] = ()
                      ) -> list[tuple[str, dict[str, Any]]]:
-        return self._one(lambda conn: self._table.keys_missing(conn, columns, after, limit, extra=extra))
+        return self._one(lambda conn: self._table.queries.keys_missing(conn, columns, after, limit, extra=extra))
 
     def count_missing(self, columns: Sequence[str]) -> int:
-        return self._one(lambda conn: self._table.count_missing(conn, columns))
+        return self._one(lambda conn: self._table.stats.count_missing(conn, columns))
 
     def ann_indexes_ready(self) -> dict[str, bool]:
-        return self._one(self._table.ann_indexes_ready)
+        return self._one(self._table.definition.ann_indexes_ready)
 
     def ann_index_exists(self, vf: VectorField) -> bool:
-        return self._one(lambda conn: self._table.ann_index_exists(conn, vf))
+        return self._one(lambda conn: self._table.definition.ann_index_exists(conn, vf))
 
     def near_pairs(self, field: str, max_distance: float, k: int) -> list[tuple[str, str, float]]:
-        return self._one(lambda conn: self._table.near_pairs(conn, field, max_distance, k))
+        return self._one(lambda conn: self._table.knn.near_pairs(conn, field, max_distance, k))
 
     def sample_vectors(self, vf: VectorField, n: int) -> list[tuple]:
-        return self._one(lambda conn: self._table.sample_vectors(conn, vf, n))
+        return self._one(lambda conn: self._table.knn.sample_vectors(conn, vf, n))
 
     def search(self, field: str | None, vector: Any, k: int, *, filter: Filter | None = None,
                options: QueryOptions = QueryOptions(), count_if_short: bool = True) -> SearchResult:
         """One kNN query on a connection of its own (no snapshot: the common case is one statement)."""
-        return self._one(lambda conn: self._table.search(conn, field, vector, k, filter=filter, options=options,
-                                                         count_if_short=count_if_short))
+        return self._one(lambda conn: self._table.knn.search(conn, field, vector, k, filter=filter, options=options,
+                                                             count_if_short=count_if_short, in_snapshot=False))
 
     def explain(self, field: str | None, vector: Any, k: int, *, filter: Filter | None = None,
                 options: QueryOptions = QueryOptions(), analyze: bool = False) -> str:
-        return self._one(lambda conn: self._table.explain(conn, field, vector, k, filter=filter, options=options,
-                                                          analyze=analyze))
+        return self._one(lambda conn: self._table.knn.explain(conn, field, vector, k, filter=filter, options=options,
+                                                              analyze=analyze))
 
     # -- photo lookups for incremental ingest: one query per batch, not per file --------------------------------
     def stored_states(self, ids: Sequence[str]) -> dict[str, StoredState]:
@@ -171,12 +173,12 @@ class IndexStore:
 
     def write(self, rows: Sequence[dict[str, Any]], *, columns: Sequence[str] | None = None,
               insert_missing: bool = True) -> set[str]:
-        """Whole documents (columns=None) or some columns of them, in one transaction (DocumentTable.write)."""
-        return self._write(lambda conn: self._table.write(conn, list(rows), columns=columns,
-                                                          insert_missing=insert_missing))
+        """Whole documents (columns=None) or some columns of them, in one transaction (TableWrites.write)."""
+        return self._write(lambda conn: self._table.writes.write(conn, list(rows), columns=columns,
+                                                                 insert_missing=insert_missing))
 
     def delete(self, ids: Sequence[str]) -> int:
-        return self._write(lambda conn: self._table.delete(conn, list(ids)))
+        return self._write(lambda conn: self._table.writes.delete(conn, list(ids)))
 
     def write_photos(self, records: Sequence[PhotoRecord]) -> None:
         self._write(lambda conn: photos.write_photos(conn, self._table, records))
@@ -192,19 +194,19 @@ class IndexStore:
         self._write(lambda conn: photos.update_descriptions(conn, self._table, rows, caption_field))
 
     def create_lookup_indexes(self) -> None:
-        self._write(self._table.create_lookup_indexes)
+        self._write(self._table.definition.create_lookup_indexes)
 
     def analyze(self) -> None:
-        """Fresh planner statistics after a large write (see DocumentTable.analyze)."""
-        self._one(self._table.analyze)
+        """Fresh planner statistics after a large write (see TableStats.analyze)."""
+        self._one(self._table.stats.analyze)
 
     # -- ANN indexes -------------------------------------------------------------------------------------------------
     def drop_ann_index(self, vf: VectorField) -> bool:
-        return self._write(lambda conn: self._table.drop_ann_index(conn, vf))
+        return self._write(lambda conn: self._table.definition.drop_ann_index(conn, vf))
 
     def build_index(self, vf: VectorField, *, progress: Callable[[dict[str, Any]], None] | None = None
                     ) -> dict[str, Any]:
-        return self._table.build_index(self.db, vf, progress=progress)
+        return self._table.definition.build_index(self.db, vf, progress=progress)
 
     # -- regions (a child table keyed by photo and region) ---------------------------------------------------------
     def ensure_regions(self) -> str:

@@ -1,7 +1,7 @@
-"""Photo indexes: the record ingest writes, and the lookups incremental ingest needs, over a DocumentTable."""
+"""Photo indexes: the record ingest writes, and the lookups incremental ingest needs, over an index Table."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
@@ -9,7 +9,7 @@ import numpy as np
 import psycopg
 
 from pixsearch.store.regions import RegionTable
-from pixsearch.store.tables import DocumentTable
+from pixsearch.store.table import Table
 
 
 @dataclass
@@ -62,35 +62,35 @@ class StoredState:
     sidecar_state: str | None = None
 
 
-_STATE_COLUMNS = ("path", "size_bytes", "mtime_ns", "content_hash", "sidecar_state")
+STATE_COLUMNS = ("path", "size_bytes", "mtime_ns", "content_hash", "sidecar_state")
 
 
-def stored_states(conn: psycopg.Connection, table: DocumentTable, ids: Sequence[str]) -> dict[str, StoredState]:
-    rows = table.select(conn, ids, _STATE_COLUMNS)
+def stored_states(conn: psycopg.Connection, table: Table, ids: Sequence[str]) -> dict[str, StoredState]:
+    rows = table.queries.select(conn, ids, STATE_COLUMNS)
     return {key: StoredState(id=key, **values) for key, values in rows.items()}
 
 
-def write_photos(conn: psycopg.Connection, table: DocumentTable, records: Sequence[PhotoRecord]) -> None:
-    table.write(conn, [record.to_row() for record in records])
+def write_photos(conn: psycopg.Connection, table: Table, records: Sequence[PhotoRecord]) -> None:
+    table.writes.write(conn, [record.to_row() for record in records])
 
 
-def touch(conn: psycopg.Connection, table: DocumentTable, changes: Iterable[tuple[str, int, int]]) -> None:
+def touch(conn: psycopg.Connection, table: Table, changes: Iterable[tuple[str, int, int]]) -> None:
     """Record a new size/mtime for files whose content hash shows they did not really change."""
     for photo_id, size, mtime_ns in changes:
-        table.update_columns(conn, photo_id, {"size_bytes": size, "mtime_ns": mtime_ns})
+        table.writes.update_columns(conn, photo_id, {"size_bytes": size, "mtime_ns": mtime_ns})
 
 
-def paths_under(conn: psycopg.Connection, table: DocumentTable, prefix: str) -> list[tuple[str, str]]:
-    return table.rows_where_prefix(conn, "path", prefix)
+def paths_under(conn: psycopg.Connection, table: Table, prefix: str) -> list[tuple[str, str]]:
+    return table.queries.rows_where_prefix(conn, "path", prefix)
 
 
-def same_content(conn: psycopg.Connection, table: DocumentTable, digests: Sequence[str]
+def same_content(conn: psycopg.Connection, table: Table, digests: Sequence[str]
                  ) -> dict[str, list[StoredState]]:
     """The photos whose file had each of these contents when it was indexed, by content hash (one query)."""
     found: dict[str, list[StoredState]] = {}
     key = table.spec.key_field
-    for row in table.rows_where_in(conn, "content_hash", digests, _STATE_COLUMNS):
-        found.setdefault(row["content_hash"], []).append(StoredState(id=row[key], **{c: row[c] for c in _STATE_COLUMNS}))
+    for row in table.queries.rows_where_in(conn, "content_hash", digests, STATE_COLUMNS):
+        found.setdefault(row["content_hash"], []).append(StoredState(id=row[key], **{c: row[c] for c in STATE_COLUMNS}))
     return found
 
 
@@ -107,7 +107,12 @@ class PhotoLocation:
     companion_key: str | None
 
 
-def move_photos(conn: psycopg.Connection, table: DocumentTable, moves: Sequence[tuple[str, PhotoLocation]]) -> None:
+def moved_columns(key_field: str) -> list[str]:
+    """What a move replaces of a photo's row: its key and every column of its location (PhotoLocation)."""
+    return [key_field, *(f.name for f in fields(PhotoLocation) if f.name != "id")]
+
+
+def move_photos(conn: psycopg.Connection, table: Table, moves: Sequence[tuple[str, PhotoLocation]]) -> None:
     """Give photos whose files moved their new location, in one transaction, keeping their vectors, metadata and
     regions. Moves apply together (a swap is two moves); a row already at a destination is replaced."""
     moves = [(old, new) for old, new in moves if old != new.id]
@@ -116,8 +121,9 @@ def move_photos(conn: psycopg.Connection, table: DocumentTable, moves: Sequence[
     regions = RegionTable(table.spec)
     with conn.transaction():
         staged = regions.stage_photos(conn, [old for old, _ in moves])
-        table.rekey(conn, [(old, {table.spec.key_field: new.id, **{k: v for k, v in asdict(new).items() if k != "id"}})
-                           for old, new in moves])
+        columns = moved_columns(table.spec.key_field)
+        table.writes.rekey(conn, [(old, dict(zip(columns, [new.id, *(getattr(new, c) for c in columns[1:])])))
+                                  for old, new in moves])
         if staged:
             regions.restore_photos(conn, [(old, new.id) for old, new in moves])
 
@@ -125,8 +131,8 @@ def move_photos(conn: psycopg.Connection, table: DocumentTable, moves: Sequence[
 DESCRIPTION_COLUMNS = ("title", "description", "keywords", "sidecar_state")
 
 
-def update_descriptions(conn: psycopg.Connection, table: DocumentTable, rows: Sequence[dict[str, Any]],
+def update_descriptions(conn: psycopg.Connection, table: Table, rows: Sequence[dict[str, Any]],
                         caption_field: str | None) -> None:
     """Replace what people wrote about photos (and their caption vectors) when only their sidecars changed."""
     columns = [*DESCRIPTION_COLUMNS, *([caption_field] if caption_field else [])]
-    table.write(conn, rows, columns=columns, insert_missing=False)
+    table.writes.write(conn, rows, columns=columns, insert_missing=False)

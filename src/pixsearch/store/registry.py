@@ -48,7 +48,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
     (
         4,
-        # photo tables made before listings had their b-tree index (tables.py makes it for new ones)
+        # photo tables made before listings had their b-tree index (definition.py makes it for new ones)
         """
         DO $$
         DECLARE t text;
@@ -150,7 +150,8 @@ def create_index(
 ) -> IndexSpec:
     """Register an index and create its table (and the ANN indexes that can be built empty) in one transaction.
     With `shards` (0: Citus' default count) the table is distributed across the Citus workers by its key."""
-    from pixsearch.store.tables import DocumentTable
+    from pixsearch.store.definition import TableDefinition
+    from pixsearch.store.shape import TableShape
 
     spec = IndexSpec(
         name=name,
@@ -180,7 +181,7 @@ def create_index(
                 model,
             ),
         )
-        DocumentTable(spec).create(conn)
+        TableDefinition(TableShape(spec)).create(conn)
         if shards is not None:
             _distribute(conn, spec, shards)
     return spec
@@ -198,11 +199,10 @@ def _distribute(conn, spec: IndexSpec, shards: int) -> None:
             "this PostgreSQL server has no Citus extension: distributing an index needs a Citus coordinator "
             "(see docs/citus.md); on one server, indexes stay local"
         )
+    from pixsearch.store.definition import distribute_sql
+
     table = sql.Identifier(spec.table_name).as_string(conn)
-    if shards:
-        conn.execute("SELECT create_distributed_table(%s, %s, shard_count => %s)", (table, spec.key_field, shards))
-    else:
-        conn.execute("SELECT create_distributed_table(%s, %s)", (table, spec.key_field))
+    conn.execute(distribute_sql(shards), (table, spec.key_field, *([shards] if shards else [])))
 
 
 def distribute_index(db: Database, name: str, shards: int = 0) -> IndexSpec:
@@ -239,18 +239,20 @@ def _check_free(conn, name: str, table_name: str) -> None:
 
 def delete_index(db: Database, name: str) -> None:
     """Drop the index's table (with its ANN indexes), its regions' table, and its registry row; nothing else."""
+    from pixsearch.store.definition import drop_table_sql
     from pixsearch.store.regions import region_spec
 
     spec = get_index(db, name)
     with db.connection() as conn, conn.transaction():
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(region_spec(spec).table_name)))
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(spec.table_name)))
+        conn.execute(drop_table_sql(region_spec(spec).table_name))
+        conn.execute(drop_table_sql(spec.table_name))
         conn.execute("DELETE FROM pixsearch_indexes WHERE name = %s", (name,))
 
 
 def rename_index(db: Database, name: str, new_name: str) -> IndexSpec:
-    from pixsearch.store.regions import RegionTable, region_spec
-    from pixsearch.store.tables import DocumentTable
+    from pixsearch.store.definition import TableDefinition
+    from pixsearch.store.regions import RegionTable
+    from pixsearch.store.shape import TableShape
 
     spec = get_index(db, name)
     renamed = IndexSpec(
@@ -267,10 +269,10 @@ def rename_index(db: Database, name: str, new_name: str) -> IndexSpec:
     with db.connection() as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pixsearch_indexes'))")
         _check_free(conn, new_name, renamed.table_name)
-        DocumentTable(spec).rename_to(conn, renamed)
+        TableDefinition(TableShape(spec)).rename_to(conn, TableShape(renamed))
         regions = RegionTable(spec)
         if regions.exists(conn):
-            regions.rename_to(conn, region_spec(renamed))
+            regions.rename_to(conn, renamed)
         conn.execute(
             "UPDATE pixsearch_indexes SET name = %s, table_name = %s, updated_at = now() WHERE name = %s",
             (new_name, renamed.table_name, name),
@@ -298,7 +300,9 @@ def change_definition(
     its table (columns added or dropped). With require_filled=(columns, excused), the table is first locked against
     writes (searches go on) and the change is made only if no row but the excused keys has one of `columns` empty;
     else RowsStillEmpty is raised and nothing changes."""
-    from pixsearch.store.tables import DocumentTable
+    from pixsearch.store.definition import TableDefinition
+    from pixsearch.store.queries import TableQueries
+    from pixsearch.store.shape import TableShape
 
     current = get_index(db, name)
     settings = _merged(current.settings, settings_changes or {})
@@ -306,18 +310,20 @@ def change_definition(
                         key_field=current.key_field, kind=current.kind, settings=settings, model=model)
     changed.validate()
     with db.connection() as conn, conn.transaction():
-        table = DocumentTable(changed)
+        shape = TableShape(changed)
+        definition = TableDefinition(shape)
         if require_filled is not None:
             columns, excused = require_filled
-            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table.table))
-            left = [key for key, _ in table.keys_missing(conn, columns, None, len(excused) + 1) if key not in excused]
+            definition.lock_against_writes(conn)
+            left = [key for key, _ in TableQueries(shape).keys_missing(conn, columns, None, len(excused) + 1)
+                    if key not in excused]
             if left:
                 raise RowsStillEmpty(f"index {name!r} has rows to fill first, e.g. {left[0]!r}")
         add_fields, add_vectors = add
         if add_fields or add_vectors:
-            table.add_columns(conn, add_fields, add_vectors)
+            definition.add_columns(conn, add_fields, add_vectors)
         if drop:
-            table.drop_columns(conn, drop)
+            definition.drop_columns(conn, drop)
         conn.execute(
             "UPDATE pixsearch_indexes SET vector_fields = %s, fields = %s, model = %s, settings = %s, updated_at = now()"
             " WHERE name = %s",

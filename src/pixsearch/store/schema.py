@@ -1,6 +1,6 @@
 """What an index is: its key, metadata fields and vector fields, and which pgvector combinations are valid.
 
-No SQL here; store/tables.py turns a spec into DDL and queries.
+No SQL here; store/shape.py and the table parts (definition, queries, knn, writes, stats) turn a spec into SQL.
 """
 from __future__ import annotations
 
