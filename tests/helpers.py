@@ -2,10 +2,12 @@
 tools write it (XMP, IPTC, EXIF XP* tags)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -146,3 +148,43 @@ def with_iptc(jpeg: bytes, block: bytes) -> bytes:
 
 def utf16z(text: str) -> bytes:
     return text.encode("utf-16-le") + b"\x00\x00"
+
+
+def capabilities_json(capabilities) -> dict:
+    """A ModelCapabilities as plain JSON (what a fresh process can print and a test compare)."""
+    relevance = capabilities.relevance
+    return {
+        "name": capabilities.name, "model_id": capabilities.model_id,
+        "spaces": {key: [s.name, s.dims, s.metric, s.model_id] for key, s in capabilities.spaces.items()},
+        "text_space": capabilities.text_space, "image_space": capabilities.image_space,
+        "photo_fields": [dict(vars(f)) for f in capabilities.photo_fields],
+        "relevance": None if relevance is None else [relevance.threshold, relevance.how],
+        "caption_threshold": capabilities.caption_threshold,
+        "duplicate_threshold": capabilities.duplicate_threshold,
+        "files": [str(p) for p in capabilities.files],
+    }
+
+
+# Modules whose import means a model was loaded (or about to be): frameworks and inference runtimes.
+HEAVY_MODULES = ("torch", "onnxruntime", "transformers", "open_clip", "sentence_transformers")
+_FRESH_CAPABILITIES = r"""
+import json, sys
+from helpers import HEAVY_MODULES, capabilities_json
+from pixsearch.models import model_capabilities
+found = [capabilities_json(model_capabilities(name, sys.argv[1])) for name in sys.argv[2:]]
+print(json.dumps({"capabilities": found, "imported": [m for m in HEAVY_MODULES if m in sys.modules]}))
+"""
+
+
+def capabilities_in_fresh_process(names: list[str], cache_dir: Path) -> tuple[list[dict], list[str]]:
+    """model_capabilities(name) for each name in a new Python process: (their capabilities_json, the HEAVY_MODULES
+    that process imported). The process imports pixsearch from where this one does."""
+    import pixsearch
+
+    path = [str(Path(pixsearch.__file__).parents[1]), str(Path(__file__).parent)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+    out = subprocess.run([sys.executable, "-c", _FRESH_CAPABILITIES, str(cache_dir), *names], capture_output=True,
+                         text=True, timeout=120, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["capabilities"], result["imported"]

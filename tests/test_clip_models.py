@@ -25,6 +25,7 @@ import open_clip  # noqa: E402  (installed by make: the clip extra)
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from helpers import capabilities_in_fresh_process, capabilities_json  # noqa: E402
 from tiny_models import (  # noqa: E402
     build_tiny_clip,
     build_tiny_openclip,
@@ -34,7 +35,7 @@ from tiny_models import (  # noqa: E402
     sample_images,
 )
 
-from pixsearch.models import Embedder, ModelNotAvailableError, load_embedder  # noqa: E402
+from pixsearch.models import Embedder, ModelNotAvailableError, load_embedder, model_capabilities  # noqa: E402
 from pixsearch.models.clip import PixelRecipe  # noqa: E402
 from pixsearch.models.onnx_towers import DualTowerEmbedder  # noqa: E402
 from pixsearch.models.openclip import TOKENIZER_CHECK_TEXTS, open_clip_recipe  # noqa: E402
@@ -523,7 +524,9 @@ def test_fresh_process_with_cached_exports_imports_no_torch(which, clip_embedder
     photo = tmp_path / "coffee.png"
     images["coffee"].save(photo)
     emb.embed_images([images["coffee"]])  # warm both exports
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    import pixsearch
+
+    env = dict(os.environ, PYTHONPATH=str(Path(pixsearch.__file__).parents[1]))  # this checkout's pixsearch
     out = subprocess.run([sys.executable, "-c", _FRESH, emb.name, str(emb.cache_dir), str(photo)],
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
@@ -535,6 +538,68 @@ def test_fresh_process_with_cached_exports_imports_no_torch(which, clip_embedder
                                atol=1e-6)
     np.testing.assert_allclose(result["image"], emb.embed_images([images["coffee"].convert("RGB")])
                                .vectors[emb.image_space], atol=1e-5)
+
+
+# -- capabilities without loading ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def every_family(clip_embedders, siglip_embedders, openclip_embedders):
+    return {"clip": clip_embedders["onnx"], "siglip": siglip_embedders["onnx"], "openclip": openclip_embedders["onnx"]}
+
+
+@pytest.mark.parametrize("which", ["clip", "siglip", "openclip"])
+def test_capabilities_without_loading_equal_the_embedders(which, every_family, cache_dir, tmp_path):
+    emb = every_family[which]
+    declared = model_capabilities(emb.name, cache_dir)
+    assert declared == emb.capabilities
+    assert (declared.name, declared.model_id, declared.spaces) == (emb.name, emb.model_id, emb.spaces)
+    assert declared.text_space == declared.image_space == emb.text_space == emb.image_space
+    assert declared.dims == {emb.text_space: {"clip": 16, "siglip": 32, "openclip": 16}[which]}
+    assert declared.photo_fields == emb.photo_fields == () and declared.relevance == emb.relevance
+    assert (declared.relevance is not None) == (which == "siglip")
+    assert declared.files and all(Path(p).is_file() for p in declared.files)
+    # a cache that never saw the model (no content digests, no open_clip manifest) declares the same
+    assert model_capabilities(emb.name, tmp_path / "cold-cache") == declared
+
+
+def test_capabilities_import_no_torch_and_no_runtime(every_family, cache_dir):
+    """A fresh process learns every family's capabilities from their files (with open_clip's manifest cached, as
+    after any first use) without importing torch, onnxruntime, transformers or open_clip."""
+    names = [emb.name for emb in every_family.values()]
+    found, imported = capabilities_in_fresh_process(names, cache_dir)
+    assert imported == [], imported
+    assert found == [capabilities_json(emb.capabilities) for emb in every_family.values()]
+
+
+_FRESH_CATALOGUE = r"""
+import json, sys
+from pathlib import Path
+from helpers import HEAVY_MODULES
+from pixsearch.models.catalog import catalogue
+infos = catalogue(Path(sys.argv[1]), sys.argv[3:], hub_cache=Path(sys.argv[2]))
+print(json.dumps({"infos": [i.to_json() for i in infos], "imported": [m for m in HEAVY_MODULES if m in sys.modules]}))
+"""
+
+
+def test_models_list_loads_no_model(every_family, cache_dir, tmp_path):
+    import pixsearch
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(pixsearch.__file__).parents[1]),
+                                                        str(Path(__file__).parent)]))
+    names = [emb.name for emb in every_family.values()]
+    out = subprocess.run([sys.executable, "-c", _FRESH_CATALOGUE, str(cache_dir), str(tmp_path / "no-hub"), *names],
+                         capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["imported"] == [], result["imported"]
+    listed = {info["name"]: info for info in result["infos"]}
+    assert list(listed) == ["offline", *names]
+    for emb in every_family.values():
+        info = listed[emb.name]
+        files = emb.capabilities.files
+        assert info["available"] and info["model_id"] == emb.model_id and info["dims"] == {emb.text_space: emb.dims}
+        assert info["location"] == str(files[0].parent) and info["size_bytes"] == sum(p.stat().st_size for p in files)
 
 
 def test_siglip_states_its_relevance_from_its_own_calibration(siglip_embedders, tiny_siglip, clip_embedders):

@@ -189,6 +189,20 @@ def test_reindex_while_searching_then_switch(home, embedder, samples, tiny_clip,
         assert engine.index(name).search("a cup of coffee", k=1)[0].path.endswith("coffee.png")
 
 
+def test_reindex_dropping_the_old_model_drops_the_photo_fields_it_declared(home, embedder, samples, tiny_clip,
+                                                                            tmp_path):
+    folder = tmp_path / "declared"
+    copy_some(samples, folder, PHOTOS[:2])
+    name = "declared-" + uuid.uuid4().hex[:6]
+    with Engine(Settings.load(home=home), embedder=embedder) as engine:
+        engine.index(name, create=True).add_paths([folder])
+        report = engine.index(name).reindex(tiny_clip.name, drop_old=True)
+        assert report.switched and report.dropped == ["class_ids", "class_probs", "image", "semantic", "tags"]
+        spec = engine.index(name).spec
+        assert {f.name for f in spec.fields}.isdisjoint({"class_ids", "class_probs", "tags"})
+        assert sorted(vf.name for vf in spec.vector_fields) == ["caption", "clip"]
+
+
 def test_a_killed_reindex_resumes_and_finishes(home, samples, tiny_clip, tmp_path):
     folder = tmp_path / "many"
     noise_images(folder, 120, 96, 128, seed=5)
@@ -233,6 +247,8 @@ def test_models_list_and_check(home, tiny_clip, clip_index):
     listed = {m["name"]: m for m in json.loads(r.stdout)}
     assert listed["offline"]["available"] and listed["offline"]["dims"] == {"image": 1280, "semantic": 384}
     assert listed[tiny_clip.name]["dims"] == {"clip": 16} and listed[tiny_clip.name]["size_bytes"] > 0
+    assert listed[tiny_clip.name]["location"] == str(tiny_clip.path.resolve())
+    assert listed[tiny_clip.name]["model_id"].startswith("clip:tiny-clip@")
     r = run_cli("models", "check", tiny_clip.name, "--json", home=home)
     assert r.returncode == 0, r.stderr
     checked = json.loads(r.stdout)

@@ -13,7 +13,8 @@ from PIL import Image
 
 skimage_data = pytest.importorskip("skimage.data")
 
-from pixsearch.models import Embedder, ModelNotAvailableError, load_embedder  # noqa: E402
+from helpers import capabilities_in_fresh_process, capabilities_json  # noqa: E402
+from pixsearch.models import Embedder, ModelNotAvailableError, load_embedder, model_capabilities  # noqa: E402
 from pixsearch.models import efficientnet_common as common  # noqa: E402
 from pixsearch.models import efficientnet_lite as lite  # noqa: E402
 from pixsearch.models.imagenet_classes import load_imagenet_classes  # noqa: E402
@@ -165,6 +166,29 @@ def test_protocol_and_spaces(embedder):
     assert embedder.spaces[embedder.text_space].dims == 384
     with pytest.raises(ValueError, match="offline"):
         load_embedder("nope", cache_dir=".")
+
+
+def test_capabilities_are_declared_and_the_embedder_reports_them(embedder, cache_dir):
+    declared = model_capabilities("offline", cache_dir)
+    assert declared == embedder.capabilities
+    assert declared.dims == {"image": 1280, "semantic": 384} and declared.spaces == embedder.spaces
+    assert (declared.text_space, declared.image_space) == ("semantic", "image") == (embedder.text_space,
+                                                                                   embedder.image_space)
+    assert [f.name for f in declared.photo_fields] == ["class_ids", "class_probs", "tags"]
+    assert declared.photo_fields == embedder.photo_fields and declared.model_id == embedder.model_id
+    assert (declared.caption_threshold, declared.duplicate_threshold) == (0.3, 0.16) == (
+        embedder.caption_threshold, embedder.duplicate_threshold)
+    loaded = embedder.relevance  # the declared threshold, with the baseline the loaded model computes
+    assert loaded == declared.relevance and loaded.threshold == 0.05
+    assert declared.relevance.baseline is None and loaded.baseline.shape == (384,)
+    assert declared.files[0] == common.weights_path("lite0") and all(p.is_file() for p in declared.files)
+
+
+def test_capabilities_load_nothing(embedder, cache_dir):
+    """A fresh process learns the offline model's capabilities without importing torch or onnxruntime."""
+    (found,), imported = capabilities_in_fresh_process(["offline"], cache_dir)
+    assert imported == [], imported
+    assert found == capabilities_json(embedder.capabilities)
 
 
 def test_classifies_cat_and_coffee(embedded, photos):

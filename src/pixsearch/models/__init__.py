@@ -2,36 +2,53 @@
 
 Names: `offline` (the zero-download default), `clip:PATH_OR_REPO_ID` (a Hugging Face transformers CLIP or SigLIP
 checkpoint: a local folder or the local Hugging Face cache) and `open_clip:ARCH[:CHECKPOINT_FILE_OR_TAG]`
-(open-clip-torch). The part before the first ':' picks the factory; the factory parses the rest.
+(open-clip-torch). The part before the first ':' picks the module (PREFIXES); the module parses the rest.
+
+What a model declares (its vector fields, text space, photo fields, calibration: ModelCapabilities) is known
+without loading it: `model_capabilities(name)` reads it from constants (offline) or from the checkpoint's
+configuration files (clip:, open_clip:), importing neither torch nor onnxruntime. `load_embedder(name)` builds the
+embedder from the same declaration.
 """
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Callable
+from types import ModuleType
 
-from .base import ClassScore, Embedder, ImageEmbeddings, ModelNotAvailableError, Relevance, VectorSpace
+from .base import (
+    ClassScore,
+    Embedder,
+    ImageEmbeddings,
+    ModelCapabilities,
+    ModelNotAvailableError,
+    Relevance,
+    VectorSpace,
+)
 
-# prefix -> "module:function"; the function takes (argument after the prefix or "", cache_dir, backend, threads).
-# Modules are imported only when a model of theirs is loaded.
-FACTORIES: dict[str, str] = {
-    "offline": "pixsearch.models.offline:load",
-    "clip": "pixsearch.models.clip:load",
-    "open_clip": "pixsearch.models.openclip:load",
+# name prefix -> the module of its models. Each has `capabilities(argument, cache_dir) -> ModelCapabilities` (what the
+# model declares, without loading weights) and `load(argument, cache_dir, *, backend, threads) -> Embedder` (the
+# embedder, built from those capabilities); argument is the name after the prefix, or "". Modules are imported only
+# when a model of theirs is asked for.
+PREFIXES: dict[str, str] = {
+    "offline": "pixsearch.models.offline",
+    "clip": "pixsearch.models.clip",
+    "open_clip": "pixsearch.models.openclip",
 }
-KNOWN_EMBEDDERS = tuple(FACTORIES)
+KNOWN_EMBEDDERS = tuple(PREFIXES)
 
 __all__ = [
-    "FACTORIES",
+    "PREFIXES",
     "KNOWN_EMBEDDERS",
     "ClassScore",
     "Embedder",
     "ImageEmbeddings",
+    "ModelCapabilities",
     "ModelNotAvailableError",
     "Relevance",
     "VectorSpace",
     "default_cache_dir",
     "load_embedder",
+    "model_capabilities",
     "parse_model_name",
 ]
 
@@ -46,7 +63,7 @@ def default_cache_dir() -> Path:
 def parse_model_name(name: str) -> tuple[str, str]:
     """`clip:openai/clip-vit-base-patch32` -> ("clip", "openai/clip-vit-base-patch32"); refuses unknown prefixes."""
     prefix, _, argument = (name or "").strip().partition(":")
-    if prefix not in FACTORIES:
+    if prefix not in PREFIXES:
         raise ValueError(
             f"unknown model {name!r}; use offline, clip:PATH_OR_REPO_ID (transformers CLIP/SigLIP) or "
             "open_clip:ARCH[:CHECKPOINT] (open-clip-torch)"
@@ -58,9 +75,20 @@ def parse_model_name(name: str) -> tuple[str, str]:
     return prefix, argument
 
 
-def _factory(prefix: str) -> Callable[..., Embedder]:
-    module, _, function = FACTORIES[prefix].partition(":")
-    return getattr(importlib.import_module(module), function)
+def _module_of(prefix: str) -> ModuleType:
+    return importlib.import_module(PREFIXES[prefix])
+
+
+def _cache_dir(cache_dir: Path | str | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+
+def model_capabilities(name: str = "offline", cache_dir: Path | str | None = None) -> ModelCapabilities:
+    """What the named model declares, without loading its weights (see ModelCapabilities); ModelNotAvailableError
+    when its files are not on this machine. cache_dir as for load_embedder (weights' content digests are cached
+    there)."""
+    prefix, argument = parse_model_name(name)
+    return _module_of(prefix).capabilities(argument, _cache_dir(cache_dir))
 
 
 def load_embedder(
@@ -73,5 +101,4 @@ def load_embedder(
     threads (None: one per core available to this process).
     """
     prefix, argument = parse_model_name(name)
-    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return _factory(prefix)(argument, directory, backend=backend, threads=threads)
+    return _module_of(prefix).load(argument, _cache_dir(cache_dir), backend=backend, threads=threads)

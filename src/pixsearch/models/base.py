@@ -7,7 +7,8 @@ similarity scores mean (`relevance`). Ingest writes what it declares; search rea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from pathlib import Path
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -55,6 +56,89 @@ class Relevance:
         return (similarity - b) / max(1e-6, 1.0 - b)
 
 
+@dataclass(frozen=True)
+class ModelCapabilities:
+    """What a model declares, known without loading its weights: read from constants (the offline model) or from a
+    checkpoint's configuration files (clip:, open_clip:). Every embedder is built from its capabilities and exposes
+    them (DeclaredModel), so the declaration and the loaded model cannot disagree.
+
+    name, model_id, spaces, text_space, image_space, photo_fields: as in Embedder.
+    relevance:  the calibrated text-query threshold and how it was found, or None. A model that measures hits
+                against a baseline vector it computes (the offline model) attaches that vector once loaded; the
+                baseline does not take part in comparisons.
+    caption_threshold, duplicate_threshold: the model's calibration for caption matches and edited copies (None:
+                the callers' model-independent fallbacks).
+    files:      the weights and configuration files the model loads from on this machine (what `models list`
+                locates and sizes).
+    """
+
+    name: str
+    model_id: str
+    spaces: Mapping[str, VectorSpace]
+    text_space: str | None
+    image_space: str
+    photo_fields: tuple[Field, ...] = ()
+    relevance: Relevance | None = None
+    caption_threshold: float | None = None
+    duplicate_threshold: float | None = None
+    files: tuple[Path, ...] = ()
+
+    @classmethod
+    def joint_space(cls, *, name: str, family: str, dims: int, model_id: str, relevance: Relevance | None = None,
+                    files: Sequence[Path] = ()) -> ModelCapabilities:
+        """A CLIP-class model: one cosine vector field named after its family ("clip", "siglip") that both text and
+        image queries land in, and no photo fields."""
+        return cls(name=name, model_id=model_id, spaces={family: VectorSpace(family, dims, "cosine", model_id)},
+                   text_space=family, image_space=family, relevance=relevance, files=tuple(files))
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """Vector field name -> width."""
+        return {space.name: space.dims for space in self.spaces.values()}
+
+
+class DeclaredModel:
+    """The Embedder attributes every embedder reads off its `capabilities` instead of stating them again."""
+
+    capabilities: ModelCapabilities
+
+    @property
+    def name(self) -> str:
+        return self.capabilities.name
+
+    @property
+    def model_id(self) -> str:
+        return self.capabilities.model_id
+
+    @property
+    def spaces(self) -> Mapping[str, VectorSpace]:
+        return self.capabilities.spaces
+
+    @property
+    def text_space(self) -> str | None:
+        return self.capabilities.text_space
+
+    @property
+    def image_space(self) -> str:
+        return self.capabilities.image_space
+
+    @property
+    def photo_fields(self) -> tuple[Field, ...]:
+        return self.capabilities.photo_fields
+
+    @property
+    def relevance(self) -> Relevance | None:
+        return self.capabilities.relevance
+
+    @property
+    def caption_threshold(self) -> float | None:
+        return self.capabilities.caption_threshold
+
+    @property
+    def duplicate_threshold(self) -> float | None:
+        return self.capabilities.duplicate_threshold
+
+
 @dataclass
 class ImageEmbeddings:
     """Embeddings of a batch of n images.
@@ -77,6 +161,8 @@ class ModelNotAvailableError(RuntimeError):
 class Embedder(Protocol):
     """Embeds images and texts into declared vector fields.
 
+    capabilities: everything below that is known without loading weights (ModelCapabilities); the attributes
+                 are read off it.
     name:        what loads this model again (`offline`, `clip:PATH_OR_ID`, `open_clip:ARCH[:CHECKPOINT]`); an index
                  records it so later runs and servers load the model the index needs.
     model_id:    identity of the weights and preprocessing; each vector field stores it.
@@ -89,9 +175,10 @@ class Embedder(Protocol):
                  query (search/request.py has a fallback relative to an empty caption for models without one).
     """
 
+    capabilities: ModelCapabilities
     name: str
     model_id: str
-    spaces: dict[str, VectorSpace]
+    spaces: Mapping[str, VectorSpace]
     text_space: str | None
     image_space: str
     photo_fields: tuple[Field, ...]

@@ -1,8 +1,8 @@
 """Which models this machine has: `pixsearch models list` and `pixsearch models check ID`.
 
 Candidates are the offline model, every model an index records, and the CLIP-class checkpoints in the local Hugging
-Face cache (transformers CLIP/SigLIP repos, OpenCLIP repos). Each is described by loading it the way search would
-(cheap: weights load lazily), so what `list` says is what `index --model` will find.
+Face cache (transformers CLIP/SigLIP repos, OpenCLIP repos). Each is described by its capabilities, read the way
+`index --model` resolves the name but without loading weights, so what `list` says is what `index --model` will find.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Iterable, Sequence
 
 from PIL import Image
 
-from . import load_embedder
-from .base import Embedder, ModelNotAvailableError
+from . import load_embedder, model_capabilities
+from .base import ModelNotAvailableError
 
 _HF_FAMILIES = {"clip": "clip", "siglip": "clip", "siglip2": "clip"}
 
@@ -54,28 +54,17 @@ def cached_checkpoints(hub_cache: Path) -> list[str]:
     return names
 
 
-def _files_of(model: Embedder) -> list[Path]:
-    source = getattr(model, "source", None)
-    if source is not None:
-        return [Path(p) for p in source.onnx_sources]
-    from .efficientnet_common import weights_path  # the offline model: its packaged weights
-    from .text import minilm_path
-
-    return [weights_path("lite0"), *(p for p in minilm_path().rglob("*") if p.is_file())]
-
-
 def describe(name: str, cache_dir: Path) -> ModelInfo:
     family = name.partition(":")[0]
     try:
-        model = load_embedder(name, cache_dir)
-        files = _files_of(model)
+        capabilities = model_capabilities(name, cache_dir)
+        size = sum(Path(p).stat().st_size for p in capabilities.files)
     except (ModelNotAvailableError, ValueError, OSError) as exc:
         return ModelInfo(name=name, family=family, available=False, message=str(exc))
-    common = Path(files[0]).parent if files else None
+    files = capabilities.files
     return ModelInfo(
-        name=model.name, family=family, available=True, model_id=model.model_id,
-        dims={space.name: space.dims for space in model.spaces.values()},
-        location=str(common) if common else None, size_bytes=sum(p.stat().st_size for p in files),
+        name=capabilities.name, family=family, available=True, model_id=capabilities.model_id,
+        dims=capabilities.dims, location=str(Path(files[0]).parent) if files else None, size_bytes=size,
     )
 
 

@@ -38,7 +38,7 @@ from PIL import Image
 
 from pixsearch.imaging import to_rgb
 
-from .base import ModelNotAvailableError, Relevance
+from .base import ModelCapabilities, ModelNotAvailableError, Relevance
 from .hub import Located, Need, digest_of, file_digest, first_present, force_offline_env, locate
 from .onnx_towers import DEFAULT_MAX_BATCH, DualTowerEmbedder, torch_tower
 
@@ -317,26 +317,51 @@ def _token_name(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def hf_text_tokenizer(folder: Path, family: str, context_length: int, pad_to_max: bool,
-                      input_names: tuple[str, ...]) -> TokenizersTextTokenizer:
-    """The checkpoint's tokenizer (tokenizer.json, else CLIP's vocab.json + merges.txt) set up like transformers'
-    tokenizer call with truncation at model_max_length and the family's padding."""
-    from tokenizers import Tokenizer  # noqa: PLC0415
-
+def _tokenizer_config(folder: Path) -> dict[str, Any]:
     tok_cfg: dict[str, Any] = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins, as in transformers
         try:
             tok_cfg.update(json.loads((folder / name).read_text()))
         except (OSError, ValueError):
             pass
-    default_pad = "<|endoftext|>" if family == "clip" else "</s>"
-    pad_token = _token_name(tok_cfg.get("pad_token")) or default_pad
+    return tok_cfg
+
+
+def hf_tokenizer_settings(folder: Path, family: str, context_length: int, pad_to_max: bool) -> dict[str, Any]:
+    """How the checkpoint's text is tokenised, from its files' names and JSON configs only (part of the model id):
+    the tokenizer files (tokenizer.json, else CLIP's vocab.json + merges.txt), truncation at model_max_length
+    (capped by context_length), the pad token and whether every text is padded to max_length."""
+    tok_cfg = _tokenizer_config(folder)
     if (folder / "tokenizer.json").is_file():
-        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        source = ["tokenizer.json"]
+        files = ["tokenizer.json"]
     elif (folder / "vocab.json").is_file():
         if not (folder / "merges.txt").is_file():
             raise ModelNotAvailableError(f"{folder} has vocab.json but lacks merges.txt (CLIP's BPE merges)")
+        files = ["vocab.json", "merges.txt"]
+    else:
+        raise ModelNotAvailableError(
+            f"{folder} has no tokenizer.json or vocab.json+merges.txt"
+            + (": its spiece.model (SigLIP v1's SentencePiece tokenizer) needs the sentencepiece library, which "
+               "pixsearch does not use; use a checkpoint that ships tokenizer.json (e.g. SigLIP 2's)"
+               if (folder / "spiece.model").is_file() else "")
+        )
+    default_pad = "<|endoftext|>" if family == "clip" else "</s>"
+    model_max = tok_cfg.get("model_max_length")
+    max_length = int(model_max) if isinstance(model_max, (int, float)) and 0 < model_max < 100_000 else context_length
+    return {"files": files, "max_length": min(max_length, context_length),
+            "pad": _token_name(tok_cfg.get("pad_token")) or default_pad, "fixed": pad_to_max,
+            "version": TOKENIZER_VERSION}
+
+
+def hf_text_tokenizer(folder: Path, settings: dict[str, Any], input_names: tuple[str, ...]) -> TokenizersTextTokenizer:
+    """The checkpoint's tokenizer as `settings` (hf_tokenizer_settings) describe it, set up like transformers'
+    tokenizer call with truncation at model_max_length and the family's padding."""
+    from tokenizers import Tokenizer  # noqa: PLC0415
+
+    if settings["files"] == ["tokenizer.json"]:
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    else:
+        tok_cfg = _tokenizer_config(folder)
         vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
         lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
         merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
@@ -347,25 +372,12 @@ def hf_text_tokenizer(folder: Path, family: str, context_length: int, pad_to_max
             unk=_token_name(tok_cfg.get("unk_token")) or "<|endoftext|>",
             lowercase=bool(tok_cfg.get("do_lower_case", True)),
         )
-        source = ["vocab.json", "merges.txt"]
-    else:
-        raise ModelNotAvailableError(
-            f"{folder} has no tokenizer.json or vocab.json+merges.txt"
-            + (": its spiece.model (SigLIP v1's SentencePiece tokenizer) needs the sentencepiece library, which "
-               "pixsearch does not use; use a checkpoint that ships tokenizer.json (e.g. SigLIP 2's)"
-               if (folder / "spiece.model").is_file() else "")
-        )
-    pad_id = tok.token_to_id(pad_token)
+    pad_id = tok.token_to_id(settings["pad"])
     if pad_id is None:
-        raise ModelNotAvailableError(f"the tokenizer in {folder} has no pad token {pad_token!r}")
-    model_max = tok_cfg.get("model_max_length")
-    max_length = int(model_max) if isinstance(model_max, (int, float)) and 0 < model_max < 100_000 else context_length
-    max_length = min(max_length, context_length)
+        raise ModelNotAvailableError(f"the tokenizer in {folder} has no pad token {settings['pad']!r}")
     return TokenizersTextTokenizer(
-        tok, max_length=max_length, pad_id=pad_id, pad_token=pad_token, fixed_length=pad_to_max,
-        input_names=input_names,
-        settings={"files": source, "max_length": max_length, "pad": pad_token, "fixed": pad_to_max,
-                  "version": TOKENIZER_VERSION},
+        tok, max_length=settings["max_length"], pad_id=pad_id, pad_token=settings["pad"],
+        fixed_length=settings["fixed"], input_names=input_names, settings=settings,
     )
 
 
@@ -403,7 +415,11 @@ def slug(text: str) -> str:
 
 
 class HFCheckpoint:
-    """A transformers CLIPModel / SiglipModel checkpoint on disk: the TowerSource of DualTowerEmbedder."""
+    """A transformers CLIPModel / SiglipModel checkpoint on disk: the TowerSource of DualTowerEmbedder.
+
+    Constructing one reads the checkpoint's JSON configs and hashes its files (for the model id); it neither builds
+    the tokenizer nor loads the weights (SigLIP's two calibration scalars aside, read from the safetensors file).
+    """
 
     def __init__(self, located: Located, registry_name: str, cache_dir: Path):
         self.located = located
@@ -432,12 +448,16 @@ class HFCheckpoint:
             self.text_input_names = ("input_ids",)
         self.text_dynamic_length = not self.pad_to_max
         self.weights = weight_files(self.folder)
-        self._tokenizer = hf_text_tokenizer(self.folder, self.family, self.context_length, self.pad_to_max,
-                                            self.text_input_names)
+        self.tokenizer_settings = hf_tokenizer_settings(self.folder, self.family, self.context_length,
+                                                        self.pad_to_max)
+        self._tokenizer: TokenizersTextTokenizer | None = None
         self.model_id = f"{self.family}:{located.display}@{self._fingerprint(cache_dir)[:12]}"
         self.onnx_stem = f"{self.family}-{slug(located.display)}"
         self.onnx_sources = [*self.weights, self.folder / "config.json"]
-        self.relevance = self._siglip_relevance() if self.family == "siglip" else None
+        self.capabilities = ModelCapabilities.joint_space(
+            name=self.name, family=self.family, dims=self.dims, model_id=self.model_id,
+            relevance=self._siglip_relevance() if self.family == "siglip" else None, files=self.onnx_sources,
+        )
         self._model = None
 
     def _siglip_relevance(self) -> Relevance | None:
@@ -464,17 +484,19 @@ class HFCheckpoint:
 
     def _fingerprint(self, cache_dir: Path) -> str:
         config = {k: v for k, v in self.config.items() if k not in ("transformers_version", "_name_or_path")}
-        tokenizer_files = [self.folder / f for f in self._tokenizer.settings["files"]]
+        tokenizer_files = [self.folder / f for f in self.tokenizer_settings["files"]]
         return digest_of([
             self.family,
             [file_digest(p, cache_dir) for p in self.weights],
             config,
             self.recipe.as_dict(),
             [file_digest(p) for p in tokenizer_files],
-            self._tokenizer.settings,
+            self.tokenizer_settings,
         ])
 
     def text_tokenizer(self, cache_dir: Path) -> TokenizersTextTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = hf_text_tokenizer(self.folder, self.tokenizer_settings, self.text_input_names)
         return self._tokenizer
 
     def torch_towers(self):
@@ -512,15 +534,28 @@ def _hf_text_tower(model, input_names: tuple[str, ...]):
     return torch_tower(model, lambda inner, input_ids: _pooled(inner.get_text_features(input_ids=input_ids)))
 
 
+def find_checkpoint(argument: str, cache_dir: Path) -> HFCheckpoint:
+    """The checkpoint `clip:ARGUMENT` names, found locally (never downloaded unless HF_HUB_OFFLINE=0)."""
+    force_offline_env()
+    located = locate(argument, HF_NEEDS, optional=HF_OPTIONAL, kind="CLIP/SigLIP checkpoint")
+    name = "clip:" + (argument if located.repo_id else str(located.folder))
+    return HFCheckpoint(located, name, Path(cache_dir))
+
+
+def capabilities(argument: str, cache_dir: Path) -> ModelCapabilities:
+    """Registry declaration of `clip:PATH_OR_REPO_ID[@REVISION]`: from the checkpoint's config files, without
+    building its tokenizer or loading its weights."""
+    return find_checkpoint(argument, cache_dir).capabilities
+
+
 def load(argument: str, cache_dir: Path, *, backend: str = "auto", threads: int | None = None,
          max_batch: int = DEFAULT_MAX_BATCH) -> DualTowerEmbedder:
     """Registry factory for `clip:PATH_OR_REPO_ID[@REVISION]`: a transformers CLIP or SigLIP checkpoint.
 
     backend: "auto" | "onnx" | "onnx-int8" | "torch" (see onnx_towers). Cheap: weights load on first use (the
-    weights' content hash for the model id is computed once per file and cached in cache_dir).
+    weights' content hash for the model id is computed once per file and cached in cache_dir). The tokenizer is
+    built now (torch-free), so a broken one is reported here rather than by the first query.
     """
-    force_offline_env()
-    located = locate(argument, HF_NEEDS, optional=HF_OPTIONAL, kind="CLIP/SigLIP checkpoint")
-    name = "clip:" + (argument if located.repo_id else str(located.folder))
-    source = HFCheckpoint(located, name, Path(cache_dir))
+    source = find_checkpoint(argument, cache_dir)
+    source.text_tokenizer(Path(cache_dir))
     return DualTowerEmbedder(source, cache_dir, backend=backend, threads=threads, max_batch=max_batch)

@@ -26,7 +26,7 @@ import logging
 import os
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,7 +35,16 @@ from PIL import Image
 
 from pixsearch.store.schema import Field
 
-from .base import ClassScore, ImageEmbeddings, ModelNotAvailableError, Relevance, VectorSpace, unit_rows
+from .base import (
+    ClassScore,
+    DeclaredModel,
+    ImageEmbeddings,
+    ModelCapabilities,
+    ModelNotAvailableError,
+    Relevance,
+    VectorSpace,
+    unit_rows,
+)
 from .efficientnet_common import (
     ONNX_INPUT,
     ONNX_OUTPUTS,
@@ -44,10 +53,11 @@ from .efficientnet_common import (
     normalize_input_array,
     onnx_cache_path,
     stack_views,
+    weights_path,
 )
 from .imagenet_classes import ImageNetClass, load_imagenet_classes
 from .onnx_backend import resolve_backend
-from .text import MINILM_DIMS, MINILM_MODEL_ID, MiniLMTextEncoder
+from .text import MINILM_DIMS, MINILM_MODEL_ID, MiniLMTextEncoder, minilm_path
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +68,16 @@ SUPPORTED_VARIANTS = tuple(VARIANTS)
 ImageRunner = Callable[[np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 # Bump when the class text templates or the way they are combined change: it is part of the semantic space's id.
 CLASS_TEXT_VERSION = "t1"
+# Calibrated by bench/relevance.py on the sample photos: a photo is measured against the mean of the 1000 class text
+# embeddings (what ConSE gives an uninformative photo). At 0.05, 29 of 31 right answers stay and the best hit of 13 of
+# 25 queries about things no sample shows is hidden; hybrid search keeps keyword matches either way.
 RELEVANCE_THRESHOLD = 0.05
+RELEVANCE_HOW = "bench/relevance.py on the sample photos (README: Relevance)"
+# MiniLM query-to-caption cosine: related captions 0.33-0.95, unrelated ones at most 0.25 (test_photo_library.py)
+CAPTION_THRESHOLD = 0.3
+# image-vector cosine distance of an edited copy (resized, recompressed, cropped <= 10 %, mirrored; all at once):
+# at most 0.151 on the sample photos (bench/duplicates.py); layouts then tell copies from bursts
+DUPLICATE_THRESHOLD = 0.16
 MAX_TAGS = 5
 MIN_TAG_PROBABILITY = 0.05
 # What this model adds to a photo besides vectors: its top ImageNet classes (kept so the semantic vector can be
@@ -73,6 +92,41 @@ OFFLINE_PHOTO_FIELDS: tuple[Field, ...] = (
 def load(argument: str, cache_dir: Path, *, backend: str = "auto", threads: int | None = None) -> "OfflineEmbedder":
     """Registry factory for `offline` (see pixsearch.models)."""
     return OfflineEmbedder(cache_dir, backend=backend, threads=threads)
+
+
+def capabilities(argument: str, cache_dir: Path) -> ModelCapabilities:
+    """Registry declaration of `offline` (see pixsearch.models): from this module's constants, nothing loaded."""
+    return offline_capabilities()
+
+
+def offline_capabilities(variant: str = "lite0", top_k: int = DEFAULT_TOP_K) -> ModelCapabilities:
+    """What the offline model with these settings declares; ModelNotAvailableError when its packages are missing."""
+    if variant not in SUPPORTED_VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(SUPPORTED_VARIANTS)}")
+    if not 1 <= top_k <= 1000:
+        raise ValueError("top_k must be in 1..1000")
+    image_model_id = f"efficientnet-{variant}"
+    semantic_model_id = f"{image_model_id}+{MINILM_MODEL_ID}/conse-top{top_k}-{CLASS_TEXT_VERSION}"
+    return ModelCapabilities(
+        name="offline",
+        model_id=f"offline:{semantic_model_id}",
+        spaces={
+            "image": VectorSpace("image", IMAGE_DIMS, "cosine", image_model_id),
+            "semantic": VectorSpace("semantic", MINILM_DIMS, "cosine", semantic_model_id),
+        },
+        text_space="semantic",
+        image_space="image",
+        photo_fields=OFFLINE_PHOTO_FIELDS,
+        relevance=Relevance(RELEVANCE_THRESHOLD, RELEVANCE_HOW),  # its baseline is attached once loaded
+        caption_threshold=CAPTION_THRESHOLD,
+        duplicate_threshold=DUPLICATE_THRESHOLD,
+        files=packaged_files(variant),
+    )
+
+
+def packaged_files(variant: str = "lite0") -> tuple[Path, ...]:
+    """The installed EfficientNet-Lite weights file, then every file of the packaged MiniLM model."""
+    return (weights_path(variant), *sorted(p for p in minilm_path().rglob("*") if p.is_file()))
 
 
 def tags_of(classes: Sequence[ClassScore]) -> list[str]:
@@ -97,22 +151,12 @@ class PreparedViews:
     views: tuple[Image.Image, Image.Image]
 
 
-class OfflineEmbedder:
+class OfflineEmbedder(DeclaredModel):
     """Implements pixsearch.models.base.Embedder with locally installed EfficientNet-Lite and MiniLM weights.
 
     backend: "auto" | "onnx" | "torch" (see the module docstring). threads: onnxruntime intra-op threads per
     session (None: one per physical core); the torch backend uses torch's own setting.
     """
-
-    name = "offline"
-    text_space = "semantic"
-    image_space = "image"
-    photo_fields = OFFLINE_PHOTO_FIELDS
-    # MiniLM query-to-caption cosine: related captions 0.33-0.95, unrelated ones at most 0.25 (test_photo_library.py)
-    caption_threshold = 0.3
-    # image-vector cosine distance of an edited copy (resized, recompressed, cropped <= 10 %, mirrored; all at once):
-    # at most 0.151 on the sample photos (bench/duplicates.py); layouts then tell copies from bursts
-    duplicate_threshold = 0.16
 
     def __init__(
         self,
@@ -124,23 +168,13 @@ class OfflineEmbedder:
         backend: str = "auto",
         threads: int | None = None,
     ):
-        if variant not in SUPPORTED_VARIANTS:
-            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(SUPPORTED_VARIANTS)}")
-        if not 1 <= top_k <= 1000:
-            raise ValueError("top_k must be in 1..1000")
+        self.capabilities = offline_capabilities(variant, top_k)
         self.cache_dir = Path(cache_dir)
         self.variant = variant
         self.top_k = top_k
         self.max_batch = max_batch
         self.backend = resolve_backend(backend)  # "onnx" or "torch": what was asked for, after "auto"
         self.threads = threads
-        image_model_id = f"efficientnet-{variant}"
-        semantic_model_id = f"{image_model_id}+{MINILM_MODEL_ID}/conse-top{top_k}-{CLASS_TEXT_VERSION}"
-        self.model_id = f"offline:{semantic_model_id}"
-        self.spaces: dict[str, VectorSpace] = {
-            "image": VectorSpace("image", IMAGE_DIMS, "cosine", image_model_id),
-            "semantic": VectorSpace("semantic", MINILM_DIMS, "cosine", semantic_model_id),
-        }
         self.classes = load_imagenet_classes()
         self._text = MiniLMTextEncoder(backend=self.backend, cache_dir=self.cache_dir, threads=threads)
         self._image_runner: ImageRunner | None = None
@@ -150,13 +184,10 @@ class OfflineEmbedder:
 
     @property
     def relevance(self) -> Relevance:
-        """Calibrated by bench/relevance.py on the sample photos: a photo is measured against the mean of the
-        1000 class text embeddings (what ConSE gives an uninformative photo). At 0.05, 29 of 31 right answers stay
-        and the best hit of 13 of 25 queries about things no sample shows is hidden; hybrid search keeps keyword
-        matches either way."""
+        """The declared threshold (see RELEVANCE_THRESHOLD), measured against the mean of the 1000 class text
+        embeddings: what ConSE gives an uninformative photo."""
         baseline = self.class_text_embeddings().mean(axis=0)
-        return Relevance(RELEVANCE_THRESHOLD, "bench/relevance.py on the sample photos (README: Relevance)",
-                         unit_rows(baseline[None, :])[0])
+        return replace(self.capabilities.relevance, baseline=unit_rows(baseline[None, :])[0])
 
     # -- lazy resources ------------------------------------------------------------------------------------------
 

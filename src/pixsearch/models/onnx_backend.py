@@ -127,7 +127,6 @@ def export_torch_module(
     """
     import torch  # noqa: PLC0415
 
-    errors: list[str] = []
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation and tracer chatter
         try:
@@ -143,31 +142,44 @@ def export_torch_module(
                 dynamo=False,
             )
         except Exception as exc:  # noqa: BLE001 - try the other exporter
-            errors.append(f"TorchScript exporter: {type(exc).__name__}: {exc}")
-            labels = {label for name in input_names for label in dynamic_axes.get(name, {}).values()}
-            dims = {label: torch.export.Dim(label) for label in labels}
-            shapes = {
-                name: {axis: dims[label] for axis, label in dynamic_axes.get(name, {}).items()} or None
-                for name in input_names
-            }
+            first = f"TorchScript exporter: {type(exc).__name__}: {exc}"
             try:
-                torch.onnx.export(
-                    module,
-                    args,
-                    str(path),
-                    input_names=list(input_names),
-                    output_names=list(output_names),
-                    dynamic_shapes=shapes,
-                    opset_version=max(ONNX_OPSET, 18),
-                    dynamo=True,
-                    external_data=False,
-                    verbose=False,
-                )
+                _export_with_torch_export(module, args, path, input_names, output_names, dynamic_axes)
             except Exception as exc2:  # noqa: BLE001
-                errors.append(f"torch.export exporter: {type(exc2).__name__}: {exc2}")
-                raise ExportError("; ".join(errors)) from exc2
+                raise ExportError(f"{first}; torch.export exporter: {type(exc2).__name__}: {exc2}") from exc2
     try:
         import onnx  # noqa: PLC0415
     except ImportError:
         return
     onnx.checker.check_model(str(path))
+
+
+def _export_with_torch_export(
+    module: Any,
+    args: tuple,
+    path: Path,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]],
+) -> None:
+    """The torch.export-based exporter, with export_torch_module's dynamic_axes turned into its dynamic_shapes."""
+    import torch  # noqa: PLC0415
+
+    labels = {label for name in input_names for label in dynamic_axes.get(name, {}).values()}
+    dims = {label: torch.export.Dim(label) for label in labels}
+    shapes = {
+        name: {axis: dims[label] for axis, label in dynamic_axes.get(name, {}).items()} or None
+        for name in input_names
+    }
+    torch.onnx.export(
+        module,
+        args,
+        str(path),
+        input_names=list(input_names),
+        output_names=list(output_names),
+        dynamic_shapes=shapes,
+        opset_version=max(ONNX_OPSET, 18),
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )

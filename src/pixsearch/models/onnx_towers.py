@@ -32,7 +32,7 @@ from PIL import Image
 
 from pixsearch.config import available_cores
 
-from .base import ImageEmbeddings, ModelNotAvailableError, Relevance, VectorSpace, unit_rows
+from .base import DeclaredModel, ImageEmbeddings, ModelCapabilities, ModelNotAvailableError, unit_rows
 from .onnx_backend import ExportError, cache_file, create_session, ensure_exported, export_torch_module, open_session
 from .onnx_backend import resolve_backend
 
@@ -100,19 +100,15 @@ class TextTokenizer(Protocol):
 class TowerSource(Protocol):
     """What a model family provides to DualTowerEmbedder.
 
-    family:     vector field name and model id prefix ("clip", "siglip").
-    name:       registry string that loads the model again ("clip:/abs/path", "open_clip:ARCH:CKPT").
-    model_id:   identity of weights + preprocessing + tokenizer settings.
-    dims:       joint embedding width.
+    capabilities: what the model declares (ModelCapabilities.joint_space: one field named after its family, the
+                registry name, a model id covering weights + preprocessing + tokenizer settings, the width, and the
+                checkpoint's own relevance calibration, when it has one), known before anything is loaded.
     recipe:     the pixel recipe.
     onnx_stem:  file name stem of the ONNX exports; onnx_sources: files whose (name, size, mtime) key the cache.
     text_dynamic_length: whether the text tower accepts any sequence length (exported with a dynamic axis).
     """
 
-    family: str
-    name: str
-    model_id: str
-    dims: int
+    capabilities: ModelCapabilities
     recipe: PixelPreparer
     onnx_stem: str
     onnx_sources: Sequence[Path]
@@ -135,15 +131,15 @@ class PreparedPixels:
     recipe: Any  # the recipe that made it; embed_images refuses pixels made for another model
 
 
-class DualTowerEmbedder:
-    """A CLIP-class embedder (implements pixsearch.models.base.Embedder) around a TowerSource.
+class DualTowerEmbedder(DeclaredModel):
+    """A CLIP-class embedder (implements pixsearch.models.base.Embedder) around a TowerSource, declaring what the
+    source's capabilities say.
 
     backend: "auto" | "onnx" | "onnx-int8" | "torch" (module docstring). threads: onnxruntime intra-op threads
     per session (None: the cores available to this process); the torch backend keeps torch's own setting (changing
-    it at run time, even to the same count, made torch's CPU kernels ~40x slower in tests). max_batch: images per forward pass (bounds memory); text_batch likewise for texts.
+    it at run time, even to the same count, made torch's CPU kernels ~40x slower in tests). max_batch: images per
+    forward pass (bounds memory); text_batch likewise for texts.
     """
-
-    photo_fields: tuple = ()
 
     def __init__(
         self,
@@ -163,15 +159,9 @@ class DualTowerEmbedder:
         self.threads = threads if threads is not None else available_cores()
         self.max_batch = max_batch
         self.text_batch = text_batch
-        self.name = source.name
-        self.model_id = source.model_id
-        field = source.family
-        self.spaces: dict[str, VectorSpace] = {field: VectorSpace(field, source.dims, "cosine", source.model_id)}
-        self.text_space: str | None = field
-        self.image_space: str = field
-        # A checkpoint's own calibration, when it has one (SigLIP's sigmoid); CLIP's raw cosines sit in a narrow
-        # band that differs per checkpoint, so no constant is assumed for them.
-        self.relevance: Relevance | None = getattr(source, "relevance", None)
+        # Relevance is a checkpoint's own calibration, when it has one (SigLIP's sigmoid); CLIP's raw cosines sit in
+        # a narrow band that differs per checkpoint, so no constant is assumed for them.
+        self.capabilities = source.capabilities
         # One lock per lazily built resource, so a text query never waits for the image tower's first export.
         # Order when nested: tower lock -> onnx_backend's export lock -> torch/tokenizer lock.
         self._image_lock = threading.Lock()

@@ -41,7 +41,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .base import ModelNotAvailableError
+from .base import ModelCapabilities, ModelNotAvailableError
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PixelRecipe, TokenizersTextTokenizer, slug, three_channels
 from .hub import Need, digest_of, file_digest, force_offline_env, locate, write_text_atomically
 from .onnx_backend import ExportError
@@ -279,6 +279,8 @@ class OpenClipModel:
         self.recipe = PixelRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["recipe"].items()})
         self.onnx_stem = f"openclip-{slug(manifest['display'])}"
         self.onnx_sources = [Path(manifest["checkpoint"]["path"])]
+        self.capabilities = ModelCapabilities.joint_space(name=self.name, family=self.family, dims=self.dims,
+                                                          model_id=self.model_id, files=self.onnx_sources)
         self._model = None
 
     def text_tokenizer(self, cache_dir: Path):
@@ -458,6 +460,16 @@ def load_manifest(argument: str, cache_dir: Path) -> dict[str, Any]:
     manifest = build_manifest(argument, cache_dir)
     write_text_atomically(path, json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
+
+
+def capabilities(argument: str, cache_dir: Path) -> ModelCapabilities:
+    """Registry declaration of `open_clip:...`: from the model's cached manifest (JSON; see the module docstring).
+    A name never resolved on this machine is resolved first, which imports open_clip (and with it torch) to read
+    its configs and convert its tokenizer, but never builds the model (the checkpoint is only hashed, once, for the
+    model id)."""
+    cache_dir = Path(cache_dir)
+    force_offline_env()
+    return OpenClipModel(load_manifest(argument, cache_dir), cache_dir).capabilities
 
 
 def load(argument: str, cache_dir: Path, *, backend: str = "auto", threads: int | None = None,

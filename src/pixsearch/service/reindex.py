@@ -23,7 +23,7 @@ from typing import Any
 
 from pixsearch.ingest import IngestProgress, NoProgress
 from pixsearch.ingest.decode import DecodeError, decode_bytes, read_file
-from pixsearch.models import ModelNotAvailableError, load_embedder
+from pixsearch.models import ModelNotAvailableError, model_capabilities
 from pixsearch.models.base import Embedder
 from pixsearch.service import builds
 from pixsearch.service.captions import upgrade_photo_index
@@ -213,7 +213,8 @@ def _switch(index: IndexCore, new: Embedder, columns: dict[str, str], failed: se
 
 
 def _drop_old(index: IndexCore, new: Embedder) -> list[str]:
-    """Drop the vector fields of earlier models and the photo fields only they filled."""
+    """Drop the vector fields of earlier models and the photo fields only they filled (which each declares: no
+    earlier model is loaded to learn them)."""
     spec = index.spec
     current = set(index.model().columns.values())
     old_vectors = [vf.name for vf in spec.vector_fields
@@ -222,7 +223,7 @@ def _drop_old(index: IndexCore, new: Embedder) -> list[str]:
     old_fields: set[str] = set()
     for model_name in set(spec.settings.get("previous_models", {}).values()):
         try:
-            old_fields |= {f.name for f in load_embedder(model_name, index.settings.cache_dir).photo_fields}
+            old_fields |= {f.name for f in model_capabilities(model_name, index.settings.cache_dir).photo_fields}
         except (ModelNotAvailableError, ValueError):
             continue  # its fields stay: we cannot tell which they are
     old_fields -= new_fields
