@@ -350,7 +350,7 @@ def explain_cmd(
             query = Query(image=image) if image is not None else Query(text=text)
             plan = idx.explain(query, k=k, analyze=analyze)
     print(plan)
-    used = [name for name in idx.table.ann_index_names() if f"Index Scan using {name}" in plan]
+    used = [name for name in idx.store.ann_index_names() if f"Index Scan using {name}" in plan]
     err.print(f"ANN index used: {used[0]}" if used else "ANN index not used: exact scan", highlight=False)
 
 

@@ -90,6 +90,9 @@ class IndexStore:
     def ann_index_name(self, vf: VectorField) -> str:
         return self._table.shape.ann_index_name(vf)
 
+    def ann_index_names(self) -> list[str]:
+        return self._table.shape.ann_index_names()
+
     @property
     def distributed(self) -> bool:
         """Whether the table is sharded across Citus workers."""
