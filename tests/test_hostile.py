@@ -34,7 +34,7 @@ from pixsearch.ingest.pipeline import _write_or_bisect
 from pixsearch.search.context import FileTermRefused, QueryVectorCache
 from pixsearch.search.odata import FilterSyntaxError, parse_filter
 from pixsearch.service import Engine
-from pixsearch.store import PhotoRecord
+from pixsearch.store import IndexStore, PhotoRecord
 
 ADMIN, QUERY = ADMIN_KEY, QUERY_KEY
 
@@ -568,7 +568,7 @@ def test_rows_the_database_refuses_are_reported_one_by_one(engine, index_name):
     records = [record(i) for i in range(10)]
     records[3] = record(3, camera="NUL\x00inside")
     records[7] = record(7, camera="lone \udcff surrogate")
-    refused = _write_or_bisect(engine.db, idx.table, records)
+    refused = _write_or_bisect(IndexStore(engine.db, idx.spec), records)
     assert set(refused) == {"r3", "r7"} and all("refused" in reason for reason in refused.values())
     assert idx.count() == 8
 

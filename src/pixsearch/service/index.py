@@ -26,6 +26,7 @@ from pixsearch.store import (
     DocumentTable,
     Filter,
     IndexSpec,
+    IndexStore,
     QueryOptions,
     SchemaError,
     SearchResult,
@@ -178,7 +179,7 @@ class Index:
         model = self.model()
         photos.record_roots(self, [Path(p) for p in (roots if roots is not None else paths)], follow_symlinks)
         caption = next((vf.name for vf in self.spec.vector_fields if vf.name == CAPTION_FIELD), None)
-        report = ingest_paths(self.db, self.table, model.embedder, [Path(p) for p in paths], options,
+        report = ingest_paths(IndexStore(self.db, self.spec), model.embedder, [Path(p) for p in paths], options,
                               columns=model.columns, caption_field=caption, progress=progress, loading=self.loading)
         auto_regions = self.spec.settings.get("regions", {}).get("auto")
         if auto_regions and report.embedded_keys:  # regions of new and changed photos, as the index was set up

@@ -22,13 +22,11 @@ from PIL import Image
 from pixsearch.file_errors import storage_reason
 from pixsearch.ingest import IngestReport
 from pixsearch.ingest.decode import DecodeError, content_hash, decode_bytes, read_file
-from pixsearch.ingest.descriptions import is_sidecar_name, photos_for_sidecar
-from pixsearch.ingest.formats import companion_key
-from pixsearch.ingest.scan import photo_id, valid_utf8
+from pixsearch.ingest.changes import apply_watched_changes
+from pixsearch.ingest.scan import photo_id
 from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.thumbnails import HEX_HASH, private_folder, thumbnail_name
-from pixsearch.store import SchemaError, update_settings
-from pixsearch.store.photos import PhotoLocation, move_photos, paths_under, stored_states
+from pixsearch.store import IndexStore, SchemaError, update_settings
 
 if TYPE_CHECKING:
     from pixsearch.service.index import Index
@@ -293,39 +291,9 @@ def apply_folder_changes(index: "Index", changed: set[str], deleted: set[str], m
     moves (the row follows its file, nothing embedded again), deletions (a folder's photos go with it), then new and
     changed files (indexed as `pixsearch index` would; a changed caption sidecar re-reads its photo's captions)."""
     upgrade_photo_index(index)
-    changed = set(changed)
-    for path in [*deleted, *(p for move in moved for p in move), *list(changed)]:
-        if is_sidecar_name(path):  # a sidecar stands for its photos
-            changed.update(photos_for_sidecar(path))
-            changed.discard(path)
-    moves = []
-    photo_moves = [(src, dest) for src, dest in moved if not is_sidecar_name(dest)]
-    with index.db.connection() as conn:
-        stored = stored_states(conn, index.table, [photo_id(src) for src, _ in photo_moves])
-    for src, dest in photo_moves:
-        state = stored.get(photo_id(src))
-        try:
-            st = os.stat(dest) if state is not None and valid_utf8(dest) else None
-        except OSError:
-            st = None
-        if st is None or not stat.S_ISREG(st.st_mode):
-            changed.add(dest)  # never indexed, or gone again: whatever is there now is read as a new file
-            continue
-        moves.append((state.id, PhotoLocation(photo_id(dest), dest, os.path.dirname(dest), os.path.basename(dest),
-                                              st.st_size, st.st_mtime_ns, companion_key(dest))))
-        changed.add(dest)  # re-checked below: unchanged, unless its sidecars differ now
-    gone: list[str] = []
-    with index.db.connection() as conn:
-        move_photos(conn, index.table, moves)
-        for path in deleted:
-            if is_sidecar_name(path):
-                continue
-            gone.append(photo_id(path))
-            gone += [key for key, _ in paths_under(conn, index.table, path.rstrip(os.sep) + os.sep)]
-        removed = index.table.delete(conn, gone)
-    present = sorted(p for p in changed if os.path.isfile(p) and not is_sidecar_name(p))
-    report = index.add_paths(present, prune=False, roots=roots, follow_symlinks=follow_symlinks) if present \
-        else IngestReport()
-    report.moved += len(moves)
-    report.removed += removed
+    changes = apply_watched_changes(IndexStore(index.db, index.spec), changed, deleted, moved)
+    report = index.add_paths(changes.to_index, prune=False, roots=roots, follow_symlinks=follow_symlinks) \
+        if changes.to_index else IngestReport()
+    report.moved += changes.moved
+    report.removed += changes.removed
     return report

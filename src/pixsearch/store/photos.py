@@ -75,9 +75,8 @@ def write_photos(conn: psycopg.Connection, table: DocumentTable, records: Sequen
 
 
 def touch(conn: psycopg.Connection, table: DocumentTable, changes: Iterable[tuple[str, int, int]]) -> None:
-    """Record a new size/mtime for files whose content hash shows they did not really change."""
-    for photo_id, size, mtime_ns in changes:
-        table.update_columns(conn, photo_id, {"size_bytes": size, "mtime_ns": mtime_ns})
+    """Record a new size/mtime for files whose content hash shows they did not really change (one round trip)."""
+    table.update_rows(conn, ("size_bytes", "mtime_ns"), list(changes))
 
 
 def paths_under(conn: psycopg.Connection, table: DocumentTable, prefix: str) -> list[tuple[str, str]]:

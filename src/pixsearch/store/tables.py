@@ -632,14 +632,18 @@ class DocumentTable:
                 )
         return written
 
-    def update_columns(self, conn: psycopg.Connection, key: str, values: dict[str, Any]) -> None:
+    def update_rows(self, conn: psycopg.Connection, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Set `columns` of existing rows, each row given as (key, value per column), in the caller's transaction:
+        one UPDATE by key per row, sent together (psycopg pipelines executemany: one round trip). Updates by key
+        rather than a join to the list of rows: each one goes to its own shard on Citus."""
+        if not rows:
+            return
         assignments = sql.SQL(", ").join(
-            sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in values
-        )
-        conn.execute(
-            sql.SQL("UPDATE {} SET {} WHERE {} = %(_key)s").format(self.table, assignments, self.key),
-            {**values, "_key": key},
-        )
+            sql.SQL("{} = {}").format(sql.Identifier(name), sql.Placeholder()) for name in columns)
+        statement = sql.SQL("UPDATE {} SET {} WHERE {} = {}").format(self.table, assignments, self.key,
+                                                                     sql.Placeholder())
+        with conn.cursor() as cur:
+            cur.executemany(statement, [(*values, key) for key, *values in rows])
 
     def delete(self, conn: psycopg.Connection, ids: Sequence[str]) -> int:
         if not ids:
