@@ -35,7 +35,6 @@ from pixsearch.search.context import FileTermRefused, QueryVectorCache
 from pixsearch.search.odata import FilterSyntaxError, parse_filter
 from pixsearch.service import Engine
 from pixsearch.store import PhotoRecord
-from pixsearch.store.tables import DocumentTable
 
 ADMIN, QUERY = ADMIN_KEY, QUERY_KEY
 
@@ -571,7 +570,7 @@ def test_rows_the_database_refuses_are_reported_one_by_one(engine, index_name):
     records = [record(i) for i in range(10)]
     records[3] = record(3, camera="NUL\x00inside")
     records[7] = record(7, camera="lone \udcff surrogate")
-    refused = _write_or_bisect(engine.db, DocumentTable(idx.spec), records)
+    refused = _write_or_bisect(idx.store, records)
     assert set(refused) == {"r3", "r7"} and all("refused" in reason for reason in refused.values())
     assert idx.count() == 8
 

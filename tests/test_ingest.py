@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from helpers import broken_files, copy_some
+from helpers import broken_files, copy_some, noise_images
+from pixsearch.ingest.scan import photo_id
 from pixsearch.store import PhotoRecord
 
 SOME = ["cat-chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "imagenet-04-949.jpg"]
@@ -59,6 +60,32 @@ def test_changed_touched_and_deleted_files(engine, index_name, samples, tmp_path
     third = idx.add_paths([tmp_path])
     assert (third.updated, third.unchanged) == (0, len(SOME) - 1)
     assert idx.search("a dalmatian dog", k=1)[0].path == str(coffee)
+
+
+def test_touched_photos_keep_their_rows_with_the_new_times(engine, index_name, samples, tmp_path):
+    paths = copy_some(samples, tmp_path, SOME)
+    idx = engine.index(index_name, create=True)
+    idx.add_paths([tmp_path])
+    for path in paths[:3]:
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000_000))
+    report = idx.add_paths([tmp_path])
+    assert (report.added, report.updated, report.unchanged) == (0, 0, len(SOME))
+    stored = idx.store.stored_states([photo_id(str(p)) for p in paths])
+    assert [stored[photo_id(str(p))].mtime_ns for p in paths] == [os.stat(p).st_mtime_ns for p in paths]
+
+
+def test_two_copies_of_a_moved_photo_one_takes_its_row_the_other_is_new(engine, index_name, samples, tmp_path):
+    """The photo's row is claimed once, even when the copies are found in different batches (engine: 8 a batch)."""
+    original = copy_some(samples, tmp_path, ["coffee.png"])[0]
+    idx = engine.index(index_name, create=True)
+    assert idx.add_paths([tmp_path]).added == 1
+    noise_images(tmp_path, 9, 32, 32, seed=3, name="m{:02d}.png")  # sorted between the two copies
+    (tmp_path / "z-copy.png").write_bytes(original.read_bytes())
+    original.rename(tmp_path / "a-moved.png")
+    report = idx.add_paths([tmp_path])
+    assert (report.moved, report.added, report.removed, report.failed) == (1, 10, 0, [])
+    assert idx.count() == 11
 
 
 def test_a_batch_is_written_all_or_nothing(engine, index_name, samples, tmp_path):

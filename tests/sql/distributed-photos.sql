@@ -441,7 +441,7 @@ SET "search_text" = (to_tsvector('simple', unaccent(concat_ws(' ', regexp_replac
     ' '), ''), '[^[:alnum:]]+', ' ', 'g')))))
 WHERE "id" = ANY(%s);
 
--- TableWrites.update_columns: one row
+-- TableWrites.update_rows: some columns of rows by key
 UPDATE "px_photos"
 SET "title" = %(title)s, "description" = %(description)s
 WHERE "id" = %(_key)s;

@@ -38,6 +38,7 @@ from xml.etree.ElementTree import Element, TreeBuilder
 from PIL import Image
 
 from pixsearch.ingest.decode import DecodeError, read_file
+from pixsearch.ingest.formats import EXTRA_SUFFIXES, IMAGE_SUFFIXES, open_image
 from pixsearch.ingest.metadata import clean_text, exif_ifd, exif_value, utc_offset
 
 # -- limits -----------------------------------------------------------------------------------------------------------
@@ -173,9 +174,6 @@ def photos_for_sidecar(sidecar: str, image_suffixes: Iterable[str] | None = None
     """The existing photos a sidecar belongs to (the inverse of sidecar_paths): `photo.jpg.xmp` -> photo.jpg;
     `photo.xmp` -> photo.jpg, photo.heic, ... (RAW+JPEG pairs share one). Used when a watcher reports a sidecar."""
     if image_suffixes is None:
-        from pixsearch.ingest.formats import EXTRA_SUFFIXES
-        from pixsearch.ingest.scan import IMAGE_SUFFIXES
-
         image_suffixes = IMAGE_SUFFIXES | EXTRA_SUFFIXES
     suffixes = {s.lower() for s in image_suffixes}
     base = os.path.splitext(sidecar)[0]
@@ -402,8 +400,6 @@ def _from_txt(data: bytes) -> _Found | None:
 
 
 def _open_for_metadata(path: str, warned: list[str]) -> Image.Image | None:
-    from pixsearch.ingest.formats import open_image
-
     try:
         data = read_file(path)
     except DecodeError as exc:

@@ -17,6 +17,9 @@ import threading
 
 from PIL import Image, features
 
+# The suffixes of the formats Pillow reads itself, lower case (scan looks for these, and for EXTRA_SUFFIXES of the
+# formats that can be registered).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 # Suffixes per format, lower case. ".hif" is what Canon and Fujifilm cameras call their HEIF files.
 EXTRA_SUFFIXES_BY_FORMAT: dict[str, frozenset[str]] = {
     "HEIF": frozenset({".heic", ".heif", ".hif"}),

@@ -1,6 +1,7 @@
 """The ingest pipeline: scan -> decide what changed -> decode (thread pool) -> embed (batches) -> write (COPY)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -12,13 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol, Sequence, TypeVar
 
-import json
-import threading
-
 import numpy as np
-import psycopg
 
-from pixsearch.db import Database
+from pixsearch.ingest.changes import MovedFiles, location, prune
 from pixsearch.ingest.decode import (DRAFT_SIZE, DecodedImage, DecodeError, content_hash, decode_bytes,
                                     read_file_with_stat)
 from pixsearch.ingest.descriptions import Descriptions, read_descriptions
@@ -28,25 +25,9 @@ from pixsearch.ingest.ocr import OcrError, OcrUnavailable, TextBox, joined_text,
 from pixsearch.ingest.scan import FoundFile, scan
 from pixsearch.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from pixsearch.models.base import Embedder
-from pixsearch.store import DocumentTable, PhotoRecord, StoredState
-from pixsearch.store.photos import (
-    PhotoLocation,
-    move_photos,
-    paths_under,
-    same_content,
-    stored_states,
-    touch,
-    update_descriptions,
-    write_photos,
-)
+from pixsearch.store import IndexStore, PhotoRecord, RowsRefused, StoredState
 
 log = logging.getLogger(__name__)
-
-_LOOKUP_CHUNK = 1000
-# What a refused batch can be refused for that is about its rows, not the connection: bad bytes in a string, a
-# value out of range, a vector of the wrong width. Connection and server errors still stop the run.
-_ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded, ValueError,
-               UnicodeError)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -129,6 +110,8 @@ class _Work:
     file: FoundFile
     stored: StoredState | None
     describe_only: bool = False  # the file is as indexed but its caption sidecars changed
+    data: bytes | None = None  # the file's bytes, read and hashed, until they are decoded
+    digest: str | None = None  # their content hash
     decoded: DecodedImage | None = None
     prepared: Any = None  # the embedder's prepare_image() result, made in the decode thread
     described: Descriptions | None = None
@@ -139,29 +122,8 @@ class _Work:
     error: str | None = None
 
 
-class _MovedFiles:
-    """Finds, for a new file, the row of a file with the same bytes whose path no longer exists: the same photo,
-    moved or renamed. Each row is claimed once (two copies of a moved file: one takes the row, one is new)."""
-
-    def __init__(self, db: Database, table: DocumentTable):
-        self.db, self.table = db, table
-        self._claimed: set[str] = set()
-        self._lock = threading.Lock()
-
-    def claim(self, digest: str) -> StoredState | None:
-        with self.db.connection() as conn:
-            candidates = same_content(conn, self.table, [digest]).get(digest, [])
-        with self._lock:
-            for row in candidates:
-                if row.id not in self._claimed and not os.path.lexists(row.path):
-                    self._claimed.add(row.id)
-                    return row
-        return None
-
-
 def ingest_paths(
-    db: Database,
-    table: DocumentTable,
+    store: IndexStore,
     embedder: Embedder,
     roots: Sequence[Path],
     options: IngestOptions = IngestOptions(),
@@ -171,8 +133,8 @@ def ingest_paths(
     progress: IngestProgress | None = None,
     loading: Callable[[int], ContextManager[Any]] | None = None,
 ) -> IngestReport:
-    """Index the images under `roots` with `embedder`, its vector spaces written to `columns` (space -> vector
-    field; default: the fields named like the spaces), each photo's caption (title, description, keywords)
+    """Index the images under `roots` into `store` with `embedder`, its vector spaces written to `columns` (space ->
+    vector field; default: the fields named like the spaces), each photo's caption (title, description, keywords)
     embedded as text into `caption_field` when given. `loading(n)` wraps the writes of the n files to embed (the
     service's choice between incremental and bulk loading).
 
@@ -180,11 +142,28 @@ def ingest_paths(
     captions read again; a new file with the bytes of an indexed file that is gone from its path is that photo
     moved: its row follows it. Files that fail to read or decode are reported and skipped; each batch is written in
     its own transaction, and rows the database refuses are reported one by one while the rest of their batch is
-    written."""
+    written. The database is asked a few questions per batch, never one per file."""
     progress = progress or NoProgress()
     report = IngestReport()
     started = time.perf_counter()
+    found, pending = _plan(store, roots, options, report, progress)
+    progress.start(len(pending))
+    writer = _Writer(store, embedder, columns, caption_field, report, progress)
+    with (loading or _incremental)(sum(not w.describe_only for w in pending)):
+        _run(writer, pending, options)
+    failed = {path for path, _ in report.failed}
+    report.keys = [f.id for f in found if f.path not in failed]
+    if options.prune:
+        report.removed = prune(store, roots)
+    if report.added or report.updated or report.removed:
+        store.analyze()
+    report.elapsed_seconds = time.perf_counter() - started
+    return report
 
+
+def _plan(store: IndexStore, roots: Sequence[Path], options: IngestOptions, report: IngestReport,
+          progress: IngestProgress) -> tuple[list[FoundFile], list[_Work]]:
+    """Scan the roots and compare what was found with the stored rows: the files found, and those to look at."""
     t0 = time.perf_counter()
     scanned = scan(roots, follow_symlinks=options.follow_symlinks, max_file_bytes=options.max_file_bytes)
     for path, reason in scanned.failures:
@@ -192,7 +171,7 @@ def ingest_paths(
         progress.failure(path, reason)
     report.skipped.extend(scanned.skipped)
     report.scanned = len(scanned.found)
-    stored = _stored_states(db, table, [f.id for f in scanned.found])
+    stored = store.stored_states([f.id for f in scanned.found])
     pending: list[_Work] = []
     for f in scanned.found:
         state = stored.get(f.id)
@@ -204,20 +183,7 @@ def ingest_paths(
         else:
             pending.append(_Work(f, state))
     report.stage_seconds["scan"] = time.perf_counter() - t0
-
-    progress.start(len(pending))
-    writer = _Writer(db, table, embedder, columns, caption_field, report, progress)
-    with (loading or _incremental)(sum(not w.describe_only for w in pending)):
-        _run(writer, pending, options, _MovedFiles(db, table))
-    failed = {path for path, _ in report.failed}
-    report.keys = [f.id for f in scanned.found if f.path not in failed]
-    if options.prune:
-        report.removed = _prune(db, table, roots)
-    if report.added or report.updated or report.removed:
-        with db.connection() as conn:
-            table.analyze(conn)
-    report.elapsed_seconds = time.perf_counter() - started
-    return report
+    return scanned.found, pending
 
 
 @contextmanager
@@ -225,58 +191,65 @@ def _incremental(count: int) -> Iterator[None]:
     yield
 
 
-def _run(writer: "_Writer", pending: list[_Work], options: IngestOptions, moved_files: _MovedFiles) -> None:
-    """Decode (thread pool), embed and write the pending files, batch by batch."""
-    report, progress = writer.report, writer.progress
+def _run(writer: "_Writer", pending: list[_Work], options: IngestOptions) -> None:
+    """Read and hash (thread pool), find moved files (one query per batch), decode (thread pool), embed and write
+    the pending files, batch by batch. Each stage keeps about a batch of files in flight: raw bytes wait for the
+    move lookup, decoded pixels for the model."""
     reader = shared_reader() if options.ocr else None
-    batch: list[_Work] = []
-    moves: list[_Work] = []
-    described: list[_Work] = []
-    touched: list[tuple[str, int, int]] = []
+    batches = _Batches(writer, options.batch_size)
     with ThreadPoolExecutor(max_workers=options.decode_workers, thread_name_prefix="pixsearch-decode") as pool:
-        decode = lambda w: _decode(w, report, writer.embedder, options, moved_files, reader)  # noqa: E731
-        for work in _bounded_map(pool, decode, pending, window=options.batch_size * 2):
-            if work.error is not None:
-                report.failed.append((work.file.path, work.error))
-                progress.failure(work.file.path, work.error)
-                progress.advance()
-            elif work.moved_from is not None:
-                moves.append(work)
-                if len(moves) >= options.batch_size:
-                    writer.moves(moves)
-                    moves = []
-            elif work.describe_only:
-                described.append(work)
-                if len(described) >= options.batch_size:
-                    writer.descriptions(described)
-                    described = []
-            elif work.same_content:
-                touched.append((work.file.id, work.file.size_bytes, work.file.mtime_ns))
-                report.unchanged += 1
-                progress.advance()
-            else:
-                batch.append(work)
-                if len(batch) >= options.batch_size:
-                    writer.photos(batch)
-                    batch = []
-        writer.moves(moves)
-        writer.descriptions(described)
-        writer.photos(batch)
-    if touched:
-        with writer.db.connection() as conn:
-            touch(conn, writer.table, touched)
+        read = _bounded_map(pool, lambda w: _read(w, writer.report, options), pending, window=options.batch_size)
+        claimed = _claim_moves(read, MovedFiles(writer.store), options.batch_size)
+        decode = lambda w: _decode(w, writer.report, writer.embedder, options, reader)  # noqa: E731
+        for work in _bounded_map(pool, decode, claimed, window=options.batch_size):
+            batches.add(work)
+        batches.flush()
 
 
-def _stored_states(db: Database, table: DocumentTable, ids: list[str]) -> dict[str, StoredState]:
-    states: dict[str, StoredState] = {}
-    with db.connection() as conn:
-        for start in range(0, len(ids), _LOOKUP_CHUNK):
-            states.update(stored_states(conn, table, ids[start : start + _LOOKUP_CHUNK]))
-    return states
+class _Batches:
+    """Sorts what the decode stage produced by what it needs written, and writes each kind a batch at a time."""
+
+    def __init__(self, writer: "_Writer", batch_size: int):
+        self.writer, self.batch_size = writer, batch_size
+        self.photos: list[_Work] = []  # to embed and write
+        self.moves: list[_Work] = []  # rows to follow their files
+        self.described: list[_Work] = []  # captions to read again
+        self.touched: list[tuple[str, int, int]] = []  # new size/mtime, same bytes
+
+    def add(self, work: _Work) -> None:
+        writer = self.writer
+        if work.error is not None:
+            writer.report.failed.append((work.file.path, work.error))
+            writer.progress.failure(work.file.path, work.error)
+            writer.progress.advance()
+        elif work.moved_from is not None:
+            self._append(self.moves, work, writer.moves)
+        elif work.describe_only:
+            self._append(self.described, work, writer.descriptions)
+        elif work.same_content:
+            self.touched.append((work.file.id, work.file.size_bytes, work.file.mtime_ns))
+            writer.report.unchanged += 1
+            writer.progress.advance()
+        else:
+            self._append(self.photos, work, writer.photos)
+
+    def _append(self, batch: list[_Work], work: _Work, write: Callable[[list[_Work]], None]) -> None:
+        batch.append(work)
+        if len(batch) >= self.batch_size:
+            write(batch[:])
+            batch.clear()
+
+    def flush(self) -> None:
+        self.writer.moves(self.moves)
+        self.writer.descriptions(self.described)
+        self.writer.photos(self.photos)
+        if self.touched:
+            self.writer.store.touch(self.touched)
 
 
-def _decode(work: _Work, report: IngestReport, embedder: Embedder, options: IngestOptions, moved_files: _MovedFiles,
-            reader: Any) -> _Work:
+def _read(work: _Work, report: IngestReport, options: IngestOptions) -> _Work:
+    """Read and hash a file (in a pool thread). A file with the bytes it was indexed with needs at most its
+    captions read again; the bytes of any other are kept for the decode stage."""
     t0 = time.perf_counter()
     path = work.file.path
     try:
@@ -295,17 +268,53 @@ def _decode(work: _Work, report: IngestReport, embedder: Embedder, options: Inge
                 work.describe_only = True
                 work.described = read_descriptions(path, follow_symlinks=options.follow_symlinks)
             return work
-        if work.stored is None:
-            work.moved_from = moved_files.claim(digest)
-            if work.moved_from is not None:
-                if work.moved_from.sidecar_state != work.file.sidecar_state:
-                    work.described = read_descriptions(path, follow_symlinks=options.follow_symlinks)
-                return work
+        work.data, work.digest = data, digest
+    except DecodeError as exc:
+        work.error = str(exc)
+    finally:
+        # Several pool threads add here; float += under the GIL is good enough for a timing total.
+        report.stage_seconds["decode"] += time.perf_counter() - t0
+    return work
 
-        def describe(image, exif) -> Descriptions:
-            return read_descriptions(path, image, exif, follow_symlinks=options.follow_symlinks)
 
-        work.decoded = decode_bytes(data, digest, max_pixels=options.max_pixels, describe=describe,
+def _claim_moves(works: Iterable[_Work], moved_files: MovedFiles, batch_size: int) -> Iterator[_Work]:
+    """The works in order, each new file (no row at its path) that is an indexed photo moved from a path that is
+    gone given that row (moved_from) and its bytes dropped: the rows are looked up a batch of files at a time."""
+    batch: list[_Work] = []
+    for work in works:
+        batch.append(work)
+        if len(batch) >= batch_size:
+            yield from _claimed(batch, moved_files)
+            batch = []
+    yield from _claimed(batch, moved_files)
+
+
+def _claimed(batch: list[_Work], moved_files: MovedFiles) -> list[_Work]:
+    new = [w for w in batch if w.stored is None and w.digest is not None]
+    for work, row in zip(new, moved_files.claim([w.digest for w in new])):
+        if row is not None:
+            work.moved_from, work.data = row, None
+    return batch
+
+
+def _decode(work: _Work, report: IngestReport, embedder: Embedder, options: IngestOptions, reader: Any) -> _Work:
+    """Decode a file read by _read, and prepare it for the model (in a pool thread); a moved file whose caption
+    sidecars differ from its row's has its captions read again."""
+    if work.data is None and work.moved_from is None:  # failed, or needs no decoding
+        return work
+    t0 = time.perf_counter()
+    path = work.file.path
+    data, work.data = work.data, None
+
+    def describe(image, exif) -> Descriptions:
+        return read_descriptions(path, image, exif, follow_symlinks=options.follow_symlinks)
+
+    try:
+        if work.moved_from is not None:
+            if work.moved_from.sidecar_state != work.file.sidecar_state:
+                work.described = read_descriptions(path, follow_symlinks=options.follow_symlinks)
+            return work
+        work.decoded = decode_bytes(data, work.digest, max_pixels=options.max_pixels, describe=describe,
                                     draft=(reader.max_side,) * 2 if reader is not None else DRAFT_SIZE)
         work.described = work.decoded.described
         if reader is not None:
@@ -316,7 +325,6 @@ def _decode(work: _Work, report: IngestReport, embedder: Embedder, options: Inge
     except DecodeError as exc:
         work.error = str(exc)
     finally:
-        # Several decode threads add here; float += under the GIL is good enough for a timing total.
         report.stage_seconds["decode"] += time.perf_counter() - t0
     return work
 
@@ -364,9 +372,9 @@ def _file_time(mtime_ns: int) -> datetime:
 class _Writer:
     """Writes what the decode threads produced, batch by batch, and keeps the report."""
 
-    def __init__(self, db: Database, table: DocumentTable, embedder: Embedder, columns: dict[str, str] | None,
+    def __init__(self, store: IndexStore, embedder: Embedder, columns: dict[str, str] | None,
                  caption_field: str | None, report: IngestReport, progress: IngestProgress):
-        self.db, self.table, self.embedder = db, table, embedder
+        self.store, self.embedder = store, embedder
         self.columns, self.caption_field = columns or {}, caption_field
         self.report, self.progress = report, progress
 
@@ -392,7 +400,7 @@ class _Writer:
         report.stage_seconds["embed"] += time.perf_counter() - t0
         records = [self._record(work, i, embeddings, captions[i]) for i, work in enumerate(batch)]
         t0 = time.perf_counter()
-        refused = _write_or_bisect(self.db, self.table, records)
+        refused = _write_or_bisect(self.store, records)
         report.stage_seconds["write"] += time.perf_counter() - t0
         for work in batch:
             reason = refused.get(work.file.id)
@@ -439,13 +447,9 @@ class _Writer:
         """Rows of moved files follow them; captions are read again where the sidecars differ."""
         if not moved:
             return
-        locations = [(w.moved_from.id, PhotoLocation(
-            id=w.file.id, path=w.file.path, folder=os.path.dirname(w.file.path),
-            filename=os.path.basename(w.file.path), size_bytes=w.file.size_bytes, mtime_ns=w.file.mtime_ns,
-            companion_key=companion_key(w.file.path))) for w in moved]
         t0 = time.perf_counter()
-        with self.db.connection() as conn:
-            move_photos(conn, self.table, locations)
+        self.store.move_photos([(w.moved_from.id, location(w.file.path, w.file.size_bytes, w.file.mtime_ns))
+                                for w in moved])
         self.report.stage_seconds["write"] += time.perf_counter() - t0
         self.report.moved += len(moved)
         self.progress.advance(len(moved))
@@ -459,56 +463,28 @@ class _Writer:
         rows = []
         for work, caption in zip(works, captions):
             d = work.described
-            row = {self.table.spec.key_field: work.file.id, "title": d.title, "description": d.description,
+            row = {self.store.spec.key_field: work.file.id, "title": d.title, "description": d.description,
                    "keywords": d.keywords or None, "sidecar_state": work.file.sidecar_state}
             if self.caption_field is not None:
                 row[self.caption_field] = caption
             rows.append(row)
             self.report.warnings.extend((work.file.path, message) for message in d.warnings)
-        with self.db.connection() as conn:
-            update_descriptions(conn, self.table, rows, self.caption_field)
+        self.store.update_descriptions(rows, self.caption_field)
         self.report.metadata_updated += len(works)
         if advance:
             self.progress.advance(len(works))
 
 
-def _write_or_bisect(db: Database, table: DocumentTable, records: list[PhotoRecord]) -> dict[str, str]:
+def _write_or_bisect(store: IndexStore, records: list[PhotoRecord]) -> dict[str, str]:
     """Write the batch in one transaction. If the database refuses it for something in its rows, write each half
     on its own (recursively), so every good row lands and each bad one is named with the database's reason.
     Returns id -> reason for the rows that were refused."""
     try:
-        with db.connection() as conn:
-            write_photos(conn, table, records)
+        store.write_photos(records)
         return {}
-    except _ROW_ERRORS as exc:
+    except RowsRefused as exc:
         if len(records) == 1:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            log.warning("the database refused %s: %s", records[0].path, reason)
-            return {records[0].id: f"the database refused this photo's row: {reason}"}
+            log.warning("the database refused %s: %s", records[0].path, exc)
+            return {records[0].id: f"the database refused this photo's row: {exc}"}
     middle = len(records) // 2
-    return {**_write_or_bisect(db, table, records[:middle]), **_write_or_bisect(db, table, records[middle:])}
-
-
-def _gone(path: str) -> bool:
-    """Deleted for sure: a file that cannot be looked at (its folder unreadable for now, an I/O error) is kept."""
-    try:
-        os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return True
-    except OSError:
-        pass
-    return False
-
-
-def _prune(db: Database, table: DocumentTable, roots: Sequence[Path]) -> int:
-    """Remove rows of files that were under a scanned folder and are gone from disk."""
-    gone: list[str] = []
-    with db.connection() as conn:
-        for root in roots:
-            root = Path(root).expanduser().absolute()
-            if not root.is_dir():
-                continue
-            for photo_id, path in paths_under(conn, table, str(root).rstrip(os.sep) + os.sep):
-                if _gone(path):
-                    gone.append(photo_id)
-        return table.delete(conn, gone)
+    return {**_write_or_bisect(store, records[:middle]), **_write_or_bisect(store, records[middle:])}

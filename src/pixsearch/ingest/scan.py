@@ -10,10 +10,9 @@ from typing import Iterable
 
 from pixsearch.ingest.decode import file_kind
 from pixsearch.ingest.descriptions import is_sidecar_name, sidecar_paths
-from pixsearch.ingest.formats import available_suffixes
+from pixsearch.ingest.formats import IMAGE_SUFFIXES, available_suffixes
 from pixsearch.limits import DEFAULT_MAX_FILE_BYTES
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 # Pillow's own formats, and HEIF/AVIF when pillow-heif (or a Pillow with libavif) can open them.
 SCANNED_SUFFIXES = IMAGE_SUFFIXES | available_suffixes()
 SYMLINK_SKIPPED = "symbolic link: skipped (--follow-symlinks indexes what links point to)"

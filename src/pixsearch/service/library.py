@@ -10,7 +10,7 @@ from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
 from pixsearch.service.regions import add_regions
 from pixsearch.service.roots import record_roots
-from pixsearch.store import DocumentTable, SchemaError
+from pixsearch.store import SchemaError
 from pixsearch.store.schema import CAPTION_FIELD
 
 
@@ -49,7 +49,7 @@ def add_paths(
     model = index.model()
     record_roots(index, [Path(p) for p in (roots if roots is not None else paths)], follow_symlinks)
     caption = next((vf.name for vf in index.spec.vector_fields if vf.name == CAPTION_FIELD), None)
-    report = ingest_paths(index.db, DocumentTable(index.spec), model.embedder, [Path(p) for p in paths], options,
+    report = ingest_paths(index.store, model.embedder, [Path(p) for p in paths], options,
                           columns=model.columns, caption_field=caption, progress=progress,
                           loading=lambda incoming: builds.loading(index, incoming))
     auto_regions = index.spec.settings.get("regions", {}).get("auto")

@@ -11,7 +11,6 @@ import io
 import logging
 import os
 import re
-import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,16 +21,15 @@ from PIL import Image
 from pixsearch.file_errors import storage_reason
 from pixsearch.ingest import IngestReport
 from pixsearch.ingest.decode import DecodeError, content_hash, decode_bytes, read_file
-from pixsearch.ingest.descriptions import is_sidecar_name, photos_for_sidecar
-from pixsearch.ingest.formats import SUPPORTED_FORMATS_TEXT, companion_key
-from pixsearch.ingest.scan import photo_id, valid_utf8
+from pixsearch.ingest.changes import apply_watched_changes
+from pixsearch.ingest.formats import SUPPORTED_FORMATS_TEXT
+from pixsearch.ingest.scan import photo_id
 from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
 from pixsearch.service.library import add_paths
 from pixsearch.service.roots import PhotoNotFound, photo_file
 from pixsearch.service.thumbnails import HEX_HASH, private_folder, thumbnail_name
 from pixsearch.store import SchemaError
-from pixsearch.store.photos import PhotoLocation
 
 log = logging.getLogger(__name__)
 
@@ -223,37 +221,9 @@ def apply_folder_changes(index: IndexCore, changed: set[str], deleted: set[str],
     moves (the row follows its file, nothing embedded again), deletions (a folder's photos go with it), then new and
     changed files (indexed as `pixsearch index` would; a changed caption sidecar re-reads its photo's captions)."""
     upgrade_photo_index(index)
-    changed = set(changed)
-    for path in [*deleted, *(p for move in moved for p in move), *list(changed)]:
-        if is_sidecar_name(path):  # a sidecar stands for its photos
-            changed.update(photos_for_sidecar(path))
-            changed.discard(path)
-    moves = []
-    photo_moves = [(src, dest) for src, dest in moved if not is_sidecar_name(dest)]
-    stored = index.store.stored_states([photo_id(src) for src, _ in photo_moves])
-    for src, dest in photo_moves:
-        state = stored.get(photo_id(src))
-        try:
-            st = os.stat(dest) if state is not None and valid_utf8(dest) else None
-        except OSError:
-            st = None
-        if st is None or not stat.S_ISREG(st.st_mode):
-            changed.add(dest)  # never indexed, or gone again: whatever is there now is read as a new file
-            continue
-        moves.append((state.id, PhotoLocation(photo_id(dest), dest, os.path.dirname(dest), os.path.basename(dest),
-                                              st.st_size, st.st_mtime_ns, companion_key(dest))))
-        changed.add(dest)  # re-checked below: unchanged, unless its sidecars differ now
-    index.store.move_photos(moves)
-    gone: list[str] = []
-    for path in deleted:
-        if is_sidecar_name(path):
-            continue
-        gone.append(photo_id(path))
-        gone += [key for key, _ in index.store.paths_under(path.rstrip(os.sep) + os.sep)]
-    removed = index.store.delete(gone)
-    present = sorted(p for p in changed if os.path.isfile(p) and not is_sidecar_name(p))
-    report = add_paths(index, present, prune=False, roots=roots, follow_symlinks=follow_symlinks) if present \
-        else IngestReport()
-    report.moved += len(moves)
-    report.removed += removed
+    changes = apply_watched_changes(index.store, changed, deleted, moved)
+    report = add_paths(index, changes.to_index, prune=False, roots=roots, follow_symlinks=follow_symlinks) \
+        if changes.to_index else IngestReport()
+    report.moved += changes.moved
+    report.removed += changes.removed
     return report

@@ -1,6 +1,7 @@
 """All SQL lives here. Identifiers reach SQL through psycopg.sql, values through parameters."""
 from pixsearch.store.filters import And, AnyEq, Compare, Filter, FilterError, In, Not, Or, Prefix
-from pixsearch.store.photos import PhotoRecord, StoredState
+from pixsearch.store.index_store import IndexStore, RowsRefused
+from pixsearch.store.photos import PhotoLocation, PhotoRecord, StoredState
 from pixsearch.store.registry import (
     IndexExistsError,
     change_definition,
@@ -30,14 +31,17 @@ __all__ = [
     "FilterError",
     "Hit",
     "In",
+    "IndexStore",
     "IndexExistsError",
     "IndexNotFoundError",
     "IndexSpec",
     "Not",
     "Or",
+    "PhotoLocation",
     "PhotoRecord",
     "Prefix",
     "QueryOptions",
+    "RowsRefused",
     "SchemaError",
     "SearchResult",
     "StoredState",

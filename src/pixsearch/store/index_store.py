@@ -26,6 +26,23 @@ from pixsearch.store.session import read_snapshot
 from pixsearch.store.table import Table
 
 
+_LOOKUP_CHUNK = 1000  # keys per lookup query
+# What the database (or the driver, encoding them) refuses a batch for that is about its rows, not the connection:
+# bad bytes in a string, a value out of range, a vector of the wrong width. Connection and server errors are not.
+_ROW_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.errors.ProgramLimitExceeded, ValueError,
+               UnicodeError)
+
+
+class RowsRefused(ValueError):
+    """A write was refused for something in its rows; nothing of it was written. The message is the first line of
+    the database's (or the driver's) reason; the original error is the cause."""
+
+    @classmethod
+    def from_error(cls, exc: BaseException) -> "RowsRefused":
+        text = str(exc).strip()
+        return cls(text.splitlines()[0] if text else type(exc).__name__)
+
+
 class Reader:
     """What one search reads, all from one snapshot (see IndexStore.reader)."""
 
@@ -160,7 +177,14 @@ class IndexStore:
 
     # -- photo lookups for incremental ingest: one query per batch, not per file --------------------------------
     def stored_states(self, ids: Sequence[str]) -> dict[str, StoredState]:
-        return self._one(lambda conn: photos.stored_states(conn, self._table, ids))
+        """What ingest compares files with, by key: one connection, a query per _LOOKUP_CHUNK keys."""
+        def read(conn: psycopg.Connection) -> dict[str, StoredState]:
+            states: dict[str, StoredState] = {}
+            for start in range(0, len(ids), _LOOKUP_CHUNK):
+                states.update(photos.stored_states(conn, self._table, ids[start:start + _LOOKUP_CHUNK]))
+            return states
+
+        return self._one(read)
 
     def same_content(self, digests: Iterable[str]) -> dict[str, list[StoredState]]:
         """The photos whose file had each of these content hashes when it was indexed, by hash."""
@@ -181,17 +205,27 @@ class IndexStore:
                                                                  insert_missing=insert_missing))
 
     def delete(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0  # not even an empty transaction
         return self._write(lambda conn: self._table.writes.delete(conn, list(ids)))
 
     def write_photos(self, records: Sequence[PhotoRecord]) -> None:
-        self._write(lambda conn: photos.write_photos(conn, self._table, records))
+        """Photo rows in one transaction; RowsRefused when something in them is refused (nothing written then)."""
+        try:
+            self._write(lambda conn: photos.write_photos(conn, self._table, records))
+        except _ROW_ERRORS as exc:
+            raise RowsRefused.from_error(exc) from exc
 
     def touch(self, changes: Sequence[tuple[str, int, int]]) -> None:
-        """New size/mtime of files whose content hash shows they did not really change."""
-        self._write(lambda conn: photos.touch(conn, self._table, changes))
+        """New size/mtime of files whose content hash shows they did not really change: (key, size, mtime_ns)
+        each, all in one transaction and one round trip."""
+        if changes:
+            self._write(lambda conn: photos.touch(conn, self._table, changes))
 
     def move_photos(self, moves: Sequence[tuple[str, PhotoLocation]]) -> None:
-        self._write(lambda conn: photos.move_photos(conn, self._table, moves))
+        """Rows follow their moved files, all in one transaction (photos.move_photos)."""
+        if moves:
+            self._write(lambda conn: photos.move_photos(conn, self._table, moves))
 
     def update_descriptions(self, rows: Sequence[dict[str, Any]], caption_field: str | None) -> None:
         self._write(lambda conn: photos.update_descriptions(conn, self._table, rows, caption_field))

@@ -75,9 +75,8 @@ def write_photos(conn: psycopg.Connection, table: Table, records: Sequence[Photo
 
 
 def touch(conn: psycopg.Connection, table: Table, changes: Iterable[tuple[str, int, int]]) -> None:
-    """Record a new size/mtime for files whose content hash shows they did not really change."""
-    for photo_id, size, mtime_ns in changes:
-        table.writes.update_columns(conn, photo_id, {"size_bytes": size, "mtime_ns": mtime_ns})
+    """Record a new size/mtime for files whose content hash shows they did not really change (one round trip)."""
+    table.writes.update_rows(conn, ("size_bytes", "mtime_ns"), list(changes))
 
 
 def paths_under(conn: psycopg.Connection, table: Table, prefix: str) -> list[tuple[str, str]]:

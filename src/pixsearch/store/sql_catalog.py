@@ -183,7 +183,7 @@ def write_statements(shape: TableShape, part: str = "TableWrites") -> Iterator[S
     rebuilt = [(column, fields) for column, fields in shape.text_columns if any(f.name in some for f in fields)]
     if rebuilt:
         yield Statement(f"{part}.write", "merged rows: their keyword text", writes.rebuild_text_sql(shape, rebuilt))
-    yield Statement(f"{part}.update_columns", "one row", writes.update_columns_sql(shape, some[1:3]))
+    yield Statement(f"{part}.update_rows", "some columns of rows by key", writes.update_columns_sql(shape, some[1:3]))
     yield Statement(f"{part}.delete", "", writes.delete_sql(shape))
     replaced = moved_columns(spec.key_field) if spec.kind == "photos" else some
     yield Statement(f"{part}.rekey", "stage the moved rows", writes.stage_rekeyed_sql(shape))

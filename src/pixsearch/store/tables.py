@@ -123,8 +123,8 @@ class DocumentTable:
               insert_missing: bool = True) -> set[str]:
         return self.parts.writes.write(conn, rows, columns=columns, insert_missing=insert_missing)
 
-    def update_columns(self, conn: psycopg.Connection, key: str, values: dict[str, Any]) -> None:
-        self.parts.writes.update_columns(conn, key, values)
+    def update_rows(self, conn: psycopg.Connection, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        self.parts.writes.update_rows(conn, columns, rows)
 
     def delete(self, conn: psycopg.Connection, ids: Sequence[str]) -> int:
         return self.parts.writes.delete(conn, ids)

@@ -146,8 +146,15 @@ class TableWrites:
                     values.append(value)
                 copy.write_row(values)
 
-    def update_columns(self, conn: psycopg.Connection, key: str, values: dict[str, Any]) -> None:
-        conn.execute(update_columns_sql(self.shape, list(values)), {**values, "_key": key})
+    def update_rows(self, conn: psycopg.Connection, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Set `columns` of existing rows, each given as (key, value per column), in the caller's transaction: one
+        UPDATE by key per row, sent together (psycopg pipelines executemany: one round trip). By key rather than a
+        join to the list of rows, so that on Citus each goes to its own shard."""
+        if not rows:
+            return
+        with conn.cursor() as cur:
+            cur.executemany(update_columns_sql(self.shape, list(columns)),
+                            [{**dict(zip(columns, values)), "_key": key} for key, *values in rows])
 
     def delete(self, conn: psycopg.Connection, ids: Sequence[str]) -> int:
         if not ids:
