@@ -25,14 +25,16 @@ from pixsearch.ingest.descriptions import Descriptions, read_descriptions
 from pixsearch.ingest.formats import companion_key
 from pixsearch.ingest.layout import layout_signature
 from pixsearch.ingest.ocr import OcrError, OcrUnavailable, TextBox, joined_text, shared_reader
-from pixsearch.ingest.scan import FoundFile, scan
+from pixsearch.ingest.scan import FoundFile, normal_path, photo_id, scan
 from pixsearch.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from pixsearch.models.base import Embedder
 from pixsearch.store import DocumentTable, PhotoRecord, StoredState
 from pixsearch.store.photos import (
     PhotoLocation,
+    fold_photos,
     move_photos,
     paths_under,
+    paths_not_normal,
     same_content,
     stored_states,
     touch,
@@ -170,6 +172,7 @@ def ingest_paths(
     caption_field: str | None = None,
     progress: IngestProgress | None = None,
     loading: Callable[[int], ContextManager[Any]] | None = None,
+    within: Sequence[Path] | None = None,
 ) -> IngestReport:
     """Index the images under `roots` with `embedder`, its vector spaces written to `columns` (space -> vector
     field; default: the fields named like the spaces), each photo's caption (title, description, keywords)
@@ -180,13 +183,20 @@ def ingest_paths(
     captions read again; a new file with the bytes of an indexed file that is gone from its path is that photo
     moved: its row follows it. Files that fail to read or decode are reported and skipped; each batch is written in
     its own transaction, and rows the database refuses are reported one by one while the rest of their batch is
-    written."""
+    written. `within`: the folders `roots` were found in, by a folder watcher (see scan: then none is a root).
+
+    With options.prune, the run first folds rows stored under another spelling of their path into their normal one
+    (_fold_spellings), and afterwards removes the rows of files under the scanned folders that are gone, or that lie
+    behind a symbolic link the scan did not follow (a watcher or a --follow-symlinks run put them there)."""
     progress = progress or NoProgress()
     report = IngestReport()
     started = time.perf_counter()
 
     t0 = time.perf_counter()
-    scanned = scan(roots, follow_symlinks=options.follow_symlinks, max_file_bytes=options.max_file_bytes)
+    if options.prune:
+        report.removed += _fold_spellings(db, table)
+    scanned = scan(roots, within=within, follow_symlinks=options.follow_symlinks,
+                   max_file_bytes=options.max_file_bytes)
     for path, reason in scanned.failures:
         report.failed.append((path, reason))
         progress.failure(path, reason)
@@ -212,7 +222,7 @@ def ingest_paths(
     failed = {path for path, _ in report.failed}
     report.keys = [f.id for f in scanned.found if f.path not in failed]
     if options.prune:
-        report.removed = _prune(db, table, roots)
+        report.removed += _prune(db, table, roots, scanned.links, {f.path for f in scanned.found})
     if report.added or report.updated or report.removed:
         with db.connection() as conn:
             table.analyze(conn)
@@ -500,15 +510,50 @@ def _gone(path: str) -> bool:
     return False
 
 
-def _prune(db: Database, table: DocumentTable, roots: Sequence[Path]) -> int:
-    """Remove rows of files that were under a scanned folder and are gone from disk."""
+def _prune(db: Database, table: DocumentTable, roots: Sequence[Path], links: Sequence[str], found: set[str]) -> int:
+    """Remove rows of files that were under a scanned folder and are gone from disk, or that lie behind one of the
+    symbolic `links` the scan passed over (unless the scan found them another way: a link named as a root)."""
     gone: list[str] = []
+    passed_over = set(links)
+
+    def behind_link(path: str) -> bool:
+        while path not in passed_over:
+            parent = os.path.dirname(path)
+            if parent == path:
+                return False
+            path = parent
+        return True
+
     with db.connection() as conn:
         for root in roots:
-            root = Path(root).expanduser().absolute()
+            root = Path(normal_path(root))
             if not root.is_dir():
                 continue
-            for photo_id, path in paths_under(conn, table, str(root).rstrip(os.sep) + os.sep):
-                if _gone(path):
-                    gone.append(photo_id)
+            for key, path in paths_under(conn, table, str(root).rstrip(os.sep) + os.sep):
+                if path not in found and (_gone(path) or behind_link(path)):
+                    gone.append(key)
         return table.delete(conn, gone)
+
+
+def _fold_spellings(db: Database, table: DocumentTable) -> int:
+    """Rows stored under a path not in normal_path form (older releases kept `/a/home/../p/x.jpg` as given, keyed
+    by that spelling) take the normal one, with their vectors, captions and regions. Where a row already has it,
+    or two spellings meet, one row is kept (the one at the normal path, if any) and the others are removed; the
+    number removed. All in one transaction."""
+    with db.connection() as conn:
+        misspelled = [state for state in paths_not_normal(conn, table) if normal_path(state.path) != state.path]
+        if not misspelled:
+            return 0
+        by_normal: dict[str, list[StoredState]] = {}
+        for state in misspelled:
+            by_normal.setdefault(normal_path(state.path), []).append(state)
+        existing = stored_states(conn, table, [photo_id(path) for path in by_normal])
+        moves, removed = [], []
+        for path, states in by_normal.items():
+            if photo_id(path) not in existing:
+                first = states.pop(0)
+                moves.append((first.id, PhotoLocation(
+                    id=photo_id(path), path=path, folder=os.path.dirname(path), filename=os.path.basename(path),
+                    size_bytes=first.size_bytes, mtime_ns=first.mtime_ns, companion_key=companion_key(path))))
+            removed += [state.id for state in states]
+        return fold_photos(conn, table, moves, removed)

@@ -152,9 +152,12 @@ class Index:
         roots: Sequence[Path] | None = None,
         ocr: bool | None = None,
     ) -> IngestReport:
-        """Index photo files and folders (see ingest.pipeline); the folders are recorded as the index's roots (or
-        `roots`, when given), the only places the server opens photo files for thumbnails. ocr: read text in the
-        photos (True/False is remembered for the index's later runs; None: as the index is set up)."""
+        """Index photo files and folders (see ingest.pipeline); the folders are recorded as the index's roots, the
+        only places the server opens photo files for thumbnails. `roots`: the folders `paths` were found in (a
+        watcher's folders, the uploads folder), recorded instead, and each path is then taken as the walk of those
+        folders would take it (no root of its own: one behind a symbolic link is skipped unless follow_symlinks).
+        ocr: read text in the photos (True/False is remembered for the index's later runs; None: as the index is
+        set up)."""
         if self.spec.kind != "photos":
             raise SchemaError(f"index {self.name!r} is not a photo index: add vectors to it instead")
         upgrade_photo_index(self)
@@ -179,7 +182,8 @@ class Index:
         photos.record_roots(self, [Path(p) for p in (roots if roots is not None else paths)], follow_symlinks)
         caption = next((vf.name for vf in self.spec.vector_fields if vf.name == CAPTION_FIELD), None)
         report = ingest_paths(self.db, self.table, model.embedder, [Path(p) for p in paths], options,
-                              columns=model.columns, caption_field=caption, progress=progress, loading=self.loading)
+                              columns=model.columns, caption_field=caption, progress=progress, loading=self.loading,
+                              within=[Path(r) for r in roots] if roots is not None else None)
         auto_regions = self.spec.settings.get("regions", {}).get("auto")
         if auto_regions and report.embedded_keys:  # regions of new and changed photos, as the index was set up
             self.add_regions(auto_regions, photo_keys=report.embedded_keys)

@@ -24,7 +24,7 @@ from pixsearch.ingest import IngestReport
 from pixsearch.ingest.decode import DecodeError, content_hash, decode_bytes, read_file
 from pixsearch.ingest.descriptions import is_sidecar_name, photos_for_sidecar
 from pixsearch.ingest.formats import companion_key
-from pixsearch.ingest.scan import photo_id, valid_utf8
+from pixsearch.ingest.scan import inside, normal_path, photo_id, valid_utf8, walk_refusal
 from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.thumbnails import HEX_HASH, private_folder, thumbnail_name
 from pixsearch.store import SchemaError, update_settings
@@ -45,7 +45,7 @@ class PhotoNotFound(LookupError):
 
 
 def _roots_json(paths: Sequence[Path], follow_symlinks: bool) -> list[dict[str, Any]]:
-    return [{"path": os.path.realpath(Path(p).expanduser().absolute()), "follow_symlinks": follow_symlinks}
+    return [{"path": os.path.realpath(normal_path(p)), "follow_symlinks": follow_symlinks}
             for p in paths]
 
 
@@ -81,10 +81,6 @@ def indexed_roots(index: "Index") -> list[dict[str, Any]]:
     return derived
 
 
-def _inside(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
-
-
 def photo_file(index: "Index", stored_path: str) -> tuple[str, bool]:
     """(path to open, whether a symbolic link may be followed) for a stored photo path, if it lies inside one of the
     index's roots; PhotoNotFound otherwise. The check is on the real location of the file's folder, so `..` and
@@ -95,17 +91,30 @@ def photo_file(index: "Index", stored_path: str) -> tuple[str, bool]:
         raise PhotoNotFound("the photo's file is not inside the folders this index was built from")
     real_folder = os.path.realpath(os.path.dirname(normal))
     real_file = os.path.join(real_folder, os.path.basename(normal))
+    linked = False
     for root in indexed_roots(index):
         top, follow = root["path"], bool(root.get("follow_symlinks"))
-        if _inside(real_file, top) or (follow and _inside(normal, top)):
+        if inside(real_file, top) or (follow and inside(normal, top)):
             try:
                 is_link = stat.S_ISLNK(os.lstat(real_file).st_mode)
             except OSError:
                 raise PhotoNotFound("the photo's file is missing") from None
             if is_link and not follow:
+                linked = True
                 continue
             return real_file, follow
+    if linked:
+        raise PhotoNotFound("the photo's file is now a symbolic link, not followed (the index was built without "
+                            "--follow-symlinks)")
     raise PhotoNotFound("the photo's file is not inside the folders this index was built from")
+
+
+def read_stored_photo(index: "Index", stored_path: str) -> bytes:
+    """The bytes of a stored photo's file, for everything that opens one again after ingest (thumbnails, regions,
+    reindex): opened only inside the index's roots and not through a link unless its root follows links
+    (photo_file: PhotoNotFound otherwise), a regular file within the size limit (read_file: DecodeError)."""
+    path, follow = photo_file(index, stored_path)
+    return read_file(path, max_bytes=index.engine.settings.max_file_bytes, follow_symlinks=follow)
 
 
 class StorageError(OSError):
@@ -228,7 +237,7 @@ def remove_unfinished_uploads(index: "Index") -> list[str]:
         entries = [entry for entry in os.scandir(folder) if entry.is_file(follow_symlinks=False)]
     except FileNotFoundError:
         return []
-    keys = {entry.name: photo_id(str(Path(entry.path).absolute())) for entry in entries
+    keys = {entry.name: photo_id(entry.path) for entry in entries
             if not entry.name.startswith(".")}
     stored = set(index.get(list(keys.values()), vectors=False)) if keys else set()
     removed = []
@@ -273,11 +282,9 @@ def thumbnail(index: "Index", key: str, size: int) -> bytes:
         cached = cache.get(thumbnail_name(stored_hash, size))
         if cached is not None:
             return cached
-    path, follow = photo_file(index, row["path"])
-    settings = index.engine.settings
     try:
-        data = read_file(path, max_bytes=settings.max_file_bytes, follow_symlinks=follow)
-        image = decode_bytes(data, max_pixels=settings.max_image_pixels, draft=(size, size)).image
+        data = read_stored_photo(index, row["path"])
+        image = decode_bytes(data, max_pixels=index.engine.settings.max_image_pixels, draft=(size, size)).image
     except DecodeError as exc:
         raise PhotoNotFound(f"the photo's file cannot be read: {exc}") from None
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
@@ -291,9 +298,14 @@ def apply_folder_changes(index: "Index", changed: set[str], deleted: set[str], m
                          roots: Sequence[Path], follow_symlinks: bool = False) -> IngestReport:
     """Bring the index up to date with one batch of what a folder watcher saw (ingest/watch.py), in its order:
     moves (the row follows its file, nothing embedded again), deletions (a folder's photos go with it), then new and
-    changed files (indexed as `pixsearch index` would; a changed caption sidecar re-reads its photo's captions)."""
+    changed files (indexed as `pixsearch index` would; a changed caption sidecar re-reads its photo's captions).
+
+    Every path is checked as a scan of `roots` would check it (scan.walk_refusal): a file behind a symbolic link
+    (without follow_symlinks) or outside the roots is skipped, and a row whose file moved there is removed."""
     upgrade_photo_index(index)
-    changed = set(changed)
+    changed = {normal_path(p) for p in changed}
+    deleted = {normal_path(p) for p in deleted}
+    moved = [(normal_path(src), normal_path(dest)) for src, dest in moved]
     for path in [*deleted, *(p for move in moved for p in move), *list(changed)]:
         if is_sidecar_name(path):  # a sidecar stands for its photos
             changed.update(photos_for_sidecar(path))
@@ -302,8 +314,13 @@ def apply_folder_changes(index: "Index", changed: set[str], deleted: set[str], m
     photo_moves = [(src, dest) for src, dest in moved if not is_sidecar_name(dest)]
     with index.db.connection() as conn:
         stored = stored_states(conn, index.table, [photo_id(src) for src, _ in photo_moves])
+    gone: list[str] = []
     for src, dest in photo_moves:
         state = stored.get(photo_id(src))
+        if state is not None and walk_refusal(dest, roots, follow_symlinks) is not None:
+            gone.append(state.id)  # moved where a scan would not reach it: the row goes, the skip is reported below
+            changed.add(dest)
+            continue
         try:
             st = os.stat(dest) if state is not None and valid_utf8(dest) else None
         except OSError:
@@ -314,7 +331,6 @@ def apply_folder_changes(index: "Index", changed: set[str], deleted: set[str], m
         moves.append((state.id, PhotoLocation(photo_id(dest), dest, os.path.dirname(dest), os.path.basename(dest),
                                               st.st_size, st.st_mtime_ns, companion_key(dest))))
         changed.add(dest)  # re-checked below: unchanged, unless its sidecars differ now
-    gone: list[str] = []
     with index.db.connection() as conn:
         move_photos(conn, index.table, moves)
         for path in deleted:

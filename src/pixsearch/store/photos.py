@@ -84,9 +84,22 @@ def paths_under(conn: psycopg.Connection, table: DocumentTable, prefix: str) -> 
     return table.rows_where_prefix(conn, "path", prefix)
 
 
+# What an absolute path not in its normal form holds (a "." or ".." part, a doubled or trailing separator), as LIKE
+# patterns; ingest (scan.normal_path) decides which of the rows they match really are.
+_NOT_NORMAL = ("%/./%", "%/../%", "%/.", "%/..", "%//%", "%/")
+
+
+def paths_not_normal(conn: psycopg.Connection, table: DocumentTable) -> list[StoredState]:
+    """The photos whose stored path may be spelled other than normally (`/a/home/../p/x.jpg`)."""
+    return _states(table, table.rows_where_like(conn, "path", _NOT_NORMAL, _STATE_COLUMNS))
+
+
 def same_content(conn: psycopg.Connection, table: DocumentTable, digest: str) -> list[StoredState]:
     """The photos whose file had these bytes when it was indexed."""
-    rows = table.rows_where(conn, "content_hash", digest, _STATE_COLUMNS)
+    return _states(table, table.rows_where(conn, "content_hash", digest, _STATE_COLUMNS))
+
+
+def _states(table: DocumentTable, rows: list[dict[str, Any]]) -> list[StoredState]:
     key = table.spec.key_field
     return [StoredState(id=row[key], **{c: row[c] for c in _STATE_COLUMNS}) for row in rows]
 
@@ -117,6 +130,16 @@ def move_photos(conn: psycopg.Connection, table: DocumentTable, moves: Sequence[
                            for old, new in moves])
         if staged:
             regions.restore_photos(conn, [(old, new.id) for old, new in moves])
+
+
+def fold_photos(conn: psycopg.Connection, table: DocumentTable, moves: Sequence[tuple[str, PhotoLocation]],
+                duplicates: Sequence[str]) -> int:
+    """In one transaction: remove the `duplicates` (their regions go with them), then apply `moves` (move_photos).
+    Returns the number of rows removed."""
+    with conn.transaction():
+        removed = table.delete(conn, duplicates)
+        move_photos(conn, table, moves)
+    return removed
 
 
 DESCRIPTION_COLUMNS = ("title", "description", "keywords", "sidecar_state")

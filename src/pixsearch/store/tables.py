@@ -363,6 +363,13 @@ class DocumentTable:
         query = sql.SQL("SELECT {} FROM {} WHERE {} = %s").format(selected, self.table, sql.Identifier(column))
         return [dict(zip([self.spec.key_field, *columns], row)) for row in conn.execute(query, (value,))]
 
+    def rows_where_like(self, conn: psycopg.Connection, column: str, patterns: Sequence[str], columns: Sequence[str]
+                        ) -> list[dict[str, Any]]:
+        """The rows whose `column` matches any of the LIKE `patterns`, with their key and `columns`."""
+        selected = sql.SQL(", ").join([self.key, *map(sql.Identifier, columns)])
+        query = sql.SQL("SELECT {} FROM {} WHERE {} LIKE ANY(%s)").format(selected, self.table, sql.Identifier(column))
+        return [dict(zip([self.spec.key_field, *columns], row)) for row in conn.execute(query, (list(patterns),))]
+
     def rekey(self, conn: psycopg.Connection, moves: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """Give rows a new key with some columns replaced, keeping everything else (vectors included), in the
         caller's transaction: each move is (old key, {key field: new key, column: value, ...}), every move replacing
