@@ -118,7 +118,7 @@ def _watch(engine: Engine, paths: List[Path], index: str | None, follow_symlinks
             print(json.dumps(report.to_json()), flush=True)
         _print_report(idx.name, report, f"{time.strftime('%H:%M:%S')}, {time.perf_counter() - started:.1f} s")
 
-    with FolderWatcher(roots, apply, polling=polling):
+    with FolderWatcher(roots, apply, polling=polling, follow_symlinks=follow_symlinks):
         err.print(f"watching {len(roots)} folder{'s' if len(roots) != 1 else ''} for changes (Ctrl+C stops)",
                   highlight=False)
         try:

@@ -10,11 +10,11 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Collection, Iterable, Sequence
 
 from pixsearch.ingest.descriptions import is_sidecar_name, photos_for_sidecar
 from pixsearch.ingest.formats import companion_key
-from pixsearch.ingest.scan import photo_id, valid_utf8
+from pixsearch.ingest.scan import normal_path, photo_id, valid_utf8, walk_refusal
 from pixsearch.store import IndexStore, PhotoLocation, StoredState
 
 
@@ -63,14 +63,48 @@ def _gone(path: str) -> bool:
     return False
 
 
-def prune(store: IndexStore, roots: Sequence[Path]) -> int:
-    """Remove the rows of files that were under a scanned folder and are gone from disk; how many."""
+def prune(store: IndexStore, roots: Sequence[Path], links: Sequence[str] = (), found: Collection[str] = ()) -> int:
+    """Remove the rows of files that were under a scanned folder and are gone from disk, or that lie behind one of
+    the symbolic `links` the scan passed over — unless the scan `found` them another way (a link named as a root);
+    how many."""
+    passed_over = set(links)
+
+    def behind_link(path: str) -> bool:
+        while path not in passed_over:
+            parent = os.path.dirname(path)
+            if parent == path:
+                return False
+            path = parent
+        return True
+
     gone: list[str] = []
     for root in roots:
-        root = Path(root).expanduser().absolute()
+        root = Path(normal_path(root))
         if root.is_dir():
-            gone += [key for key, path in store.paths_under(_folder_prefix(str(root))) if _gone(path)]
+            gone += [key for key, path in store.paths_under(_folder_prefix(str(root)))
+                     if path not in found and (_gone(path) or behind_link(path))]
     return store.delete(gone)
+
+
+def fold_spellings(store: IndexStore) -> int:
+    """Rows stored under a path not in normal_path form (older releases kept `/a/home/../p/x.jpg` as given, keyed
+    by that spelling) take the normal one, with their vectors, captions and regions. Where a row already has it,
+    or two spellings meet, one row is kept (the one at the normal path, if any) and the others are removed; the
+    number removed. All in one transaction."""
+    misspelled = [state for state in store.paths_not_normal() if normal_path(state.path) != state.path]
+    if not misspelled:
+        return 0
+    by_normal: dict[str, list[StoredState]] = {}
+    for state in misspelled:
+        by_normal.setdefault(normal_path(state.path), []).append(state)
+    existing = store.stored_states([photo_id(path) for path in by_normal])
+    moves, removed = [], []
+    for path, states in by_normal.items():
+        if photo_id(path) not in existing:
+            first = states.pop(0)
+            moves.append((first.id, location(path, first.size_bytes, first.mtime_ns)))
+        removed += [state.id for state in states]
+    return store.fold_photos(moves, removed)
 
 
 def forget(store: IndexStore, paths: Iterable[str]) -> int:
@@ -91,20 +125,28 @@ class FolderChanges:
     to_index: list[str] = field(default_factory=list)
 
 
-def apply_watched_changes(store: IndexStore, changed: set[str], deleted: set[str], moved: list[tuple[str, str]]
-                          ) -> FolderChanges:
-    """One batch of what a folder watcher saw (ingest/watch.py), in its order: moves (the row follows its file),
-    then deletions (a folder's photos go with it). Returns the new and changed files to index as a run would,
-    moved files among them (unchanged unless their sidecars differ now); a sidecar stands for its photos."""
-    changed = set(changed)
+def apply_watched_changes(store: IndexStore, changed: set[str], deleted: set[str], moved: list[tuple[str, str]], *,
+                          roots: Sequence[Path], follow_symlinks: bool = False) -> FolderChanges:
+    """One batch of what a folder watcher of `roots` saw (ingest/watch.py), in its order: moves (the row follows its
+    file), then deletions (a folder's photos go with it). Returns the new and changed files to index as a run would,
+    moved files among them (unchanged unless their sidecars differ now); a sidecar stands for its photos.
+
+    Every path is checked as a scan of `roots` would check it (scan.walk_refusal): a row whose file moved behind a
+    symbolic link (without follow_symlinks) or out of the roots is removed, and the file is left to the run, which
+    skips it."""
+    changed = {normal_path(p) for p in changed}
+    deleted = {normal_path(p) for p in deleted}
+    moved = [(normal_path(src), normal_path(dest)) for src, dest in moved]
     for path in [*deleted, *(p for move in moved for p in move), *list(changed)]:
         if is_sidecar_name(path):
             changed.update(photos_for_sidecar(path))
             changed.discard(path)
-    moves = _watched_moves(store, [(src, dest) for src, dest in moved if not is_sidecar_name(dest)])
-    changed.update(dest for _, dest in moved if not is_sidecar_name(dest))
+    photo_moves = [(src, dest) for src, dest in moved if not is_sidecar_name(dest)]
+    refused = [src for src, dest in photo_moves if walk_refusal(dest, roots, follow_symlinks) is not None]
+    moves = _watched_moves(store, [(src, dest) for src, dest in photo_moves if src not in refused])
+    changed.update(dest for _, dest in photo_moves)
     store.move_photos(moves)
-    removed = forget(store, [path for path in deleted if not is_sidecar_name(path)])
+    removed = forget(store, [path for path in deleted if not is_sidecar_name(path)] + refused)
     present = sorted(p for p in changed if os.path.isfile(p) and not is_sidecar_name(p))
     return FolderChanges(moved=len(moves), removed=removed, to_index=present)
 

@@ -15,14 +15,14 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol, 
 
 import numpy as np
 
-from pixsearch.ingest.changes import MovedFiles, location, prune
+from pixsearch.ingest.changes import MovedFiles, fold_spellings, location, prune
 from pixsearch.ingest.decode import (DRAFT_SIZE, DecodedImage, DecodeError, content_hash, decode_bytes,
                                     read_file_with_stat)
 from pixsearch.ingest.descriptions import Descriptions, read_descriptions
 from pixsearch.ingest.formats import companion_key
 from pixsearch.ingest.layout import layout_signature
 from pixsearch.ingest.ocr import OcrError, OcrUnavailable, TextBox, joined_text, shared_reader
-from pixsearch.ingest.scan import FoundFile, scan
+from pixsearch.ingest.scan import FoundFile, ScanResult, scan
 from pixsearch.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from pixsearch.models.base import Embedder
 from pixsearch.store import IndexStore, PhotoRecord, RowsRefused, StoredState
@@ -132,6 +132,7 @@ def ingest_paths(
     caption_field: str | None = None,
     progress: IngestProgress | None = None,
     loading: Callable[[int], ContextManager[Any]] | None = None,
+    within: Sequence[Path] | None = None,
 ) -> IngestReport:
     """Index the images under `roots` into `store` with `embedder`, its vector spaces written to `columns` (space ->
     vector field; default: the fields named like the spaces), each photo's caption (title, description, keywords)
@@ -142,30 +143,38 @@ def ingest_paths(
     captions read again; a new file with the bytes of an indexed file that is gone from its path is that photo
     moved: its row follows it. Files that fail to read or decode are reported and skipped; each batch is written in
     its own transaction, and rows the database refuses are reported one by one while the rest of their batch is
-    written. The database is asked a few questions per batch, never one per file."""
+    written. The database is asked a few questions per batch, never one per file. `within`: the folders `roots`
+    were found in, by a folder watcher (see scan: then none of them is a root).
+
+    With options.prune, the run first folds rows stored under another spelling of their path into their normal one
+    (changes.fold_spellings), and afterwards removes the rows of files under the scanned folders that are gone, or
+    that lie behind a symbolic link the scan did not follow (a watcher or a --follow-symlinks run put them there)."""
     progress = progress or NoProgress()
     report = IngestReport()
     started = time.perf_counter()
-    found, pending = _plan(store, roots, options, report, progress)
+    if options.prune:
+        report.removed += fold_spellings(store)
+    scanned, pending = _plan(store, roots, within, options, report, progress)
     progress.start(len(pending))
     writer = _Writer(store, embedder, columns, caption_field, report, progress)
     with (loading or _incremental)(sum(not w.describe_only for w in pending)):
         _run(writer, pending, options)
     failed = {path for path, _ in report.failed}
-    report.keys = [f.id for f in found if f.path not in failed]
+    report.keys = [f.id for f in scanned.found if f.path not in failed]
     if options.prune:
-        report.removed = prune(store, roots)
+        report.removed += prune(store, roots, scanned.links, {f.path for f in scanned.found})
     if report.added or report.updated or report.removed:
         store.analyze()
     report.elapsed_seconds = time.perf_counter() - started
     return report
 
 
-def _plan(store: IndexStore, roots: Sequence[Path], options: IngestOptions, report: IngestReport,
-          progress: IngestProgress) -> tuple[list[FoundFile], list[_Work]]:
-    """Scan the roots and compare what was found with the stored rows: the files found, and those to look at."""
+def _plan(store: IndexStore, roots: Sequence[Path], within: Sequence[Path] | None, options: IngestOptions,
+          report: IngestReport, progress: IngestProgress) -> tuple[ScanResult, list[_Work]]:
+    """Scan the roots and compare what was found with the stored rows: what the scan saw, and the files to look at."""
     t0 = time.perf_counter()
-    scanned = scan(roots, follow_symlinks=options.follow_symlinks, max_file_bytes=options.max_file_bytes)
+    scanned = scan(roots, within=within, follow_symlinks=options.follow_symlinks,
+                   max_file_bytes=options.max_file_bytes)
     for path, reason in scanned.failures:
         report.failed.append((path, reason))
         progress.failure(path, reason)
@@ -183,7 +192,7 @@ def _plan(store: IndexStore, roots: Sequence[Path], options: IngestOptions, repo
         else:
             pending.append(_Work(f, state))
     report.stage_seconds["scan"] = time.perf_counter() - t0
-    return scanned.found, pending
+    return scanned, pending
 
 
 @contextmanager

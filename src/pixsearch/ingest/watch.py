@@ -34,7 +34,7 @@ from typing import Callable, Iterable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserver, PollingObserverVFS
 
 from pixsearch.ingest.descriptions import SIDECAR_SUFFIXES
 from pixsearch.ingest.formats import EXTRA_SUFFIXES
@@ -105,16 +105,25 @@ class FolderWatcher:
     on_change runs on one worker thread, never concurrently with itself; events that arrive while it runs go into
     the next batch. An exception in it is logged and the watcher goes on. `polling=True` uses a polling observer
     (network shares, where inotify sees nothing of other machines' writes); the default is the OS's notifications.
+    The polling observer walks into links to folders only with `follow_symlinks` (as the OS's notifications never
+    do): a link to / or a link cycle would make every poll walk far more than the watched folders. Either way the
+    receiver checks what it is handed as a scan would (service/photos.py apply_folder_changes).
     Use as a context manager, or start() and stop()."""
 
     def __init__(self, roots: Iterable[str | os.PathLike], on_change: OnChange, debounce_s: float = 1.0, *,
-                 max_delay_s: float = 5.0, polling: bool = False, suffixes: Iterable[str] | None = None):
+                 max_delay_s: float = 5.0, polling: bool = False, follow_symlinks: bool = False,
+                 suffixes: Iterable[str] | None = None):
         self.roots = [os.path.abspath(os.fspath(r)) for r in roots]
         self.on_change = on_change
         self.debounce_s = debounce_s
         self.max_delay_s = max(max_delay_s, debounce_s)
         self.suffixes = frozenset(s.lower() for s in (suffixes if suffixes is not None else DEFAULT_SUFFIXES))
-        self._observer = PollingObserver(timeout=1.0) if polling else Observer()
+        if not polling:
+            self._observer = Observer()
+        elif follow_symlinks:
+            self._observer = PollingObserver(timeout=1.0)
+        else:  # lstat: a link is an entry of its own, never a folder to walk into
+            self._observer = PollingObserverVFS(os.lstat, os.scandir, polling_interval=1.0)
         self._cond = threading.Condition()
         self._batch = _Batch()
         self._first_event = self._last_event = 0.0

@@ -24,9 +24,12 @@ def add_paths(
     roots: Sequence[Path] | None = None,
     ocr: bool | None = None,
 ) -> IngestReport:
-    """Index photo files and folders (see ingest.pipeline); the folders are recorded as the index's roots (or
-    `roots`, when given), the only places the server opens photo files for thumbnails. ocr: read text in the
-    photos (True/False is remembered for the index's later runs; None: as the index is set up)."""
+    """Index photo files and folders (see ingest.pipeline); the folders are recorded as the index's roots, the
+    only places the server opens photo files for thumbnails. `roots`: the folders `paths` were found in (a
+    watcher's folders, the uploads folder), recorded instead, and each path is then taken as the walk of those
+    folders would take it (no root of its own: one behind a symbolic link is skipped unless follow_symlinks).
+    ocr: read text in the photos (True/False is remembered for the index's later runs; None: as the index is
+    set up)."""
     if index.spec.kind != "photos":
         raise SchemaError(f"index {index.name!r} is not a photo index: add vectors to it instead")
     upgrade_photo_index(index)
@@ -51,7 +54,8 @@ def add_paths(
     caption = next((vf.name for vf in index.spec.vector_fields if vf.name == CAPTION_FIELD), None)
     report = ingest_paths(index.store, model.embedder, [Path(p) for p in paths], options,
                           columns=model.columns, caption_field=caption, progress=progress,
-                          loading=lambda incoming: builds.loading(index, incoming))
+                          loading=lambda incoming: builds.loading(index, incoming),
+                          within=[Path(r) for r in roots] if roots is not None else None)
     auto_regions = index.spec.settings.get("regions", {}).get("auto")
     if auto_regions and report.embedded_keys:  # regions of new and changed photos, as the index was set up
         add_regions(index, auto_regions, photo_keys=report.embedded_keys)

@@ -20,14 +20,14 @@ from PIL import Image
 
 from pixsearch.file_errors import storage_reason
 from pixsearch.ingest import IngestReport
-from pixsearch.ingest.decode import DecodeError, content_hash, decode_bytes, read_file
+from pixsearch.ingest.decode import DecodeError, content_hash, decode_bytes
 from pixsearch.ingest.changes import apply_watched_changes
 from pixsearch.ingest.formats import SUPPORTED_FORMATS_TEXT
 from pixsearch.ingest.scan import photo_id
 from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
 from pixsearch.service.library import add_paths
-from pixsearch.service.roots import PhotoNotFound, photo_file
+from pixsearch.service.roots import PhotoNotFound, read_stored_photo
 from pixsearch.service.thumbnails import HEX_HASH, private_folder, thumbnail_name
 from pixsearch.store import SchemaError
 
@@ -157,7 +157,7 @@ def remove_unfinished_uploads(index: IndexCore) -> list[str]:
         entries = [entry for entry in os.scandir(folder) if entry.is_file(follow_symlinks=False)]
     except FileNotFoundError:
         return []
-    keys = {entry.name: photo_id(str(Path(entry.path).absolute())) for entry in entries
+    keys = {entry.name: photo_id(entry.path) for entry in entries
             if not entry.name.startswith(".")}
     stored = set(index.get(list(keys.values()), vectors=False)) if keys else set()
     removed = []
@@ -201,11 +201,9 @@ def thumbnail(index: IndexCore, key: str, size: int) -> bytes:
         cached = cache.get(thumbnail_name(stored_hash, size))
         if cached is not None:
             return cached
-    path, follow = photo_file(index, row["path"])
-    settings = index.settings
     try:
-        data = read_file(path, max_bytes=settings.max_file_bytes, follow_symlinks=follow)
-        image = decode_bytes(data, max_pixels=settings.max_image_pixels, draft=(size, size)).image
+        data = read_stored_photo(index, row["path"])
+        image = decode_bytes(data, max_pixels=index.settings.max_image_pixels, draft=(size, size)).image
     except DecodeError as exc:
         raise PhotoNotFound(f"the photo's file cannot be read: {exc}") from None
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
@@ -219,9 +217,10 @@ def apply_folder_changes(index: IndexCore, changed: set[str], deleted: set[str],
                          roots: Sequence[Path], follow_symlinks: bool = False) -> IngestReport:
     """Bring the index up to date with one batch of what a folder watcher saw (ingest/watch.py), in its order:
     moves (the row follows its file, nothing embedded again), deletions (a folder's photos go with it), then new and
-    changed files (indexed as `pixsearch index` would; a changed caption sidecar re-reads its photo's captions)."""
+    changed files (indexed as `pixsearch index` would; a changed caption sidecar re-reads its photo's captions).
+    Every path is checked as a scan of `roots` would check it (ingest/changes.py)."""
     upgrade_photo_index(index)
-    changes = apply_watched_changes(index.store, changed, deleted, moved)
+    changes = apply_watched_changes(index.store, changed, deleted, moved, roots=roots, follow_symlinks=follow_symlinks)
     report = add_paths(index, changes.to_index, prune=False, roots=roots, follow_symlinks=follow_symlinks) \
         if changes.to_index else IngestReport()
     report.moved += changes.moved

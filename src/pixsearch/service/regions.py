@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from pixsearch.ingest.decode import DecodeError, decode_bytes, read_file
+from pixsearch.ingest.decode import DecodeError, decode_bytes
 from pixsearch.service.core import IndexCore
+from pixsearch.service.roots import PhotoNotFound, read_stored_photo
 from pixsearch.store import SchemaError
 from pixsearch.store.regions import PHOTO_KEY
 
@@ -120,8 +121,9 @@ def add_regions(index: IndexCore, source: str | Path | dict[str, list[RegionBox]
         for reference, listed in boxes.items():
             named = by_name.get(os.path.basename(reference), [])
             # the photo at that path; else the one whose path ends with it (a relative path); else one of that name
-            key = by_path.get(reference) or next(
-                (k for k in named if photos[k].endswith(os.sep + reference)), named[0] if named else None)
+            normal = os.path.normpath(reference)  # stored paths have no `.` or `..` parts: compare like with like
+            key = by_path.get(normal) or next(
+                (k for k in named if photos[k].endswith(os.sep + normal)), named[0] if named else None)
             if key is None:
                 report.unmatched.append(reference)
             else:
@@ -132,9 +134,9 @@ def add_regions(index: IndexCore, source: str | Path | dict[str, list[RegionBox]
     def crops(item: tuple[str, str, list[RegionBox] | None]):
         key, path, listed = item
         try:
-            decoded = decode_bytes(read_file(path, max_bytes=settings.max_file_bytes),
-                                   max_pixels=settings.max_image_pixels, draft=(1024, 1024))
-        except DecodeError as exc:
+            decoded = decode_bytes(read_stored_photo(index, path), max_pixels=settings.max_image_pixels,
+                                   draft=(1024, 1024))
+        except (DecodeError, PhotoNotFound) as exc:
             return key, path, None, str(exc)
         image = decoded.image
         sx, sy = image.width / decoded.width, image.height / decoded.height  # draft-decoded JPEGs are smaller

@@ -22,12 +22,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pixsearch.ingest import IngestProgress, NoProgress
-from pixsearch.ingest.decode import DecodeError, decode_bytes, read_file
+from pixsearch.ingest.decode import DecodeError, decode_bytes
 from pixsearch.models import ModelNotAvailableError, model_capabilities
 from pixsearch.models.base import Embedder
 from pixsearch.service import builds
 from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
+from pixsearch.service.roots import PhotoNotFound, read_stored_photo
 from pixsearch.store import SchemaError, VectorField
 from pixsearch.store.registry import RowsStillEmpty
 from pixsearch.store.schema import CAPTION_FIELD
@@ -152,10 +153,10 @@ def _fill(index: IndexCore, new: Embedder, columns: dict[str, str], failed: dict
     def load(item: tuple[str, dict[str, Any]]) -> tuple[str, str, Any]:
         key, row = item
         try:
-            data = read_file(row["path"], max_bytes=settings.max_file_bytes)
+            data = read_stored_photo(index, row["path"])
             image = decode_bytes(data, max_pixels=settings.max_image_pixels).image
             return key, row["path"], new.prepare_image(image)
-        except (DecodeError, ValueError, OSError) as exc:
+        except (DecodeError, PhotoNotFound, ValueError, OSError) as exc:
             return key, row["path"], DecodeError(str(exc))
 
     with ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="pixsearch-reindex") as pool:

@@ -8,6 +8,8 @@ import stat
 from pathlib import Path
 from typing import Any, Sequence
 
+from pixsearch.ingest.decode import read_file
+from pixsearch.ingest.scan import inside, normal_path
 from pixsearch.service.core import IndexCore
 
 
@@ -17,7 +19,7 @@ class PhotoNotFound(LookupError):
 
 
 def _roots_json(paths: Sequence[Path], follow_symlinks: bool) -> list[dict[str, Any]]:
-    return [{"path": os.path.realpath(Path(p).expanduser().absolute()), "follow_symlinks": follow_symlinks}
+    return [{"path": os.path.realpath(normal_path(p)), "follow_symlinks": follow_symlinks}
             for p in paths]
 
 
@@ -50,10 +52,6 @@ def indexed_roots(index: IndexCore) -> list[dict[str, Any]]:
     return derived
 
 
-def _inside(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
-
-
 def photo_file(index: IndexCore, stored_path: str) -> tuple[str, bool]:
     """(path to open, whether a symbolic link may be followed) for a stored photo path, if it lies inside one of the
     index's roots; PhotoNotFound otherwise. The check is on the real location of the file's folder, so `..` and
@@ -64,14 +62,27 @@ def photo_file(index: IndexCore, stored_path: str) -> tuple[str, bool]:
         raise PhotoNotFound("the photo's file is not inside the folders this index was built from")
     real_folder = os.path.realpath(os.path.dirname(normal))
     real_file = os.path.join(real_folder, os.path.basename(normal))
+    linked = False
     for root in indexed_roots(index):
         top, follow = root["path"], bool(root.get("follow_symlinks"))
-        if _inside(real_file, top) or (follow and _inside(normal, top)):
+        if inside(real_file, top) or (follow and inside(normal, top)):
             try:
                 is_link = stat.S_ISLNK(os.lstat(real_file).st_mode)
             except OSError:
                 raise PhotoNotFound("the photo's file is missing") from None
             if is_link and not follow:
+                linked = True
                 continue
             return real_file, follow
+    if linked:
+        raise PhotoNotFound("the photo's file is now a symbolic link, not followed (the index was built without "
+                            "--follow-symlinks)")
     raise PhotoNotFound("the photo's file is not inside the folders this index was built from")
+
+
+def read_stored_photo(index: IndexCore, stored_path: str) -> bytes:
+    """The bytes of a stored photo's file, for everything that opens one again after ingest (thumbnails, regions,
+    reindex): opened only inside the index's roots and not through a link unless its root follows links
+    (photo_file: PhotoNotFound otherwise), a regular file within the size limit (read_file: DecodeError)."""
+    path, follow = photo_file(index, stored_path)
+    return read_file(path, max_bytes=index.settings.max_file_bytes, follow_symlinks=follow)

@@ -190,6 +190,10 @@ class IndexStore:
         """The photos whose file had each of these content hashes when it was indexed, by hash."""
         return self._one(lambda conn: photos.same_content(conn, self._table, list(digests)))
 
+    def paths_not_normal(self) -> list[StoredState]:
+        """The photos whose stored path may be spelled other than normally (ingest decides which really are)."""
+        return self._one(lambda conn: photos.paths_not_normal(conn, self._table))
+
     def paths_under(self, prefix: str) -> list[tuple[str, str]]:
         return self._one(lambda conn: photos.paths_under(conn, self._table, prefix))
 
@@ -226,6 +230,13 @@ class IndexStore:
         """Rows follow their moved files, all in one transaction (photos.move_photos)."""
         if moves:
             self._write(lambda conn: photos.move_photos(conn, self._table, moves))
+
+    def fold_photos(self, moves: Sequence[tuple[str, PhotoLocation]], duplicates: Sequence[str]) -> int:
+        """Rows of one photo stored under two spellings of its path made one, in one transaction: the `duplicates`
+        removed, the `moves` applied; the number removed."""
+        if not moves and not duplicates:
+            return 0
+        return self._write(lambda conn: photos.fold_photos(conn, self._table, moves, duplicates))
 
     def update_descriptions(self, rows: Sequence[dict[str, Any]], caption_field: str | None) -> None:
         self._write(lambda conn: photos.update_descriptions(conn, self._table, rows, caption_field))

@@ -83,13 +83,26 @@ def paths_under(conn: psycopg.Connection, table: Table, prefix: str) -> list[tup
     return table.queries.rows_where_prefix(conn, "path", prefix)
 
 
+# What an absolute path not in its normal form holds (a "." or ".." part, a doubled or trailing separator), as LIKE
+# patterns; ingest (scan.normal_path) decides which of the rows they match really are.
+NOT_NORMAL_PATHS = ("%/./%", "%/../%", "%/.", "%/..", "%//%", "%/")
+
+
+def paths_not_normal(conn: psycopg.Connection, table: Table) -> list[StoredState]:
+    """The photos whose stored path may be spelled other than normally (`/a/home/../p/x.jpg`)."""
+    return [_state(table, row) for row in table.queries.rows_where_like(conn, "path", NOT_NORMAL_PATHS, STATE_COLUMNS)]
+
+
+def _state(table: Table, row: dict[str, Any]) -> StoredState:
+    return StoredState(id=row[table.spec.key_field], **{c: row[c] for c in STATE_COLUMNS})
+
+
 def same_content(conn: psycopg.Connection, table: Table, digests: Sequence[str]
                  ) -> dict[str, list[StoredState]]:
     """The photos whose file had each of these contents when it was indexed, by content hash (one query)."""
     found: dict[str, list[StoredState]] = {}
-    key = table.spec.key_field
     for row in table.queries.rows_where_in(conn, "content_hash", digests, STATE_COLUMNS):
-        found.setdefault(row["content_hash"], []).append(StoredState(id=row[key], **{c: row[c] for c in STATE_COLUMNS}))
+        found.setdefault(row["content_hash"], []).append(_state(table, row))
     return found
 
 
@@ -125,6 +138,15 @@ def move_photos(conn: psycopg.Connection, table: Table, moves: Sequence[tuple[st
                                   for old, new in moves])
         if staged:
             regions.restore_photos(conn, [(old, new.id) for old, new in moves])
+
+
+def fold_photos(conn: psycopg.Connection, table: Table, moves: Sequence[tuple[str, PhotoLocation]],
+                duplicates: Sequence[str]) -> int:
+    """In one transaction: remove the `duplicates`, then apply `moves` (move_photos). The number removed."""
+    with conn.transaction():
+        removed = table.writes.delete(conn, list(duplicates)) if duplicates else 0
+        move_photos(conn, table, moves)
+    return removed
 
 
 DESCRIPTION_COLUMNS = ("title", "description", "keywords", "sidecar_state")

@@ -113,6 +113,12 @@ def rows_where_in_sql(shape: TableShape, column: str, columns: Sequence[str]) ->
         sql.SQL(", ").join([shape.key, *map(sql.Identifier, [column, *columns])]), shape.table, sql.Identifier(column))
 
 
+def rows_where_like_sql(shape: TableShape, column: str, columns: Sequence[str]) -> sql.Composed:
+    """The key and `columns` of the rows whose `column` matches any of the LIKE patterns in %s."""
+    return sql.SQL("SELECT {} FROM {} WHERE {} LIKE ANY(%s)").format(
+        sql.SQL(", ").join([shape.key, *map(sql.Identifier, columns)]), shape.table, sql.Identifier(column))
+
+
 def rows_where_prefix_sql(shape: TableShape, column: str) -> sql.Composed:
     return sql.SQL("SELECT {}, {} FROM {} WHERE starts_with({}, %s)").format(
         shape.key, sql.Identifier(column), shape.table, sql.Identifier(column))
@@ -184,6 +190,13 @@ class TableQueries:
         others = [c for c in columns if c != column]
         names = [self.shape.spec.key_field, column, *others]
         rows = conn.execute(rows_where_in_sql(self.shape, column, others), (list(values),))
+        return [dict(zip(names, row)) for row in rows]
+
+    def rows_where_like(self, conn: psycopg.Connection, column: str, patterns: Sequence[str], columns: Sequence[str]
+                        ) -> list[dict[str, Any]]:
+        """The rows whose `column` matches any of the LIKE `patterns`, with their key and `columns`."""
+        names = [self.shape.spec.key_field, *columns]
+        rows = conn.execute(rows_where_like_sql(self.shape, column, columns), (list(patterns),))
         return [dict(zip(names, row)) for row in rows]
 
     def rows_where_prefix(self, conn: psycopg.Connection, column: str, prefix: str) -> list[tuple[str, Any]]:

@@ -166,6 +166,8 @@ def _photo_lookups(shape: TableShape, part: str) -> Iterator[Statement]:
     yield Statement(f"{part}.rows_where_in", "photos.same_content: a batch's content hashes",
                     queries.rows_where_in_sql(shape, "content_hash", [c for c in STATE_COLUMNS if c != "content_hash"]))
     yield Statement(f"{part}.rows_where_prefix", "photos.paths_under", queries.rows_where_prefix_sql(shape, "path"))
+    yield Statement(f"{part}.rows_where_like", "photos.paths_not_normal: paths an older release may have misspelled",
+                    queries.rows_where_like_sql(shape, "path", STATE_COLUMNS))
     yield Statement(f"{part}.distinct_values", "a photo index's folders", queries.distinct_values_sql(shape, "folder"))
 
 
