@@ -365,6 +365,11 @@ SELECT "id", "path"
 FROM "px_photos"
 WHERE starts_with("path", %s);
 
+-- TableQueries.rows_where_like: photos.paths_not_normal: paths an older release may have misspelled
+SELECT "id", "path", "size_bytes", "mtime_ns", "content_hash", "sidecar_state"
+FROM "px_photos"
+WHERE "path" LIKE ANY(%s);
+
 -- TableQueries.distinct_values: a photo index's folders
 SELECT DISTINCT "folder"
 FROM "px_photos"
