@@ -123,6 +123,31 @@ def test_boxes_from_coco_and_box_lists_with_labels(api_engine, canvases, tmp_pat
     assert not idx.query(SearchRequest(text="a cat", top=3, regions="regions", filter="label eq 'cat'")).hits
 
 
+def test_boxes_given_as_a_dict_and_a_missing_file_fails_alone(api_engine, canvases, tmp_path):
+    """add_regions takes a dict of image reference -> boxes (as documented); a photo whose file is gone is that
+    photo's failure (the image stage's rules), and the others' regions are stored."""
+    import shutil
+
+    from pixsearch.service.regions import RegionBox
+
+    folder = tmp_path / "photos"
+    shutil.copytree(canvases, folder)
+    name = "dict-" + uuid.uuid4().hex[:6]
+    idx = api_engine.index(name, create=True)
+    idx.add_paths([folder])
+    (folder / "busy-3.jpg").unlink()
+    boxes = {"with-cat.jpg": [RegionBox(*CAT_BOX, label="cat", region="the-cat")],
+             str(folder / "busy-1.jpg"): [RegionBox(30, 30, 286, 222, label="thing"), RegionBox(5, 5, 6, 6)],
+             "busy-3.jpg": [RegionBox(0, 0, 100, 100)],
+             "nowhere.jpg": [RegionBox(0, 0, 10, 10)]}
+    report = idx.add_regions(boxes)
+    assert (report.photos, report.regions) == (2, 2)  # the 1-pixel box is dropped
+    assert report.failed == [(str(folder / "busy-3.jpg"), "the photo's file is missing")]
+    assert report.unmatched == ["nowhere.jpg"]
+    [cat] = idx.query(SearchRequest(text="a cat", top=1, regions="regions", filter="label eq 'cat'")).hits
+    assert cat.id.endswith(":the-cat") and cat.region["box"] == list(CAT_BOX)
+
+
 def test_regions_through_the_api_and_the_cli(api_engine, query, region_index, home, canvases):
     r = query.post(f"/indexes/{region_index}/docs/search", json={"search": "a photo of a cat", "regions": "images",
                                                                  "top": 3, "select": "id,path,width,height"})

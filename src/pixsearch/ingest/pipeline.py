@@ -1,36 +1,32 @@
-"""The ingest pipeline: scan -> decide what changed -> decode (thread pool) -> embed (batches) -> write (COPY)."""
+"""The ingest pipeline: scan -> decide what changed -> read, decode, embed (the image stage) -> write (COPY)."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 import time
-from collections import deque
-from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from pixsearch.ingest.changes import MovedFiles, fold_spellings, location, prune
-from pixsearch.ingest.decode import (DRAFT_SIZE, DecodedImage, DecodeError, content_hash, decode_bytes,
-                                    read_file_with_stat)
+from pixsearch.ingest.decode import DRAFT_SIZE, DecodedImage, content_hash, read_file_with_stat
 from pixsearch.ingest.descriptions import Descriptions, read_descriptions
 from pixsearch.ingest.formats import companion_key
 from pixsearch.ingest.layout import layout_signature
 from pixsearch.ingest.ocr import OcrError, OcrUnavailable, TextBox, joined_text, shared_reader
 from pixsearch.ingest.scan import FoundFile, ScanResult, scan
+from pixsearch.ingest.stage import ImageBytes, ImageStage, StageOptions
 from pixsearch.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
-from pixsearch.models.base import Embedder
+from pixsearch.models.base import Embedder, ImageEmbeddings
 from pixsearch.store import IndexStore, PhotoRecord, RowsRefused, StoredState
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 class IngestProgress(Protocol):
@@ -110,10 +106,9 @@ class _Work:
     file: FoundFile
     stored: StoredState | None
     describe_only: bool = False  # the file is as indexed but its caption sidecars changed
-    data: bytes | None = None  # the file's bytes, read and hashed, until they are decoded
-    digest: str | None = None  # their content hash
-    decoded: DecodedImage | None = None
-    prepared: Any = None  # the embedder's prepare_image() result, made in the decode thread
+    digest: str | None = None  # the content hash of the bytes read
+    decoded: DecodedImage | None = None  # pixels released once prepared for the model
+    embeddings: ImageEmbeddings | None = None  # the image stage's row for the photo
     described: Descriptions | None = None
     text_boxes: list[TextBox] | None = None  # OCR, in pixels of the original image
     layout: str | None = None
@@ -201,26 +196,32 @@ def _incremental(count: int) -> Iterator[None]:
 
 
 def _run(writer: "_Writer", pending: list[_Work], options: IngestOptions) -> None:
-    """Read and hash (thread pool), find moved files (one query per batch), decode (thread pool), embed and write
-    the pending files, batch by batch. Each stage keeps about a batch of files in flight: raw bytes wait for the
-    move lookup, decoded pixels for the model."""
+    """Read and hash, find moved files (one query per batch), decode, embed and write the pending files, batch by
+    batch, through the image stage: raw bytes wait for the move lookup, decoded pixels for the model."""
     reader = shared_reader() if options.ocr else None
+    stage = ImageStage(writer.embedder, StageOptions(
+        batch_size=options.batch_size, workers=options.decode_workers, max_pixels=options.max_pixels,
+        draft=(reader.max_side,) * 2 if reader is not None else DRAFT_SIZE))
+    moved_files = MovedFiles(writer.store)
     batches = _Batches(writer, options.batch_size)
-    with ThreadPoolExecutor(max_workers=options.decode_workers, thread_name_prefix="pixsearch-decode") as pool:
-        read = _bounded_map(pool, lambda w: _read(w, writer.report, options), pending, window=options.batch_size)
-        claimed = _claim_moves(read, MovedFiles(writer.store), options.batch_size)
-        decode = lambda w: _decode(w, writer.report, writer.embedder, options, reader)  # noqa: E731
-        for work in _bounded_map(pool, decode, claimed, window=options.batch_size):
+    stages = writer.report.stage_seconds
+    for batch in stage.run(pending, partial(_read, options=options), sift=partial(_claimed, moved_files, options),
+                           views=partial(_viewed, reader=reader, report=writer.report)):
+        stages["embed"] += batch.embed_seconds
+        for result in batch:
+            stages["decode"] += result.seconds
+            work = result.item
+            work.error, work.embeddings = result.error, result.embeddings
             batches.add(work)
-        batches.flush()
+    batches.flush()
 
 
 class _Batches:
-    """Sorts what the decode stage produced by what it needs written, and writes each kind a batch at a time."""
+    """Sorts what the image stage produced by what it needs written, and writes each kind a batch at a time."""
 
     def __init__(self, writer: "_Writer", batch_size: int):
         self.writer, self.batch_size = writer, batch_size
-        self.photos: list[_Work] = []  # to embed and write
+        self.photos: list[_Work] = []  # embedded, to write
         self.moves: list[_Work] = []  # rows to follow their files
         self.described: list[_Work] = []  # captions to read again
         self.touched: list[tuple[str, int, int]] = []  # new size/mtime, same bytes
@@ -256,86 +257,52 @@ class _Batches:
             self.writer.store.touch(self.touched)
 
 
-def _read(work: _Work, report: IngestReport, options: IngestOptions) -> _Work:
-    """Read and hash a file (in a pool thread). A file with the bytes it was indexed with needs at most its
-    captions read again; the bytes of any other are kept for the decode stage."""
-    t0 = time.perf_counter()
+def _read(work: _Work, options: IngestOptions) -> ImageBytes | None:
+    """Read and hash a file (in a pool thread): its bytes for the decode step, or None when it needs no decoding:
+    a file with the bytes it was indexed with needs at most its captions read again."""
     path = work.file.path
-    try:
-        if work.describe_only:
+    if work.describe_only:
+        work.described = read_descriptions(path, follow_symlinks=options.follow_symlinks)
+        return None
+    data, info = read_file_with_stat(path, max_bytes=options.max_file_bytes, follow_symlinks=options.follow_symlinks)
+    if (info.st_size, info.st_mtime_ns) != (work.file.size_bytes, work.file.mtime_ns):
+        # changed since the scan: the row must describe the bytes read, or the next run would misjudge it
+        work.file = replace(work.file, size_bytes=info.st_size, mtime_ns=info.st_mtime_ns)
+    work.digest = digest = content_hash(data)
+    if work.stored is not None and work.stored.content_hash == digest:
+        work.same_content = True
+        if work.stored.sidecar_state != work.file.sidecar_state:
+            work.describe_only = True
             work.described = read_descriptions(path, follow_symlinks=options.follow_symlinks)
-            return work
-        data, info = read_file_with_stat(path, max_bytes=options.max_file_bytes,
-                                         follow_symlinks=options.follow_symlinks)
-        if (info.st_size, info.st_mtime_ns) != (work.file.size_bytes, work.file.mtime_ns):
-            # changed since the scan: the row must describe the bytes read, or the next run would misjudge it
-            work.file = replace(work.file, size_bytes=info.st_size, mtime_ns=info.st_mtime_ns)
-        digest = content_hash(data)
-        if work.stored is not None and work.stored.content_hash == digest:
-            work.same_content = True
-            if work.stored.sidecar_state != work.file.sidecar_state:
-                work.describe_only = True
-                work.described = read_descriptions(path, follow_symlinks=options.follow_symlinks)
-            return work
-        work.data, work.digest = data, digest
-    except DecodeError as exc:
-        work.error = str(exc)
-    finally:
-        # Several pool threads add here; float += under the GIL is good enough for a timing total.
-        report.stage_seconds["decode"] += time.perf_counter() - t0
-    return work
-
-
-def _claim_moves(works: Iterable[_Work], moved_files: MovedFiles, batch_size: int) -> Iterator[_Work]:
-    """The works in order, each new file (no row at its path) that is an indexed photo moved from a path that is
-    gone given that row (moved_from) and its bytes dropped: the rows are looked up a batch of files at a time."""
-    batch: list[_Work] = []
-    for work in works:
-        batch.append(work)
-        if len(batch) >= batch_size:
-            yield from _claimed(batch, moved_files)
-            batch = []
-    yield from _claimed(batch, moved_files)
-
-
-def _claimed(batch: list[_Work], moved_files: MovedFiles) -> list[_Work]:
-    new = [w for w in batch if w.stored is None and w.digest is not None]
-    for work, row in zip(new, moved_files.claim([w.digest for w in new])):
-        if row is not None:
-            work.moved_from, work.data = row, None
-    return batch
-
-
-def _decode(work: _Work, report: IngestReport, embedder: Embedder, options: IngestOptions, reader: Any) -> _Work:
-    """Decode a file read by _read, and prepare it for the model (in a pool thread); a moved file whose caption
-    sidecars differ from its row's has its captions read again."""
-    if work.data is None and work.moved_from is None:  # failed, or needs no decoding
-        return work
-    t0 = time.perf_counter()
-    path = work.file.path
-    data, work.data = work.data, None
+        return None
 
     def describe(image, exif) -> Descriptions:
         return read_descriptions(path, image, exif, follow_symlinks=options.follow_symlinks)
 
-    try:
-        if work.moved_from is not None:
-            if work.moved_from.sidecar_state != work.file.sidecar_state:
-                work.described = read_descriptions(path, follow_symlinks=options.follow_symlinks)
-            return work
-        work.decoded = decode_bytes(data, work.digest, max_pixels=options.max_pixels, describe=describe,
-                                    draft=(reader.max_side,) * 2 if reader is not None else DRAFT_SIZE)
-        work.described = work.decoded.described
-        if reader is not None:
-            work.text_boxes = _read_text(reader, work, report)
-        work.layout = layout_signature(work.decoded.image)
-        work.prepared = _prepared(embedder, work.decoded.image)
-        work.decoded.image = None  # only the model's small input is kept until the batch is embedded
-    except DecodeError as exc:
-        work.error = str(exc)
-    finally:
-        report.stage_seconds["decode"] += time.perf_counter() - t0
-    return work
+    return ImageBytes(data, digest, describe)
+
+
+def _claimed(moved_files: MovedFiles, options: IngestOptions, works: list[_Work]) -> list[bool]:
+    """Of a batch of files read, which to decode: a new file (no row at its path) that is an indexed photo moved
+    from a path that is gone takes that row (moved_from) instead, with its captions read again if its caption
+    sidecars differ from the row's. The rows are looked up for the whole batch at once."""
+    new = [w for w in works if w.stored is None]
+    for work, row in zip(new, moved_files.claim([w.digest for w in new])):
+        if row is not None:
+            work.moved_from = row
+            if row.sidecar_state != work.file.sidecar_state:
+                work.described = read_descriptions(work.file.path, follow_symlinks=options.follow_symlinks)
+    return [w.moved_from is None for w in works]
+
+
+def _viewed(work: _Work, decoded: DecodedImage, *, reader: Any, report: IngestReport) -> list[Any]:
+    """What the decode step keeps of a photo before its pixels go (in a pool thread): its captions, text (OCR)
+    and layout; the whole image is what the model embeds."""
+    work.decoded, work.described = decoded, decoded.described
+    if reader is not None:
+        work.text_boxes = _read_text(reader, work, report)
+    work.layout = layout_signature(decoded.image)
+    return [decoded.image]
 
 
 def _read_text(reader: Any, work: _Work, report: IngestReport) -> list[TextBox] | None:
@@ -355,31 +322,13 @@ def _read_text(reader: Any, work: _Work, report: IngestReport) -> list[TextBox] 
                                       round(b.box[3] * sy))) for b in boxes]
 
 
-def _prepared(embedder: Embedder, image) -> Any:
-    try:
-        return embedder.prepare_image(image)
-    except (ValueError, OSError) as exc:  # PIL decoded it but cannot resample it (e.g. a 0-pixel side)
-        raise DecodeError(f"cannot prepare image for the model: {exc}") from None
-
-
-def _bounded_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
-    """Like pool.map, in order, but with at most `window` items in flight so decoded pixels do not pile up."""
-    in_flight: deque = deque()
-    for item in items:
-        in_flight.append(pool.submit(fn, item))
-        if len(in_flight) >= window:
-            yield in_flight.popleft().result()
-    while in_flight:
-        yield in_flight.popleft().result()
-
-
 def _file_time(mtime_ns: int) -> datetime:
     """A photo's date when its EXIF has none: the file's modification time, as most photo libraries do."""
     return datetime.fromtimestamp(mtime_ns / 1e9, timezone.utc)
 
 
 class _Writer:
-    """Writes what the decode threads produced, batch by batch, and keeps the report."""
+    """Writes what the image stage produced, batch by batch (with the captions embedded), and keeps the report."""
 
     def __init__(self, store: IndexStore, embedder: Embedder, columns: dict[str, str] | None,
                  caption_field: str | None, report: IngestReport, progress: IngestProgress):
@@ -404,10 +353,9 @@ class _Writer:
             return
         report = self.report
         t0 = time.perf_counter()
-        embeddings = self.embedder.embed_images([w.prepared for w in batch])
         captions = self.captions([w.described for w in batch])
         report.stage_seconds["embed"] += time.perf_counter() - t0
-        records = [self._record(work, i, embeddings, captions[i]) for i, work in enumerate(batch)]
+        records = [self._record(work, caption) for work, caption in zip(batch, captions)]
         t0 = time.perf_counter()
         refused = _write_or_bisect(self.store, records)
         report.stage_seconds["write"] += time.perf_counter() - t0
@@ -424,17 +372,18 @@ class _Writer:
                     report.added += 1
                 else:
                     report.updated += 1
-            work.decoded = work.prepared = None  # release the pixels
+            work.decoded = work.embeddings = None
         self.progress.advance(len(batch))
 
-    def _record(self, work: _Work, i: int, embeddings, caption: np.ndarray | None) -> PhotoRecord:
+    def _record(self, work: _Work, caption: np.ndarray | None) -> PhotoRecord:
         decoded, described, path = work.decoded, work.described or Descriptions(), work.file.path
         taken_at, taken_at_source = decoded.taken_at, decoded.taken_at_source
         if taken_at is None and described.taken_at is not None:  # a date a person or tool wrote in XMP/IPTC
             taken_at, taken_at_source = described.taken_at, described.taken_at_source
         if taken_at is None:
             taken_at, taken_at_source = _file_time(work.file.mtime_ns), "file"
-        vectors = {self.columns.get(space, space): v[i] for space, v in embeddings.vectors.items()}
+        embeddings = work.embeddings
+        vectors = {self.columns.get(space, space): v[0] for space, v in embeddings.vectors.items()}
         if caption is not None:
             vectors[self.caption_field] = caption
         boxes = work.text_boxes
@@ -449,7 +398,7 @@ class _Writer:
             ocr_boxes=json.dumps([{"text": b.text, "score": b.score, "box": list(b.box)} for b in boxes])
             if boxes else None,
             companion_key=companion_key(path), sidecar_state=work.file.sidecar_state, layout=work.layout,
-            extra=embeddings.fields[i] if embeddings.fields else {}, vectors=vectors,
+            extra=embeddings.fields[0] if embeddings.fields else {}, vectors=vectors,
         )
 
     def moves(self, moved: list[_Work]) -> None:

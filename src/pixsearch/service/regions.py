@@ -12,14 +12,19 @@ from __future__ import annotations
 import csv
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from pixsearch.ingest.decode import DecodeError, decode_bytes
+from PIL import Image
+
+from pixsearch.ingest.decode import DecodedImage
+from pixsearch.ingest.stage import ImageStage, StageOptions
+from pixsearch.models.base import ImageEmbeddings
+from pixsearch.search.context import IndexModel
 from pixsearch.service.core import IndexCore
-from pixsearch.service.roots import PhotoNotFound, read_stored_photo
+from pixsearch.service.roots import read_stored_photo
 from pixsearch.store import SchemaError
 from pixsearch.store.regions import PHOTO_KEY
 
@@ -104,77 +109,109 @@ def add_regions(index: IndexCore, source: str | Path | dict[str, list[RegionBox]
         raise SchemaError(f"index {index.name!r} is not a photo index: regions are parts of photos")
     model = index.model()
     table_name = index.store.ensure_regions()
-    index.update_settings({"regions": {"table": table_name, **({"auto": str(source)} if source in GRIDS else {})}})
+    grid = isinstance(source, str) and source in GRIDS
+    index.update_settings({"regions": {"table": table_name, **({"auto": source} if grid else {})}})
     report = RegionReport()
     photos = _photos(index)
-    if source in GRIDS:
+    if grid:
         chosen = set(photo_keys) if photo_keys is not None else None
-        wanted = [(key, path, None) for key, path in photos.items() if chosen is None or key in chosen]
+        wanted = [_Photo(key, path, None) for key, path in photos.items() if chosen is None or key in chosen]
         label = str(source)
     else:
         boxes = read_box_list(Path(source)) if not isinstance(source, dict) else source
-        by_path = {path: key for key, path in photos.items()}
-        by_name: dict[str, list[str]] = {}
-        for key, path in photos.items():
-            by_name.setdefault(os.path.basename(path), []).append(key)
-        wanted = []
-        for reference, listed in boxes.items():
-            named = by_name.get(os.path.basename(reference), [])
-            # the photo at that path; else the one whose path ends with it (a relative path); else one of that name
-            normal = os.path.normpath(reference)  # stored paths have no `.` or `..` parts: compare like with like
-            key = by_path.get(normal) or next(
-                (k for k in named if photos[k].endswith(os.sep + normal)), named[0] if named else None)
-            if key is None:
-                report.unmatched.append(reference)
-            else:
-                wanted.append((key, photos[key], listed))
+        wanted = _matched(photos, boxes, report)
         label = "boxes"
-    settings = index.settings
-
-    def crops(item: tuple[str, str, list[RegionBox] | None]):
-        key, path, listed = item
-        try:
-            decoded = decode_bytes(read_stored_photo(index, path), max_pixels=settings.max_image_pixels,
-                                   draft=(1024, 1024))
-        except (DecodeError, PhotoNotFound) as exc:
-            return key, path, None, str(exc)
-        image = decoded.image
-        sx, sy = image.width / decoded.width, image.height / decoded.height  # draft-decoded JPEGs are smaller
-        chosen = listed if listed is not None else grid_boxes(decoded.width, decoded.height, label)
-        out = []
-        for i, box in enumerate(chosen):
-            x0, x1 = max(0, min(box.x0, box.x1)), min(decoded.width, max(box.x0, box.x1))
-            y0, y1 = max(0, min(box.y0, box.y1)), min(decoded.height, max(box.y0, box.y1))
-            if x1 - x0 < 2 or y1 - y0 < 2:
-                continue
-            crop = image.crop((round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy)))
-            out.append((RegionBox(x0, y0, x1, y1, box.label, box.score, box.region or str(i)),
-                        model.embedder.prepare_image(crop)))
-        return key, path, out, None
-
-    with ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="pixsearch-regions") as pool:
-        for start in range(0, len(wanted), BATCH_PHOTOS):
-            rows, keys = [], []
-            for key, path, prepared, error in pool.map(crops, wanted[start : start + BATCH_PHOTOS]):
-                if error is not None:
-                    report.failed.append((path, error))
-                    continue
-                keys.append(key)
-                if not prepared:
-                    continue
-                embedded = model.embedder.embed_images([p for _, p in prepared])
-                for i, (box, _) in enumerate(prepared):
-                    row = {"id": f"{key}:{box.region}", PHOTO_KEY: key, "region": box.region, "x0": box.x0,
-                           "y0": box.y0, "x1": box.x1, "y1": box.y1, "label": box.label, "score": box.score,
-                           "source": label}
-                    row.update({model.columns[space]: v[i] for space, v in embedded.vectors.items()
-                                if space in model.columns})
-                    rows.append(row)
-            index.store.replace_regions(keys, rows, label)
-            report.photos += len(keys)
-            report.regions += len(rows)
+    _embed(index, model, wanted, label, report)
     index.store.analyze_regions()
     return report
+
+
+@dataclass
+class _Photo:
+    """A photo to cut regions from: its boxes (None: the grid's), then the boxes cropped, in pixels of the photo."""
+
+    key: str
+    path: str
+    listed: list[RegionBox] | None
+    cropped: list[RegionBox] = field(default_factory=list)
+
+
+def _matched(photos: dict[str, str], boxes: dict[str, list[RegionBox]], report: RegionReport) -> list[_Photo]:
+    """The index's photos the box list names: the photo at that path; else the one whose path ends with it (a
+    relative path); else one of that name. References naming none are reported as unmatched."""
+    by_path = {path: key for key, path in photos.items()}
+    by_name: dict[str, list[str]] = {}
+    for key, path in photos.items():
+        by_name.setdefault(os.path.basename(path), []).append(key)
+    wanted = []
+    for reference, listed in boxes.items():
+        named = by_name.get(os.path.basename(reference), [])
+        normal = os.path.normpath(reference)  # stored paths have no `.` or `..` parts: compare like with like
+        key = by_path.get(normal) or next(
+            (k for k in named if photos[k].endswith(os.sep + normal)), named[0] if named else None)
+        if key is None:
+            report.unmatched.append(reference)
+        else:
+            wanted.append(_Photo(key, photos[key], listed))
+    return wanted
+
+
+def _embed(index: IndexCore, model: IndexModel, wanted: list[_Photo], label: str, report: RegionReport) -> None:
+    """Crop and embed the photos' regions through the image stage, and replace each photo's regions of this source,
+    BATCH_PHOTOS photos (or more) per transaction."""
+    settings = index.settings
+    stage = ImageStage(model.embedder, StageOptions(batch_size=BATCH_PHOTOS, window=BATCH_PHOTOS,
+                                                    workers=settings.decode_workers,
+                                                    max_pixels=settings.max_image_pixels, draft=(1024, 1024)))
+    keys: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for batch in stage.run(wanted, lambda photo: read_stored_photo(index, photo.path),
+                           views=partial(_crops, label=label)):
+        for result in batch:
+            photo = result.item
+            if result.error is not None:
+                report.failed.append((photo.path, result.error))
+                continue
+            keys.append(photo.key)
+            rows.extend(_rows(photo, result.embeddings, model.columns, label))
+        if len(keys) >= BATCH_PHOTOS:
+            _replace(index, keys, rows, label, report)
+            keys, rows = [], []
+    if keys:
+        _replace(index, keys, rows, label, report)
+
+
+def _crops(photo: _Photo, decoded: DecodedImage, *, label: str) -> list[Image.Image]:
+    """The photo's boxes (clipped to it; slivers under 2 px dropped) cut from the decoded image (in a pool thread)."""
+    image = decoded.image
+    sx, sy = image.width / decoded.width, image.height / decoded.height  # draft-decoded JPEGs are smaller
+    chosen = photo.listed if photo.listed is not None else grid_boxes(decoded.width, decoded.height, label)
+    crops = []
+    for i, box in enumerate(chosen):
+        x0, x1 = max(0, min(box.x0, box.x1)), min(decoded.width, max(box.x0, box.x1))
+        y0, y1 = max(0, min(box.y0, box.y1)), min(decoded.height, max(box.y0, box.y1))
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            continue
+        photo.cropped.append(RegionBox(x0, y0, x1, y1, box.label, box.score, box.region or str(i)))
+        crops.append(image.crop((round(x0 * sx), round(y0 * sy), round(x1 * sx), round(y1 * sy))))
+    return crops
+
+
+def _rows(photo: _Photo, embedded: ImageEmbeddings, columns: dict[str, str], label: str) -> list[dict[str, Any]]:
+    rows = []
+    for i, box in enumerate(photo.cropped):
+        row = {"id": f"{photo.key}:{box.region}", PHOTO_KEY: photo.key, "region": box.region, "x0": box.x0,
+               "y0": box.y0, "x1": box.x1, "y1": box.y1, "label": box.label, "score": box.score, "source": label}
+        row.update({columns[space]: v[i] for space, v in embedded.vectors.items() if space in columns})
+        rows.append(row)
+    return rows
+
+
+def _replace(index: IndexCore, keys: list[str], rows: list[dict[str, Any]], label: str,
+             report: RegionReport) -> None:
+    index.store.replace_regions(keys, rows, label)
+    report.photos += len(keys)
+    report.regions += len(rows)
 
 
 def _photos(index: IndexCore) -> dict[str, str]:

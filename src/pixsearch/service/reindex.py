@@ -16,19 +16,18 @@ Vectors of two models never share a field: every column holds one model's vector
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 from pixsearch.ingest import IngestProgress, NoProgress
-from pixsearch.ingest.decode import DecodeError, decode_bytes
+from pixsearch.ingest.stage import ImageStage, StageOptions
 from pixsearch.models import ModelNotAvailableError, model_capabilities
 from pixsearch.models.base import Embedder
 from pixsearch.service import builds
 from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
-from pixsearch.service.roots import PhotoNotFound, read_stored_photo
+from pixsearch.service.roots import read_stored_photo
 from pixsearch.store import SchemaError, VectorField
 from pixsearch.store.registry import RowsStillEmpty
 from pixsearch.store.schema import CAPTION_FIELD
@@ -142,52 +141,47 @@ def _plan(index: IndexCore, new: Embedder) -> None:
 
 def _fill(index: IndexCore, new: Embedder, columns: dict[str, str], failed: dict[str, tuple[str, str]],
           progress: IngestProgress) -> int:
-    """Embed every row whose new columns are empty, in batches (each one transaction); the number embedded."""
+    """Embed every row whose new columns are empty through the image stage, each batch written in one transaction;
+    the number embedded. Rows whose file fails are kept in `failed` (key -> (path, reason)) and not tried again."""
     settings = index.settings
     targets = sorted(set(columns.values()))
     extra_fields = [f.name for f in new.photo_fields]
     total = index.store.count_missing(targets)
     progress.start(max(0, total - len(failed)))
-    done, after = 0, None
-
-    def load(item: tuple[str, dict[str, Any]]) -> tuple[str, str, Any]:
-        key, row = item
-        try:
-            data = read_stored_photo(index, row["path"])
-            image = decode_bytes(data, max_pixels=settings.max_image_pixels).image
-            return key, row["path"], new.prepare_image(image)
-        except (DecodeError, PhotoNotFound, ValueError, OSError) as exc:
-            return key, row["path"], DecodeError(str(exc))
-
-    with ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="pixsearch-reindex") as pool:
-        while True:
-            batch = index.store.keys_missing(targets, after, settings.batch_size, extra=("path",))
-            if not batch:
-                break
-            after = batch[-1][0]
-            loaded = [item for item in pool.map(load, [b for b in batch if b[0] not in failed])]
-            good = []
-            for key, path, prepared in loaded:
-                if isinstance(prepared, DecodeError):
-                    failed[key] = (path, str(prepared))
-                    progress.failure(path, str(prepared))
-                    progress.advance()
-                else:
-                    good.append((key, prepared))
-            if not good:
+    stage = ImageStage(new, StageOptions(batch_size=settings.batch_size, workers=settings.decode_workers,
+                                         max_pixels=settings.max_image_pixels))
+    done = 0
+    for batch in stage.run(_missing(index, targets, failed), lambda item: read_stored_photo(index, item[1])):
+        rows = []
+        for result in batch:
+            key, path = result.item
+            if result.error is not None:
+                failed[key] = (path, result.error)
+                progress.failure(path, result.error)
+                progress.advance()
                 continue
-            embedded = new.embed_images([p for _, p in good])
-            rows = []
-            for i, (key, _) in enumerate(good):
-                row: dict[str, Any] = {index.spec.key_field: key}
-                row.update({columns[space]: vectors[i] for space, vectors in embedded.vectors.items()})
-                if embedded.fields:
-                    row.update({name: embedded.fields[i].get(name) for name in extra_fields})
-                rows.append(row)
+            row: dict[str, Any] = {index.spec.key_field: key}
+            row.update({columns[space]: vectors[0] for space, vectors in result.embeddings.vectors.items()})
+            if result.embeddings.fields:
+                row.update({name: result.embeddings.fields[0].get(name) for name in extra_fields})
+            rows.append(row)
+        if rows:
             index.write_rows(rows, columns=targets + extra_fields, insert_missing=False)
             done += len(rows)
             progress.advance(len(rows))
     return done
+
+
+def _missing(index: IndexCore, targets: list[str], failed: dict[str, tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """(key, stored path) of each row whose `targets` are empty, in key order, read a page at a time; rows that
+    failed already are left out."""
+    after = None
+    while True:
+        page = index.store.keys_missing(targets, after, index.settings.batch_size, extra=("path",))
+        if not page:
+            return
+        after = page[-1][0]
+        yield from ((key, row["path"]) for key, row in page if key not in failed)
 
 
 def _build(index: IndexCore, columns: dict[str, str]) -> None:

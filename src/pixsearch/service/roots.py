@@ -10,12 +10,10 @@ from typing import Any, Sequence
 
 from pixsearch.ingest.decode import read_file
 from pixsearch.ingest.scan import inside, normal_path
+from pixsearch.ingest.stage import PhotoNotFound
 from pixsearch.service.core import IndexCore
 
-
-class PhotoNotFound(LookupError):
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+__all__ = ["PhotoNotFound", "indexed_roots", "photo_file", "read_stored_photo", "record_roots"]
 
 
 def _roots_json(paths: Sequence[Path], follow_symlinks: bool) -> list[dict[str, Any]]:
