@@ -127,7 +127,7 @@ class ImageStage:
         t0 = time.perf_counter()
         try:
             data = read(item)
-            result.data = ImageBytes(data) if isinstance(data, bytes) else data
+            result.data = data if data is None or isinstance(data, ImageBytes) else ImageBytes(bytes(data))
         except ITEM_FAILURES as exc:
             result.error = str(exc)
         result.seconds += time.perf_counter() - t0
