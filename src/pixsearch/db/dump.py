@@ -50,21 +50,26 @@ def _run(tool: str, args: Sequence[str], conninfo: str | None, what: str) -> str
     return done.stdout
 
 
-def dump(conninfo: str, path: Path, *, tables: Sequence[str], without_data: Sequence[str] = ()) -> None:
-    """A consistent pg_dump, in the custom format, of `tables` (names or patterns) and nothing else: not the
-    extensions (the target makes its own), nor other tables of the user's database. `without_data`: tables dumped
-    without their rows (Citus' distributed tables, whose rows are in the workers' shards, copied separately)."""
+def dump(conninfo: str, path: Path, *, tables: Sequence[str], without_data: Sequence[str] = (),
+         snapshot: str | None = None) -> None:
+    """pg_dump, in the custom format, of `tables` and nothing else: not the extensions (the target makes its own),
+    nor other tables of the user's database. `without_data`: tables dumped without their rows (the caller copies
+    those in COPY's binary format, ~10x faster and smaller than pg_dump's text for vectors). `snapshot`: an
+    exported snapshot (pg_export_snapshot) to dump, so the dump and the caller's copies see the same data."""
     args = ["--format=custom", "--file", str(path), "--no-owner", "--no-privileges"]
     args += [f"--table={table}" for table in tables]
     args += [f"--exclude-table-data={table}" for table in without_data]
+    if snapshot is not None:
+        args.append(f"--snapshot={snapshot}")
     _run("pg_dump", args, conninfo, "the database dump")
 
 
-def restore(conninfo: str, path: Path, *, leave_out: Callable[[str], bool], scratch: Path) -> None:
-    """pg_restore a custom-format dump in one transaction (all of it or nothing), without owners and privileges
-    (the target's user owns what it restores), leaving out the entries whose description `leave_out` selects:
-    "TABLE public px_photos", "INDEX public px_photos_image_hnsw", ... (the ANN indexes, built afterwards with
-    settings sized for them)."""
+def restore(conninfo: str, path: Path, *, leave_out: Callable[[str], bool], scratch: Path,
+            sections: Sequence[str] = ("pre-data", "data", "post-data")) -> None:
+    """pg_restore `sections` of a custom-format dump in one transaction (all of it or nothing), without owners and
+    privileges (the target's user owns what it restores), leaving out the entries whose description `leave_out`
+    selects: "TABLE public px_photos", "INDEX public px_photos_image_hnsw", ... (the ANN indexes, built afterwards
+    with settings sized for them)."""
     listing = _run("pg_restore", ["--list", str(path)], None, "reading the database dump")
     kept = []
     for line in listing.splitlines():
@@ -74,5 +79,5 @@ def restore(conninfo: str, path: Path, *, leave_out: Callable[[str], bool], scra
     list_file = scratch / "restore.list"
     list_file.write_text("\n".join(kept) + "\n")
     args = ["--use-list", str(list_file), "--no-owner", "--no-privileges", "--single-transaction", "--exit-on-error",
-            str(path)]
+            *(f"--section={section}" for section in sections), str(path)]
     _run("pg_restore", args, conninfo, "restoring the database")

@@ -2,10 +2,10 @@
 
 A backup file is a tar whose first member is manifest.json — format, pixsearch release and schema version, where it
 came from (never a password), the indexes with their registry entries and row counts, and the size and SHA-256 of
-every other member — followed by database.dump (pg_dump's custom format of pixsearch's tables: indexes, registry,
-API keys, migrations), rows/<table>.copy for tables a Citus cluster distributes (their rows are in the workers'
-shards, copied through the coordinator), and uploads/<index>/<file> (images sent to the API, which live in
-PIXSEARCH_HOME, not in the database).
+every other member — followed by database.dump (pg_dump's custom format of pixsearch's tables: the indexes' tables
+without their rows, the registry, API keys, migrations), rows/<table>.copy (each index table's rows in COPY's binary
+format, read in the snapshot pg_dump dumps, and through the coordinator on Citus), and uploads/<index>/<file>
+(images sent to the API, which live in PIXSEARCH_HOME, not in the database).
 
 A restore reads the manifest first (a newer release's backup is refused before anything is touched), then extracts
 and checks every member against it (a truncated or altered file is refused, nothing touched), then replaces what
@@ -37,7 +37,7 @@ from pixsearch.service.engine import Engine
 from pixsearch.service.index import Index
 from pixsearch.service.roots import indexed_roots
 from pixsearch.service.thumbnails import private_folder
-from pixsearch.store import IndexSpec, migrate
+from pixsearch.store import migrate
 from pixsearch.store import dump as tables
 from pixsearch.store.index_store import IndexStore
 
@@ -95,39 +95,48 @@ def backup(engine: Engine, path: Path | str, *, index: str | None = None) -> Bac
     if not path.parent.is_dir():
         raise BackupError(f"the folder {path.parent} does not exist")
     db = engine.db
-    specs = [engine.index(index).spec] if index is not None else engine.list_indexes()
-    table_names = tables.index_tables(db, index) if index is not None else tables.pixsearch_tables(db)
-    distributed = tables.distributed_tables(db, table_names)
-    registry = tables.registry_rows(db, [s.name for s in specs])
+    specs = {s.name: s for s in ([engine.index(index).spec] if index is not None else engine.list_indexes())}
     scratch = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".parts"))
     partial = scratch / "backup.tar"
     try:
-        members: list[tuple[str, Path]] = []
-        pg.dump(db.conninfo, scratch / DATABASE, tables=table_names if index is not None else tables.TABLE_PATTERNS,
-                without_data=distributed)
-        members.append((DATABASE, scratch / DATABASE))
-        for table in distributed:
-            tables.copy_rows_out(db, table, scratch / f"{table}.copy")
-            members.append((f"{ROWS}/{table}.copy", scratch / f"{table}.copy"))
-        uploads = _upload_files(engine, [s.name for s in specs])
+        with tables.snapshot(db) as snap:
+            registry = snap.registry_rows(list(specs) if index is not None else None)
+            table_names = snap.tables(specs[index] if index is not None else None)
+            # the indexes' rows go in COPY's binary format (vectors as pg_dump writes them: text, 3x the bytes)
+            copied = [table for table in table_names if table.startswith("px_")]
+            pg.dump(db.conninfo, scratch / DATABASE, tables=table_names, without_data=copied, snapshot=snap.id)
+            members: list[tuple[str, Path]] = [(DATABASE, scratch / DATABASE)]
+            copies = {}
+            for table in copied:
+                copies[table] = snap.copy_rows_out(table, scratch / f"{table}.copy")
+                members.append((f"{ROWS}/{table}.copy", scratch / f"{table}.copy"))
+            facts = {"schema_version": snap.schema_version(), "distributed_tables": snap.distributed(copied),
+                     "api_keys": snap.active_keys() if index is None else 0}
+        uploads = _upload_files(engine, [row["name"] for row in registry])
         members += uploads
+        indexes = []
+        for row in registry:
+            spec = specs.get(row["name"])  # None: made while this backup began; pg_restore builds its ANN indexes
+            indexes.append({"name": row["name"], "kind": row["kind"], "model": row["model"],
+                            "rows": copies.get(row["table_name"], {}).get("rows"),
+                            "ann_indexes": IndexStore(db, spec).ann_index_names() if spec is not None else []})
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "pixsearch_version": pixsearch.__version__,
-            "schema_version": tables.schema_version(db),
+            "schema_version": facts["schema_version"],
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "scope": "index" if index is not None else "all",
             "index": index,
             "source": {"database": "embedded" if db.embedded else "server",
                        "server_version": db.server.server_version, "pgvector_version": db.server.pgvector_version,
                        "citus_version": db.server.citus_version, "home": os.path.realpath(engine.settings.home)},
-            "indexes": [{"name": s.name, "kind": s.kind, "model": s.model, "rows": Index(engine, s).count(),
-                         "ann_indexes": IndexStore(db, s).ann_index_names()} for s in specs],
+            "indexes": indexes,
             "registry": registry,
             "tables": table_names,
-            "distributed_tables": distributed,
-            "api_keys": tables.contents(db)[1] if index is None else 0,
+            "copied_tables": copies,
+            "distributed_tables": facts["distributed_tables"],
+            "api_keys": facts["api_keys"],
             "members": {name: _digest(file) for name, file in members},
         }
         _write_tar(partial, manifest, members)
@@ -136,8 +145,7 @@ def backup(engine: Engine, path: Path | str, *, index: str | None = None) -> Bac
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return BackupReport(path, path.stat().st_size, time.perf_counter() - started,
-                        {entry["name"]: entry["rows"] for entry in manifest["indexes"]}, len(uploads),
-                        manifest["api_keys"])
+                        {entry["name"]: entry["rows"] for entry in indexes}, len(uploads), manifest["api_keys"])
 
 
 def _upload_files(engine: Engine, names: list[str]) -> list[tuple[str, Path]]:
@@ -351,9 +359,14 @@ def _restore_database(engine: Engine, manifest: dict[str, Any], scratch: Path, f
     tables.set_aside(db, replaced, registry_name=one)
     try:
         say("restoring the database")
-        pg.restore(db.conninfo, scratch / DATABASE, leave_out=built_afterwards, scratch=scratch)
-        for table in manifest["distributed_tables"]:
-            tables.copy_rows_in(db, table, scratch / ROWS / f"{table}.copy")
+        # tables first, then their rows, then their keys, constraints and (but the ANN) indexes: loading rows
+        # into a table without indexes is the fast way, as pg_restore does it
+        pg.restore(db.conninfo, scratch / DATABASE, leave_out=built_afterwards, scratch=scratch,
+                   sections=("pre-data", "data"))
+        for table, copy in manifest["copied_tables"].items():
+            tables.copy_rows_in(db, table, scratch / ROWS / f"{table}.copy", copy["columns"])
+        pg.restore(db.conninfo, scratch / DATABASE, leave_out=built_afterwards, scratch=scratch,
+                   sections=("post-data",))
         if one is not None:
             tables.register(db, next(row for row in manifest["registry"] if row["name"] == one))
         migrate(db)  # a backup of an earlier release: its schema is brought up to this one's

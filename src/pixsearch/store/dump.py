@@ -1,21 +1,24 @@
-"""What a backup and a restore need of the database besides pg_dump/pg_restore (db/dump.py): which tables are
-pixsearch's, the registry rows and schema version to record, and setting the tables a restore replaces aside — in
-a schema of their own, whole (indexes, constraints), so a failed restore brings them back as they were."""
+"""What a backup and a restore need of the database besides pg_dump/pg_restore (db/dump.py): one snapshot to read
+pixsearch's tables, their rows (binary COPY), the registry rows and schema version from; loading rows back; and
+setting the tables a restore replaces aside — in a schema of their own, whole (indexes, constraints), so a failed
+restore brings them back as they were."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pixsearch.db import Database
 from pixsearch.store.regions import region_spec
 from pixsearch.store.registry import MIGRATIONS, get_index
+from pixsearch.store.schema import IndexSpec
 
 # Every table pixsearch makes is named so: its own tables, and the tables of indexes (schema.table_name_for).
-TABLE_PATTERNS = ("pixsearch_*", "px_*")
 _TABLES_LIKE = ("pixsearch\\_%", "px\\_%")
 ASIDE_SCHEMA = "pixsearch_replaced"
 REGISTRY_COLUMNS = ("name", "table_name", "key_field", "vector_fields", "settings", "kind", "fields", "model",
@@ -31,17 +34,24 @@ def latest_schema_version() -> int:
 def schema_version(db: Database) -> int:
     """The schema version of the database (the last migration applied to it); 0 before any."""
     with db.connection() as conn:
-        if conn.execute("SELECT to_regclass('pixsearch_migrations')").fetchone()[0] is None:
-            return 0
-        return conn.execute("SELECT coalesce(max(version), 0) FROM pixsearch_migrations").fetchone()[0]
+        return _schema_version(conn)
 
 
-def index_tables(db: Database, name: str) -> list[str]:
-    """The tables of one index: its own, and its regions' when it has them."""
-    spec = get_index(db, name)
+def _schema_version(conn: psycopg.Connection) -> int:
+    if conn.execute("SELECT to_regclass('pixsearch_migrations')").fetchone()[0] is None:
+        return 0
+    return conn.execute("SELECT coalesce(max(version), 0) FROM pixsearch_migrations").fetchone()[0]
+
+
+def _pixsearch_tables(conn: psycopg.Connection) -> list[str]:
+    rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                        " AND (tablename LIKE %s OR tablename LIKE %s) ORDER BY tablename", _TABLES_LIKE)
+    return [row[0] for row in rows]
+
+
+def _index_tables(conn: psycopg.Connection, spec: IndexSpec) -> list[str]:
     regions = region_spec(spec).table_name
-    with db.connection() as conn:
-        has_regions = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(regions).as_string(conn),)).fetchone()[0]
+    has_regions = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(regions).as_string(conn),)).fetchone()[0]
     return [spec.table_name] + ([regions] if has_regions else [])
 
 
@@ -49,51 +59,88 @@ def pixsearch_tables(db: Database) -> list[str]:
     """Every table of pixsearch in the current schema (a Citus coordinator lists its distributed tables, not their
     shards)."""
     with db.connection() as conn:
-        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-                            " AND (tablename LIKE %s OR tablename LIKE %s) ORDER BY tablename", _TABLES_LIKE)
-        return [row[0] for row in rows]
+        return _pixsearch_tables(conn)
 
 
-def distributed_tables(db: Database, tables: Sequence[str]) -> list[str]:
-    """Those of `tables` that Citus distributes: their rows live in the workers' shards, which pg_dump on the
-    coordinator does not see, so a backup copies them through the coordinator."""
+def index_tables(db: Database, name: str) -> list[str]:
+    """The tables of one index: its own, and its regions' when it has them."""
+    spec = get_index(db, name)
     with db.connection() as conn:
-        if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone() is None:
+        return _index_tables(conn, spec)
+
+
+class Snapshot:
+    """Everything a backup reads, from one REPEATABLE READ transaction whose snapshot is exported for pg_dump
+    (`id`): the dump, the rows copied in binary and the manifest's facts all show the same moment."""
+
+    def __init__(self, conn: psycopg.Connection, snapshot_id: str):
+        self.conn, self.id = conn, snapshot_id
+
+    def tables(self, index: IndexSpec | None = None) -> list[str]:
+        """Every pixsearch table, or those of one index."""
+        return _index_tables(self.conn, index) if index is not None else _pixsearch_tables(self.conn)
+
+    def schema_version(self) -> int:
+        return _schema_version(self.conn)
+
+    def active_keys(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM pixsearch_api_keys WHERE revoked_at IS NULL").fetchone()[0]
+
+    def registry_rows(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The registry entries (all, or of `names`) as JSON-ready dicts: what a manifest shows of its indexes,
+        and what a one-index restore registers again."""
+        query = sql.SQL("SELECT {} FROM pixsearch_indexes WHERE %s::text[] IS NULL OR name = ANY(%s) ORDER BY name"
+                        ).format(sql.SQL(", ").join(map(sql.Identifier, REGISTRY_COLUMNS)))
+        names = list(names) if names is not None else None
+        return [{column: value.isoformat() if isinstance(value, datetime) else value
+                 for column, value in zip(REGISTRY_COLUMNS, row)}
+                for row in self.conn.execute(query, (names, names))]
+
+    def distributed(self, tables: Sequence[str]) -> list[str]:
+        """Those of `tables` that Citus distributes (their rows are in the workers' shards: pg_dump on the
+        coordinator does not see them, the binary copies through the coordinator do)."""
+        if self.conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone() is None:
             return []
-        rows = conn.execute("SELECT logicalrelid::regclass::text FROM pg_dist_partition")
+        rows = self.conn.execute("SELECT logicalrelid::regclass::text FROM pg_dist_partition")
         distributed = {row[0].strip('"') for row in rows}
-    return [table for table in tables if table in distributed]
+        return [table for table in tables if table in distributed]
+
+    def copy_rows_out(self, table: str, path: Path) -> dict[str, Any]:
+        """Every row of `table` into `path` in COPY's binary format; its columns (generated ones left out: COPY
+        cannot write them back) and row count."""
+        columns = [row[0] for row in self.conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
+            " AND attgenerated = '' ORDER BY attnum", (sql.Identifier(table).as_string(self.conn),))]
+        query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT binary)").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(table))
+        with self.conn.cursor() as cursor, path.open("wb") as out:
+            with cursor.copy(query) as copy:
+                for chunk in copy:
+                    out.write(chunk)
+            rows = cursor.rowcount
+        return {"columns": columns, "rows": rows}
 
 
-def copy_rows_out(db: Database, table: str, path: Path) -> int:
-    """Every row of `table` into `path` (COPY's binary format, through the coordinator on Citus); the bytes."""
-    written = 0
-    query = sql.SQL("COPY (SELECT * FROM {}) TO STDOUT (FORMAT binary)").format(sql.Identifier(table))
-    with db.connection() as conn, conn.cursor().copy(query) as copy, path.open("wb") as out:
-        for chunk in copy:
-            out.write(chunk)
-            written += len(chunk)
-    return written
+@contextmanager
+def snapshot(db: Database) -> Iterator[Snapshot]:
+    """A Snapshot, held (with its pool connection) until the block ends."""
+    with db.connection() as conn:
+        conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
+        try:
+            with conn.transaction():
+                yield Snapshot(conn, conn.execute("SELECT pg_export_snapshot()").fetchone()[0])
+        finally:
+            conn.isolation_level, conn.read_only = None, None
 
 
-def copy_rows_in(db: Database, table: str, path: Path) -> None:
-    query = sql.SQL("COPY {} FROM STDIN (FORMAT binary)").format(sql.Identifier(table))
-    with db.connection() as conn, conn.transaction(), conn.cursor().copy(query) as copy, path.open("rb") as source:
+def copy_rows_in(db: Database, table: str, path: Path, columns: Sequence[str]) -> None:
+    """Load rows written by Snapshot.copy_rows_out into `table`, in one transaction."""
+    query = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
+        sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)))
+    with db.connection() as conn, conn.transaction(), conn.cursor() as cursor, cursor.copy(query) as copy, \
+            path.open("rb") as source:
         while chunk := source.read(1 << 20):
             copy.write(chunk)
-
-
-def registry_rows(db: Database, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """The registry entries (all, or of `names`) as JSON-ready dicts: what a backup's manifest shows of its indexes."""
-    query = sql.SQL("SELECT {} FROM pixsearch_indexes").format(sql.SQL(", ").join(map(sql.Identifier,
-                                                                                      REGISTRY_COLUMNS)))
-    with db.connection() as conn:
-        if names is not None:
-            rows = conn.execute(query + sql.SQL(" WHERE name = ANY(%s) ORDER BY name"), (list(names),))
-        else:
-            rows = conn.execute(query + sql.SQL(" ORDER BY name"))
-        return [{column: value.isoformat() if isinstance(value, datetime) else value
-                 for column, value in zip(REGISTRY_COLUMNS, row)} for row in rows]
 
 
 def register(db: Database, row: dict[str, Any]) -> None:
