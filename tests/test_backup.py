@@ -292,3 +292,61 @@ def test_scheduled_backups_are_written_whole_and_the_oldest_pruned(library, embe
 
     bad = run_cli("serve", "--backup-every", "soon", "--anonymous", home=home)
     assert bad.returncode == 1 and "backup interval 'soon'" in bad.stderr
+
+
+def test_a_citus_library_is_backed_up_through_the_coordinator_without_its_password(citus_cluster, embedder, library,
+                                                                                    tmp_path):
+    """A distributed index's rows live in the workers' shards: the backup copies them through the coordinator,
+    and restores them, as a local table, into a single embedded server. And a one-index backup of the embedded
+    library restores into the cluster's database: a restore into an external server."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    dsn = citus_cluster.dsn
+    password = conninfo_to_dict(dsn)["password"]
+    name = "citus-backup"
+    rows = np.random.default_rng(3).standard_normal((300, 8)).astype(np.float32)
+    citus_home = _new_home()
+    with Engine(Settings.load(home=citus_home, database_url=dsn), embedder=embedder) as engine:
+        index = engine.create_index(name, [VectorField(name="v", dims=8)], distributed=True)
+        index.add_vectors([f"r{i}" for i in range(300)], rows)
+    try:
+        file = tmp_path / "citus.backup"
+        made = run_cli("backup", str(file), "--index", name, home=citus_home, env={"PIXSEARCH_DATABASE_URL": dsn})
+        assert made.returncode == 0, made.stderr
+        assert password not in made.stdout + made.stderr and password.encode() not in file.read_bytes()
+        with tarfile.open(file) as tar:
+            manifest = json.loads(tar.extractfile("manifest.json").read())
+        assert manifest["distributed_tables"] == ["px_citus_backup"] and manifest["indexes"][0]["rows"] == 300
+
+        single = _new_home()
+        try:
+            with Engine(Settings.load(home=single), embedder=embedder) as engine:
+                report = restore(engine, file)
+                assert any("pixsearch indexes distribute citus-backup" in note for note in report.notes)
+                restored = engine.index(name)
+                assert "distribution" not in restored.spec.settings and restored.count() == 300
+                got = restored.get([f"r{i}" for i in range(300)])
+                assert np.array_equal(np.stack([got[f"r{i}"]["v"] for i in range(300)]), rows)
+                assert restored.search_vector(rows[7], k=1)[0].id == "r7"
+        finally:
+            _wipe(single)
+
+        home = library["home"]
+        if not (home / "pgdata").exists():
+            assert run_cli("restore", str(library["file"]), home=home).returncode == 0
+        vectors_only = tmp_path / "vectors.backup"
+        assert run_cli("backup", str(vectors_only), "--index", "vectors", home=home).returncode == 0
+        into_cluster = run_cli("restore", str(vectors_only), home=citus_home, env={"PIXSEARCH_DATABASE_URL": dsn})
+        assert into_cluster.returncode == 0, into_cluster.stderr
+        assert password not in into_cluster.stderr + into_cluster.stdout
+        with Engine(Settings.load(home=citus_home, database_url=dsn), embedder=embedder) as engine:
+            vectors = engine.index("vectors")
+            assert {k: v["v"].tolist() for k, v in vectors.get([str(i) for i in range(40)]).items()} \
+                == library["expected"]["precomputed_rows"]
+            assert all(vectors.store.ann_indexes_ready().values())
+    finally:
+        with Engine(Settings.load(home=citus_home, database_url=dsn), embedder=embedder) as engine:
+            for spec in engine.list_indexes():
+                if spec.name in (name, "vectors"):
+                    engine.delete_index(spec.name)
+        shutil.rmtree(citus_home, ignore_errors=True)
