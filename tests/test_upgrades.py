@@ -102,12 +102,10 @@ def test_migrations_run_once_in_one_transaction_and_a_newer_schema_is_refused(fr
     assert "Traceback" not in refused.stderr
 
 
-def test_a_data_directory_of_another_postgres_major_is_one_clear_error(tmp_path_factory):
-    import tempfile
-
-    home = Path(tempfile.mkdtemp(prefix="pixsearch-pg17-home-"))
+def test_a_data_directory_of_another_postgres_major_is_one_clear_error(tmp_path):
+    home = tmp_path / "home"
     pgdata = home / "pgdata"
-    pgdata.mkdir()
+    pgdata.mkdir(parents=True)
     (pgdata / "PG_VERSION").write_text("17\n")
     (pgdata / "base").mkdir()
     before = sorted(p.name for p in pgdata.iterdir())
