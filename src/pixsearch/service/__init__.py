@@ -2,6 +2,7 @@
 
 Imports run one way inside the package, top to bottom (tests/test_architecture.py checks there is no cycle):
 
+backup.py      backups of a library in one file, restores from them, scheduled backups (uses Engine)
 engine.py      the database, loaded models (one per index's model) and caches a process shares; opens Index
 index.py       Index: the facade of one index; each method hands over to a feature module below
 photos.py      uploads, thumbnails and a folder watcher's changes: the photo files the server opens itself

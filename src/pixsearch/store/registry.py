@@ -7,7 +7,7 @@ from typing import Any, Collection, Sequence
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pixsearch.db import Database
+from pixsearch.db import Database, DatabaseError
 from pixsearch.store.schema import PHOTO_FIELDS, Field, IndexSpec, SchemaError, VectorField, table_name_for
 
 MIGRATIONS: list[tuple[int, str]] = [
@@ -82,8 +82,15 @@ class IndexExistsError(ValueError):
     pass
 
 
+class SchemaTooNewError(DatabaseError):
+    """The database was brought to a schema version this release does not know (by a newer release)."""
+
+
 def migrate(db: Database) -> None:
-    """Apply pending schema migrations, serialised by an advisory lock so concurrent first runs do not race."""
+    """Apply pending schema migrations, each once (pixsearch_migrations records it), all of them in one
+    transaction (a failure applies none), serialised by an advisory lock so concurrent first runs do not race. Every
+    process runs this when it opens the database (Engine.db), so a new release upgrades the schema at its start.
+    A database at a schema version newer than this release's is refused: its code would misread it."""
     with db.connection() as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pixsearch_migrations'))")
         conn.execute(
@@ -91,6 +98,13 @@ def migrate(db: Database) -> None:
             " version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
         applied = {row[0] for row in conn.execute("SELECT version FROM pixsearch_migrations")}
+        latest = max(version for version, _ in MIGRATIONS)
+        if applied and max(applied) > latest:
+            raise SchemaTooNewError(
+                f"this database was upgraded by a newer pixsearch release (schema version {max(applied)}; this "
+                f"release knows up to {latest}): run that release (pip install -U pixsearch), or restore a backup "
+                f"made with this one into a fresh PIXSEARCH_HOME"
+            )
         for version, statement in MIGRATIONS:
             if version not in applied:
                 conn.execute(statement)
