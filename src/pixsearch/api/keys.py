@@ -10,7 +10,6 @@ from collections import OrderedDict
 from typing import Callable, Iterable
 
 import anyio
-import psycopg
 
 from pixsearch.db import DatabaseError
 from pixsearch.limits import API_KEY_CACHE_SECONDS
@@ -87,7 +86,7 @@ class KeyRing:
 
     def look_up(self, presented: str) -> str | None:
         """The stored key's role (None: unknown or revoked), asking the database only when the cache has no fresh
-        answer. Database errors propagate (the caller answers 503)."""
+        answer. Database errors (DatabaseError) propagate: the caller answers 503."""
         known, role = self.cached(presented)
         if known or self.lookup is None:
             return role
@@ -142,7 +141,7 @@ class AuthMiddleware:
             if not known:
                 try:
                     role = await anyio.to_thread.run_sync(self.ring.look_up, presented)
-                except (psycopg.Error, DatabaseError) as exc:
+                except DatabaseError as exc:
                     return unavailable_response(exc)
         if role is None and not presented and self.allow_anonymous:
             role = QUERY

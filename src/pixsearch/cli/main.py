@@ -19,6 +19,7 @@ from pixsearch.cli.keys import keys_app
 from pixsearch.cli.models import models_app
 from pixsearch.cli.common import (EXIT_OK, EXIT_PARTIAL, IndexOption, err, fail, open_engine, out, print_json,
                                   stop_on_sigterm_as_on_ctrl_c)
+from pixsearch.limits import MAX_TOP, MAX_WINDOW
 from pixsearch.search.ranking import Cutoff
 from pixsearch.search.request import SearchRequest
 from pixsearch.service import Engine, Query
@@ -247,8 +248,8 @@ def search_cmd(
     vector: Optional[Path] = typer.Option(None, "--vector", help=".npy file holding one query vector."),
     ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated stored ids: more like these."),
     field: Optional[str] = typer.Option(None, help="Vector field to search (default: from the query)."),
-    k: int = typer.Option(10, "--k", "-k", "--top", min=1, max=1000, help="How many hits (per page)."),
-    skip: int = typer.Option(0, "--skip", min=0, max=999, help="Hits to skip (paging)."),
+    k: int = typer.Option(10, "--k", "-k", "--top", min=1, max=MAX_TOP, help="How many hits (per page)."),
+    skip: int = typer.Option(0, "--skip", min=0, max=MAX_WINDOW - 1, help="Hits to skip (paging)."),
     filter_: Optional[str] = typer.Option(
         None, "--filter", help="OData filter, e.g. \"width ge 1000 and tags/any(t: t eq 'dog')\"."
     ),
@@ -337,7 +338,7 @@ def explain_cmd(
     image: Optional[Path] = typer.Option(None, "--image"),
     vector: Optional[Path] = typer.Option(None, "--vector", help=".npy file holding one query vector."),
     field: Optional[str] = typer.Option(None, help="Vector field (with --vector)."),
-    k: int = typer.Option(10, "--k", "-k", min=1, max=1000),
+    k: int = typer.Option(10, "--k", "-k", min=1, max=MAX_WINDOW),
     index: Optional[str] = IndexOption,
     analyze: bool = typer.Option(False, "--analyze", help="Run the query and show actual times (EXPLAIN ANALYZE)."),
 ) -> None:

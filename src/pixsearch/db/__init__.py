@@ -1,4 +1,16 @@
-"""Where Postgres comes from: the embedded server under PIXSEARCH_HOME, or a server named by PIXSEARCH_DATABASE_URL."""
-from pixsearch.db.database import Database, DatabaseError, DatabaseFull, DatabaseUnavailable, open_database
+"""Where Postgres comes from: the embedded server under PIXSEARCH_HOME, or a server named by PIXSEARCH_DATABASE_URL.
 
-__all__ = ["Database", "DatabaseError", "DatabaseFull", "DatabaseUnavailable", "open_database"]
+Driver errors that are the database's state rather than a bug leave db/ as its own types (DatabaseError and its
+subclasses), so no layer above store/ needs to know the driver."""
+from pixsearch.db.database import (
+    Database,
+    DatabaseError,
+    DatabaseFull,
+    DatabaseUnavailable,
+    QueryTimeout,
+    StatementAborted,
+    open_database,
+)
+
+__all__ = ["Database", "DatabaseError", "DatabaseFull", "DatabaseUnavailable", "QueryTimeout", "StatementAborted",
+           "open_database"]

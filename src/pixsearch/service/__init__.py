@@ -6,10 +6,10 @@ documents.py  Azure-style document batches (upload / merge / mergeOrUpload / del
 photos.py     the photo files the server opens itself: uploads and thumbnails, inside the index's roots only
 thumbnails.py the bounded on-disk thumbnail cache
 """
-from pixsearch.service.documents import DocumentAction, DocumentResult
+from pixsearch.service.documents import DocumentAction, DocumentResult, Outcome
 from pixsearch.service.engine import Engine
 from pixsearch.service.index import Index, ModelMismatchError, Query
 from pixsearch.service.photos import PhotoNotFound, StorageError
 
-__all__ = ["DocumentAction", "DocumentResult", "Engine", "Index", "ModelMismatchError", "PhotoNotFound", "Query",
-           "StorageError"]
+__all__ = ["DocumentAction", "DocumentResult", "Engine", "Index", "ModelMismatchError", "Outcome", "PhotoNotFound",
+           "Query", "StorageError"]

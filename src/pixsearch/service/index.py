@@ -17,8 +17,9 @@ from pixsearch.limits import MAX_DUPLICATE_GROUPS, MAX_TOP
 from pixsearch.search import evaluation
 from pixsearch.search.context import IndexModel, SearchContext
 from pixsearch.search.expressions import Term
-from pixsearch.search.request import SearchRequest, SearchResponse, combine_embedded, embed_terms, query_terms
-from pixsearch.search.request import run as run_request
+from pixsearch.search.embedding import combine_embedded, embed_terms
+from pixsearch.search.execute import run as run_request
+from pixsearch.search.request import SearchRequest, SearchResponse, query_terms
 from pixsearch.service import documents, photos
 from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.duplicates import DuplicateGroup, duplicate_groups
@@ -26,6 +27,7 @@ from pixsearch.store import (
     DocumentTable,
     Filter,
     IndexSpec,
+    IndexStore,
     QueryOptions,
     SchemaError,
     SearchResult,
@@ -33,7 +35,6 @@ from pixsearch.store import (
     read_snapshot,
     update_settings,
 )
-from pixsearch.store.regions import RegionTable
 from pixsearch.store.schema import CAPTION_FIELD
 from pixsearch.store.tables import iter_chunks
 
@@ -131,14 +132,11 @@ class Index:
     def search_context(self, *, allow_file_terms: bool = True) -> SearchContext:
         """What search needs of this index. allow_file_terms=False for requests from the network."""
         return SearchContext(
-            spec=self.spec,
-            table=self.table,
-            db=self.db,
+            store=IndexStore(self.db, self.spec),
             model=self.model if self.modelled else None,
             query_vectors=self.engine.query_vectors,
             open_image=self.engine.open_image,
             allow_file_terms=allow_file_terms,
-            regions=RegionTable(self.spec) if self.spec.settings.get("regions") else None,
         )
 
     # -- writes ----------------------------------------------------------------------------------------------------
@@ -421,8 +419,8 @@ class Index:
         """The vector field and combined query vector of parsed query terms."""
         ctx = self.search_context()
         embedded = embed_terms(ctx, terms, field)
-        with read_snapshot(self.db) as conn:
-            return embedded.field, combine_embedded(ctx, conn, embedded)
+        with ctx.store.reader() as reader:
+            return embedded.field, combine_embedded(reader, embedded)
 
     def query(self, request: SearchRequest, *, allow_file_terms: bool = True) -> SearchResponse:
         """The full search: query expressions, filters, vector/keyword/hybrid modes, cutoffs, sorting, paging,
@@ -494,8 +492,9 @@ class Index:
     ) -> evaluation.Evaluation:
         """Recall@k of the ANN index against exact search, on `sample` stored vectors used as queries."""
         vf = self.spec.vector_field(field)
-        truth = evaluation.ground_truth(self.db, self.table, vf, k, sample)
-        return evaluation.evaluate(self.db, self.table, vf, k, truth, options or QueryOptions())
+        store = IndexStore(self.db, self.spec)
+        truth = evaluation.ground_truth(store, vf, k, sample)
+        return evaluation.evaluate(store, vf, k, truth, options or QueryOptions())
 
     def tune(
         self, target_recall: float = 0.95, *, field: str | None = None, k: int = 10, sample: int = 100
@@ -510,8 +509,9 @@ class Index:
         lists = self.spec.settings.get("built", {}).get(vf.name, {}).get("lists")
         if vf.algorithm == "ivfflat" and lists is None:
             raise SchemaError(f"the IVFFlat index of {vf.name!r} is not built yet: pixsearch indexes rebuild {self.name}")
-        truth = evaluation.ground_truth(self.db, self.table, vf, k, sample)
-        chosen, tried, reached = evaluation.tune(self.db, self.table, vf, k, truth, target_recall, lists)
+        store = IndexStore(self.db, self.spec)
+        truth = evaluation.ground_truth(store, vf, k, sample)
+        chosen, tried, reached = evaluation.tune(store, vf, k, truth, target_recall, lists)
         if chosen is None:
             raise SchemaError("the index is empty: nothing to tune on")
         tuned = {**chosen.settings, "target_recall": target_recall, "recall": round(chosen.recall, 4), "k": k,

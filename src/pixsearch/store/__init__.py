@@ -1,5 +1,5 @@
 """All SQL lives here. Identifiers reach SQL through psycopg.sql, values through parameters."""
-from pixsearch.store.filters import And, AnyEq, Compare, Filter, FilterError, In, Not, Or, Prefix
+from pixsearch.store.filters import And, AnyEq, Compare, Filter, FilterError, In, Not, Or, Prefix, check_filter
 from pixsearch.store.photos import PhotoRecord, StoredState
 from pixsearch.store.registry import (
     IndexExistsError,
@@ -15,6 +15,7 @@ from pixsearch.store.registry import (
     update_settings,
 )
 from pixsearch.store.schema import PHOTO_FIELDS, Field, IndexSpec, SchemaError, VectorField
+from pixsearch.store.index_store import IndexStore, Reader
 from pixsearch.store.tables import DocumentTable, Hit, QueryOptions, SearchResult, read_snapshot
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Hit",
     "In",
     "IndexExistsError",
+    "IndexStore",
     "IndexNotFoundError",
     "IndexSpec",
     "Not",
@@ -36,11 +38,13 @@ __all__ = [
     "PhotoRecord",
     "Prefix",
     "QueryOptions",
+    "Reader",
     "SchemaError",
     "SearchResult",
     "StoredState",
     "VectorField",
     "change_definition",
+    "check_filter",
     "distribute_index",
     "create_index",
     "delete_index",

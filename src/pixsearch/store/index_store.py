@@ -20,14 +20,17 @@ from pixsearch.store import photos
 from pixsearch.store.filters import Filter
 from pixsearch.store.photos import PhotoLocation, PhotoRecord, StoredState
 from pixsearch.store.regions import RegionTable
+from pixsearch.store.registry import read_index
 from pixsearch.store.schema import IndexSpec, VectorField
 from pixsearch.store.tables import DocumentTable, QueryOptions, SearchResult, read_snapshot
 
 
 class Reader:
-    """What one search reads, all from one snapshot (see IndexStore.reader)."""
+    """What one search reads, all from one snapshot (see IndexStore.reader). `spec`: the index definition and
+    settings its queries run with."""
 
-    def __init__(self, table: DocumentTable, conn: psycopg.Connection, regions: RegionTable | None):
+    def __init__(self, spec: IndexSpec, table: DocumentTable, conn: psycopg.Connection, regions: RegionTable | None):
+        self.spec = spec
         self._table = table
         self._conn = conn
         self._regions = regions
@@ -94,9 +97,17 @@ class IndexStore:
 
     # -- reads ---------------------------------------------------------------------------------------------------
     @contextmanager
-    def reader(self) -> Iterator[Reader]:
+    def reader(self, *, current_spec: bool = False) -> Iterator[Reader]:
+        """One snapshot for everything read inside the block. current_spec: the index's definition and settings
+        are read in the snapshot too (Reader.spec) and its queries run with them, so a search's tuned settings and
+        bulk-load mark are those of the rows it reads, not of when this store was made."""
         with read_snapshot(self.db) as conn:
-            yield Reader(self._table, conn, self._regions)
+            if not current_spec:
+                yield Reader(self.spec, self._table, conn, self._regions)
+                return
+            spec = read_index(conn, self.spec.name)
+            regions = RegionTable(spec) if spec.settings.get("regions") else None
+            yield Reader(spec, DocumentTable(spec), conn, regions)
 
     def _one(self, read: Callable[[psycopg.Connection], Any]) -> Any:
         """A read of one statement (or a few that need not agree): a pooled connection, no snapshot."""

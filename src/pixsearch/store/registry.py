@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Callable
 
+import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -126,7 +127,12 @@ def _spec_from_row(row: tuple) -> IndexSpec:
 
 def get_index(db: Database, name: str) -> IndexSpec:
     with db.connection() as conn:
-        row = conn.execute(_SELECT + " WHERE name = %s", (name,)).fetchone()
+        return read_index(conn, name)
+
+
+def read_index(conn: psycopg.Connection, name: str) -> IndexSpec:
+    """The index's definition and settings as `conn`'s transaction sees them (a search reads them in its snapshot)."""
+    row = conn.execute(_SELECT + " WHERE name = %s", (name,)).fetchone()
     if row is None:
         raise IndexNotFoundError(f"no index named {name!r}")
     return _spec_from_row(row)
