@@ -220,6 +220,17 @@ def test_a_search_runs_with_the_settings_its_own_snapshot_sees(engine, index_nam
     assert during.query(query).building is None
 
 
+def test_select_keeps_only_the_chosen_fields_of_searched_and_listed_documents(engine, index_name):
+    idx = engine.create_index(index_name, [VectorField("v", 4)], [Field("lang", "string"), Field("n", "int")])
+    idx.add_vectors(["a", "b"], np.eye(2, 4, dtype=np.float32), [{"lang": "en", "n": 1}, {"lang": "de", "n": 2}])
+    found = idx.query(SearchRequest(vector=np.eye(4, dtype=np.float32)[1], field="v", top=1, select=["lang"]))
+    assert [(h.id, h.document) for h in found] == [("b", {"lang": "de"})]
+    listed = idx.query(SearchRequest(top=5, select=["n", "id"]))
+    assert sorted((h.id, h.document) for h in listed) == [("a", {"n": 1}), ("b", {"n": 2})]
+    with pytest.raises(ValueError, match="has no field 'colour'"):
+        idx.query(SearchRequest(top=5, select=["colour"]))
+
+
 def test_an_unreachable_target_is_reported_not_hidden(engine, index_name):
     # Big enough that the planner keeps the (poor, m=4) HNSW index even at ef_search 1000 instead of a full scan.
     data = clustered(30000, 48, 1500, seed=5)
