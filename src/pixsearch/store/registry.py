@@ -131,8 +131,20 @@ def get_index(db: Database, name: str) -> IndexSpec:
 
 
 def read_index(conn: psycopg.Connection, name: str) -> IndexSpec:
-    """The index's definition and settings as `conn`'s transaction sees them (a search reads them in its snapshot)."""
     row = conn.execute(_SELECT + " WHERE name = %s", (name,)).fetchone()
+    if row is None:
+        raise IndexNotFoundError(f"no index named {name!r}")
+    return _spec_from_row(row)
+
+
+def begin_snapshot_reading_index(conn: psycopg.Connection, name: str) -> IndexSpec:
+    """On an autocommit connection: BEGIN a REPEATABLE READ, READ ONLY transaction and read the index's definition and
+    settings in it, in one round trip (one simple-protocol query; the name is quoted by psycopg as a literal). The
+    caller ends the transaction."""
+    cursor = conn.execute(sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {} WHERE name = {}").format(
+        sql.SQL(_SELECT), sql.Literal(name)))
+    cursor.nextset()
+    row = cursor.fetchone()
     if row is None:
         raise IndexNotFoundError(f"no index named {name!r}")
     return _spec_from_row(row)
