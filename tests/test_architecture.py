@@ -75,7 +75,8 @@ def _driver_uses(path: Path) -> list[tuple[int, str]]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [(node.lineno, f"import {a.name}") for a in node.names if a.name.split(".")[0].startswith("psycopg")]
+            found += [(node.lineno, f"import {a.name}") for a in node.names
+                      if a.name.split(".")[0].startswith("psycopg")]
         elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
             if node.module.split(".")[0].startswith("psycopg"):
                 found.append((node.lineno, f"from {node.module} import ..."))

@@ -68,7 +68,8 @@ def write_documents(index: "Index", actions: list[DocumentAction]) -> list[Docum
     groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
     for i, item in enumerate(actions):
         if item.key in seen:
-            results[i] = DocumentResult(item.key, Outcome.INVALID, f"key {item.key!r} appears more than once in the batch")
+            results[i] = DocumentResult(item.key, Outcome.INVALID,
+                                        f"key {item.key!r} appears more than once in the batch")
             continue
         seen.add(item.key)
         if item.action not in ACTIONS:

@@ -127,11 +127,7 @@ def _spec_from_row(row: tuple) -> IndexSpec:
 
 def get_index(db: Database, name: str) -> IndexSpec:
     with db.connection() as conn:
-        return read_index(conn, name)
-
-
-def read_index(conn: psycopg.Connection, name: str) -> IndexSpec:
-    row = conn.execute(_SELECT + " WHERE name = %s", (name,)).fetchone()
+        row = conn.execute(_SELECT + " WHERE name = %s", (name,)).fetchone()
     if row is None:
         raise IndexNotFoundError(f"no index named {name!r}")
     return _spec_from_row(row)
