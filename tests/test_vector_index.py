@@ -220,26 +220,6 @@ def test_a_search_runs_with_the_settings_its_own_snapshot_sees(engine, index_nam
     assert during.query(query).building is None
 
 
-def test_a_search_snapshot_hands_its_connection_back_as_it_found_it(home, index_name):
-    """A search's snapshot begins its transaction by hand (with the read of the index's settings, in one round trip):
-    after a search, and after one that fails inside its snapshot, the pool's one connection is idle and not in
-    autocommit, so the next write is still one transaction."""
-    from pixsearch.config import Settings
-    from pixsearch.service import Engine
-
-    with Engine(Settings.load(home=home, pool_size=1)) as engine:
-        idx = engine.create_index(index_name, [VectorField("v", 4)])
-        idx.add_vectors(["a"], np.eye(1, 4, dtype=np.float32))
-        assert idx.query(SearchRequest(vector=np.ones(4, np.float32), field="v", top=1))[0].id == "a"
-        with engine.db.connection() as conn:
-            assert not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        with pytest.raises(ValueError, match="unknown id"):
-            idx.query(SearchRequest(ids=["missing"], field="v"))
-        with engine.db.connection() as conn:
-            assert not conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        engine.delete_index(index_name)
-
-
 def test_select_keeps_only_the_chosen_fields_of_searched_and_listed_documents(engine, index_name):
     idx = engine.create_index(index_name, [VectorField("v", 4)], [Field("lang", "string"), Field("n", "int")])
     idx.add_vectors(["a", "b"], np.eye(2, 4, dtype=np.float32), [{"lang": "en", "n": 1}, {"lang": "de", "n": 2}])

@@ -1,8 +1,9 @@
 """Carry out a search plan (search/plan.py).
 
-Steps: embed texts and images (the model, no database) -> in one database snapshot, with the index's settings as
-that snapshot sees them: resolve stored ids, retrieve each ranked list (the vector lists and/or the keyword lists),
-fetch documents, count facets -> fuse the lists (RRF) -> cut the irrelevant tail -> sort -> page.
+Steps: embed texts and images (the model, no database) -> in one database snapshot, with the index's settings
+(tuned knobs, ANN builds, a bulk load under way) as that snapshot sees them: resolve stored ids, retrieve each ranked
+list (the vector lists and/or the keyword lists), fetch documents, count facets -> fuse the lists (RRF) -> cut the
+irrelevant tail -> sort -> page.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def execute(search: SearchPlan, ctx: SearchContext) -> SearchResponse:
     if search.kind == "browse":
         return _execute_browse(search, ctx)
     lists = _embed_lists(search, ctx)
-    with ctx.store.reader(current_spec=True) as reader:
+    with ctx.store.reader(current_settings=True) as reader:
         found = _retrieve(search, ctx, reader, lists)
         hits, complete, reason = _merged(search, reader, found)
         keep = search.request.cutoff.apply([h.score for h in hits])
@@ -151,7 +152,7 @@ def _execute_regions(search: SearchPlan, ctx: SearchContext) -> SearchResponse:
     embedded = embed_terms(ctx, search.terms, request.field)
     window = search.window
     per_photo = request.regions == "images"
-    with ctx.store.reader(current_spec=True) as reader:
+    with ctx.store.reader(current_settings=True) as reader:
         vector = combine_embedded(reader, embedded)
         depth = min(MAX_WINDOW * REGION_DEPTH, window * (REGION_DEPTH if per_photo else 1))
         result = reader.search_regions(embedded.field, vector, depth, filter=search.filter, options=request.options)

@@ -9,7 +9,8 @@ commits its own transaction, so a batch is written whole or not at all.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ from pixsearch.store import photos
 from pixsearch.store.filters import Filter
 from pixsearch.store.photos import PhotoLocation, PhotoRecord, StoredState
 from pixsearch.store.regions import RegionTable
-from pixsearch.store.registry import begin_snapshot_reading_index
+from pixsearch.store.registry import read_settings
 from pixsearch.store.schema import IndexSpec, VectorField
 from pixsearch.store.tables import DocumentTable, QueryOptions, SearchResult, read_snapshot
 
@@ -97,38 +98,17 @@ class IndexStore:
 
     # -- reads ---------------------------------------------------------------------------------------------------
     @contextmanager
-    def reader(self, *, current_spec: bool = False) -> Iterator[Reader]:
-        """One snapshot for everything read inside the block. current_spec: the index's definition and settings
-        are read in the snapshot too (Reader.spec) and its queries run with them, so a search's tuned settings and
-        bulk-load mark are those of the rows it reads, not of when this store was made."""
-        if not current_spec:
-            with read_snapshot(self.db) as conn:
+    def reader(self, *, current_settings: bool = False) -> Iterator[Reader]:
+        """One snapshot for everything read inside the block. current_settings: the index's settings are read in
+        the snapshot too (one small statement; Reader.spec has them) and its queries run with them, so a search's
+        tuned knobs, ANN builds and bulk-load mark are those of the rows it reads, not of when this store was made."""
+        with read_snapshot(self.db) as conn:
+            if not current_settings:
                 yield Reader(self.spec, self._table, conn, self._regions)
-            return
-        with self._snapshot_reading_spec() as (conn, spec):
+                return
+            spec = replace(self.spec, settings=read_settings(conn, self.spec.name))
             regions = RegionTable(spec) if spec.settings.get("regions") else None
             yield Reader(spec, DocumentTable(spec), conn, regions)
-
-    @contextmanager
-    def _snapshot_reading_spec(self) -> Iterator[tuple[psycopg.Connection, IndexSpec]]:
-        """read_snapshot's transaction, begun by hand in the same round trip as the read of the index's definition,
-        so a search pays nothing for reading it in its snapshot. The connection goes back to the pool as it came
-        (idle, not autocommit), or closed when that cannot be made so."""
-        idle = psycopg.pq.TransactionStatus.IDLE
-        with self.db.connection() as conn:
-            conn.autocommit = True
-            try:
-                spec = begin_snapshot_reading_index(conn, self.spec.name)
-                yield conn, spec
-                conn.execute("COMMIT")
-            finally:
-                if conn.info.transaction_status != idle and not conn.broken:
-                    with suppress(psycopg.Error):
-                        conn.execute("ROLLBACK")
-                if conn.info.transaction_status == idle:
-                    conn.autocommit = False
-                else:
-                    conn.close()  # never hand the pool a connection in autocommit or inside a transaction
 
     def _one(self, read: Callable[[psycopg.Connection], Any]) -> Any:
         """A read of one statement (or a few that need not agree): a pooled connection, no snapshot."""

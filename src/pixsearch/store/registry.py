@@ -133,17 +133,13 @@ def get_index(db: Database, name: str) -> IndexSpec:
     return _spec_from_row(row)
 
 
-def begin_snapshot_reading_index(conn: psycopg.Connection, name: str) -> IndexSpec:
-    """On an autocommit connection: BEGIN a REPEATABLE READ, READ ONLY transaction and read the index's definition and
-    settings in it, in one round trip (one simple-protocol query; the name is quoted by psycopg as a literal). The
-    caller ends the transaction."""
-    cursor = conn.execute(sql.SQL("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {} WHERE name = {}").format(
-        sql.SQL(_SELECT), sql.Literal(name)))
-    cursor.nextset()
-    row = cursor.fetchone()
+def read_settings(conn: psycopg.Connection, name: str) -> dict[str, Any]:
+    """The index's settings (tuned search knobs, ANN builds, a bulk load under way) as `conn`'s transaction sees
+    them: a search reads them in its snapshot. A prepared statement, as every search runs it."""
+    row = conn.execute("SELECT settings FROM pixsearch_indexes WHERE name = %s", (name,), prepare=True).fetchone()
     if row is None:
         raise IndexNotFoundError(f"no index named {name!r}")
-    return _spec_from_row(row)
+    return row[0]
 
 
 def list_indexes(db: Database) -> list[IndexSpec]:
