@@ -129,3 +129,43 @@ def test_images_are_decoded_and_embedded_in_batches_only_by_the_image_stage():
             if name == "embed_images" and relative not in allowed_embed and relative.parts[0] != "models":
                 violations.append(f"{relative}:{node.lineno} embeds images outside the image stage")
     assert not violations, "\n".join(violations)
+
+
+
+# Everything outside store/ and db/ reaches the database only through store/ (IndexStore and its readers) and db/'s
+# error types.
+CONNECTION_FREE = ("search", "api", "cli", "web", "client", "service", "ingest", "models", "imaging", "config",
+                   "limits", "samples", "file_errors")
+DRIVER_CALLS = ("connection", "side_connection", "read_snapshot")
+
+
+def _driver_uses(path: Path) -> list[tuple[int, str]]:
+    """Imports of psycopg (or psycopg_pool), and calls of .connection(), .side_connection() or read_snapshot()."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, f"import {a.name}") for a in node.names
+                      if a.name.split(".")[0].startswith("psycopg")]
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module.split(".")[0].startswith("psycopg"):
+                found.append((node.lineno, f"from {node.module} import ..."))
+            found += [(node.lineno, f"import {a.name}") for a in node.names if a.name in DRIVER_CALLS]
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+            if name in DRIVER_CALLS:
+                found.append((node.lineno, f"{name}()"))
+    return found
+
+
+def test_no_connection_or_driver_outside_the_store():
+    checked, violations = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0].removesuffix(".py") not in CONNECTION_FREE:
+            continue
+        checked.append(relative)
+        violations += [f"{relative}:{line} {what}" for line, what in _driver_uses(path)]
+    assert len({p.parts[0].removesuffix(".py") for p in checked}) == len(CONNECTION_FREE), checked
+    assert not violations, "only store/ and db/ may use the driver or connections:\n" + "\n".join(violations)

@@ -161,11 +161,11 @@ def test_writes_deletes_facets_rename_and_delete(engines):
     idx = engine.create_index(name, [VectorField("v", 3)], [Field("title", "string", searchable=True, filterable=True,
                                                                    facetable=True)])
     idx.add_vectors(["a", "b", "c"], np.eye(3, dtype=np.float32), [{"title": t} for t in ("red car", "blue sky", "red")])
-    from pixsearch.service import DocumentAction
+    from pixsearch.service import DocumentAction, Outcome
 
     results = idx.write_documents([DocumentAction("merge", "a", {"title": "green car"}),
                                    DocumentAction("delete", "c"), DocumentAction("merge", "zz", {"title": "x"})])
-    assert [r.status for r in results] == [200, 200, 404]
+    assert [r.outcome for r in results] == [Outcome.WRITTEN, Outcome.DELETED, Outcome.NOT_FOUND]
     hybrid = idx.query(SearchRequest(text="car", facets=["title"], vector_queries=[]))  # keyword only: no model
     assert [h.id for h in hybrid] == ["a"] and hybrid.facets["title"]
     renamed = engine.rename_index(name, name + "-b")

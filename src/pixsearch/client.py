@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from pixsearch.config import Settings
+from pixsearch.limits import MAX_TOP
 from pixsearch.search.odata import parse_filter
 from pixsearch.search.request import SearchRequest, query_terms
 from pixsearch.service import Engine, Index
@@ -176,7 +177,7 @@ class SimilarityIndex:
         """FiftyOne's name and arguments for search: k=None means as many as a search returns (1,000); reverse=True
         the least similar first (cosine and inner-product fields: the nearest to the opposite of the query);
         dist_field: also put each hit's distance in its fields under that name."""
-        k = k or 1000
+        k = k or MAX_TOP
         if reverse:
             index = self._index
             vf = index.spec.vector_field(search_options.get("field") or _default_field(index))

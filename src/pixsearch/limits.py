@@ -11,6 +11,7 @@ MAX_WINDOW = 1000  # skip + top: ANN indexes return at most this many candidates
 MAX_QUERY_CHARS = 1000  # search text, and each text vector query
 MAX_QUERY_IDS = 100  # stored ids in one search, however they are given (ids:a,b,... text, `ids`, vector queries)
 MAX_VECTOR_QUERIES = 10  # ranked lists fused in one search
+MAX_QUERY_WEIGHT = 100  # a vector query's fusion weight
 MAX_FACETS = 10  # facet requests per search
 MAX_FACET_COUNT = 1000  # values per facet
 MAX_FILTER_CHARS = 10_000  # an OData filter string
@@ -18,6 +19,8 @@ MAX_FILTER_DEPTH = 64  # nesting of parentheses / not / any() in a filter
 # orderby and select name at most as many items as the index has fields (counted before anything is parsed), each
 # of at most this many characters (field names have at most 40; room for ' desc' and spaces)
 MAX_FIELD_LIST_ITEM_CHARS = 64
+
+MAX_EVALUATION_QUERIES = 10_000  # stored vectors used as queries when recall is measured or tuned
 
 # -- writes -----------------------------------------------------------------------------------------------------------
 MAX_BATCH_DOCUMENTS = 1000  # documents per indexing request (Azure's limit)

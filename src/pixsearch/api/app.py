@@ -45,14 +45,17 @@ from pixsearch.limits import (
 )
 from pixsearch.search.context import FileTermRefused
 from pixsearch.search.ranking import Cutoff
+from pixsearch.search.plan import check_select
 from pixsearch.search.request import MODES, SearchRequest, VectorQuery
-from pixsearch.service import Engine, Index, PhotoNotFound, StorageError
+from pixsearch.service import Engine, Index, Outcome, PhotoNotFound, StorageError
 from pixsearch.store import FilterError, IndexExistsError, IndexNotFoundError, IndexSpec
 from pixsearch.web import install_page
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOP = 50  # Azure's default page size
+# Each indexed document's statusCode, as Azure AI Search gives it
+DOCUMENT_STATUS = {Outcome.WRITTEN: 200, Outcome.DELETED: 200, Outcome.INVALID: 400, Outcome.NOT_FOUND: 404}
 
 
 def create_app(
@@ -289,7 +292,11 @@ class Handlers:
             raise ApiError(404, "DocumentNotFound", f"no document with key {key!r} in index {name!r}")
         doc = {index.spec.key_field: key, **found}
         if select:
-            names = _select_list(index.spec, select, allow_vectors=True)
+            names = _select_names(index.spec, select)
+            try:
+                check_select(index.spec, names, allow_vectors=True)
+            except ValueError as exc:
+                raise _bad(str(exc)) from None
             doc = {n: doc.get(n) for n in names}
         return jsonable(doc)
 
@@ -299,7 +306,7 @@ class Handlers:
         results = {i: r for i, r in invalid.items()}
         written = index.write_documents([a for _, a in actions])
         results.update({i: r for (i, _), r in zip(actions, written)})
-        value = [{"key": r.key, "status": r.ok, "errorMessage": r.message, "statusCode": r.status}
+        value = [{"key": r.key, "status": r.ok, "errorMessage": r.message, "statusCode": DOCUMENT_STATUS[r.outcome]}
                  for _, r in sorted(results.items())]
         ok = all(v["status"] for v in value)
         return JSONResponse({"value": value}, status_code=200 if ok else 207)
@@ -326,7 +333,7 @@ class Handlers:
 
     def _search(self, name: str, body: SearchBody, extra: Sequence[VectorQuery] = ()) -> dict[str, Any]:
         index = self.open(name)
-        request, select = _search_request(index.spec, body, extra)
+        request = _search_request(index.spec, body, extra)
         try:
             response = index.query(request, allow_file_terms=False)
         except FileTermRefused as exc:
@@ -340,8 +347,8 @@ class Handlers:
         value = []
         for hit in response.hits:
             doc = {key: hit.id, **hit.document}
-            if select is not None:
-                doc = {n: doc.get(n) for n in select}
+            if request.select is not None:
+                doc = {n: doc.get(n) for n in request.select}
             item = {"@search.score": hit.score, **doc}
             if hit.region is not None:
                 item["@search.region"] = hit.region
@@ -389,21 +396,10 @@ def _field_list(spec: IndexSpec, what: str, value: str) -> list[str]:
     return value.split(",")
 
 
-def _select_list(spec: IndexSpec, select: str, *, allow_vectors: bool) -> list[str]:
-    names = [s.strip() for s in _field_list(spec, "select", select) if s.strip()]
-    vectors = {v.name for v in spec.vector_fields}
-    for n in names:
-        if n in vectors:
-            if not allow_vectors:
-                raise _bad(f"vector field {n!r} cannot be selected in search results")
-            continue
-        if n != spec.key_field:
-            f = next((f for f in spec.fields if f.name == n), None)
-            if f is None:
-                raise _bad(f"select: index {spec.name!r} has no field {n!r}")
-            if not f.retrievable:
-                raise _bad(f"select: field {n!r} is not retrievable")
-    return names
+def _select_names(spec: IndexSpec, select: str) -> list[str]:
+    """`$select`'s comma-separated field names, capped like orderby (_field_list); each is checked against the index
+    by search/plan.py's check_select."""
+    return [s.strip() for s in _field_list(spec, "select", select) if s.strip()]
 
 
 def _orderby(spec: IndexSpec, value: str | None) -> list[tuple[str, bool]]:
@@ -461,9 +457,7 @@ def _vector_query(vq: VectorQueryIn, i: int) -> VectorQuery:
     return VectorQuery(ids=ids, **common)
 
 
-def _search_request(
-    spec: IndexSpec, body: SearchBody, extra: Sequence[VectorQuery] = ()
-) -> tuple[SearchRequest, list[str] | None]:
+def _search_request(spec: IndexSpec, body: SearchBody, extra: Sequence[VectorQuery] = ()) -> SearchRequest:
     """The service request for a search body. `search` text is embedded and keyword-matched (hybrid); each vector
     query adds a list to the fusion, except a text query repeating the search text (Azure clients send both for a
     hybrid query); no text and no vector query lists everything, newest first (Azure's `search=*`)."""
@@ -484,12 +478,12 @@ def _search_request(
     # Azure pages over the k neighbours of each query: with no top, a page is the largest k.
     k = max((q.k or 0 for q in queries), default=0)
     top = body.top if body.top is not None else (k or DEFAULT_TOP)  # bounds: checked by the service (limits.py)
-    select = _select_list(spec, body.select, allow_vectors=False) if body.select else None
     try:
         cutoff = Cutoff.parse(body.cutoff)
     except ValueError as exc:
         raise _bad(str(exc)) from None
     request = SearchRequest(text=text, field=field, filter=body.filter, mode=mode, top=top, skip=body.skip,
                             sort=_orderby(spec, body.orderby), facets=list(body.facets), vector_queries=queries,
-                            hide_irrelevant=body.relevance == "auto", regions=body.regions, cutoff=cutoff)
-    return request, select
+                            hide_irrelevant=body.relevance == "auto", regions=body.regions, cutoff=cutoff,
+                            select=_select_names(spec, body.select) if body.select else None)
+    return request

@@ -6,14 +6,12 @@ import logging
 import re
 from typing import Any
 
-import psycopg
-
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pixsearch.db import DatabaseError, DatabaseFull, DatabaseUnavailable
+from pixsearch.db import DatabaseError, DatabaseFull, DatabaseUnavailable, QueryTimeout
 from pixsearch.limits import MAX_BODY_BYTES as DEFAULT_MAX_BODY_BYTES
 from pixsearch.search.odata import FilterSyntaxError
 from pixsearch.store import FilterError, IndexExistsError, IndexNotFoundError, SchemaError
@@ -43,7 +41,7 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> JSONRe
     return JSONResponse(error_body(code, message, **extra), status_code=status)
 
 
-def unavailable_response(exc: Exception) -> JSONResponse:
+def unavailable_response(exc: DatabaseError) -> JSONResponse:
     """503 with Retry-After for what is the database's state, not the request's fault: a statement that ran past
     the API's statement_timeout, or a database that cannot be reached right now; 507 when its disk is full. Not
     logged here: the database layer logs an outage once, not once per refused request."""
@@ -51,7 +49,7 @@ def unavailable_response(exc: Exception) -> JSONResponse:
         log.warning("%s", exc)
         return error_response(507, "InsufficientStorage", "the database has no space left for this write; nothing "
                               "of it was kept (the server's log names the folder to free)")
-    if isinstance(exc, psycopg.errors.QueryCanceled):
+    if isinstance(exc, QueryTimeout):
         code, message = "QueryTimeout", ("the query ran longer than the server allows (setting api_statement_timeout): "
                                          "narrow it with a filter or fewer facets, or try again")
         retry_after = RETRY_AFTER_SECONDS
@@ -115,12 +113,8 @@ def install_handlers(app: FastAPI) -> None:
     async def _schema(request: Request, exc: SchemaError) -> JSONResponse:
         return error_response(400, "InvalidRequest", str(exc))
 
-    @app.exception_handler(psycopg.OperationalError)
-    async def _database(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
-        return unavailable_response(exc)
-
     @app.exception_handler(DatabaseError)
-    async def _database_setup(request: Request, exc: DatabaseError) -> JSONResponse:
+    async def _database(request: Request, exc: DatabaseError) -> JSONResponse:
         return unavailable_response(exc)
 
 
@@ -178,7 +172,7 @@ class GuardMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except (psycopg.OperationalError, DatabaseError) as exc:
+        except DatabaseError as exc:
             if started:
                 raise
             await unavailable_response(exc)(scope, receive, send)

@@ -10,7 +10,6 @@ from collections import OrderedDict
 from typing import Callable, Iterable
 
 import anyio
-import psycopg
 
 from pixsearch.api.errors import answer_early, error_response, unavailable_response
 from pixsearch.db import DatabaseError
@@ -90,7 +89,7 @@ class KeyRing:
 
     def look_up(self, presented: str) -> str | None:
         """The stored key's role (None: unknown or revoked), asking the database only when the cache has no fresh
-        answer. Database errors propagate (the caller answers 503)."""
+        answer. Database errors (DatabaseError) propagate: the caller answers 503."""
         known, role = self.cached(presented)
         if known or self.lookup is None:
             return role
@@ -144,7 +143,7 @@ class AuthMiddleware:
             if not known:
                 try:
                     role = await anyio.to_thread.run_sync(self.ring.look_up, presented)
-                except (psycopg.Error, DatabaseError) as exc:
+                except DatabaseError as exc:
                     return unavailable_response(exc)
         if role is None and not presented and self.allow_anonymous:
             role = QUERY

@@ -9,8 +9,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PField
 
-from pixsearch.limits import MAX_BATCH_DOCUMENTS, MAX_QUERY_IDS, MAX_VECTOR_QUERIES
-from pixsearch.service import DocumentAction, DocumentResult
+from pixsearch.limits import MAX_BATCH_DOCUMENTS, MAX_QUERY_IDS, MAX_QUERY_WEIGHT, MAX_VECTOR_QUERIES, MAX_WINDOW
+from pixsearch.service import DocumentAction, DocumentResult, Outcome
 from pixsearch.store import Field, IndexSpec, VectorField
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -166,7 +166,7 @@ def document_actions(
         key = doc.get(spec.key_field)
         if not isinstance(key, str) or not key or "\x00" in key:
             shown = key if isinstance(key, str) else None
-            invalid[i] = DocumentResult(shown, False, 400,
+            invalid[i] = DocumentResult(shown, Outcome.INVALID,
                                         f"the key field {spec.key_field!r} must be a non-empty string without NUL")
             continue
         action = doc.get("@search.action", "upload")
@@ -182,7 +182,7 @@ def document_actions(
                 else:
                     raise DocumentError(f"unknown field {name!r} in index {spec.name!r}")
         except DocumentError as exc:
-            invalid[i] = DocumentResult(key, False, 400, str(exc))
+            invalid[i] = DocumentResult(key, Outcome.INVALID, str(exc))
             continue
         actions.append((i, item))
     return actions, invalid
@@ -221,8 +221,8 @@ class VectorQueryIn(BaseModel):
     id: str | None = None
     ids: list[str] | None = PField(default=None, max_length=MAX_QUERY_IDS)
     fields: str | None = None
-    k: int | None = PField(default=None, ge=1, le=1000)
-    weight: float = PField(default=1.0, ge=0, le=100)
+    k: int | None = PField(default=None, ge=1, le=MAX_WINDOW)
+    weight: float = PField(default=1.0, ge=0, le=MAX_QUERY_WEIGHT)
     exhaustive: bool = False
 
 

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pixsearch.cli.common import IndexOption, err, fail, open_engine, out, print_json
+from pixsearch.limits import MAX_EVALUATION_QUERIES, MAX_WINDOW
 from pixsearch.store import Field, IndexSpec, QueryOptions, VectorField
 from pixsearch.store.schema import ALGORITHMS, FIELD_TYPES, METRICS, STORAGES
 
@@ -107,9 +108,7 @@ def distribute_cmd(
     """Shard an index across the workers of a Citus cluster (PIXSEARCH_DATABASE_URL names the coordinator): its
     rows move into the shards, and every ANN index exists on every shard."""
     with open_engine() as engine:
-        idx = engine.distribute_index(name, shards)
-        with engine.db.connection() as conn:
-            stats = idx.table.stats(conn)
+        stats = engine.distribute_index(name, shards).stats()
     err.print(f"distributed {escape(name)}: {stats['rows']} rows in {stats['shards']} shards on {stats['nodes']} nodes",
               highlight=False)
 
@@ -288,8 +287,8 @@ def _mb(n: int | None) -> str:
 def evaluate_cmd(
     index: Optional[str] = IndexOption,
     field: Optional[str] = typer.Option(None, help="Vector field (default: the only one, else give it)."),
-    k: int = typer.Option(10, "--k", "-k", min=1, max=1000),
-    sample: int = typer.Option(100, min=1, max=10000, help="Stored vectors used as queries."),
+    k: int = typer.Option(10, "--k", "-k", min=1, max=MAX_WINDOW),
+    sample: int = typer.Option(100, min=1, max=MAX_EVALUATION_QUERIES, help="Stored vectors used as queries."),
     ef_search: Optional[int] = typer.Option(None, help="HNSW ef_search to evaluate (default: tuned or 40)."),
     probes: Optional[int] = typer.Option(None, help="IVFFlat probes to evaluate (default: tuned or sqrt(lists))."),
     as_json: bool = typer.Option(False, "--json"),
@@ -313,8 +312,8 @@ def tune_cmd(
     target_recall: float = typer.Option(0.95, "--target-recall", min=0.01, max=1.0),
     index: Optional[str] = IndexOption,
     field: Optional[str] = typer.Option(None),
-    k: int = typer.Option(10, "--k", "-k", min=1, max=1000),
-    sample: int = typer.Option(100, min=1, max=10000),
+    k: int = typer.Option(10, "--k", "-k", min=1, max=MAX_WINDOW),
+    sample: int = typer.Option(100, min=1, max=MAX_EVALUATION_QUERIES),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Find the smallest ef_search / probes reaching the target recall and store it for later searches."""

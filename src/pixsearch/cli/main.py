@@ -20,8 +20,9 @@ from pixsearch.cli.keys import keys_app
 from pixsearch.cli.models import models_app
 from pixsearch.cli.common import (EXIT_OK, EXIT_PARTIAL, IndexOption, err, fail, open_engine, out, print_json,
                                   stop_on_sigterm_as_on_ctrl_c)
+from pixsearch.limits import MAX_TOP, MAX_WINDOW
 from pixsearch.search.ranking import Cutoff
-from pixsearch.search.request import SearchRequest
+from pixsearch.search.request import SearchRequest, SearchResponse
 from pixsearch.service import Engine, Query
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic image search on PostgreSQL + pgvector.")
@@ -248,8 +249,8 @@ def search_cmd(
     vector: Optional[Path] = typer.Option(None, "--vector", help=".npy file holding one query vector."),
     ids: Optional[str] = typer.Option(None, "--ids", help="Comma-separated stored ids: more like these."),
     field: Optional[str] = typer.Option(None, help="Vector field to search (default: from the query)."),
-    k: int = typer.Option(10, "--k", "-k", "--top", min=1, max=1000, help="How many hits (per page)."),
-    skip: int = typer.Option(0, "--skip", min=0, max=999, help="Hits to skip (paging)."),
+    k: int = typer.Option(10, "--k", "-k", "--top", min=1, max=MAX_TOP, help="How many hits (per page)."),
+    skip: int = typer.Option(0, "--skip", min=0, max=MAX_WINDOW - 1, help="Hits to skip (paging)."),
     filter_: Optional[str] = typer.Option(
         None, "--filter", help="OData filter, e.g. \"width ge 1000 and tags/any(t: t eq 'dog')\"."
     ),
@@ -293,19 +294,24 @@ def search_cmd(
     )
     with open_engine(index) as engine:
         result = engine.index(index).query(request)
+    label = " + ".join(str(p) for p in (text, image, ids, vector) if p)
+    _print_search(result, label, k, as_json=as_json, with_facets=bool(facet))
+
+
+def _print_search(result: SearchResponse, label: str, k: int, *, as_json: bool, with_facets: bool) -> None:
+    """Notes on stderr (hidden hits, fewer hits than asked), then the hits and facets: a table, or JSON."""
     if result.hidden:
         err.print(f"note: {result.hidden} clearly irrelevant hits left out (drop --hide-irrelevant to see them)",
                   highlight=False)
     if not result.complete and len(result.hits) < k:
         why = {"fewer_matches": "no more rows match", "scan_limit": "the index scan reached its limit"}
         err.print(f"note: {len(result.hits)} of {k} hits: {why.get(result.reason, result.reason)}", highlight=False)
-    if as_json and facet:
+    if as_json and with_facets:
         print(json.dumps({"value": [h.to_json() for h in result], "count": result.total, "facets": result.facets,
                           "mode": result.mode}, default=str))
     elif as_json:
         print(json.dumps([h.to_json() for h in result], default=str))
     else:
-        label = " + ".join(str(p) for p in (text, image, ids, vector) if p)
         _print_hits(f"{label} ({result.mode})", result)
         for name, counts in result.facets.items():
             out.print(f"[bold]{name}[/]: " + escape(", ".join(f"{c['value']} ({c['count']})" for c in counts)),
@@ -338,7 +344,7 @@ def explain_cmd(
     image: Optional[Path] = typer.Option(None, "--image"),
     vector: Optional[Path] = typer.Option(None, "--vector", help=".npy file holding one query vector."),
     field: Optional[str] = typer.Option(None, help="Vector field (with --vector)."),
-    k: int = typer.Option(10, "--k", "-k", min=1, max=1000),
+    k: int = typer.Option(10, "--k", "-k", min=1, max=MAX_WINDOW),
     index: Optional[str] = IndexOption,
     analyze: bool = typer.Option(False, "--analyze", help="Run the query and show actual times (EXPLAIN ANALYZE)."),
 ) -> None:

@@ -17,7 +17,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from pixsearch.config import Settings
 from pixsearch.db.embedded import restart_if_stopped, start_embedded
-from pixsearch.db.errors import DatabaseError, DatabaseFull, DatabaseUnavailable
+from pixsearch.db.errors import DatabaseError, DatabaseFull, DatabaseUnavailable, QueryTimeout, StatementAborted
 
 log = logging.getLogger(__name__)
 # Database reports an outage once (down, back); psycopg and its pool would add a warning per connection dropped,
@@ -112,6 +112,8 @@ def ensure_extensions(conninfo: str) -> ServerInfo:
         return ServerInfo(server_version=server, pgvector_version=version, citus_version=citus[0] if citus else None)
 
 
+# How long opening the pool may take for its first connection (the server answered a moment before).
+OPEN_WAIT_S = 15.0
 # How long a request may wait for a free pooled connection while the database is up (all of them busy: load).
 POOL_WAIT_S = 30.0
 SIDE_POOL_WAIT_S = 10.0
@@ -167,7 +169,12 @@ class Database:
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
         self._main: ConnectionPool | None = self._new_pool("pixsearch", min_size=1, max_size=max_size)
-        self._main.open(wait=True, timeout=15)
+        try:
+            self._main.open(wait=True, timeout=OPEN_WAIT_S)
+        except PoolTimeout as exc:
+            self._main.close()
+            raise DatabaseUnavailable(f"no connection to {redact(conninfo)} within {OPEN_WAIT_S:.0f} s; try again "
+                                      "shortly") from exc
         self._side: ConnectionPool | None = None
 
     def _new_pool(self, name: str, *, min_size: int, max_size: int) -> ConnectionPool:
@@ -211,7 +218,7 @@ class Database:
             conn = pool.getconn(timeout=wait_s)
         except PoolClosed as exc:  # closed by an outage while this request waited, or by close()
             if self._closing.is_set():
-                raise
+                raise DatabaseUnavailable("the database connection is closed") from exc
             raise self._refusal() from exc
         except PoolTimeout as exc:
             if not self._reachable():
@@ -225,9 +232,14 @@ class Database:
                 yield conn
         except psycopg.errors.DiskFull as exc:
             raise DatabaseFull(self._full_message(exc)) from exc
+        except psycopg.errors.QueryCanceled as exc:  # statement_timeout, or a cancel: the server is fine
+            if conn.broken:
+                self._lost_connection(exc)
+                raise self._refusal(_first_line(exc)) from exc
+            raise QueryTimeout(f"the statement was cancelled: {_first_line(exc)}") from exc
         except psycopg.OperationalError as exc:
-            if not conn.broken:  # an error from a working server (a statement timeout, a cancel): the caller's
-                raise
+            if not conn.broken:  # a working server aborted the statement (deadlock, lock conflict, shutdown...)
+                raise StatementAborted(f"the database aborted the statement: {_first_line(exc)}") from exc
             self._lost_connection(exc)
             raise self._refusal(_first_line(exc)) from exc
         finally:
@@ -237,7 +249,7 @@ class Database:
         pool = pick() if self._outage is None else None
         if pool is None:
             if self._outage is None and self._closing.is_set():
-                raise PoolClosed("the database connection is closed")
+                raise DatabaseUnavailable("the database connection is closed")
             raise self._refusal()
         return pool
 

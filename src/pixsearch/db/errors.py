@@ -13,3 +13,13 @@ class DatabaseUnavailable(DatabaseError):
 
 class DatabaseFull(DatabaseError):
     """The database's disk is full: the statement failed and its transaction was rolled back."""
+
+
+class QueryTimeout(DatabaseError):
+    """A statement ran past the statement_timeout (or was cancelled): the server is fine, the statement was too
+    slow; its transaction was rolled back."""
+
+
+class StatementAborted(DatabaseError):
+    """A working server aborted a statement for a reason of its own state (a deadlock, a lock or serialization
+    conflict, an administrator's command): its transaction was rolled back; the same request may succeed again."""

@@ -10,10 +10,9 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from pixsearch.db import Database
 from pixsearch.limits import QUERY_VECTOR_CACHE_BYTES, QUERY_VECTOR_CACHE_ITEMS
 from pixsearch.models.base import Embedder
-from pixsearch.store import DocumentTable, IndexSpec
+from pixsearch.store import IndexSpec, IndexStore
 
 
 class FileTermRefused(ValueError):
@@ -64,23 +63,24 @@ class IndexModel:
 class SearchContext:
     """One index as search sees it.
 
-    spec/table/db: the index definition, its SQL, the database (store opens one snapshot per search from it).
+    store:        the index's rows (search reads them through one snapshot per request) and its definition.
     model:        loads the model the index was built with (checked against its vector fields) bound to its
                   columns; None when the index holds precomputed vectors only.
     query_vectors: recent query embeddings, shared by the server.
     open_image:   reads an image file or bytes into an upright RGB image, within the configured limits.
     allow_file_terms: whether `image:PATH` terms may open server files (CLI, Python: yes; REST API, page: no).
-    regions:      the child table of regions, searched instead of whole photos when a request asks for regions.
     """
 
-    spec: IndexSpec
-    table: DocumentTable
-    db: Database
+    store: IndexStore
     model: Callable[[], IndexModel] | None
     query_vectors: "QueryVectorCache"
     open_image: Callable[[str | Path | bytes], Image.Image]
     allow_file_terms: bool = True
-    regions: DocumentTable | None = None  # the index's regions (object patches), when it has any
+
+    @property
+    def spec(self) -> IndexSpec:
+        """The index as the store was opened with it (what a request is planned against)."""
+        return self.store.spec
 
 
 class QueryVectorCache:

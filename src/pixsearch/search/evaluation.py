@@ -7,8 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pixsearch.db import Database
-from pixsearch.store import DocumentTable, QueryOptions, VectorField
+from pixsearch.store import IndexStore, QueryOptions, VectorField
 from pixsearch.store.tables import MAX_EF_SEARCH
 
 EF_SEARCH_LADDER = (10, 20, 40, 64, 100, 150, 200, 300, 400, 600, 800, 1000)
@@ -40,41 +39,36 @@ class GroundTruth:
     exact_ms: list[float]
 
 
-def _timed_ids(db: Database, table: DocumentTable, vf: VectorField, q: np.ndarray, k: int, options: QueryOptions):
-    with db.connection() as conn:
-        t0 = time.perf_counter()
-        result = table.search(conn, vf.name, q, k, options=options)
-        return [h.id for h in result.hits], (time.perf_counter() - t0) * 1000
+def _timed_ids(store: IndexStore, vf: VectorField, q: np.ndarray, k: int, options: QueryOptions):
+    t0 = time.perf_counter()
+    result = store.search(vf.name, q, k, options=options)
+    return [h.id for h in result.hits], (time.perf_counter() - t0) * 1000
 
 
-def ground_truth(db: Database, table: DocumentTable, vf: VectorField, k: int, sample: int) -> GroundTruth:
+def ground_truth(store: IndexStore, vf: VectorField, k: int, sample: int) -> GroundTruth:
     """Sample stored vectors as queries (repeatably) and find their exact top-k by a full scan."""
-    with db.connection() as conn:
-        rows = table.sample_vectors(conn, vf, sample)
+    rows = store.sample_vectors(vf, sample)
     queries = [np.asarray(v.to_numpy() if hasattr(v, "to_numpy") else v, dtype=np.float32) for _, v in rows]
     ids, times = [], []
     for q in queries:
-        found, ms = _timed_ids(db, table, vf, q, k, QueryOptions(exact=True))
+        found, ms = _timed_ids(store, vf, q, k, QueryOptions(exact=True))
         ids.append(found)
         times.append(ms)
     return GroundTruth(queries, ids, times)
 
 
-def evaluate(
-    db: Database, table: DocumentTable, vf: VectorField, k: int, truth: GroundTruth, options: QueryOptions
-) -> Evaluation:
+def evaluate(store: IndexStore, vf: VectorField, k: int, truth: GroundTruth, options: QueryOptions) -> Evaluation:
     recalls, times = [], []
     for q, expected in zip(truth.queries, truth.ids):
-        found, ms = _timed_ids(db, table, vf, q, k, options)
+        found, ms = _timed_ids(store, vf, q, k, options)
         times.append(ms)
         if expected:
             recalls.append(recall_at_k(found, expected))
     settings = {key: value for key, value in (("ef_search", options.ef_search), ("probes", options.probes)) if value}
     index_used = True
     if truth.queries:
-        with db.connection() as conn:
-            plan = table.explain(conn, vf.name, truth.queries[0], k, options=options)
-        index_used = f"Index Scan using {table.ann_index_name(vf)}" in plan
+        plan = store.explain(vf.name, truth.queries[0], k, options=options)
+        index_used = f"Index Scan using {store.ann_index_name(vf)}" in plan
     return Evaluation(
         field=vf.name,
         k=k,
@@ -104,12 +98,12 @@ def ladder(vf: VectorField, k: int, lists: int | None) -> list[QueryOptions]:
 
 
 def tune(
-    db: Database, table: DocumentTable, vf: VectorField, k: int, truth: GroundTruth, target: float, lists: int | None
+    store: IndexStore, vf: VectorField, k: int, truth: GroundTruth, target: float, lists: int | None
 ) -> tuple[Evaluation | None, list[Evaluation], bool]:
     """Walk the ladder until recall reaches `target`. Returns (chosen, all tried, reached)."""
     tried: list[Evaluation] = []
     for options in ladder(vf, k, lists):
-        result = evaluate(db, table, vf, k, truth, options)
+        result = evaluate(store, vf, k, truth, options)
         tried.append(result)
         if result.recall >= target:
             return result, tried, True

@@ -17,11 +17,11 @@ roots.py       the folders an index was built from, the only places photo files 
 core.py        IndexCore: spec, store, model binding, and the one place the definition and settings change
 thumbnails.py  the bounded on-disk thumbnail cache
 """
-from pixsearch.service.documents import DocumentAction, DocumentResult
+from pixsearch.service.documents import DocumentAction, DocumentResult, Outcome
 from pixsearch.service.engine import Engine
 from pixsearch.service.index import Index, ModelMismatchError, Query
 from pixsearch.service.photos import StorageError
 from pixsearch.service.roots import PhotoNotFound
 
-__all__ = ["DocumentAction", "DocumentResult", "Engine", "Index", "ModelMismatchError", "PhotoNotFound", "Query",
-           "StorageError"]
+__all__ = ["DocumentAction", "DocumentResult", "Engine", "Index", "ModelMismatchError", "Outcome", "PhotoNotFound",
+           "Query", "StorageError"]

@@ -1,7 +1,7 @@
 """Batches of document actions with Azure AI Search's semantics, for any front door.
 
 upload          replaces the whole document (fields it omits become empty)
-merge           sets the fields it gives on an existing document (404 when there is none), keeps the others
+merge           sets the fields it gives on an existing document (NOT_FOUND when there is none), keeps the others
 mergeOrUpload   merge when the document exists, else upload what it gives
 delete          removes the document (a missing one is not an error)
 
@@ -15,6 +15,7 @@ photos cannot be created (upload) — they come from files.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -36,12 +37,24 @@ class DocumentAction:
     vectors: dict[str, np.ndarray | None] = field(default_factory=dict)
 
 
+class Outcome(Enum):
+    """What became of one document of a batch (front doors map it to their own codes: the REST API to HTTP)."""
+
+    WRITTEN = "written"  # stored (upload, merge, mergeOrUpload)
+    DELETED = "deleted"  # gone; deleting a document that is not there is not an error either
+    INVALID = "invalid"  # refused as given (its values, its action, a duplicate key): nothing of it stored
+    NOT_FOUND = "not_found"  # a merge of a document that does not exist
+
+
 @dataclass
 class DocumentResult:
     key: str | None
-    ok: bool
-    status: int
+    outcome: Outcome
     message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (Outcome.WRITTEN, Outcome.DELETED)
 
 
 def write_documents(index: IndexCore, actions: list[DocumentAction]) -> list[DocumentResult]:
@@ -54,11 +67,12 @@ def write_documents(index: IndexCore, actions: list[DocumentAction]) -> list[Doc
     groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
     for i, item in enumerate(actions):
         if item.key in seen:
-            results[i] = DocumentResult(item.key, False, 400, f"key {item.key!r} appears more than once in the batch")
+            results[i] = DocumentResult(item.key, Outcome.INVALID,
+                                        f"key {item.key!r} appears more than once in the batch")
             continue
         seen.add(item.key)
         if item.action not in ACTIONS:
-            results[i] = DocumentResult(item.key, False, 400,
+            results[i] = DocumentResult(item.key, Outcome.INVALID,
                                         f"unknown @search.action {item.action!r}; use one of {', '.join(ACTIONS)}")
             continue
         if item.action == "delete":
@@ -66,7 +80,7 @@ def write_documents(index: IndexCore, actions: list[DocumentAction]) -> list[Doc
             continue
         refusal = _photo_refusal(item) if photos else None
         if refusal is not None:
-            results[i] = DocumentResult(item.key, False, 400, refusal)
+            results[i] = DocumentResult(item.key, Outcome.INVALID, refusal)
             continue
         # A photo can only be merged: mergeOrUpload of a missing photo cannot create one.
         action = "merge" if photos else item.action
@@ -78,7 +92,7 @@ def write_documents(index: IndexCore, actions: list[DocumentAction]) -> list[Doc
     if deletes:
         index.remove([actions[i].key for i in deletes])
         for i in deletes:
-            results[i] = DocumentResult(actions[i].key, True, 200)
+            results[i] = DocumentResult(actions[i].key, Outcome.DELETED)
     return [r for r in results if r is not None]
 
 
@@ -99,14 +113,14 @@ def _apply_groups(index: IndexCore, actions: list[DocumentAction], groups: dict[
                 written = index.write_rows(rows, columns=list(columns), insert_missing=action == "mergeOrUpload")
         except ValueError as exc:
             for i in members:
-                results[i] = DocumentResult(actions[i].key, False, 400, str(exc))
+                results[i] = DocumentResult(actions[i].key, Outcome.INVALID, str(exc))
             continue
         for i in members:
             key = actions[i].key
             if key in written:
-                results[i] = DocumentResult(key, True, 200)
+                results[i] = DocumentResult(key, Outcome.WRITTEN)
             else:
-                results[i] = DocumentResult(key, False, 404,
+                results[i] = DocumentResult(key, Outcome.NOT_FOUND,
                                             f"document {key!r} not found (merge needs an existing document)")
 
 

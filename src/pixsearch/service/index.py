@@ -15,15 +15,15 @@ from pixsearch.limits import MAX_DUPLICATE_GROUPS, MAX_TOP
 from pixsearch.search import evaluation
 from pixsearch.search.context import SearchContext
 from pixsearch.search.expressions import Term
-from pixsearch.search.request import SearchRequest, SearchResponse, combine_embedded, embed_terms, query_terms
-from pixsearch.search.request import run as run_request
+from pixsearch.search.embedding import combine_embedded, embed_terms
+from pixsearch.search.execute import run as run_request
+from pixsearch.search.request import SearchRequest, SearchResponse, query_terms
 from pixsearch.service import builds, documents, library, photos, regions, reindex
 from pixsearch.service.core import IndexCore, ModelMismatchError
 from pixsearch.service.duplicates import DuplicateGroup, duplicate_groups
 from pixsearch.service.regions import RegionReport
 from pixsearch.service.reindex import ReindexReport
-from pixsearch.store import DocumentTable, Filter, QueryOptions, SchemaError, SearchResult, read_snapshot
-from pixsearch.store.regions import RegionTable
+from pixsearch.store import Filter, QueryOptions, SchemaError, SearchResult
 from pixsearch.store.tables import iter_chunks
 
 log = logging.getLogger(__name__)
@@ -62,14 +62,11 @@ class Index(IndexCore):
     def search_context(self, *, allow_file_terms: bool = True) -> SearchContext:
         """What search needs of this index. allow_file_terms=False for requests from the network."""
         return SearchContext(
-            spec=self.spec,
-            table=DocumentTable(self.spec),
-            db=self.db,
+            store=self.store,
             model=self.model if self.modelled else None,
             query_vectors=self.engine.query_vectors,
             open_image=self.engine.open_image,
             allow_file_terms=allow_file_terms,
-            regions=RegionTable(self.spec) if self.spec.settings.get("regions") else None,
         )
 
     # -- writes ----------------------------------------------------------------------------------------------------
@@ -226,8 +223,8 @@ class Index(IndexCore):
         """The vector field and combined query vector of parsed query terms."""
         ctx = self.search_context()
         embedded = embed_terms(ctx, terms, field)
-        with read_snapshot(self.db) as conn:  # interim, until search/ takes the store
-            return embedded.field, combine_embedded(ctx, conn, embedded)
+        with self.store.reader() as reader:
+            return embedded.field, combine_embedded(reader, embedded)
 
     def query(self, request: SearchRequest, *, allow_file_terms: bool = True) -> SearchResponse:
         """The full search: query expressions, filters, vector/keyword/hybrid modes, cutoffs, sorting, paging,
@@ -296,8 +293,8 @@ class Index(IndexCore):
     ) -> evaluation.Evaluation:
         """Recall@k of the ANN index against exact search, on `sample` stored vectors used as queries."""
         vf = self.spec.vector_field(field)
-        truth = evaluation.ground_truth(self.db, DocumentTable(self.spec), vf, k, sample)
-        return evaluation.evaluate(self.db, DocumentTable(self.spec), vf, k, truth, options or QueryOptions())
+        truth = evaluation.ground_truth(self.store, vf, k, sample)
+        return evaluation.evaluate(self.store, vf, k, truth, options or QueryOptions())
 
     def tune(
         self, target_recall: float = 0.95, *, field: str | None = None, k: int = 10, sample: int = 100
@@ -312,8 +309,8 @@ class Index(IndexCore):
         lists = self.spec.settings.get("built", {}).get(vf.name, {}).get("lists")
         if vf.algorithm == "ivfflat" and lists is None:
             raise SchemaError(f"the IVFFlat index of {vf.name!r} is not built yet: pixsearch indexes rebuild {self.name}")
-        truth = evaluation.ground_truth(self.db, DocumentTable(self.spec), vf, k, sample)
-        chosen, tried, reached = evaluation.tune(self.db, DocumentTable(self.spec), vf, k, truth, target_recall, lists)
+        truth = evaluation.ground_truth(self.store, vf, k, sample)
+        chosen, tried, reached = evaluation.tune(self.store, vf, k, truth, target_recall, lists)
         if chosen is None:
             raise SchemaError("the index is empty: nothing to tune on")
         tuned = {**chosen.settings, "target_recall": target_recall, "recall": round(chosen.recall, 4), "k": k,

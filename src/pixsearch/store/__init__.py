@@ -1,6 +1,6 @@
 """All SQL lives here. Identifiers reach SQL through psycopg.sql, values through parameters."""
-from pixsearch.store.filters import And, AnyEq, Compare, Filter, FilterError, In, Not, Or, Prefix
-from pixsearch.store.index_store import IndexStore, RowsRefused
+from pixsearch.store.filters import And, AnyEq, Compare, Filter, FilterError, In, Not, Or, Prefix, check_filter
+from pixsearch.store.index_store import IndexStore, Reader, RowsRefused
 from pixsearch.store.photos import PhotoLocation, PhotoRecord, StoredState
 from pixsearch.store.registry import (
     IndexExistsError,
@@ -41,12 +41,14 @@ __all__ = [
     "PhotoRecord",
     "Prefix",
     "QueryOptions",
+    "Reader",
     "RowsRefused",
     "SchemaError",
     "SearchResult",
     "StoredState",
     "VectorField",
     "change_definition",
+    "check_filter",
     "distribute_index",
     "create_index",
     "delete_index",

@@ -204,3 +204,9 @@ def compile_filter(spec: IndexSpec, node: Filter | None) -> tuple[sql.Composable
         return None, {}
     compiler = _Compiler(spec)
     return compiler.compile(node), compiler.params
+
+
+def check_filter(spec: IndexSpec, node: Filter | None) -> None:
+    """Raise FilterError unless `node` only uses fields `spec` declares filterable, with values of their types
+    (what compile_filter checks, without the SQL), so a request is refused before any query runs."""
+    compile_filter(spec, node)

@@ -10,6 +10,7 @@ commits its own transaction, so a batch is written whole or not at all.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ from pixsearch.store import photos
 from pixsearch.store.filters import Filter
 from pixsearch.store.photos import PhotoLocation, PhotoRecord, StoredState
 from pixsearch.store.regions import RegionTable
+from pixsearch.store.registry import read_settings
 from pixsearch.store.schema import IndexSpec, VectorField
 from pixsearch.store.results import QueryOptions, SearchResult
 from pixsearch.store.session import read_snapshot
@@ -44,9 +46,11 @@ class RowsRefused(ValueError):
 
 
 class Reader:
-    """What one search reads, all from one snapshot (see IndexStore.reader)."""
+    """What one search reads, all from one snapshot (see IndexStore.reader). `spec`: the index definition and
+    settings its queries run with."""
 
-    def __init__(self, table: Table, conn: psycopg.Connection, regions: RegionTable | None):
+    def __init__(self, spec: IndexSpec, table: Table, conn: psycopg.Connection, regions: RegionTable | None):
+        self.spec = spec
         self._table = table
         self._conn = conn
         self._regions = regions
@@ -121,9 +125,17 @@ class IndexStore:
 
     # -- reads ---------------------------------------------------------------------------------------------------
     @contextmanager
-    def reader(self) -> Iterator[Reader]:
+    def reader(self, *, current_settings: bool = False) -> Iterator[Reader]:
+        """One snapshot for everything read inside the block. current_settings: the index's settings are read in
+        the snapshot too (one small statement; Reader.spec has them) and its queries run with them, so a search's
+        tuned knobs, ANN builds and bulk-load mark are those of the rows it reads, not of when this store was made."""
         with read_snapshot(self.db) as conn:
-            yield Reader(self._table, conn, self._regions)
+            if not current_settings:
+                yield Reader(self.spec, self._table, conn, self._regions)
+                return
+            spec = replace(self.spec, settings=read_settings(conn, self.spec.name))
+            regions = RegionTable(spec) if spec.settings.get("regions") else None
+            yield Reader(spec, Table(spec), conn, regions)
 
     def _one(self, read: Callable[[psycopg.Connection], Any]) -> Any:
         """A read of one statement (or a few that need not agree): a pooled connection, no snapshot."""

@@ -6,7 +6,9 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from pixsearch.db import Database
+import psycopg
+
+from pixsearch.db import Database, DatabaseError
 
 ROLES = ("admin", "query")
 KEY_PREFIX = "pxs_"
@@ -61,8 +63,11 @@ def role_for(db: Database, secret: str) -> str | None:
     about the secret's characters)."""
     if not secret:
         return None
-    with db.side_connection() as conn:
-        row = conn.execute(
-            "SELECT role FROM pixsearch_api_keys WHERE key_hash = %s AND revoked_at IS NULL", (hash_key(secret),)
-        ).fetchone()
+    try:
+        with db.side_connection() as conn:
+            row = conn.execute(
+                "SELECT role FROM pixsearch_api_keys WHERE key_hash = %s AND revoked_at IS NULL", (hash_key(secret),)
+            ).fetchone()
+    except psycopg.Error as exc:  # any other failure of the lookup: no key can be checked, whoever presents it
+        raise DatabaseError(f"API keys cannot be looked up: {str(exc).strip() or type(exc).__name__}") from exc
     return row[0] if row else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Collection, Sequence
 
+import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -144,6 +145,15 @@ def get_index(db: Database, name: str) -> IndexSpec:
     if row is None:
         raise IndexNotFoundError(f"no index named {name!r}")
     return _spec_from_row(row)
+
+
+def read_settings(conn: psycopg.Connection, name: str) -> dict[str, Any]:
+    """The index's settings (tuned search knobs, ANN builds, a bulk load under way) as `conn`'s transaction sees
+    them: a search reads them in its snapshot. A prepared statement, as every search runs it."""
+    row = conn.execute("SELECT settings FROM pixsearch_indexes WHERE name = %s", (name,), prepare=True).fetchone()
+    if row is None:
+        raise IndexNotFoundError(f"no index named {name!r}")
+    return row[0]
 
 
 def list_indexes(db: Database) -> list[IndexSpec]:
