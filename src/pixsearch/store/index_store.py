@@ -117,7 +117,7 @@ class IndexStore:
     @property
     def distributed(self) -> bool:
         """Whether the table is sharded across Citus workers."""
-        return self._table.distributed
+        return self._table.shape.distributed
 
     @property
     def has_regions(self) -> bool:
