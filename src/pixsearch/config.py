@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,14 @@ class Settings:
     pool_size: int = DEFAULT_POOL_SIZE  # database connections per process (the REST API's concurrency in SQL)
     distribute: bool = False  # on a Citus coordinator, new indexes are distributed across the workers
     shards: int = 0  # shards per distributed index (0: Citus' citus.shard_count, 32 by default)
+    # Hosted models (models/hosted.py). Keys: here or in AZURE_AI_VISION_KEY / OPENAI_API_KEY; never stored in an
+    # index, never shown (repr=False keeps them out of any printed Settings).
+    azure_vision_key: str | None = field(default=None, repr=False)
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str | None = None  # else OPENAI_BASE_URL, else https://api.openai.com/v1
+    hosted_requests_per_minute: float | None = None  # a rate limit of ours (e.g. 20 on Azure's free tier)
+    hosted_concurrency: int = 4  # requests in flight at once, per model
+    hosted_timeout: float = 60.0  # seconds per request before it is retried
 
     @property
     def max_file_bytes(self) -> int:
@@ -98,10 +106,11 @@ def _known(raw: dict[str, Any], source: str) -> dict[str, Any]:
     return raw
 
 
-_INTEGERS = ("batch_size", "decode_workers", "pool_size")
+_INTEGERS = ("batch_size", "decode_workers", "pool_size", "hosted_concurrency")
 _BOOLEANS = ("distribute",)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
-_POSITIVE_NUMBERS = ("max_file_mb", "max_image_megapixels", "api_statement_timeout", "thumbnail_cache_mb")
+_POSITIVE_NUMBERS = ("max_file_mb", "max_image_megapixels", "api_statement_timeout", "thumbnail_cache_mb",
+                     "hosted_requests_per_minute", "hosted_timeout")
 
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
