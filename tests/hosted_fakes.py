@@ -96,6 +96,7 @@ class FakeService:
                  caption_reply: Any = None):
         self.azure_key, self.openai_key = azure_key, openai_key
         self.model_version = model_version
+        self.answer_version: str | None = None  # answer with this modelVersion instead (a misbehaving service)
         self.max_image_bytes = max_image_bytes
         self.embed_dims = embed_dims
         self.caption_reply = caption_reply  # None: a caption naming the image's colour
@@ -200,7 +201,7 @@ class FakeService:
             vector = text_vector(text)
         else:
             return self._send(handler, 404, {"error": {"code": "404", "message": "Resource not found"}})
-        self._send(handler, 200, {"modelVersion": self.model_version, "vector": [float(x) for x in vector]})
+        self._send(handler, 200, {"modelVersion": self.answer_version or self.model_version, "vector": [float(x) for x in vector]})
 
     def _openai(self, handler, r: Recorded) -> None:
         if self.openai_key is not None and r.headers.get("authorization") != f"Bearer {self.openai_key}":

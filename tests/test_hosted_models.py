@@ -23,7 +23,8 @@ from hosted_fakes import PALETTE, FakeService, Fault, colour_photos, image_vecto
 from pixsearch.config import Settings
 from pixsearch.models import ModelNotAvailableError, load_embedder, model_capabilities
 from pixsearch.models.azure_vision import LIMITS
-from pixsearch.models.hosted import HostedOptions, InputRefused, ServiceAuthError, ServiceUnavailable
+from pixsearch.models.hosted import (HostedOptions, InputRefused, ServiceAuthError, ServiceError,
+                                      ServiceUnavailable)
 from pixsearch.service import Engine
 
 AZURE_KEY = "az-" + uuid.uuid4().hex  # a key that must never show: random, so no other text contains it
@@ -80,6 +81,12 @@ def test_azure_vectorizes_images_and_texts_as_documented(fake):
     assert emb.requests_sent == 3
 
 
+def test_an_answer_of_another_model_version_is_refused(fake):
+    fake.answer_version = "2022-04-11"  # vectors of another model than the one asked for: not comparable
+    with pytest.raises(ServiceError, match="model version '2022-04-11', not the index's '2023-04-15'"):
+        azure(fake).embed_texts(["red"])
+
+
 def test_model_version_and_api_version_from_the_name(fake):
     fake.model_version = "2022-04-11"
     emb = load_embedder(f"azure-vision:{fake.url}/?model-version=2022-04-11",
@@ -124,7 +131,8 @@ def test_throttled_request_waits_for_retry_after_then_succeeds(fake):
     assert second.arrived - first.arrived >= 0.95
 
 
-def test_server_errors_are_retried_then_give_up(fake):
+def test_server_errors_are_retried_then_give_up(fake, caplog):
+    caplog.set_level(logging.DEBUG)  # httpx's and httpcore's debug lines included
     fake.faults = [Fault(503), Fault(500)]
     emb = azure(fake, backoff_s=0.01, max_retries=2)
     np.testing.assert_allclose(emb.embed_texts(["verde"])[0], unit(text_vector("verde")), atol=1e-6)
@@ -133,6 +141,7 @@ def test_server_errors_are_retried_then_give_up(fake):
     with pytest.raises(ServiceUnavailable, match="failed 3 times in a row, last: HTTP 502"):
         emb.embed_texts(["verde"])
     assert len(fake.requests) == 6
+    assert "retrying" in caplog.text and AZURE_KEY not in caplog.text
 
 
 def test_a_timeout_is_retried(fake):
@@ -168,7 +177,9 @@ def test_images_are_fitted_to_the_limits_or_fail_alone(fake):
     assert 10 < min(sent.size) and max(sent.size) < 16_000
     with pytest.raises(InputRefused, match="at least 11 px"):
         emb.prepare_image(Image.new("RGB", (6, 40), PALETTE["red"]))
-    assert len(fake.requests) == 1  # the tiny one was never sent
+    with pytest.raises(InputRefused, match="no size keeps both sides"):  # 17,000 px long, 11 px high: no fit
+        emb.prepare_image(Image.new("RGB", (17_000, 11), PALETTE["red"]))
+    assert len(fake.requests) == 1  # neither the tiny one nor the sliver was sent
     # a file over the byte limit is recompressed until it fits (a small limit here, the same loop as 20 MB)
     emb.limits = replace(LIMITS, max_bytes=40_000)
     fake.max_image_bytes = 40_001
