@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,14 @@ class Settings:
     backup_every: str = ""  # `pixsearch serve` writes a backup this often ("24h", "30m"; empty: never)
     backup_keep: int = 7  # scheduled backups kept (the oldest are removed)
     backup_dir: str = ""  # where scheduled backups go (empty: PIXSEARCH_HOME/backups)
+    # Hosted models (models/hosted.py). Keys: here or in AZURE_AI_VISION_KEY / OPENAI_API_KEY; never stored in an
+    # index, never shown (repr=False keeps them out of any printed Settings).
+    azure_vision_key: str | None = field(default=None, repr=False)
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str | None = None  # else OPENAI_BASE_URL, else https://api.openai.com/v1
+    hosted_requests_per_minute: float | None = None  # a rate limit of ours (e.g. 20 on Azure's free tier)
+    hosted_concurrency: int = 4  # requests in flight at once, per model
+    hosted_timeout: float = 60.0  # seconds per request before it is retried
 
     @property
     def max_file_bytes(self) -> int:
@@ -101,10 +109,11 @@ def _known(raw: dict[str, Any], source: str) -> dict[str, Any]:
     return raw
 
 
-_INTEGERS = ("batch_size", "decode_workers", "pool_size", "backup_keep")
+_INTEGERS = ("batch_size", "decode_workers", "pool_size", "backup_keep", "hosted_concurrency")
 _BOOLEANS = ("distribute",)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
-_POSITIVE_NUMBERS = ("max_file_mb", "max_image_megapixels", "api_statement_timeout", "thumbnail_cache_mb")
+_POSITIVE_NUMBERS = ("max_file_mb", "max_image_megapixels", "api_statement_timeout", "thumbnail_cache_mb",
+                     "hosted_requests_per_minute", "hosted_timeout")
 
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:

@@ -139,8 +139,9 @@ def index_cmd(
         False, "--follow-symlinks", help="Index what symbolic links inside the folders point to (else they are skipped)."
     ),
     model: Optional[str] = typer.Option(
-        None, "--model", help="Model of a new index: offline, clip:PATH_OR_REPO_ID, open_clip:ARCH[:CHECKPOINT]. "
-        "An existing index keeps its own (pixsearch reindex moves it)."
+        None, "--model", help="Model of a new index: offline, clip:PATH_OR_REPO_ID, open_clip:ARCH[:CHECKPOINT], "
+        "or a hosted one (photos or captions are sent to the service): azure-vision:https://RESOURCE."
+        "cognitiveservices.azure.com, openai-embed:MODEL. An existing index keeps its own (pixsearch reindex moves it)."
     ),
     regions: Optional[str] = typer.Option(
         None, "--regions", help="Also index regions: 'grid' (83 sliding windows at 3 scales; later runs keep doing "
@@ -157,6 +158,10 @@ def index_cmd(
     polling: bool = typer.Option(
         False, "--polling", help="With --watch: poll instead of OS notifications (network shares)."
     ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Say what a run would embed and how many requests a hosted model would send for it "
+        "(read-only: nothing is embedded, sent or written)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (one line per batch)."),
 ) -> None:
     """Index photos incrementally: new and changed files are embedded, unchanged ones skipped, moved and renamed
@@ -164,6 +169,15 @@ def index_cmd(
 
     Exit status 0 when every file was indexed, 3 when some files failed (they are listed), 1 on errors.
     """
+    if dry_run:
+        from pixsearch.service.plan import plan_index_run
+
+        with open_engine(index) as engine:
+            plan = plan_index_run(engine, paths, index=index, model=model, follow_symlinks=follow_symlinks)
+        if as_json:
+            print_json(plan.to_json())
+        err.print(f"[bold]{escape(plan.index)}[/] (dry run): {escape(plan.describe())}", highlight=False)
+        raise typer.Exit(EXIT_OK)
     with open_engine(index) as engine:
         status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions, ocr)
         if watch:

@@ -1,8 +1,11 @@
 """Embedding models, chosen by name from a registry. Importing this package imports neither torch nor a model.
 
 Names: `offline` (the zero-download default), `clip:PATH_OR_REPO_ID` (a Hugging Face transformers CLIP or SigLIP
-checkpoint: a local folder or the local Hugging Face cache) and `open_clip:ARCH[:CHECKPOINT_FILE_OR_TAG]`
-(open-clip-torch). The part before the first ':' picks the module (PREFIXES); the module parses the rest.
+checkpoint: a local folder or the local Hugging Face cache), `open_clip:ARCH[:CHECKPOINT_FILE_OR_TAG]`
+(open-clip-torch), and two hosted models that send photos or texts to a service (hosted.py):
+`azure-vision:https://RESOURCE.cognitiveservices.azure.com` (Azure AI Vision multimodal embeddings) and
+`openai-embed:MODEL[?dimensions=N]` (an OpenAI-compatible /embeddings text model, for caption-only indexes). The part
+before the first ':' picks the module (PREFIXES); the module parses the rest.
 
 What a model declares (its vector fields, text space, photo fields, calibration: ModelCapabilities) is known
 without loading it: `model_capabilities(name)` reads it from constants (offline) or from the checkpoint's
@@ -14,6 +17,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from .base import (
     ClassScore,
@@ -25,6 +29,9 @@ from .base import (
     VectorSpace,
 )
 
+if TYPE_CHECKING:
+    from .hosted import HostedOptions
+
 # name prefix -> the module of its models. Each has `capabilities(argument, cache_dir) -> ModelCapabilities` (what the
 # model declares, without loading weights) and `load(argument, cache_dir, *, backend, threads) -> Embedder` (the
 # embedder, built from those capabilities); argument is the name after the prefix, or "". Modules are imported only
@@ -33,11 +40,16 @@ PREFIXES: dict[str, str] = {
     "offline": "pixsearch.models.offline",
     "clip": "pixsearch.models.clip",
     "open_clip": "pixsearch.models.openclip",
+    "azure-vision": "pixsearch.models.azure_vision",
+    "openai-embed": "pixsearch.models.openai_embed",
 }
+# Prefixes whose models call a service: their load() also takes hosted=HostedOptions (keys, rate limit...).
+HOSTED_PREFIXES = frozenset({"azure-vision", "openai-embed"})
 KNOWN_EMBEDDERS = tuple(PREFIXES)
 
 __all__ = [
     "PREFIXES",
+    "HOSTED_PREFIXES",
     "KNOWN_EMBEDDERS",
     "ClassScore",
     "Embedder",
@@ -50,6 +62,7 @@ __all__ = [
     "load_embedder",
     "model_capabilities",
     "parse_model_name",
+    "service_requests",
 ]
 
 
@@ -66,7 +79,8 @@ def parse_model_name(name: str) -> tuple[str, str]:
     if prefix not in PREFIXES:
         raise ValueError(
             f"unknown model {name!r}; use offline, clip:PATH_OR_REPO_ID (transformers CLIP/SigLIP) or "
-            "open_clip:ARCH[:CHECKPOINT] (open-clip-torch)"
+            "open_clip:ARCH[:CHECKPOINT] (open-clip-torch), azure-vision:https://RESOURCE.cognitiveservices.azure.com "
+            "(Azure AI Vision) or openai-embed:MODEL (an OpenAI-compatible embeddings endpoint)"
         )
     if prefix != "offline" and not argument:
         raise ValueError(f"model {name!r} needs a checkpoint after '{prefix}:'")
@@ -91,14 +105,26 @@ def model_capabilities(name: str = "offline", cache_dir: Path | str | None = Non
     return _module_of(prefix).capabilities(argument, _cache_dir(cache_dir))
 
 
+def service_requests(name: str, images: int, texts: int) -> int:
+    """Requests the named model sends to embed `images` photos and `texts` non-empty texts (0 for local models),
+    known from the name alone: what `pixsearch index --dry-run` reports."""
+    prefix, argument = parse_model_name(name)
+    if prefix not in HOSTED_PREFIXES:
+        return 0
+    return _module_of(prefix).requests_for(argument, images, texts)
+
+
 def load_embedder(
-    name: str = "offline", cache_dir: Path | str | None = None, *, backend: str = "auto", threads: int | None = None
+    name: str = "offline", cache_dir: Path | str | None = None, *, backend: str = "auto", threads: int | None = None,
+    hosted: "HostedOptions | None" = None,
 ) -> Embedder:
     """Build the named embedder. Weights load lazily on first use, so this is cheap.
 
     cache_dir holds derived data (class text embeddings, ONNX exports); None means default_cache_dir().
     backend: "auto" (onnxruntime when installed, else torch), "onnx" or "torch"; threads: onnxruntime intra-op
-    threads (None: one per core available to this process).
+    threads (None: one per core available to this process). hosted: keys and manners of hosted models (None: from
+    the environment); ignored by local ones.
     """
     prefix, argument = parse_model_name(name)
-    return _module_of(prefix).load(argument, _cache_dir(cache_dir), backend=backend, threads=threads)
+    extra = {"hosted": hosted} if prefix in HOSTED_PREFIXES else {}
+    return _module_of(prefix).load(argument, _cache_dir(cache_dir), backend=backend, threads=threads, **extra)

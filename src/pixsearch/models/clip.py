@@ -2,7 +2,8 @@
 CLIP-class family shares: the pixel recipe (Pillow + numpy) and the `tokenizers`-based text tokenizer.
 
 A checkpoint is a folder with config.json, weights (model.safetensors / pytorch_model.bin, or a sharded index),
-preprocessor_config.json and a tokenizer (tokenizer.json, or CLIP's vocab.json + merges.txt): a local path, or a repo
+the image processor's settings (preprocessor_config.json, or transformers 5's processor_config.json) and a tokenizer
+(tokenizer.json, or CLIP's vocab.json + merges.txt): a local path, or a repo
 id looked up in the local Hugging Face cache, never downloaded unless HF_HUB_OFFLINE=0 (see hub.py).
 
 Everything model-specific comes from those files, nothing is hard-coded per model:
@@ -76,7 +77,9 @@ HF_OPTIONAL = ("tokenizer_config.json", "special_tokens_map.json")
 HF_NEEDS = (
     Need("config", ("config.json",)),
     Need("weights", WEIGHT_FILES),
-    Need("image preprocessing", ("preprocessor_config.json",)),
+    # transformers 4 saves the image processor alone in preprocessor_config.json; transformers 5 saves the whole
+    # processor in processor_config.json, the image processor's settings under "image_processor"
+    Need("image preprocessing", ("preprocessor_config.json", "processor_config.json")),
     Need("tokenizer", TOKENIZER_FILES),
 )
 # Settings that change the tokens, for model ids (a change makes a new id).
@@ -394,6 +397,22 @@ def _read_json(path: Path) -> dict[str, Any]:
     return value
 
 
+def image_processor_config(folder: Path) -> dict[str, Any]:
+    """The image processor's settings: preprocessor_config.json (transformers 4, and repos saved by it), else the
+    "image_processor" object of processor_config.json (transformers 5's save_pretrained of a CLIPProcessor or
+    SiglipProcessor writes only that file)."""
+    if (folder / "preprocessor_config.json").is_file():
+        return _read_json(folder / "preprocessor_config.json")
+    processor = _read_json(folder / "processor_config.json")
+    settings = processor.get("image_processor")
+    if not isinstance(settings, dict):
+        raise ModelNotAvailableError(
+            f"{folder} lacks image preprocessing: no preprocessor_config.json, and its processor_config.json has no "
+            '"image_processor" object'
+        )
+    return settings
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The weights file, or every shard named by a sharded checkpoint's index (ModelNotAvailableError if any lacks)."""
     found = first_present(folder, WEIGHT_FILES)
@@ -432,7 +451,7 @@ class HFCheckpoint:
                 f"{self.folder}/config.json has model_type {model_type!r}; clip: supports {', '.join(HF_FAMILIES)}"
             )
         self.family, self.model_class, self.pad_to_max = HF_FAMILIES[model_type]
-        self.recipe = PixelRecipe.from_hf_config(_read_json(self.folder / "preprocessor_config.json"), self.family)
+        self.recipe = PixelRecipe.from_hf_config(image_processor_config(self.folder), self.family)
         text_cfg = self.config.get("text_config") or {}
         vision_cfg = self.config.get("vision_config") or {}
         if self.family == "clip":

@@ -13,6 +13,7 @@ from pixsearch.db import Database, open_database
 from pixsearch.ingest.decode import decode_bytes, read_and_decode
 from pixsearch.models import load_embedder
 from pixsearch.models.base import Embedder
+from pixsearch.models.hosted import HostedOptions
 from pixsearch.search.context import QueryVectorCache
 from pixsearch.service import photos
 from pixsearch.service.captions import caption_vector_field
@@ -88,7 +89,8 @@ class Engine:
             if name in self._models:
                 self._models.move_to_end(name)
                 return self._models[name]
-            model = load_embedder(name, cache_dir=self.settings.cache_dir)
+            model = load_embedder(name, cache_dir=self.settings.cache_dir,
+                                  hosted=HostedOptions.from_settings(self.settings))
             self._models[name] = model
             while len(self._models) > MODEL_CACHE_SIZE:
                 self._models.popitem(last=False)

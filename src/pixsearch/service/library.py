@@ -59,8 +59,9 @@ def add_paths(
     auto_regions = index.spec.settings.get("regions", {}).get("auto")
     if auto_regions and report.embedded_keys:  # regions of new and changed photos, as the index was set up
         add_regions(index, auto_regions, photo_keys=report.embedded_keys)
-    if report.embedded and model.text_field is not None:
+    if report.embedded and model.text_field is not None and not getattr(model.embedder, "hosted", False):
         # Ready the text tower now (its one-time ONNX export needs torch, which ingest has loaded anyway), so the
-        # first search is quick and a search process never imports torch.
+        # first search is quick and a search process never imports torch. A hosted model has nothing to ready, and
+        # a warm-up would be a paid request.
         model.embed_text("warm up")
     return report

@@ -1,0 +1,101 @@
+"""What `pixsearch index` would do, without doing it (`--dry-run`): which files it would embed, and how many
+requests a hosted model would send for them — before any photo leaves the machine or any request is paid for.
+
+Counts are upper bounds: a new file whose bytes equal an indexed photo that moved is recognised by its content
+while indexing and costs nothing, which only reading every new file would tell. Captions are read from the files'
+sidecars and embedded metadata (no pixels are decoded).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import urlsplit
+
+from pixsearch.ingest.descriptions import read_descriptions
+from pixsearch.ingest.scan import scan
+from pixsearch.models import HOSTED_PREFIXES, model_capabilities, parse_model_name, service_requests
+from pixsearch.models.hosted import HostedOptions
+from pixsearch.store import IndexNotFoundError, get_index
+from pixsearch.store.index_store import IndexStore
+
+_LOOKUP_CHUNK = 1000
+
+
+@dataclass
+class RunPlan:
+    index: str
+    model: str
+    exists: bool  # the index exists (else the run would create it)
+    files: int  # image files found
+    unchanged: int
+    to_embed: int  # new or changed files (at most: moved ones turn out free)
+    captions_changed: int  # files whose caption sidecars changed: captions embedded again, pixels not
+    captions: int  # of the files to embed or re-describe, those with a caption (embedded as text too)
+    requests: int  # requests the model would send (0 for a local model)
+    service: str | None  # where they would go (host), None for a local model
+    requests_per_minute: float | None
+    failed: int  # files the scan could not read
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def describe(self) -> str:
+        what = (f"{self.files} image files: {self.to_embed} to embed, {self.captions_changed} with changed captions, "
+                f"{self.unchanged} unchanged; {self.captions} captions to embed as text")
+        if self.service is None:
+            return f"{what}; {self.model} runs here: no requests"
+        pace = (f", at most {self.requests_per_minute:g} a minute" if self.requests_per_minute else "")
+        return f"{what}; at most {self.requests} requests to {self.service}{pace}"
+
+
+def plan_index_run(engine, paths: Sequence[str | Path], *, index: str | None = None, model: str | None = None,
+                   follow_symlinks: bool = False) -> RunPlan:
+    """What `pixsearch index PATHS` would embed and send, reading the folders and the index only."""
+    settings = engine.settings
+    name = index or settings.index
+    try:
+        spec = get_index(engine.db, name)
+    except IndexNotFoundError:
+        spec = None
+    model_name = (spec.model if spec is not None and spec.model else None) or model or settings.model
+    model_name = model_capabilities(model_name, settings.cache_dir).name  # checks the name, sends nothing
+    scanned = scan([Path(p) for p in paths], follow_symlinks=follow_symlinks, max_file_bytes=settings.max_file_bytes)
+    stored = {}
+    if spec is not None:
+        store = IndexStore(engine.db, spec)
+        ids = [f.id for f in scanned.found]
+        for start in range(0, len(ids), _LOOKUP_CHUNK):
+            stored.update(store.stored_states(ids[start:start + _LOOKUP_CHUNK]))
+    embed, describe, unchanged = [], [], 0
+    for f in scanned.found:
+        state = stored.get(f.id)
+        if state and state.path == f.path and state.size_bytes == f.size_bytes and state.mtime_ns == f.mtime_ns:
+            if state.sidecar_state == f.sidecar_state:
+                unchanged += 1
+            else:
+                describe.append(f)
+        else:
+            embed.append(f)
+
+    def has_caption(path: str) -> bool:
+        return bool(read_descriptions(path, follow_symlinks=follow_symlinks).searchable_text().strip())
+
+    batch = settings.batch_size
+    requests = captions = 0
+    for files, with_images in ((embed, True), (describe, False)):  # ingest embeds captions batch by batch
+        for start in range(0, len(files), batch):
+            texts = sum(has_caption(f.path) for f in files[start:start + batch])
+            images = len(files[start:start + batch]) if with_images else 0
+            captions += texts
+            requests += service_requests(model_name, images, texts)
+    prefix, argument = parse_model_name(model_name)
+    service = None
+    if prefix in HOSTED_PREFIXES:
+        target = argument if prefix == "azure-vision" else (HostedOptions.from_settings(settings).openai_base_url
+                                                             or "https://api.openai.com/v1")
+        service = urlsplit(target.partition("?")[0]).netloc or target
+    return RunPlan(index=name, model=model_name, exists=spec is not None, files=len(scanned.found),
+                   unchanged=unchanged, to_embed=len(embed), captions_changed=len(describe), captions=captions,
+                   requests=requests, service=service, requests_per_minute=settings.hosted_requests_per_minute,
+                   failed=len(scanned.failures))
