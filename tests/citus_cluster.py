@@ -65,7 +65,6 @@ CITUS_EXTVERSION = "14.0-1"  # its extension version (citus.control)
 _SCRIPT_CANDIDATES = [
     os.environ.get("PIXSEARCH_CITUS_BUILD_SCRIPT"),
     Path(__file__).resolve().parents[2] / "shared" / "citus" / "build-citus.sh",
-    Path("/work/shared/citus/build-citus.sh"),
 ]
 BUILD_SCRIPT = next((Path(p) for p in _SCRIPT_CANDIDATES if p and Path(p).is_file()),
                     Path(__file__).resolve().parents[2] / "shared" / "citus" / "build-citus.sh")

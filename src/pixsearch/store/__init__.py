@@ -18,14 +18,12 @@ from pixsearch.store.registry import (
 from pixsearch.store.schema import PHOTO_FIELDS, Field, IndexSpec, SchemaError, VectorField
 from pixsearch.store.results import Hit, QueryOptions, SearchResult
 from pixsearch.store.session import read_snapshot
-from pixsearch.store.tables import DocumentTable
 
 __all__ = [
     "PHOTO_FIELDS",
     "And",
     "AnyEq",
     "Compare",
-    "DocumentTable",
     "Field",
     "Filter",
     "FilterError",
