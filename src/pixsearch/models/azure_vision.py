@@ -32,8 +32,8 @@ import numpy as np
 from PIL import Image
 
 from .base import DeclaredModel, ImageEmbeddings, ModelCapabilities, unit_rows
-from .hosted import HostedOptions, ImageLimits, InputRefused, ServiceClient, ServiceError, check_endpoint, \
-    encode_for_service
+from .hosted import HostedOptions, ImageAtURL, ImageLimits, InputRefused, ServiceClient, ServiceError, \
+    check_endpoint, encode_for_service
 
 SERVICE = "Azure AI Vision"
 DIMS = 1024
@@ -113,6 +113,7 @@ class AzureVisionEmbedder(DeclaredModel):
     """Implements Embedder through Azure AI Vision's retrieval:vectorizeImage / retrieval:vectorizeText."""
 
     hosted = True  # calls a service: every embedding is a request (service/library.py skips the warm-up)
+    accepts_urls = True  # prepare_image takes an ImageAtURL: the service fetches the photo itself
 
     def __init__(self, target: AzureVisionTarget, options: HostedOptions):
         from .base import ModelNotAvailableError  # noqa: PLC0415
@@ -142,12 +143,17 @@ class AzureVisionEmbedder(DeclaredModel):
                                f"{self.target.model_version!r}")
         return np.asarray(vector, dtype=np.float32)
 
-    def prepare_image(self, image: Image.Image) -> ServiceVector:
-        """The image's vector from the service (see the module docstring for why here). InputRefused (a
-        ValueError: one photo's failure) for an image outside the limits or one the service refuses."""
-        data = encode_for_service(image, self.limits, SERVICE)
-        answer = self.client.post("/computervision/retrieval:vectorizeImage", params=self._params, content=data,
-                                  content_type="application/octet-stream")
+    def prepare_image(self, image: Image.Image | ImageAtURL) -> ServiceVector:
+        """The image's vector from the service (see the module docstring for why here): its bytes, or for an
+        ImageAtURL its URL ({"url": ...}: the service fetches the photo). InputRefused (a ValueError: one photo's
+        failure) for an image outside the limits or one the service refuses."""
+        if isinstance(image, ImageAtURL):
+            answer = self.client.post("/computervision/retrieval:vectorizeImage", params=self._params,
+                                      json_body={"url": image.url})
+        else:
+            data = encode_for_service(image, self.limits, SERVICE)
+            answer = self.client.post("/computervision/retrieval:vectorizeImage", params=self._params, content=data,
+                                      content_type="application/octet-stream")
         return ServiceVector(self._vector(answer))
 
     def embed_images(self, images: Sequence[Any]) -> ImageEmbeddings:
