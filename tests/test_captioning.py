@@ -297,3 +297,35 @@ def test_an_image_query_on_a_text_only_index_is_a_clear_error(fake, home, tmp_pa
             answer = httpx.post(f"{url}/indexes/{name}/images/search", headers={"api-key": "q-key"},
                                 files={"image": ("q.png", Path(photos["red"]).read_bytes(), "image/png")})
         assert answer.status_code == 400 and "a text model" in answer.json()["error"]["message"], answer.text
+
+
+# -- the page -----------------------------------------------------------------------------------------------------------
+
+
+def test_the_page_marks_generated_captions(fake, home, tmp_path):
+    """A photo captioned by a person shows that caption plainly; one captioned by the model shows its title with a
+    "generated" badge."""
+    pytest.importorskip("playwright.sync_api")
+    from helpers import chromium_browser
+    from pixsearch.api import create_app
+    from pixsearch.api.server import serving_in_thread
+
+    photos = colour_photos(tmp_path / "p", names=("red", "blue"))
+    Path(photos["red"] + ".xmp").write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#" '
+        'xmlns:dc="http://purl.org/dc/elements/1.1/"><rdf:Description><dc:title><rdf:Alt><rdf:li xml:lang="x-default">'
+        'Sunset at the harbour</rdf:li></rdf:Alt></dc:title></rdf:Description></rdf:RDF></x:xmpmeta>')
+    name = "web-cap-" + uuid.uuid4().hex[:6]
+    with engine_for(home, fake) as engine:
+        engine.index(name, create=True, model=MODEL).add_paths([tmp_path / "p"], captioner=CAPTIONER)
+        with serving_in_thread(create_app(engine, query_keys=["q-key"], page_index=name)) as url, \
+                chromium_browser() as browser:
+            page = browser.new_context(bypass_csp=True).new_page()  # (Playwright's predicates need eval)
+            page.goto(f"{url}/#key=q-key")
+            page.wait_for_function("document.querySelectorAll('#results li .described').length === 2", timeout=60_000)
+            lines = {item.get_attribute("data-path"): (item.locator(".described-text").text_content(),
+                                                       item.locator(".generated").count())
+                     for item in page.locator("#results li").all()}
+            assert lines == {photos["red"]: ("Sunset at the harbour", 0), photos["blue"]: ("A blue square", 1)}
+            badge = page.locator("#results li .generated")
+            assert badge.text_content() == "generated" and CAPTIONER in badge.get_attribute("title")
