@@ -61,7 +61,9 @@ class IngestOptions:
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     ocr: bool = False  # read text in the pixels (ingest/ocr.py): ~0.5-1 s per photo on 2 cores
     # A URL the model's service can fetch a photo from (path -> URL or None), for models that take one
-    # (accepts_urls: Azure AI Vision): object-store photos with a SAS URL are then not sent as bytes.
+    # (accepts_urls: Azure AI Vision): object-store photos with a SAS URL are then not sent as bytes. Object-store
+    # sources: give a read-only, short-lived URL (a user-delegation SAS with sp=r and an expiry of about an hour; an
+    # S3 presigned GET) for az:// / s3:// paths and None for local files; it is a credential: never log or store it.
     photo_url: Callable[[str], str | None] | None = None
 
 

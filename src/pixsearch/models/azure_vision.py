@@ -9,6 +9,8 @@ Every photo and every text query is vectorized by the service (Florence, 1024-d,
          Content-Type: application/json, {"text": "..."}                  -> {"modelVersion": M, "vector": [...]}
 
 with the key in the Ocp-Apim-Subscription-Key header (AZURE_AI_VISION_KEY, or azure_vision_key in the config file).
+A photo the service can fetch itself (hosted.ImageAtURL: an object-store photo's SAS URL, given by ingest's
+IngestOptions.photo_url) is sent as Content-Type: application/json, {"url": "..."} instead of its bytes.
 
 The name may carry `?model-version=M` (default 2023-04-15; it is part of the model id: vectors of different model
 versions cannot be compared) and `?api-version=A` (default 2024-02-01; how we talk to the service, not part of the
