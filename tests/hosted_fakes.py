@@ -5,7 +5,11 @@ shapes, and recording every request so tests can check what was sent:
     application/octet-stream) and retrieval:vectorizeText ({"text"}), api-version and model-version query
     parameters, the key in Ocp-Apim-Subscription-Key; answers {"modelVersion", "vector": [1024 floats]};
   * OpenAI-compatible APIs: POST /v1/embeddings ({"model", "input": [...]}) and /v1/chat/completions (a text part
-    and an image_url part with a data: URL), the key as "Authorization: Bearer KEY".
+    and an image_url part with a data: URL, or an http(s) URL the service fetches), the key as
+    "Authorization: Bearer KEY";
+  * a photo the services may fetch themselves: vectorizeImage with {"url": ...} (application/json) and a chat
+    image_url that is a URL are fetched with an HTTP GET, as the services do; GET /files/NAME serves `files`
+    (name -> bytes) for that, so a local photo can be given a URL (recorded in `fetched`).
 
 Vectors are deterministic: each colour of PALETTE (and its name in a few languages) is a fixed random direction, so
 an image's vector says which colour it mostly is, and a text's vector which colour it names. They are not unit
@@ -19,6 +23,7 @@ import io
 import json
 import threading
 import time
+import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -103,6 +108,8 @@ class FakeService:
         self.requests: list[Recorded] = []
         self.faults: list[Fault] = []
         self.image_answers: list[tuple[str, np.ndarray, tuple[int, int]]] = []  # (colour, vector, size) per image
+        self.files: dict[str, bytes] = {}  # served at GET /files/NAME (any query string): photos "with a URL"
+        self.fetched: list[str] = []  # the URLs the service fetched photos from
         self._lock = threading.Lock()
         service = self
 
@@ -114,7 +121,12 @@ class FakeService:
                 service._handle(self)
 
             def do_GET(self):
-                service._send(self, 404, {"error": {"code": "NotFound", "message": "no such path"}})
+                path = urlsplit(self.path).path
+                name = path.removeprefix("/files/")
+                if path.startswith("/files/") and name in service.files:
+                    service._send(self, 200, service.files[name])
+                else:
+                    service._send(self, 404, {"error": {"code": "NotFound", "message": "no such path"}})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -133,6 +145,11 @@ class FakeService:
         return [r for r in self.requests if r.path.endswith(suffix)]
 
     # -- handling ----------------------------------------------------------------------------------------------------
+
+    def _fetch(self, url: str) -> bytes:
+        with self._lock:
+            self.fetched.append(url)
+        return _fetch_url(url)
 
     def _send(self, handler, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode() if not isinstance(body, bytes) else body
@@ -176,12 +193,18 @@ class FakeService:
             return self._send(handler, 400, {"error": {"code": "InvalidRequest", "message": f"bad query {r.query}"}})
         content_type = r.headers.get("content-type", "")
         if r.path == "/computervision/retrieval:vectorizeImage":
-            if content_type != "application/octet-stream":
+            body = r.body
+            if content_type.startswith("application/json"):  # {"url": ...}: the service fetches the image
+                try:
+                    body = self._fetch(r.json()["url"])
+                except Exception:  # noqa: BLE001
+                    return self._send(handler, 400, {"error": {"code": "InvalidImageUrl", "message": "cannot fetch"}})
+            elif content_type != "application/octet-stream":
                 return self._send(handler, 415, {"error": {"code": "InvalidContentType", "message": content_type}})
-            if len(r.body) >= self.max_image_bytes:
+            if len(body) >= self.max_image_bytes:
                 return self._send(handler, 400, {"error": {"code": "InvalidImageSize", "message": "too large"}})
             try:
-                image = Image.open(io.BytesIO(r.body))
+                image = Image.open(io.BytesIO(body))
                 image.load()
             except Exception:  # noqa: BLE001
                 return self._send(handler, 400, {"error": {"code": "InvalidImageFormat", "message": "bad image"}})
@@ -224,9 +247,12 @@ class FakeService:
         content = body["messages"][-1]["content"]
         image_part = next(p for p in content if p.get("type") == "image_url")
         url = image_part["image_url"]["url"]
-        header, _, data = url.partition(",")
-        assert header == "data:image/jpeg;base64", header
-        image = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+        if url.startswith("data:"):
+            header, _, data = url.partition(",")
+            assert header == "data:image/jpeg;base64", header
+            image = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+        else:
+            image = Image.open(io.BytesIO(self._fetch(url))).convert("RGB")
         colour = nearest_colour(tuple(np.asarray(image, np.float64).mean(axis=(0, 1))))
         reply = self.caption_reply if self.caption_reply is not None else json.dumps(
             {"title": f"A {colour} square", "description": f"A flat {colour} colour field.",
@@ -235,6 +261,11 @@ class FakeService:
                                   "choices": [{"index": 0, "finish_reason": "stop",
                                                "message": {"role": "assistant", "content": reply}}],
                                   "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}})
+
+
+def _fetch_url(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - loopback URLs the test made
+        return answer.read()
 
 
 def colour_photos(folder, names=tuple(PALETTE), size=(64, 48)) -> dict[str, str]:

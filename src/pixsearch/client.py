@@ -95,11 +95,15 @@ class SimilarityIndex:
 
     # -- writes ----------------------------------------------------------------------------------------------------
     def add_images(self, images: Iterable[str | Path | Image.Image | bytes], *, regions: str | Path | None = None,
-                   follow_symlinks: bool = False) -> list[str]:
+                   follow_symlinks: bool = False, captioner: str | bool | None = None,
+                   caption_prompt: str | None = None) -> list[str]:
         """Embed and add images: file or folder paths (folders walked recursively; the files stay where they are),
         PIL images or encoded bytes (kept under PIXSEARCH_HOME/uploads/<index>/). Returns the ids of the images
-        given (for folders, of every image found). regions: also index regions ("grid", or a box file)."""
+        given (for folders, of every image found). regions: also index regions ("grid", or a box file).
+        captioner: "openai:MODEL" adds generated captions (the photos are sent to that OpenAI-compatible service;
+        remembered for the index, with caption_prompt), False stops it, None: as the index is set up."""
         index = self._index
+        index.set_captioner(captioner, caption_prompt)
         paths, ids = [], []
         for item in images:
             if isinstance(item, (str, Path)):

@@ -58,6 +58,9 @@ class Settings:
     hosted_requests_per_minute: float | None = None  # a rate limit of ours (e.g. 20 on Azure's free tier)
     hosted_concurrency: int = 4  # requests in flight at once, per model
     hosted_timeout: float = 60.0  # seconds per request before it is retried
+    # What a captioner (`pixsearch index --captioner openai:MODEL`) is asked; empty: models/captioner.py's
+    # DEFAULT_PROMPT. An index given --caption-prompt keeps its own. Another prompt is another caption (bought again).
+    caption_prompt: str = ""
 
     @property
     def max_file_bytes(self) -> int:

@@ -7,8 +7,9 @@ CREATE TABLE "px_photos" ("id" text PRIMARY KEY, "path" text, "folder" text, "fi
     "size_bytes" bigint, "mtime_ns" bigint, "format" text, "width" bigint, "height" bigint, "taken_at" timestamptz,
     "taken_at_source" text, "camera" text, "camera_make" text, "camera_model" text, "lens" text,
     "gps_lat" double precision, "gps_lon" double precision, "title" text, "description" text, "keywords" text[],
-    "ocr_text" text, "ocr_boxes" text, "companion_key" text, "sidecar_state" text, "layout" text,
-    "class_ids" integer[], "class_probs" real[], "tags" text[], indexed_at timestamptz NOT NULL DEFAULT now(),
+    "generated_title" text, "generated_description" text, "generated_keywords" text[], "generated_by" text,
+    "generated_from" text, "ocr_text" text, "ocr_boxes" text, "companion_key" text, "sidecar_state" text,
+    "layout" text, "class_ids" integer[], "class_probs" real[], "tags" text[], indexed_at timestamptz NOT NULL DEFAULT now(),
     "search_text" tsvector, "ocr_text_tsv" tsvector, "image" vector(1280), "semantic" vector(384),
     "caption" vector(384));
 
@@ -29,6 +30,12 @@ CREATE INDEX IF NOT EXISTS "px_photos_title_trgm" ON "px_photos" USING gin ("tit
 
 -- TableDefinition.create_keyword_indexes: keyword search indexes
 CREATE INDEX IF NOT EXISTS "px_photos_description_trgm" ON "px_photos" USING gin ("description" gin_trgm_ops);
+
+-- TableDefinition.create_keyword_indexes: keyword search indexes
+CREATE INDEX IF NOT EXISTS "px_photos_generated_title_trgm" ON "px_photos" USING gin ("generated_title" gin_trgm_ops);
+
+-- TableDefinition.create_keyword_indexes: keyword search indexes
+CREATE INDEX IF NOT EXISTS "px_photos_generated_description_trgm" ON "px_photos" USING gin ("generated_description" gin_trgm_ops);
 
 -- TableDefinition.create: the listing's b-tree
 CREATE INDEX "px_photos_browse" ON "px_photos" ("taken_at" DESC NULLS LAST, indexed_at DESC, "id");
@@ -128,6 +135,12 @@ ALTER INDEX "px_photos_title_trgm" RENAME TO "px_photos_renamed_title_trgm";
 ALTER INDEX "px_photos_description_trgm" RENAME TO "px_photos_renamed_description_trgm";
 
 -- TableDefinition.rename_to: an index named after the table
+ALTER INDEX "px_photos_generated_title_trgm" RENAME TO "px_photos_renamed_generated_title_trgm";
+
+-- TableDefinition.rename_to: an index named after the table
+ALTER INDEX "px_photos_generated_description_trgm" RENAME TO "px_photos_renamed_generated_description_trgm";
+
+-- TableDefinition.rename_to: an index named after the table
 ALTER INDEX "px_photos_browse" RENAME TO "px_photos_renamed_browse";
 
 -- TableDefinition.rename_to: an index named after the table
@@ -147,7 +160,8 @@ SELECT set_config(%s, %s, true), set_config(%s, %s, true), set_config(%s, %s, tr
 -- VectorQueries.search: plain kNN of image
 SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
     "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "title",
-    "description", "keywords", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
+    "description", "keywords", "generated_title", "generated_description", "generated_keywords",
+    "generated_by", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
 FROM "px_photos"
 ORDER BY "image" <=> %(q)s
 LIMIT %(k)s;
@@ -164,7 +178,8 @@ SELECT set_config(%s, %s, true), set_config(%s, %s, true), set_config(%s, %s, tr
 WITH hits AS MATERIALIZED (
   SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
       "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon",
-      "title", "description", "keywords", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
+      "title", "description", "keywords", "generated_title", "generated_description", "generated_keywords",
+      "generated_by", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
   FROM "px_photos"
   WHERE ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s])
   ORDER BY "image" <=> %(q)s
@@ -181,7 +196,8 @@ SELECT set_config(%s, %s, true);
 WITH hits AS MATERIALIZED (
   SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
       "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon",
-      "title", "description", "keywords", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
+      "title", "description", "keywords", "generated_title", "generated_description", "generated_keywords",
+      "generated_by", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
   FROM "px_photos"
   WHERE ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s])
   ORDER BY "image" <=> %(q)s
@@ -213,7 +229,8 @@ WHERE ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s]);
 EXPLAIN WITH hits AS MATERIALIZED (
   SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
       "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon",
-      "title", "description", "keywords", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
+      "title", "description", "keywords", "generated_title", "generated_description", "generated_keywords",
+      "generated_by", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
   FROM "px_photos"
   WHERE ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s])
   ORDER BY "image" <=> %(q)s
@@ -257,9 +274,10 @@ LIMIT %s;
 SELECT "id", coalesce(ts_rank_cd("search_text", websearch_to_tsquery('english', unaccent(%(any_word)s))),
     0) + greatest(coalesce(word_similarity(%(text)s, "folder"), 0), coalesce(word_similarity(%(text)s,
     "filename"), 0), coalesce(word_similarity(%(text)s, "title"), 0), coalesce(word_similarity(%(text)s,
-    "description"), 0)) AS score
+    "description"), 0), coalesce(word_similarity(%(text)s, "generated_title"), 0), coalesce(word_similarity(%(text)s,
+    "generated_description"), 0)) AS score
 FROM "px_photos"
-WHERE ("search_text" @@ websearch_to_tsquery('english', unaccent(%(any_word)s)) OR %(text)s <%% "folder" OR %(text)s <%% "filename" OR %(text)s <%% "title" OR %(text)s <%% "description") AND ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s])
+WHERE ("search_text" @@ websearch_to_tsquery('english', unaccent(%(any_word)s)) OR %(text)s <%% "folder" OR %(text)s <%% "filename" OR %(text)s <%% "title" OR %(text)s <%% "description" OR %(text)s <%% "generated_title" OR %(text)s <%% "generated_description") AND ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s])
 ORDER BY score DESC, "id"
 LIMIT %(limit)s;
 
@@ -274,7 +292,8 @@ LIMIT %(limit)s;
 -- TableQueries.browse: one page, filtered
 SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
     "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "title",
-    "description", "keywords", "ocr_text", "ocr_boxes", "companion_key", "tags"
+    "description", "keywords", "generated_title", "generated_description", "generated_keywords",
+    "generated_by", "ocr_text", "ocr_boxes", "companion_key", "tags"
 FROM "px_photos"
 WHERE ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s])
 ORDER BY "taken_at" DESC NULLS LAST, indexed_at DESC, "id"
@@ -318,6 +337,17 @@ GROUP BY value
 ORDER BY n DESC, value
 LIMIT %(facet_limit)s;
 
+-- TableQueries.facet_counts: generated_keywords: each element
+SELECT value, count(*) AS n
+FROM (
+  SELECT unnest("generated_keywords") AS value
+  FROM "px_photos"
+  WHERE "generated_keywords" IS NOT NULL) AS v
+WHERE value IS NOT NULL
+GROUP BY value
+ORDER BY n DESC, value
+LIMIT %(facet_limit)s;
+
 -- TableQueries.facet_counts: tags: each element
 SELECT value, count(*) AS n
 FROM (
@@ -332,7 +362,8 @@ LIMIT %(facet_limit)s;
 -- TableQueries.fetch: retrievable fields by key
 SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
     "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "title",
-    "description", "keywords", "ocr_text", "ocr_boxes", "companion_key", "tags"
+    "description", "keywords", "generated_title", "generated_description", "generated_keywords",
+    "generated_by", "ocr_text", "ocr_boxes", "companion_key", "tags"
 FROM "px_photos"
 WHERE "id" = ANY(%s);
 
@@ -375,38 +406,69 @@ SELECT DISTINCT "folder"
 FROM "px_photos"
 WHERE "folder" IS NOT NULL;
 
+-- TableQueries.not_captioned: the first page of photos to caption (service/captioning.py)
+SELECT "id", "path", "content_hash"
+FROM "px_photos"
+WHERE "generated_from" IS DISTINCT
+FROM (%(settings)s || ':' || "content_hash")
+ORDER BY "id"
+LIMIT %(limit)s;
+
+-- TableQueries.not_captioned: the next pages
+SELECT "id"
+FROM "px_photos"
+WHERE "generated_from" IS DISTINCT
+FROM (%(settings)s || ':' || "content_hash") AND "id" > %(after)s
+ORDER BY "id"
+LIMIT %(limit)s;
+
+-- TableQueries.count_not_captioned
+SELECT count(*)
+FROM "px_photos"
+WHERE "generated_from" IS DISTINCT
+FROM (%(settings)s || ':' || "content_hash");
+
 -- TableWrites.write: the staging table
 CREATE TEMP TABLE "pixsearch_staging" (LIKE "px_photos" INCLUDING DEFAULTS) ON COMMIT DROP;
 
 -- TableWrites.write: whole documents
 COPY "pixsearch_staging" ("id", "path", "folder", "filename", "content_hash", "size_bytes", "mtime_ns",
     "format", "width", "height", "taken_at", "taken_at_source", "camera", "camera_make", "camera_model",
-    "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "ocr_text", "ocr_boxes", "companion_key",
+    "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "generated_title", "generated_description",
+    "generated_keywords", "generated_by", "generated_from", "ocr_text", "ocr_boxes", "companion_key",
     "sidecar_state", "layout", "class_ids", "class_probs", "tags", "image", "semantic", "caption")
 FROM STDIN (FORMAT BINARY);
 
 -- TableWrites.write: whole documents: upsert
 INSERT INTO "px_photos" ("id", "path", "folder", "filename", "content_hash", "size_bytes", "mtime_ns",
     "format", "width", "height", "taken_at", "taken_at_source", "camera", "camera_make", "camera_model",
-    "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "ocr_text", "ocr_boxes", "companion_key",
+    "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "generated_title", "generated_description",
+    "generated_keywords", "generated_by", "generated_from", "ocr_text", "ocr_boxes", "companion_key",
     "sidecar_state", "layout", "class_ids", "class_probs", "tags", "image", "semantic", "caption",
     "indexed_at", "search_text", "ocr_text_tsv")
 SELECT "id", "path", "folder", "filename", "content_hash", "size_bytes", "mtime_ns", "format", "width",
     "height", "taken_at", "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat",
-    "gps_lon", "title", "description", "keywords", "ocr_text", "ocr_boxes", "companion_key", "sidecar_state",
+    "gps_lon", "title", "description", "keywords", "generated_title", "generated_description", "generated_keywords",
+    "generated_by", "generated_from", "ocr_text", "ocr_boxes", "companion_key", "sidecar_state",
     "layout", "class_ids", "class_probs", "tags", "image", "semantic", "caption", now(), (to_tsvector('simple',
     unaccent(concat_ws(' ', regexp_replace(coalesce("pixsearch_staging"."folder", ''), '[^[:alnum:]]+',
     ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."filename", ''), '[^[:alnum:]]+', ' ',
     'g'), regexp_replace(coalesce("pixsearch_staging"."title", ''), '[^[:alnum:]]+', ' ', 'g'),
     regexp_replace(coalesce("pixsearch_staging"."description", ''), '[^[:alnum:]]+', ' ', 'g'),
     regexp_replace(coalesce(array_to_string("pixsearch_staging"."keywords", ' '), ''), '[^[:alnum:]]+',
-    ' ', 'g'), regexp_replace(coalesce(array_to_string("pixsearch_staging"."tags", ' '), ''), '[^[:alnum:]]+',
-    ' ', 'g')))) || to_tsvector('english', unaccent(concat_ws(' ', regexp_replace(coalesce("pixsearch_staging"."folder",
+    ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."generated_title", ''), '[^[:alnum:]]+',
+    ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."generated_description", ''), '[^[:alnum:]]+',
+    ' ', 'g'), regexp_replace(coalesce(array_to_string("pixsearch_staging"."generated_keywords",
+    ' '), ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("pixsearch_staging"."tags",
+    ' '), ''), '[^[:alnum:]]+', ' ', 'g')))) || to_tsvector('english', unaccent(concat_ws(' ', regexp_replace(coalesce("pixsearch_staging"."folder",
     ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."filename", ''),
     '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."title", ''), '[^[:alnum:]]+',
     ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."description", ''), '[^[:alnum:]]+',
     ' ', 'g'), regexp_replace(coalesce(array_to_string("pixsearch_staging"."keywords", ' '), ''),
-    '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("pixsearch_staging"."tags",
+    '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."generated_title", ''),
+    '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."generated_description",
+    ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("pixsearch_staging"."generated_keywords",
+    ' '), ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("pixsearch_staging"."tags",
     ' '), ''), '[^[:alnum:]]+', ' ', 'g'))))), (to_tsvector('simple', unaccent(concat_ws(' ', regexp_replace(coalesce("pixsearch_staging"."ocr_text",
     ''), '[^[:alnum:]]+', ' ', 'g')))) || to_tsvector('english', unaccent(concat_ws(' ', regexp_replace(coalesce("pixsearch_staging"."ocr_text",
     ''), '[^[:alnum:]]+', ' ', 'g')))))
@@ -418,7 +480,9 @@ DO UPDATE SET "path" = EXCLUDED."path", "folder" = EXCLUDED."folder", "filename"
     "taken_at_source" = EXCLUDED."taken_at_source", "camera" = EXCLUDED."camera", "camera_make" = EXCLUDED."camera_make",
     "camera_model" = EXCLUDED."camera_model", "lens" = EXCLUDED."lens", "gps_lat" = EXCLUDED."gps_lat",
     "gps_lon" = EXCLUDED."gps_lon", "title" = EXCLUDED."title", "description" = EXCLUDED."description",
-    "keywords" = EXCLUDED."keywords", "ocr_text" = EXCLUDED."ocr_text", "ocr_boxes" = EXCLUDED."ocr_boxes",
+    "keywords" = EXCLUDED."keywords", "generated_title" = EXCLUDED."generated_title", "generated_description" = EXCLUDED."generated_description",
+    "generated_keywords" = EXCLUDED."generated_keywords", "generated_by" = EXCLUDED."generated_by",
+    "generated_from" = EXCLUDED."generated_from", "ocr_text" = EXCLUDED."ocr_text", "ocr_boxes" = EXCLUDED."ocr_boxes",
     "companion_key" = EXCLUDED."companion_key", "sidecar_state" = EXCLUDED."sidecar_state", "layout" = EXCLUDED."layout",
     "class_ids" = EXCLUDED."class_ids", "class_probs" = EXCLUDED."class_probs", "tags" = EXCLUDED."tags",
     "image" = EXCLUDED."image", "semantic" = EXCLUDED."semantic", "caption" = EXCLUDED."caption",
@@ -452,11 +516,17 @@ SET "search_text" = (to_tsvector('simple', unaccent(concat_ws(' ', regexp_replac
     ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."filename", ''), '[^[:alnum:]]+',
     ' ', 'g'), regexp_replace(coalesce("px_photos"."title", ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."description",
     ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("px_photos"."keywords",
+    ' '), ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."generated_title",
+    ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."generated_description",
+    ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("px_photos"."generated_keywords",
     ' '), ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("px_photos"."tags",
     ' '), ''), '[^[:alnum:]]+', ' ', 'g')))) || to_tsvector('english', unaccent(concat_ws(' ', regexp_replace(coalesce("px_photos"."folder",
     ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."filename", ''), '[^[:alnum:]]+',
     ' ', 'g'), regexp_replace(coalesce("px_photos"."title", ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."description",
     ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("px_photos"."keywords",
+    ' '), ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."generated_title",
+    ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."generated_description",
+    ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("px_photos"."generated_keywords",
     ' '), ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("px_photos"."tags",
     ' '), ''), '[^[:alnum:]]+', ' ', 'g')))))
 WHERE "id" = ANY(%s);
@@ -479,12 +549,14 @@ WHERE "id" = ANY(%s);
 -- TableWrites.rekey: write one back under its new key
 INSERT INTO "px_photos" ("id", "path", "folder", "filename", "size_bytes", "mtime_ns", "companion_key",
     "content_hash", "format", "width", "height", "taken_at", "taken_at_source", "camera", "camera_make",
-    "camera_model", "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "ocr_text",
+    "camera_model", "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "generated_title",
+    "generated_description", "generated_keywords", "generated_by", "generated_from", "ocr_text",
     "ocr_boxes", "sidecar_state", "layout", "class_ids", "class_probs", "tags", "indexed_at", "search_text",
     "ocr_text_tsv", "image", "semantic", "caption")
 SELECT %(new_0)s, %(new_1)s, %(new_2)s, %(new_3)s, %(new_4)s, %(new_5)s, %(new_6)s, "content_hash",
     "format", "width", "height", "taken_at", "taken_at_source", "camera", "camera_make", "camera_model",
-    "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "ocr_text", "ocr_boxes", "sidecar_state",
+    "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "generated_title", "generated_description",
+    "generated_keywords", "generated_by", "generated_from", "ocr_text", "ocr_boxes", "sidecar_state",
     "layout", "class_ids", "class_probs", "tags", "indexed_at", "search_text", "ocr_text_tsv", "image",
     "semantic", "caption"
 FROM "pixsearch_rekeyed"
@@ -499,11 +571,17 @@ SET "search_text" = (to_tsvector('simple', unaccent(concat_ws(' ', regexp_replac
     ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."filename", ''), '[^[:alnum:]]+',
     ' ', 'g'), regexp_replace(coalesce("px_photos"."title", ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."description",
     ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("px_photos"."keywords",
+    ' '), ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."generated_title",
+    ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."generated_description",
+    ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("px_photos"."generated_keywords",
     ' '), ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("px_photos"."tags",
     ' '), ''), '[^[:alnum:]]+', ' ', 'g')))) || to_tsvector('english', unaccent(concat_ws(' ', regexp_replace(coalesce("px_photos"."folder",
     ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."filename", ''), '[^[:alnum:]]+',
     ' ', 'g'), regexp_replace(coalesce("px_photos"."title", ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."description",
     ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("px_photos"."keywords",
+    ' '), ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."generated_title",
+    ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("px_photos"."generated_description",
+    ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("px_photos"."generated_keywords",
     ' '), ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("px_photos"."tags",
     ' '), ''), '[^[:alnum:]]+', ' ', 'g'))))), "ocr_text_tsv" = (to_tsvector('simple', unaccent(concat_ws(' ',
     regexp_replace(coalesce("px_photos"."ocr_text", ''), '[^[:alnum:]]+', ' ', 'g')))) || to_tsvector('english',

@@ -37,13 +37,23 @@ def open_engine(index: str | None = None, **engine_options: Any) -> Iterator[Eng
     from pixsearch.ingest.decode import DecodeError
     from pixsearch.ingest.ocr import OcrUnavailable
     from pixsearch.models.base import ModelNotAvailableError
+    from pixsearch.models.hosted import ServiceError
     from pixsearch.store import IndexNotFoundError
 
     try:
         with Engine(index=index, **engine_options) as engine:
             yield engine
-    except (DatabaseError, IndexNotFoundError, ModelNotAvailableError, DecodeError, OcrUnavailable, ValueError) as exc:
+    except (DatabaseError, IndexNotFoundError, ModelNotAvailableError, ServiceError, DecodeError, OcrUnavailable,
+            ValueError) as exc:
         raise fail(str(exc)) from None
+
+
+def caption_cost(usage: dict[str, Any]) -> str:
+    """What generated captions cost: requests sent, photos answered from the cache, tokens the service counted."""
+    parts = [f"{usage.get('captioned', 0)} captioned"] if "captioned" in usage else []
+    parts += [f"{usage.get('requests', 0)} requests", f"{usage.get('cached', 0)} from the cache",
+              f"{usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion tokens"]
+    return ", ".join(parts)
 
 
 def print_json(value: Any) -> None:

@@ -12,7 +12,8 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.markup import escape
 from rich.table import Table
 
-from pixsearch.cli.common import IndexOption, err, fail, open_engine, out, print_json
+from pixsearch.cli.common import IndexOption, caption_cost, err, fail, open_engine, out, print_json
+from pixsearch.service.captioning import caption_summary
 from pixsearch.limits import MAX_EVALUATION_QUERIES, MAX_WINDOW
 from pixsearch.store import Field, IndexSpec, QueryOptions, VectorField
 from pixsearch.store.schema import ALGORITHMS, FIELD_TYPES, METRICS, STORAGES
@@ -122,11 +123,14 @@ def list_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
         print_json([_spec_json(s) for s in specs])
         return
     table = Table(show_edge=False)
-    for column in ("name", "kind", "vector fields"):
+    captions = {spec.name: caption_summary(spec) for spec in specs}
+    for column in ("name", "kind", "vector fields") + (("generated captions",) if any(captions.values()) else ()):
         table.add_column(column)
     for spec in specs:
         vfs = "; ".join(f"{v.name} {v.dims}-d {v.storage} {v.metric} {v.algorithm}" for v in spec.vector_fields)
-        table.add_row(spec.name, spec.kind, vfs)
+        summary = captions[spec.name]
+        cost = f"{summary['captioner'] or 'off'}: {caption_cost(summary)}" if summary else "-"
+        table.add_row(spec.name, spec.kind, vfs, *((cost,) if any(captions.values()) else ()))
     out.print(table)
 
 
@@ -269,6 +273,10 @@ def stats_cmd(index: Optional[str] = IndexOption, as_json: bool = typer.Option(F
         return
     out.print(f"[bold]{stats['index']}[/]: {stats['rows']} rows, table {_mb(stats['table_bytes'])}, "
               f"total {_mb(stats['total_bytes'])}", highlight=False)
+    if stats.get("captions"):
+        summary = stats["captions"]
+        out.print(f"generated captions ({summary['captioner'] or 'captioner off'}), so far: {caption_cost(summary)}",
+                  highlight=False)
     table = Table(show_edge=False)
     for column in ("field", "dims", "storage", "metric", "algorithm", "model", "ANN index", "tuned"):
         table.add_column(column)

@@ -18,8 +18,8 @@ from pixsearch.cli.backup import backup_cmd, restore_cmd, scheduled_backups
 from pixsearch.cli.indexes import evaluate_cmd, indexes_app, stats_cmd, tune_cmd, vectors_app
 from pixsearch.cli.keys import keys_app
 from pixsearch.cli.models import models_app
-from pixsearch.cli.common import (EXIT_OK, EXIT_PARTIAL, IndexOption, err, fail, open_engine, out, print_json,
-                                  stop_on_sigterm_as_on_ctrl_c)
+from pixsearch.cli.common import (EXIT_OK, EXIT_PARTIAL, IndexOption, caption_cost, err, fail, open_engine, out,
+                                  print_json, stop_on_sigterm_as_on_ctrl_c)
 from pixsearch.limits import MAX_TOP, MAX_WINDOW
 from pixsearch.search.ranking import Cutoff
 from pixsearch.search.request import SearchRequest, SearchResponse
@@ -69,11 +69,13 @@ class _RichIngestProgress:
 
 def _index_paths(engine: Engine, paths: List[Path], index: str | None, prune: bool, as_json: bool,
                  follow_symlinks: bool = False, model: str | None = None, regions: str | None = None,
-                 ocr: bool | None = None) -> int:
+                 ocr: bool | None = None, captioner: str | bool | None = None,
+                 caption_prompt: str | None = None) -> int:
     idx = engine.index(index, create=True, model=model)
     progress = _RichIngestProgress(err)
     try:
-        report = idx.add_paths(paths, prune=prune, progress=progress, follow_symlinks=follow_symlinks, ocr=ocr)
+        report = idx.add_paths(paths, prune=prune, progress=progress, follow_symlinks=follow_symlinks, ocr=ocr,
+                               captioner=captioner, caption_prompt=caption_prompt)
     finally:
         progress.stop()
     if regions is not None:
@@ -101,6 +103,9 @@ def _print_report(name: str, report, scope: str) -> None:
         err.print(f"  [yellow]warning[/] {escape(path)}: {escape(message)}", highlight=False)
     for path, reason in report.failed:
         err.print(f"  [red]failed[/] {escape(path)}: {escape(reason)}", highlight=False)
+    if report.captions is not None:
+        err.print(f"generated captions ({escape(report.captions['captioner'])}): {caption_cost(report.captions)}",
+                  highlight=False)
 
 
 def _watch(engine: Engine, paths: List[Path], index: str | None, follow_symlinks: bool, polling: bool,
@@ -151,6 +156,19 @@ def index_cmd(
         None, "--ocr/--no-ocr", help="Read text in the photos (signs, screenshots): searchable and ranked with the "
         "rest; ~0.5-1 s per photo. Remembered for the index's later runs."
     ),
+    captioner: Optional[str] = typer.Option(
+        None, "--captioner", help="Generate a title, description and keywords per photo with a vision LLM over an "
+        "OpenAI-compatible API: openai:MODEL (OPENAI_API_KEY, OPENAI_BASE_URL: OpenAI, Azure OpenAI, Ollama, "
+        "vLLM...). The photos (downscaled to 1024 px) are sent to that service. Searchable and filterable as "
+        "generated_*; cached by content, so no photo is paid for twice. Remembered for the index's later runs."
+    ),
+    no_captioner: bool = typer.Option(
+        False, "--no-captioner", help="Stop generating captions for this index (the ones made stay)."
+    ),
+    caption_prompt: Optional[str] = typer.Option(
+        None, "--caption-prompt", help="What the captioner is asked (default: the caption_prompt setting, else a "
+        "built-in prompt asking for JSON). Remembered; another prompt captions every photo again."
+    ),
     watch: bool = typer.Option(
         False, "--watch", help="After indexing, follow the folders and apply each change (new, changed, moved, "
         "deleted files and caption sidecars) as it happens, until Ctrl+C."
@@ -178,8 +196,11 @@ def index_cmd(
             print_json(plan.to_json())
         err.print(f"[bold]{escape(plan.index)}[/] (dry run): {escape(plan.describe())}", highlight=False)
         raise typer.Exit(EXIT_OK)
+    if captioner is not None and no_captioner:
+        raise fail("give --captioner or --no-captioner, not both")
     with open_engine(index) as engine:
-        status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions, ocr)
+        status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions, ocr,
+                              False if no_captioner else captioner, caption_prompt)
         if watch:
             _watch(engine, paths, index, follow_symlinks, polling, as_json)
     raise typer.Exit(status)

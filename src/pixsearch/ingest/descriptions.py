@@ -32,7 +32,7 @@ import warnings as _warnings
 from xml.parsers import expat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 from xml.etree.ElementTree import Element, TreeBuilder
 
 from PIL import Image
@@ -125,6 +125,18 @@ def caption_text(title: str | None, description: str | None, keywords: Iterable[
     keywords = list(keywords or ())
     parts = [title, description, ", ".join(keywords) if keywords else None]
     return "\n".join(p for p in parts if p)
+
+
+GENERATED_CAPTION_FIELDS = ("generated_title", "generated_description", "generated_keywords")
+
+
+def with_generated(text: str, generated: Mapping[str, Any] | None) -> str:
+    """A photo's caption text (what people wrote) followed by its generated caption (a row's generated_title,
+    generated_description, generated_keywords): the text its caption vector is made from."""
+    if not generated:
+        return text
+    more = caption_text(*(generated.get(name) for name in GENERATED_CAPTION_FIELDS))
+    return "\n".join(part for part in (text, more) if part)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import numpy as np
 
 from pixsearch.ingest.changes import MovedFiles, fold_spellings, location, prune
 from pixsearch.ingest.decode import DRAFT_SIZE, DecodedImage, content_hash, read_file_with_stat
-from pixsearch.ingest.descriptions import Descriptions, read_descriptions
+from pixsearch.ingest.descriptions import GENERATED_CAPTION_FIELDS, Descriptions, read_descriptions, with_generated
 from pixsearch.ingest.formats import companion_key
 from pixsearch.ingest.layout import layout_signature
 from pixsearch.ingest.ocr import OcrError, OcrUnavailable, TextBox, joined_text, shared_reader
@@ -24,6 +24,7 @@ from pixsearch.ingest.scan import FoundFile, ScanResult, scan
 from pixsearch.ingest.stage import ImageBytes, ImageStage, StageOptions
 from pixsearch.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from pixsearch.models.base import Embedder, ImageEmbeddings
+from pixsearch.models.hosted import ImageAtURL
 from pixsearch.store import IndexStore, PhotoRecord, RowsRefused, StoredState
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,11 @@ class IngestOptions:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     ocr: bool = False  # read text in the pixels (ingest/ocr.py): ~0.5-1 s per photo on 2 cores
+    # A URL the model's service can fetch a photo from (path -> URL or None), for models that take one
+    # (accepts_urls: Azure AI Vision): object-store photos with a SAS URL are then not sent as bytes. Object-store
+    # sources: give a read-only, short-lived URL (a user-delegation SAS with sp=r and an expiry of about an hour; an
+    # S3 presigned GET) for az:// / s3:// paths and None for local files; it is a credential: never log or store it.
+    photo_url: Callable[[str], str | None] | None = None
 
 
 @dataclass
@@ -79,6 +85,7 @@ class IngestReport:
         default_factory=lambda: {"scan": 0.0, "decode": 0.0, "ocr": 0.0, "embed": 0.0, "write": 0.0}
     )
     elapsed_seconds: float = 0.0
+    captions: dict[str, Any] | None = None  # generated captions of the run: what they cost (service/captioning.py)
 
     @property
     def embedded(self) -> int:
@@ -98,6 +105,7 @@ class IngestReport:
             "warnings": [{"path": p, "message": m} for p, m in self.warnings],
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "elapsed_seconds": round(self.elapsed_seconds, 3),
+            **({"captions": self.captions} if self.captions is not None else {}),
         }
 
 
@@ -206,7 +214,7 @@ def _run(writer: "_Writer", pending: list[_Work], options: IngestOptions) -> Non
     batches = _Batches(writer, options.batch_size)
     stages = writer.report.stage_seconds
     for batch in stage.run(pending, partial(_read, options=options), sift=partial(_claimed, moved_files, options),
-                           views=partial(_viewed, reader=reader, report=writer.report)):
+                           views=partial(_viewed, reader=reader, report=writer.report, url_of=_url_of(writer, options))):
         stages["embed"] += batch.embed_seconds
         for result in batch:
             stages["decode"] += result.seconds
@@ -295,14 +303,21 @@ def _claimed(moved_files: MovedFiles, options: IngestOptions, works: list[_Work]
     return [w.moved_from is None for w in works]
 
 
-def _viewed(work: _Work, decoded: DecodedImage, *, reader: Any, report: IngestReport) -> list[Any]:
+def _viewed(work: _Work, decoded: DecodedImage, *, reader: Any, report: IngestReport,
+            url_of: Callable[[str], str | None] | None = None) -> list[Any]:
     """What the decode step keeps of a photo before its pixels go (in a pool thread): its captions, text (OCR)
-    and layout; the whole image is what the model embeds."""
+    and layout; the whole image is what the model embeds (or its URL, for a model whose service fetches it)."""
     work.decoded, work.described = decoded, decoded.described
     if reader is not None:
         work.text_boxes = _read_text(reader, work, report)
     work.layout = layout_signature(decoded.image)
-    return [decoded.image]
+    url = url_of(work.file.path) if url_of is not None else None
+    return [ImageAtURL(url, decoded.image) if url else decoded.image]
+
+
+def _url_of(writer: "_Writer", options: IngestOptions) -> Callable[[str], str | None] | None:
+    """options.photo_url, when the model takes URLs."""
+    return options.photo_url if getattr(writer.embedder, "accepts_urls", False) else None
 
 
 def _read_text(reader: Any, work: _Work, report: IngestReport) -> list[TextBox] | None:
@@ -336,9 +351,12 @@ class _Writer:
         self.columns, self.caption_field = columns or {}, caption_field
         self.report, self.progress = report, progress
 
-    def captions(self, described: Sequence[Descriptions | None]) -> list[np.ndarray | None]:
-        """Each photo's caption embedded in the model's text space (None without a caption or a caption field)."""
-        texts = [d.searchable_text() if d is not None else "" for d in described]
+    def captions(self, described: Sequence[Descriptions | None],
+                 generated: Sequence[dict[str, Any] | None] | None = None) -> list[np.ndarray | None]:
+        """Each photo's caption embedded in the model's text space (None without a caption or a caption field),
+        with its stored generated caption when given."""
+        texts = [with_generated(d.searchable_text() if d is not None else "", g)
+                 for d, g in zip(described, generated or [None] * len(described))]
         out: list[np.ndarray | None] = [None] * len(texts)
         wanted = [i for i, text in enumerate(texts) if text.strip()]
         if self.caption_field is None or not wanted:
@@ -417,7 +435,8 @@ class _Writer:
         """Photos whose caption sidecars changed: their captions (and caption vectors) replaced."""
         if not works:
             return
-        captions = self.captions([w.described for w in works])
+        generated = self._generated([w.file.id for w in works])
+        captions = self.captions([w.described for w in works], [generated.get(w.file.id) for w in works])
         rows = []
         for work, caption in zip(works, captions):
             d = work.described
@@ -431,6 +450,13 @@ class _Writer:
         self.report.metadata_updated += len(works)
         if advance:
             self.progress.advance(len(works))
+
+
+    def _generated(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The stored generated captions of these photos (kept when what people wrote changes), one query."""
+        if self.caption_field is None or GENERATED_CAPTION_FIELDS[0] not in {f.name for f in self.store.spec.fields}:
+            return {}
+        return self.store.select(keys, GENERATED_CAPTION_FIELDS)
 
 
 def _write_or_bisect(store: IndexStore, records: list[PhotoRecord]) -> dict[str, str]:

@@ -9,6 +9,8 @@ Every photo and every text query is vectorized by the service (Florence, 1024-d,
          Content-Type: application/json, {"text": "..."}                  -> {"modelVersion": M, "vector": [...]}
 
 with the key in the Ocp-Apim-Subscription-Key header (AZURE_AI_VISION_KEY, or azure_vision_key in the config file).
+A photo the service can fetch itself (hosted.ImageAtURL: an object-store photo's SAS URL, given by ingest's
+IngestOptions.photo_url) is sent as Content-Type: application/json, {"url": "..."} instead of its bytes.
 
 The name may carry `?model-version=M` (default 2023-04-15; it is part of the model id: vectors of different model
 versions cannot be compared) and `?api-version=A` (default 2024-02-01; how we talk to the service, not part of the
@@ -32,8 +34,8 @@ import numpy as np
 from PIL import Image
 
 from .base import DeclaredModel, ImageEmbeddings, ModelCapabilities, unit_rows
-from .hosted import HostedOptions, ImageLimits, InputRefused, ServiceClient, ServiceError, check_endpoint, \
-    encode_for_service
+from .hosted import HostedOptions, ImageAtURL, ImageLimits, InputRefused, ServiceClient, ServiceError, \
+    check_endpoint, encode_for_service
 
 SERVICE = "Azure AI Vision"
 DIMS = 1024
@@ -113,6 +115,7 @@ class AzureVisionEmbedder(DeclaredModel):
     """Implements Embedder through Azure AI Vision's retrieval:vectorizeImage / retrieval:vectorizeText."""
 
     hosted = True  # calls a service: every embedding is a request (service/library.py skips the warm-up)
+    accepts_urls = True  # prepare_image takes an ImageAtURL: the service fetches the photo itself
 
     def __init__(self, target: AzureVisionTarget, options: HostedOptions):
         from .base import ModelNotAvailableError  # noqa: PLC0415
@@ -142,12 +145,17 @@ class AzureVisionEmbedder(DeclaredModel):
                                f"{self.target.model_version!r}")
         return np.asarray(vector, dtype=np.float32)
 
-    def prepare_image(self, image: Image.Image) -> ServiceVector:
-        """The image's vector from the service (see the module docstring for why here). InputRefused (a
-        ValueError: one photo's failure) for an image outside the limits or one the service refuses."""
-        data = encode_for_service(image, self.limits, SERVICE)
-        answer = self.client.post("/computervision/retrieval:vectorizeImage", params=self._params, content=data,
-                                  content_type="application/octet-stream")
+    def prepare_image(self, image: Image.Image | ImageAtURL) -> ServiceVector:
+        """The image's vector from the service (see the module docstring for why here): its bytes, or for an
+        ImageAtURL its URL ({"url": ...}: the service fetches the photo). InputRefused (a ValueError: one photo's
+        failure) for an image outside the limits or one the service refuses."""
+        if isinstance(image, ImageAtURL):
+            answer = self.client.post("/computervision/retrieval:vectorizeImage", params=self._params,
+                                      json_body={"url": image.url})
+        else:
+            data = encode_for_service(image, self.limits, SERVICE)
+            answer = self.client.post("/computervision/retrieval:vectorizeImage", params=self._params, content=data,
+                                      content_type="application/octet-stream")
         return ServiceVector(self._vector(answer))
 
     def embed_images(self, images: Sequence[Any]) -> ImageEmbeddings:

@@ -12,34 +12,37 @@ description and keywords per photo, kept apart from what people wrote.
           "usage": {"prompt_tokens": ..., "completion_tokens": ...}}
 
 OpenAI, Azure OpenAI and local servers speaking the API (Ollama, vLLM, llama.cpp's server) answer it. The image is
-sent as a JPEG of at most SEND_SIDE px a side: it leaves the machine, so captioning is opt-in, never a default.
+sent as a JPEG of at most SEND_SIDE px a side (decoded at CAPTION_DRAFT: JPEGs at the smallest DCT scale keeping
+both sides >= 768 px, so nothing is upscaled to 1024 and a 12 MP photo decodes at 1/2 scale), or, for a photo the
+service can fetch itself (an object-store photo with a SAS URL), as that URL. It leaves the machine, so captioning is
+opt-in, never a default.
 
-Captions are cached by the photo's content hash (and the model, prompt and server) as small JSON files under the
-cache folder: a photo is never captioned twice for the same settings, and a moved or re-indexed photo keeps its
-caption without a request. The answer is untrusted text: cut to the caption limits, control characters removed.
-Rate limit, retries, concurrency and keys: hosted.py. `usage` counts requests, cache hits and tokens, for the
-cost a run shows.
+This module buys captions; it keeps none. The index's side (service/captioning.py) keeps them by content hash and
+`settings_id` (the model, prompt and server) in the database (store/generated.py): a photo is never captioned twice
+for the same settings, and a moved or re-indexed photo, or another index over the same files, keeps its caption
+without a request. The answer is untrusted text: cut to the caption limits, control characters removed.
+Rate limit, retries, concurrency and keys: hosted.py. `usage` counts requests, cache hits and tokens (the API's
+`usage`), for the cost a run shows.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
-import os
 import re
-import tempfile
 import threading
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 
-from .hosted import HostedOptions, ImageLimits, encode_for_service
+from .hosted import HostedOptions, ImageAtURL, ImageLimits, encode_for_service
 from .openai_embed import openai_client
 
 SERVICE = "the OpenAI-compatible chat endpoint"
 SEND_SIDE = 1024  # OpenAI's "high" detail tiles 512 px squares of an image fitted to 2048 x 768; 1024 keeps it cheap
+CAPTION_DRAFT = (768, 768)  # what a JPEG is decoded at for captioning (ingest's own draft, 320 px, is too small)
 LIMITS = ImageLimits(min_side=8, max_side=8192, max_bytes=20_000_000 - 1, send_side=SEND_SIDE, quality=85)
 MAX_TITLE_CHARS, MAX_DESCRIPTION_CHARS, MAX_KEYWORD_CHARS, MAX_KEYWORDS = 256, 4000, 100, 30
 DEFAULT_PROMPT = (
@@ -58,13 +61,16 @@ SCHEMA = {
     "required": ["title", "description", "keywords"],
     "additionalProperties": False,
 }
-CACHE_VERSION = 1
+SETTINGS_VERSION = 1  # part of settings_id: a change in what is asked makes every caption a new one
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
 class CaptionError(ValueError):
-    """The model's answer was not a caption (no JSON, a refusal): this photo has no generated caption."""
+    """The model's answer was not a caption (no JSON, a refusal): this photo has no generated caption. `usage`:
+    what the answer cost (it was bought, and is kept as a refusal so it is not bought again)."""
+
+    usage: "CaptionUsage | None" = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,10 @@ class CaptionUsage:
     def to_json(self) -> dict[str, int]:
         return dict(self.__dict__)
 
+    def add(self, other: "CaptionUsage") -> None:
+        for name, value in other.__dict__.items():
+            setattr(self, name, getattr(self, name) + value)
+
 
 def parse_captioner_name(name: str) -> str:
     """`openai:MODEL` -> MODEL (the only kind there is); ValueError otherwise."""
@@ -99,110 +109,78 @@ def parse_captioner_name(name: str) -> str:
     return model.strip()
 
 
-def load_captioner(name: str, cache_dir: Path | str, *, hosted: HostedOptions | None = None,
-                   prompt: str | None = None) -> "OpenAICaptioner":
-    """The captioner `name` (`openai:MODEL`), caching under cache_dir/captions. Sends nothing yet."""
-    return OpenAICaptioner(parse_captioner_name(name), Path(cache_dir), hosted or HostedOptions.from_environment(),
+def load_captioner(name: str, *, hosted: HostedOptions | None = None, prompt: str | None = None
+                   ) -> "OpenAICaptioner":
+    """The captioner `name` (`openai:MODEL`) asking with `prompt` (None: DEFAULT_PROMPT). Sends nothing yet."""
+    return OpenAICaptioner(parse_captioner_name(name), hosted or HostedOptions.from_environment(),
                            prompt=prompt or DEFAULT_PROMPT)
 
 
 class OpenAICaptioner:
-    """Generated captions through an OpenAI-compatible /chat/completions endpoint, cached by content hash."""
+    """Generated captions through an OpenAI-compatible /chat/completions endpoint."""
 
     hosted = True
 
-    def __init__(self, model: str, cache_dir: Path, options: HostedOptions, *, prompt: str = DEFAULT_PROMPT):
+    def __init__(self, model: str, options: HostedOptions, *, prompt: str = DEFAULT_PROMPT):
         self.model = model
         self.prompt = prompt
         self.client = openai_client(SERVICE, options)
         self.usage = CaptionUsage()
         self._lock = threading.Lock()
-        settings = json.dumps([CACHE_VERSION, model, prompt, self.client.base_url, SCHEMA], sort_keys=True)
+        settings = json.dumps([SETTINGS_VERSION, model, prompt, self.client.base_url, SCHEMA], sort_keys=True)
+        # what a caption depends on: the cache key with the content hash (no key, nothing secret in it)
         self.settings_id = hashlib.sha256(settings.encode()).hexdigest()[:16]
-        self.cache_folder = Path(cache_dir) / "captions" / self.settings_id
 
     @property
     def name(self) -> str:
         return f"openai:{self.model}"
 
-    def cached(self, content_hash: str) -> GeneratedCaption | None:
-        """The cached caption of these bytes for these settings, or None."""
-        try:
-            value = json.loads(self._cache_path(content_hash).read_text(encoding="utf-8"))
-            return GeneratedCaption(value["title"], value["description"], tuple(value["keywords"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def caption(self, image: Image.Image | bytes, content_hash: str | None = None) -> GeneratedCaption:
-        """The caption of an upright image (or image file bytes). content_hash names the photo's bytes for the
-        cache (ingest's content hash); without it, the hash of the JPEG sent. InputRefused for an image the
-        service cannot take, CaptionError for an answer that is no caption (both ValueErrors: this photo only)."""
-        if isinstance(image, (bytes, bytearray)):
-            import io  # noqa: PLC0415
-
-            image = Image.open(io.BytesIO(bytes(image)))
-            image.load()
-        data = encode_for_service(image, LIMITS, SERVICE)
-        key = content_hash or hashlib.sha256(data).hexdigest()
-        found = self.cached(key)
-        if found is not None:
-            with self._lock:
-                self.usage.cached += 1
-            return found
-        answer = self.client.post("/chat/completions", json_body=self._request(data))
+    def caption(self, image: Image.Image | bytes | ImageAtURL) -> tuple[GeneratedCaption, CaptionUsage]:
+        """The caption of an upright image (or image file bytes, or a URL the service fetches), and what this
+        request cost. InputRefused for an image the service cannot take (nothing was sent, or it refused it),
+        CaptionError for an answer that is no caption (both ValueErrors: this photo only); ServiceError and
+        ServiceAuthError stop the run (hosted.py)."""
+        if isinstance(image, ImageAtURL):
+            url = image.url
+        else:
+            if isinstance(image, (bytes, bytearray)):
+                image = Image.open(io.BytesIO(bytes(image)))
+                image.load()
+            url = "data:image/jpeg;base64," + base64.b64encode(encode_for_service(image, LIMITS, SERVICE)).decode()
+        answer = self.client.post("/chat/completions", json_body=self._request(url))
+        cost = CaptionUsage(requests=1)
+        usage = answer.get("usage") if isinstance(answer, dict) else None
+        if isinstance(usage, dict):
+            cost.prompt_tokens = _count(usage.get("prompt_tokens"))
+            cost.completion_tokens = _count(usage.get("completion_tokens"))
         with self._lock:
-            self.usage.requests += 1
-            usage = answer.get("usage") if isinstance(answer, dict) else None
-            if isinstance(usage, dict):
-                self.usage.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-                self.usage.completion_tokens += int(usage.get("completion_tokens") or 0)
-        caption = parse_reply(answer)
-        self._store(key, caption)
-        return caption
+            self.usage.add(cost)
+        try:
+            return parse_reply(answer), cost
+        except CaptionError as exc:
+            exc.usage = cost  # bought all the same
+            raise
 
-    def caption_many(self, images: Sequence[Image.Image], hashes: Sequence[str | None]) -> list[Any]:
-        """Captions of several images, up to the client's concurrency at a time; a ValueError in place of the
-        caption of an image that has none."""
-        def one(pair):
-            try:
-                return self.caption(*pair)
-            except ValueError as exc:
-                return exc
-        return self.client.map(one, list(zip(images, hashes)))
-
-    def _request(self, jpeg: bytes) -> dict[str, Any]:
-        url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+    def _request(self, image_url: str) -> dict[str, Any]:
         return {
             "model": self.model,
             "messages": [
                 {"role": "system", "content": self.prompt},
                 {"role": "user", "content": [
                     {"type": "text", "text": "Caption this photo."},
-                    {"type": "image_url", "image_url": {"url": url}},
+                    {"type": "image_url", "image_url": {"url": image_url}},
                 ]},
             ],
             "response_format": {"type": "json_schema",
                                 "json_schema": {"name": "caption", "strict": True, "schema": SCHEMA}},
         }
 
-    def _cache_path(self, content_hash: str) -> Path:
-        safe = re.sub(r"[^0-9A-Za-z_-]", "_", content_hash)[:128]
-        return self.cache_folder / safe[:2] / f"{safe}.json"
 
-    def _store(self, content_hash: str, caption: GeneratedCaption) -> None:
-        path = self._cache_path(content_hash)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(caption.to_json(), fh, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+def _count(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def parse_reply(answer: Any) -> GeneratedCaption:

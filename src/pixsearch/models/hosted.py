@@ -289,6 +289,18 @@ class ServiceClient:
 
 
 @dataclass(frozen=True)
+class ImageAtURL:
+    """A photo a hosted model's service fetches itself, instead of being sent its bytes: a URL the service can read
+    (an object-store photo's SAS or presigned URL). Only for models with `accepts_urls` (Azure AI Vision, the
+    captioner). The URL may carry a credential (a SAS token): it is sent in the request body only, never logged,
+    never stored; `image` is the decoded photo, for what is done locally (nothing of it is sent)."""
+
+    url: str
+    image: Image.Image | None = field(default=None, repr=False, compare=False)
+
+
+
+@dataclass(frozen=True)
 class ImageLimits:
     """What a service accepts, and what we send it. Sides must be more than min_side - 1 and at most max_side
     pixels, the file at most max_bytes; send_side bounds the long side we send (the models look at a few hundred

@@ -117,6 +117,7 @@ class OpenAIEmbedder(DeclaredModel):
     """Implements Embedder (text only) through an OpenAI-compatible /embeddings endpoint."""
 
     hosted = True  # calls a service: every embedding is a request (service/library.py skips the warm-up)
+    embeds_images = False  # no image tower: an image query is refused (search/embedding.py), never a blank vector
 
     def __init__(self, target: EmbeddingModel, options: HostedOptions):
         self.target = target

@@ -52,6 +52,11 @@ def embed_terms(ctx: SearchContext, terms: Sequence[Term], field_name: str | Non
                 text = t.value
                 vectors.append(ctx.query_vectors.get(("text", model.model_id, text), lambda: model.embed_text(text)))
             else:
+                if not getattr(model.embedder, "embeds_images", True):
+                    raise ValueError(
+                        f"index {ctx.spec.name!r} uses {model.embedder.name!r}, a text model: its photos are found "
+                        "through their captions (people's and generated ones), not by image; search it with text, "
+                        "or with stored ids (photos with similar captions)")
                 vectors.append(_embed_image(ctx, model, t.value)[field_name])
         elif t.kind in ("id", "ids"):
             vectors.append(None)

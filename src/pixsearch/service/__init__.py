@@ -11,6 +11,7 @@ regions.py     regions (object patches) of photos, with vectors of their own
 reindex.py     moving an index to another model without downtime
 documents.py   Azure-style document batches (upload / merge / mergeOrUpload / delete)
 duplicates.py  near-duplicate groups
+captioning.py  generated captions (a vision LLM's), cached by content hash, after ingest; what they cost
 captions.py    bringing photo indexes up to this release's fields; caption vectors
 builds.py      ANN index builds and the bulk-load path
 roots.py       the folders an index was built from, the only places photo files are opened

@@ -379,7 +379,8 @@ def _restore_database(engine: Engine, manifest: dict[str, Any], scratch: Path, f
 
 def _own_tables(one: str | None) -> list[str]:
     """Tables a failed restore must not drop: pixsearch's own, when only one index was restored."""
-    return ["pixsearch_indexes", "pixsearch_migrations", "pixsearch_api_keys"] if one is not None else []
+    return ["pixsearch_indexes", "pixsearch_migrations", "pixsearch_api_keys",
+            "pixsearch_generated_captions"] if one is not None else []
 
 
 def _swap_uploads(home: Path, staged: Path, manifest: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pixsearch.ingest.descriptions import caption_text
+from pixsearch.ingest.descriptions import GENERATED_CAPTION_FIELDS, caption_text, with_generated
 from pixsearch.models.base import Embedder
 from pixsearch.service.builds import ensure_ann_indexes
 from pixsearch.service.core import IndexCore
@@ -18,7 +18,7 @@ from pixsearch.store import PHOTO_FIELDS, VectorField
 from pixsearch.store.schema import CAPTION_FIELD
 
 CAPTION_BATCH = 256
-CAPTION_TEXT_FIELDS = ("title", "description", "keywords")
+CAPTION_TEXT_FIELDS = ("title", "description", "keywords", *GENERATED_CAPTION_FIELDS)
 
 
 def caption_vector_field(embedder: Embedder, vector_fields: Sequence[VectorField]) -> VectorField | None:
@@ -61,7 +61,7 @@ def upgrade_photo_index(index: IndexCore) -> None:
         index.redefine(vector_fields=spec.vector_fields + add_vectors, fields=spec.fields + missing, model=spec.model,
                        add=(missing, add_vectors))
     index.store.create_lookup_indexes()
-    if add_vectors and "title" in have:  # its photos may already carry captions
+    if add_vectors and "title" in have:  # its photos may already carry captions (people's or generated ones)
         refresh_captions(index, embedder)
     ensure_ann_indexes(index)
     index.engine.upgraded.add(done)
@@ -75,7 +75,8 @@ def refresh_captions(index: IndexCore, embedder: Embedder) -> int:
         if not rows:
             return done
         after = rows[-1][0]
-        texts = {key: caption_text(values["title"], values["description"], values["keywords"]) for key, values in rows}
+        texts = {key: with_generated(caption_text(values["title"], values["description"], values["keywords"]), values)
+                 for key, values in rows}
         wanted = [key for key, text in texts.items() if text]
         if wanted:
             vectors = embedder.embed_texts([texts[key] for key in wanted])

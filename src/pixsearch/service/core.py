@@ -19,6 +19,7 @@ from pixsearch.models.base import Embedder
 from pixsearch.search.context import IndexModel, QueryVectorCache
 from pixsearch.service.thumbnails import ThumbnailCache
 from pixsearch.store import IndexSpec, change_definition, update_settings
+from pixsearch.store.registry import add_to_settings
 from pixsearch.store.index_store import IndexStore
 
 
@@ -44,8 +45,8 @@ class Runtime(Protocol):
 
 
 class IndexCore:
-    """One named index's definition, rows and model. `redefine` and `update_settings` are the only ways its
-    definition changes; both refresh the spec and the store together."""
+    """One named index's definition, rows and model. `redefine`, `update_settings` and `add_to_settings` are the
+    only ways its definition changes; each refreshes the spec and the store together."""
 
     def __init__(self, engine: Runtime, spec: IndexSpec):
         self.engine = engine
@@ -71,6 +72,11 @@ class IndexCore:
     def update_settings(self, changes: Mapping[str, Any]) -> IndexSpec:
         """Merge `changes` into the index's stored settings (None removes a key) and use the result."""
         self._set(update_settings(self.db, self.name, dict(changes)))
+        return self.spec
+
+    def add_to_settings(self, key: str, counts: Mapping[str, int]) -> IndexSpec:
+        """Add `counts` to the numbers kept under settings[key] (store.add_to_settings) and use the result."""
+        self._set(add_to_settings(self.db, self.name, key, dict(counts)))
         return self.spec
 
     def redefine(self, **change: Any) -> IndexSpec:

@@ -18,7 +18,7 @@ from pixsearch.search.expressions import Term
 from pixsearch.search.embedding import combine_embedded, embed_terms
 from pixsearch.search.execute import run as run_request
 from pixsearch.search.request import SearchRequest, SearchResponse, query_terms
-from pixsearch.service import builds, documents, library, photos, regions, reindex
+from pixsearch.service import builds, captioning, documents, library, photos, regions, reindex
 from pixsearch.service.core import IndexCore, ModelMismatchError
 from pixsearch.service.duplicates import DuplicateGroup, duplicate_groups
 from pixsearch.service.regions import RegionReport
@@ -72,10 +72,29 @@ class Index(IndexCore):
     # -- writes ----------------------------------------------------------------------------------------------------
     def add_paths(self, paths: Sequence[str | Path], *, prune: bool = True, follow_symlinks: bool = False,
                   progress: IngestProgress | None = None, roots: Sequence[Path] | None = None,
-                  ocr: bool | None = None) -> IngestReport:
-        """Index photo files and folders (service/library.py)."""
+                  ocr: bool | None = None, captioner: str | bool | None = None, caption_prompt: str | None = None,
+                  photo_url: Callable[[str], str | None] | None = None) -> IngestReport:
+        """Index photo files and folders (service/library.py); `captioner="openai:MODEL"` adds generated captions
+        (remembered; False stops it)."""
         return library.add_paths(self, paths, prune=prune, follow_symlinks=follow_symlinks, progress=progress,
-                                 roots=roots, ocr=ocr)
+                                 roots=roots, ocr=ocr, captioner=captioner, caption_prompt=caption_prompt,
+                                 photo_url=photo_url)
+
+    def set_captioner(self, captioner: str | bool | None, prompt: str | None = None) -> None:
+        """Switch generated captions on (`openai:MODEL`, with an optional prompt) or off (False) for the index's
+        later runs (service/captioning.py configure)."""
+        captioning.configure(self, captioner, prompt)
+
+    def caption(self, *, progress: IngestProgress | None = None,
+                photo_url: Callable[[str], str | None] | None = None) -> "captioning.CaptionRun | None":
+        """Generated captions for the photos lacking one, with the index's captioner (None: it has none)."""
+        captioner = captioning.index_captioner(self)
+        if captioner is None:
+            return None
+        try:
+            return captioning.caption_photos(self, captioner, progress=progress, photo_url=photo_url)
+        finally:
+            captioner.client.close()
 
     def duplicates(self, threshold: float | None = None, *, same_frame: bool = True,
                    max_groups: int = MAX_DUPLICATE_GROUPS) -> list[DuplicateGroup]:
@@ -209,7 +228,9 @@ class Index(IndexCore):
         return photos.thumbnail(self, key, size)
 
     def stats(self) -> dict[str, Any]:
-        return self.store.stats()
+        stats = self.store.stats()
+        captions = captioning.caption_summary(self.spec)
+        return {**stats, "captions": captions} if captions else stats
 
     # -- search ----------------------------------------------------------------------------------------------------
     def query_vector(self, query: Query) -> tuple[str, np.ndarray]:

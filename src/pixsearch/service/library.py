@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from pixsearch.ingest import IngestOptions, IngestProgress, IngestReport, ingest_paths
-from pixsearch.service import builds
+from pixsearch.models.base import ModelNotAvailableError
+from pixsearch.models.hosted import ServiceError
+from pixsearch.service import builds, captioning
 from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
 from pixsearch.service.regions import add_regions
@@ -23,16 +25,25 @@ def add_paths(
     progress: IngestProgress | None = None,
     roots: Sequence[Path] | None = None,
     ocr: bool | None = None,
+    captioner: str | bool | None = None,
+    caption_prompt: str | None = None,
+    photo_url: Callable[[str], str | None] | None = None,
+    caption_errors: str = "raise",
 ) -> IngestReport:
     """Index photo files and folders (see ingest.pipeline); the folders are recorded as the index's roots, the
     only places the server opens photo files for thumbnails. `roots`: the folders `paths` were found in (a
     watcher's folders, the uploads folder), recorded instead, and each path is then taken as the walk of those
     folders would take it (no root of its own: one behind a symbolic link is skipped unless follow_symlinks).
     ocr: read text in the photos (True/False is remembered for the index's later runs; None: as the index is
-    set up)."""
+    set up). captioner: `openai:MODEL` generates captions (sends the photos to that service; remembered, with
+    caption_prompt), False stops it, None: as the index is set up; captioning runs after the photos are indexed
+    (service/captioning.py) and its cost is report.captions. photo_url(path): a URL the hosted model's service
+    can fetch a photo from (object stores), sent instead of its bytes. caption_errors="warn": a refused key or an
+    outage of the captioner is a warning on the report (uploads) instead of an error."""
     if index.spec.kind != "photos":
         raise SchemaError(f"index {index.name!r} is not a photo index: add vectors to it instead")
     upgrade_photo_index(index)
+    captioning.configure(index, captioner, caption_prompt)
     if ocr is not None and ocr != bool(index.spec.settings.get("ocr")):
         if ocr:
             from pixsearch.ingest.ocr import shared_reader
@@ -48,6 +59,7 @@ def add_paths(
         max_file_bytes=settings.max_file_bytes,
         max_pixels=settings.max_image_pixels,
         ocr=bool(index.spec.settings.get("ocr")),
+        photo_url=photo_url,
     )
     model = index.model()
     record_roots(index, [Path(p) for p in (roots if roots is not None else paths)], follow_symlinks)
@@ -56,6 +68,7 @@ def add_paths(
                           columns=model.columns, caption_field=caption, progress=progress,
                           loading=lambda incoming: builds.loading(index, incoming),
                           within=[Path(r) for r in roots] if roots is not None else None)
+    _caption(index, report, photo_url, caption_errors, progress)
     auto_regions = index.spec.settings.get("regions", {}).get("auto")
     if auto_regions and report.embedded_keys:  # regions of new and changed photos, as the index was set up
         add_regions(index, auto_regions, photo_keys=report.embedded_keys)
@@ -65,3 +78,22 @@ def add_paths(
         # a warm-up would be a paid request.
         model.embed_text("warm up")
     return report
+
+
+def _caption(index: IndexCore, report: IngestReport, photo_url: Callable[[str], str | None] | None,
+             caption_errors: str, progress: Any) -> None:
+    """Generated captions for the photos lacking one, when the index has a captioner; the cost on the report."""
+    captioner = captioning.index_captioner(index)
+    if captioner is None:
+        return
+    try:
+        run = captioning.caption_photos(index, captioner, progress=progress, photo_url=photo_url)
+    except (ServiceError, ModelNotAvailableError) as exc:
+        if caption_errors != "warn":
+            raise
+        report.warnings.append(("", f"no generated captions: {exc}"))
+        return
+    finally:
+        captioner.client.close()
+    report.captions = run.to_json()
+    report.warnings.extend(run.warnings)

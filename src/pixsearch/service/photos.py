@@ -74,7 +74,8 @@ def add_image_bytes(index: IndexCore, filename: str, data: bytes) -> tuple[str, 
     prefix = decoded.content_hash[:16]
     try:
         with _held_upload(folder, prefix, f"{prefix}-{stem}{suffix}", data) as path:
-            report = add_paths(index, [path], prune=False, roots=[folder])
+            # a captioner the index has captions the upload too; its outage does not fail the upload
+            report = add_paths(index, [path], prune=False, roots=[folder], caption_errors="warn")
     except BaseException:
         checked.discard(index.name)  # its file may be left without a row: look again before the next upload
         raise

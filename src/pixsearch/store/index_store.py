@@ -161,6 +161,14 @@ class IndexStore:
                      ) -> list[tuple[str, dict[str, Any]]]:
         return self._one(lambda conn: self._table.queries.keys_missing(conn, columns, after, limit, extra=extra))
 
+    def not_captioned(self, settings_id: str, after: str | None, limit: int, extra: Sequence[str] = ()
+                      ) -> list[tuple[str, dict[str, Any]]]:
+        """Photos without a generated caption of their bytes by these captioner settings, a page at a time."""
+        return self._one(lambda conn: self._table.queries.not_captioned(conn, settings_id, after, limit, extra=extra))
+
+    def count_not_captioned(self, settings_id: str) -> int:
+        return self._one(lambda conn: self._table.queries.count_not_captioned(conn, settings_id))
+
     def count_missing(self, columns: Sequence[str]) -> int:
         return self._one(lambda conn: self._table.stats.count_missing(conn, columns))
 

@@ -140,6 +140,28 @@ def keys_missing_sql(shape: TableShape, columns: Sequence[str], *, after: bool, 
     )
 
 
+def not_captioned_condition() -> sql.Composed:
+    """A photo whose generated caption is not of its bytes by the captioner settings %(settings)s (or that has none)."""
+    return sql.SQL("{generated} IS DISTINCT FROM (%(settings)s || ':' || {digest})").format(
+        generated=sql.Identifier("generated_from"), digest=sql.Identifier("content_hash"))
+
+
+def not_captioned_sql(shape: TableShape, *, after: bool, extra: Sequence[str] = ()) -> sql.Composed:
+    """Up to %(limit)s photos in key order (after key %(after)s) without a generated caption of their bytes by the
+    captioner settings %(settings)s, with `extra`."""
+    return sql.SQL("SELECT {key}{extra} FROM {t} WHERE {missing}{after} ORDER BY {key} LIMIT %(limit)s").format(
+        key=shape.key,
+        extra=sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(c)) for c in extra),
+        t=shape.table,
+        missing=not_captioned_condition(),
+        after=sql.SQL(" AND {} > %(after)s").format(shape.key) if after else sql.SQL(""),
+    )
+
+
+def count_not_captioned_sql(shape: TableShape) -> sql.Composed:
+    return sql.SQL("SELECT count(*) FROM {} WHERE {}").format(shape.table, not_captioned_condition())
+
+
 # -- execution ----------------------------------------------------------------------------------------------------
 class TableQueries:
     def __init__(self, shape: TableShape):
@@ -212,3 +234,14 @@ class TableQueries:
         statement = keys_missing_sql(self.shape, columns, after=after is not None, extra=extra)
         rows = conn.execute(statement, {"after": after, "limit": limit}).fetchall()
         return [(row[0], dict(zip(extra, row[1:]))) for row in rows]
+
+    def not_captioned(self, conn: psycopg.Connection, settings_id: str, after: str | None, limit: int,
+                      extra: Sequence[str] = ()) -> list[tuple[str, dict[str, Any]]]:
+        """Up to `limit` photos (in key order, after key `after`) whose generated caption is not of their bytes by
+        these captioner settings. Returns (key, {extra column: value})."""
+        statement = not_captioned_sql(self.shape, after=after is not None, extra=extra)
+        rows = conn.execute(statement, {"settings": settings_id, "after": after, "limit": limit}).fetchall()
+        return [(row[0], dict(zip(extra, row[1:]))) for row in rows]
+
+    def count_not_captioned(self, conn: psycopg.Connection, settings_id: str) -> int:
+        return conn.execute(count_not_captioned_sql(self.shape), {"settings": settings_id}).fetchone()[0]

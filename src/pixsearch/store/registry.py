@@ -71,6 +71,27 @@ MIGRATIONS: list[tuple[int, str]] = [
             WHERE model IS NULL AND jsonb_path_exists(vector_fields, '$[*] ? (@.model_id != null)')
         """,
     ),
+    (
+        6,
+        # Captions bought from a vision LLM, by captioner settings and the photo's content hash (store/generated.py):
+        # shared by every index, so no photo is captioned twice for the same settings. `refusal`: the model answered
+        # but gave no caption (also bought once).
+        """
+        CREATE TABLE IF NOT EXISTS pixsearch_generated_captions (
+            settings_id text NOT NULL,
+            content_hash text NOT NULL,
+            captioner text NOT NULL,
+            title text,
+            description text,
+            keywords text[] NOT NULL DEFAULT '{}',
+            refusal text,
+            prompt_tokens integer NOT NULL DEFAULT 0,
+            completion_tokens integer NOT NULL DEFAULT 0,
+            created_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (settings_id, content_hash)
+        )
+        """,
+    ),
 ]
 
 
@@ -368,6 +389,21 @@ def _merged(settings: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]
         else:
             merged[key] = value
     return merged
+
+
+def add_to_settings(db: Database, name: str, key: str, counts: dict[str, int]) -> IndexSpec:
+    """Add `counts` to the numbers kept under settings[key] (e.g. what captioning cost so far), in one transaction
+    holding the row: concurrent runs each add their own."""
+    with db.connection() as conn, conn.transaction():
+        row = conn.execute("SELECT settings FROM pixsearch_indexes WHERE name = %s FOR UPDATE", (name,)).fetchone()
+        if row is None:
+            raise IndexNotFoundError(f"no index named {name!r}")
+        totals = dict(row[0].get(key) or {})
+        for counter, value in counts.items():
+            totals[counter] = int(totals.get(counter) or 0) + int(value)
+        conn.execute("UPDATE pixsearch_indexes SET settings = settings || %s, updated_at = now() WHERE name = %s",
+                     (Jsonb({key: totals}), name))
+    return get_index(db, name)
 
 
 def update_settings(db: Database, name: str, changes: dict[str, Any]) -> IndexSpec:

@@ -297,6 +297,15 @@ PHOTO_FIELDS: tuple[Field, ...] = (
     Field("title", "string", searchable=True),
     Field("description", "string", searchable=True),
     Field("keywords", "string[]", filterable=True, facetable=True, searchable=True),
+    # a caption a vision LLM wrote (`--captioner openai:MODEL`): kept apart from what people wrote, searchable the
+    # same way (keywords like keywords), and part of the caption vector (service/captioning.py)
+    Field("generated_title", "string", searchable=True),
+    Field("generated_description", "string", searchable=True),
+    Field("generated_keywords", "string[]", filterable=True, facetable=True, searchable=True),
+    Field("generated_by", "string", filterable=True, facetable=True),  # the captioner, e.g. openai:gpt-4o-mini
+    # "SETTINGS:CONTENT_HASH": the captioner settings (model, prompt, server) and the bytes the caption is of; a
+    # photo whose value is another is captioned again (from the cache when those bytes were captioned before)
+    Field("generated_from", "string", retrievable=False),
     # text read from the pixels (`--ocr`): a ranked list of its own; its lines' boxes as JSON, for the page
     Field("ocr_text", "string", keyword_list="ocr"),
     Field("ocr_boxes", "string"),

@@ -169,6 +169,10 @@ def _photo_lookups(shape: TableShape, part: str) -> Iterator[Statement]:
     yield Statement(f"{part}.rows_where_like", "photos.paths_not_normal: paths an older release may have misspelled",
                     queries.rows_where_like_sql(shape, "path", STATE_COLUMNS))
     yield Statement(f"{part}.distinct_values", "a photo index's folders", queries.distinct_values_sql(shape, "folder"))
+    yield Statement(f"{part}.not_captioned", "the first page of photos to caption (service/captioning.py)",
+                    queries.not_captioned_sql(shape, after=False, extra=["path", "content_hash"]))
+    yield Statement(f"{part}.not_captioned", "the next pages", queries.not_captioned_sql(shape, after=True))
+    yield Statement(f"{part}.count_not_captioned", "", queries.count_not_captioned_sql(shape))
 
 
 def write_statements(shape: TableShape, part: str = "TableWrites") -> Iterator[Statement]:

@@ -7,7 +7,8 @@ const THUMB_SIZE = window.devicePixelRatio > 1.5 ? 512 : 256;
 const QUERY_IMAGE_SIDE = 1024; // query images are shrunk in the browser first: the model sees 224 px anyway
 const KEY_STORAGE = "pixsearch.apiKey";
 // shown on a card, when the index has them (width and height place a region's box on the thumbnail)
-const WANTED_FIELDS = ["path", "filename", "folder", "taken_at", "tags", "width", "height", "ocr_boxes"];
+const WANTED_FIELDS = ["path", "filename", "folder", "taken_at", "tags", "width", "height", "ocr_boxes", "title",
+  "description", "generated_title", "generated_description", "generated_by"];
 
 const $ = (id) => document.getElementById(id);
 
@@ -375,6 +376,8 @@ function card(hit, scored) {
   date.className = "date";
   date.textContent = formatDate(hit.taken_at);
   caption.append(date);
+  const words = describedBy(hit);
+  if (words) caption.append(words);
 
   const region = hit["@search.region"];
   if (region && hit.width && hit.height) button.append(regionBox(region, hit.width, hit.height));
@@ -390,6 +393,29 @@ function card(hit, scored) {
   item.append(button, caption);
   thumbnails.observe(img);
   return item;
+}
+
+/** What the photo is about: the title people wrote, else a vision LLM's, marked "generated" (never mistaken for a
+ * caption someone wrote); its description as the tooltip. Null without either. */
+function describedBy(hit) {
+  const generated = !hit.title && !hit.description && Boolean(hit.generated_title || hit.generated_description);
+  const text = generated ? hit.generated_title || hit.generated_description : hit.title || hit.description;
+  if (!text) return null;
+  const line = document.createElement("span");
+  line.className = "described";
+  const words = document.createElement("span");
+  words.className = "described-text";
+  words.textContent = text;
+  words.title = (generated ? hit.generated_description : hit.description) || text;
+  line.append(words);
+  if (generated) {
+    const badge = document.createElement("span");
+    badge.className = "generated";
+    badge.textContent = "generated";
+    badge.title = `Caption written by ${hit.generated_by || "a vision model"}, not by a person`;
+    line.append(" ", badge);
+  }
+  return line;
 }
 
 /** The lines of text read in a photo (OCR, JSON from the index) that contain a word of the query. */
