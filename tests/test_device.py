@@ -27,21 +27,21 @@ from pixsearch.config import Settings  # noqa: E402
 from pixsearch.models import load_embedder  # noqa: E402
 from pixsearch.models.device import (  # noqa: E402
     CPU,
-    CPU_PROVIDER,
-    CUDA_PROVIDER,
     Device,
     DeviceUnavailableError,
     Machine,
     actor_device,
     actor_gpus,
-    cuda_providers,
     gpu_batch_size,
     parse_device,
 )
 from pixsearch.models.onnx_backend import (  # noqa: E402
+    CPU_PROVIDER,
+    CUDA_PROVIDER,
     FP16_MIN_COSINE,
     accelerated_session,
     create_session,
+    cuda_providers,
     fp16_path,
     output_agreement,
     session_options,

@@ -35,25 +35,12 @@ from typing import Iterable
 from pixsearch.config import DEVICES
 
 from .base import ModelNotAvailableError
+from .onnx_backend import CUDA_PROVIDER, create_session, cuda_providers
 
 log = logging.getLogger(__name__)
 
-CUDA_PROVIDER = "CUDAExecutionProvider"
-CPU_PROVIDER = "CPUExecutionProvider"
 # Where a tower runs: onnxruntime on CUDA, torch on CUDA, or the CPU (onnxruntime or torch, by the backend).
 ONNX_CUDA, TORCH_CUDA, CPU = "onnx-cuda", "torch-cuda", "cpu"
-
-# onnxruntime CUDA provider options (why each):
-CUDA_PROVIDER_OPTIONS = {
-    # the process's first visible GPU: CUDA_VISIBLE_DEVICES (set by Ray for its GPU actors) chooses which one that is
-    "device_id": 0,
-    # grow the memory arena by what is asked, not by doubling: less memory held beyond the model's needs
-    "arena_extend_strategy": "kSameAsRequested",
-    # EXHAUSTIVE (the default) benchmarks every convolution for each new input shape, i.e. again for each new size
-    # of a run's last, partial batch; the heuristic choice costs nothing at run time
-    "cudnn_conv_algo_search": "HEURISTIC",
-    "do_copy_in_default_stream": 1,
-}
 
 # Batch sizing on a GPU (gpu_batch_size): each image in flight is allowed IMAGE_WORKSPACE_FACTOR times its fp32 input
 # tensor (3*H*W*4 bytes) for activations, and a batch may take GPU_MEMORY_SHARE of the memory free on the GPU. The
@@ -235,12 +222,6 @@ def torch_device_name(placement: str) -> str:
     return "cuda" if placement == TORCH_CUDA else "cpu"
 
 
-def cuda_providers(device_id: int = 0) -> list:
-    """onnxruntime providers for a CUDA session: CUDA with CUDA_PROVIDER_OPTIONS, then the CPU for the nodes CUDA
-    has no kernel for (onnxruntime places those on the CPU; that is normal, not a failure)."""
-    return [(CUDA_PROVIDER, {**CUDA_PROVIDER_OPTIONS, "device_id": device_id}), CPU_PROVIDER]
-
-
 def gpu_batch_size(free_bytes: int, input_size: tuple[int, int], views_per_image: int = 1) -> int:
     """Images per forward pass that fit GPU_MEMORY_SHARE of `free_bytes`, each image (of `views_per_image` inputs
     of input_size (H, W)) taking IMAGE_WORKSPACE_FACTOR times its fp32 input; a power of two in
@@ -317,8 +298,6 @@ def _probe_onnx_cuda(providers: Iterable[str]) -> tuple[bool, str]:
         return False, "onnxruntime has no CUDA provider (the onnxruntime-gpu package provides it)"
     try:
         import numpy as np  # noqa: PLC0415
-
-        from .onnx_backend import create_session  # noqa: PLC0415
 
         session = create_session(_probe_model(), threads=1, providers=cuda_providers())
         x = np.array([[-1.0, 2.0, -3.0, 4.0]], dtype=np.float32)

@@ -24,7 +24,6 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .base import ModelNotAvailableError
-from .device import CPU_PROVIDER
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +31,20 @@ BACKENDS = ("auto", "onnx", "torch")
 ONNX_OPSET = 17
 # Bump when the export code changes in a way that changes the exported graphs: it is part of the cache file hash.
 ONNX_EXPORT_VERSION = 1
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+# onnxruntime CUDA provider options (why each):
+CUDA_PROVIDER_OPTIONS = {
+    # the process's first visible GPU: CUDA_VISIBLE_DEVICES (set by Ray for its GPU actors) chooses which one that is
+    "device_id": 0,
+    # grow the memory arena by what is asked, not by doubling: less memory held beyond the model's needs
+    "arena_extend_strategy": "kSameAsRequested",
+    # EXHAUSTIVE (the default) benchmarks every convolution for each new input shape, i.e. again for each new size
+    # of a run's last, partial batch; the heuristic choice costs nothing at run time
+    "cudnn_conv_algo_search": "HEURISTIC",
+    "do_copy_in_default_stream": 1,
+}
 
 # An fp16 copy is used on an accelerator only when each output row's cosine to fp32 is at least this on a check batch.
 FP16_MIN_COSINE = 0.999
@@ -91,6 +104,12 @@ def ensure_exported(path: Path, export: Callable[[Path], None]) -> Path:
             tmp.unlink(missing_ok=True)
             raise
     return path
+
+
+def cuda_providers(device_id: int = 0) -> list:
+    """onnxruntime providers for a CUDA session: CUDA with CUDA_PROVIDER_OPTIONS, then the CPU for the nodes CUDA
+    has no kernel for (onnxruntime places those on the CPU; that is normal, not a failure)."""
+    return [(CUDA_PROVIDER, {**CUDA_PROVIDER_OPTIONS, "device_id": device_id}), CPU_PROVIDER]
 
 
 def session_options(threads: int | None = None):
@@ -167,8 +186,6 @@ def device_session(path: Path, export: Callable[[Path], None], threads: int | No
     "onnx-cuda-fp16" or "onnx-cuda-fp32", checked on feeds()); otherwise, or when that fails (device.unusable: an
     error for `--device cuda`, one warning per process for `auto`), on the CPU ("onnx"). Export errors propagate."""
     if cuda:
-        from .device import cuda_providers  # noqa: PLC0415
-
         ensure_exported(path, export)
         try:
             session, precision = accelerated_session(path, feeds(), cuda_providers(), threads)
