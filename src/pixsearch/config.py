@@ -18,6 +18,8 @@ from pixsearch.limits import (
 )
 
 DEFAULT_INDEX = "photos"
+# Where local models run (pixsearch.models.device): the GPU when it works, else the CPU; the CPU; a GPU or an error.
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def default_home() -> Path:
@@ -39,6 +41,7 @@ class Settings:
     index: str = DEFAULT_INDEX
     model: str = "offline"
     batch_size: int = 16
+    device: str = "auto"  # where local models run: auto | cpu | cuda (models/device.py); per process, not per index
     decode_workers: int = 2
     max_file_mb: float = DEFAULT_MAX_FILE_BYTES / 1e6  # files larger than this are not read (per-file failure)
     max_image_megapixels: float = DEFAULT_MAX_IMAGE_PIXELS / 1e6  # checked from the header before decoding
@@ -121,6 +124,11 @@ _POSITIVE_NUMBERS = ("max_file_mb", "max_image_megapixels", "api_statement_timeo
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
+    if "device" in out:
+        device = str(out["device"]).strip().lower()
+        if device not in DEVICES:
+            raise ValueError(f"setting device must be one of {', '.join(DEVICES)}, got {out['device']!r}")
+        out["device"] = device
     for name in _BOOLEANS:
         if name in out and not isinstance(out[name], bool):
             text = str(out[name]).strip().lower()

@@ -23,6 +23,10 @@ err = Console(stderr=True, soft_wrap=True)  # paths stay on one line for grep an
 EXIT_OK, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 3
 
 IndexOption = typer.Option(None, "--index", "-i", help="Index name (default: photos, or PIXSEARCH_INDEX).")
+DeviceOption = typer.Option(
+    None, "--device", help="Where the model runs: auto (the GPU when CUDA works here, else the CPU; the default), cpu, "
+    "or cuda (a GPU, or an error). Setting device / PIXSEARCH_DEVICE."
+)
 
 
 def fail(message: str) -> typer.Exit:

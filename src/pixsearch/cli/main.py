@@ -18,7 +18,8 @@ from pixsearch.cli.backup import backup_cmd, restore_cmd, scheduled_backups
 from pixsearch.cli.indexes import evaluate_cmd, indexes_app, stats_cmd, tune_cmd, vectors_app
 from pixsearch.cli.keys import keys_app
 from pixsearch.cli.models import models_app
-from pixsearch.cli.common import (EXIT_OK, EXIT_PARTIAL, IndexOption, caption_cost, err, fail, open_engine, out,
+from pixsearch.cli.common import (EXIT_OK, EXIT_PARTIAL, DeviceOption, IndexOption, caption_cost, err, fail,
+                                  open_engine, out,
                                   print_json, stop_on_sigterm_as_on_ctrl_c)
 from pixsearch.limits import MAX_TOP, MAX_WINDOW
 from pixsearch.search.ranking import Cutoff
@@ -181,6 +182,7 @@ def index_cmd(
         "(read-only: nothing is embedded, sent or written)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (one line per batch)."),
+    device: Optional[str] = DeviceOption,
 ) -> None:
     """Index photos incrementally: new and changed files are embedded, unchanged ones skipped, moved and renamed
     ones recognised by their content (their rows follow them: nothing is embedded again).
@@ -198,7 +200,7 @@ def index_cmd(
         raise typer.Exit(EXIT_OK)
     if captioner is not None and no_captioner:
         raise fail("give --captioner or --no-captioner, not both")
-    with open_engine(index) as engine:
+    with open_engine(index, device=device) as engine:
         status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions, ocr,
                               False if no_captioner else captioner, caption_prompt)
         if watch:
@@ -307,6 +309,7 @@ def search_cmd(
         None, "--batch", help="File with one query per line (text, or image:PATH); one JSON line of hits per query."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print hits as a JSON array (with --facet: an object)."),
+    device: Optional[str] = DeviceOption,
 ) -> None:
     """Search by text, image, stored ids or a raw vector, with filters, cutoffs, sorting, paging and facets. With no
     query: list the photos passing --filter, newest first.
@@ -319,7 +322,7 @@ def search_cmd(
     if vector is not None and len(given) > 1:
         raise fail(f"give one of search text, --image, --vector or --batch, not both {' and '.join(given)}")
     if batch is not None:
-        with open_engine(index) as engine:
+        with open_engine(index, device=device) as engine:
             raise typer.Exit(_search_batch(engine, index, batch, k))
     request = SearchRequest(
         text=text, image=image, ids=[i for i in (ids or "").split(",") if i] or None,
@@ -327,7 +330,7 @@ def search_cmd(
         top=k, skip=skip, cutoff=_parse_cutoff(min_score, cutoff), sort=_parse_sort(sort), facets=facet,
         weights=_parse_weights(weight), hide_irrelevant=hide_irrelevant, regions=regions,
     )
-    with open_engine(index) as engine:
+    with open_engine(index, device=device) as engine:
         result = engine.index(index).query(request)
     label = " + ".join(str(p) for p in (text, image, ids, vector) if p)
     _print_search(result, label, k, as_json=as_json, with_facets=bool(facet))
@@ -457,10 +460,12 @@ def serve_cmd(
     backup_keep: Optional[int] = typer.Option(None, "--backup-keep", min=1, help="Scheduled backups kept (default 7)."),
     backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where to keep them (default "
                                               "PIXSEARCH_HOME/backups)."),
+    device: Optional[str] = DeviceOption,
 ) -> None:
     """Serve the search page (/) and the REST API (OpenAPI at /docs). API requests need an `api-key` header with a
     key from `pixsearch keys`; the page asks for one (a query key is enough)."""
-    with open_engine(backup_every=backup_every, backup_keep=backup_keep, backup_dir=backup_dir) as engine, \
+    with open_engine(backup_every=backup_every, backup_keep=backup_keep, backup_dir=backup_dir,
+                     device=device) as engine, \
             scheduled_backups(engine):
         _serve(engine, host, port, page_index=index, session_key=session_key, anonymous=anonymous,
                allowed_hosts=allowed_host)

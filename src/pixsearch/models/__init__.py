@@ -30,12 +30,13 @@ from .base import (
 )
 
 if TYPE_CHECKING:
+    from .device import Device
     from .hosted import HostedOptions
 
 # name prefix -> the module of its models. Each has `capabilities(argument, cache_dir) -> ModelCapabilities` (what the
 # model declares, without loading weights) and `load(argument, cache_dir, *, backend, threads) -> Embedder` (the
-# embedder, built from those capabilities); argument is the name after the prefix, or "". Modules are imported only
-# when a model of theirs is asked for.
+# embedder, built from those capabilities; local ones also take device=); argument is the name after the prefix, or
+# "". Modules are imported only when a model of theirs is asked for.
 PREFIXES: dict[str, str] = {
     "offline": "pixsearch.models.offline",
     "clip": "pixsearch.models.clip",
@@ -116,15 +117,25 @@ def service_requests(name: str, images: int, texts: int) -> int:
 
 def load_embedder(
     name: str = "offline", cache_dir: Path | str | None = None, *, backend: str = "auto", threads: int | None = None,
-    hosted: "HostedOptions | None" = None,
+    hosted: "HostedOptions | None" = None, device: "str | Device | None" = "auto",
 ) -> Embedder:
     """Build the named embedder. Weights load lazily on first use, so this is cheap.
 
     cache_dir holds derived data (class text embeddings, ONNX exports); None means default_cache_dir().
     backend: "auto" (onnxruntime when installed, else torch), "onnx" or "torch"; threads: onnxruntime intra-op
     threads (None: one per core available to this process). hosted: keys and manners of hosted models (None: from
-    the environment); ignored by local ones.
+    the environment); ignored by local ones. device: where local models run, "auto" | "cpu" | "cuda" (models/device.py:
+    auto is the GPU when it works, else the CPU; cuda without one raises DeviceUnavailableError); hosted ones ignore it.
     """
     prefix, argument = parse_model_name(name)
-    extra = {"hosted": hosted} if prefix in HOSTED_PREFIXES else {}
-    return _module_of(prefix).load(argument, _cache_dir(cache_dir), backend=backend, threads=threads, **extra)
+    if prefix in HOSTED_PREFIXES:
+        extra: dict = {"hosted": hosted}
+    else:
+        from .device import shared_device  # noqa: PLC0415
+
+        extra = {"device": shared_device(device)}
+    embedder = _module_of(prefix).load(argument, _cache_dir(cache_dir), backend=backend, threads=threads, **extra)
+    if extra.get("device") is not None and extra["device"].setting == "cuda":
+        # `cuda` where CUDA does not work: one error now (the probes load no weights), not at the first photo
+        extra["device"].placement(getattr(embedder, "backend", "onnx"))
+    return embedder

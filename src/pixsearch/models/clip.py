@@ -41,7 +41,8 @@ from pixsearch.imaging import to_rgb
 
 from .base import ModelCapabilities, ModelNotAvailableError, Relevance
 from .hub import Located, Need, digest_of, file_digest, first_present, force_offline_env, locate
-from .onnx_towers import DEFAULT_MAX_BATCH, DualTowerEmbedder, torch_tower
+from .device import Device
+from .onnx_towers import DualTowerEmbedder, torch_tower
 
 log = logging.getLogger(__name__)
 
@@ -568,13 +569,14 @@ def capabilities(argument: str, cache_dir: Path) -> ModelCapabilities:
 
 
 def load(argument: str, cache_dir: Path, *, backend: str = "auto", threads: int | None = None,
-         max_batch: int = DEFAULT_MAX_BATCH) -> DualTowerEmbedder:
+         device: str | Device | None = "auto", max_batch: int | None = None) -> DualTowerEmbedder:
     """Registry factory for `clip:PATH_OR_REPO_ID[@REVISION]`: a transformers CLIP or SigLIP checkpoint.
 
-    backend: "auto" | "onnx" | "onnx-int8" | "torch" (see onnx_towers). Cheap: weights load on first use (the
+    backend: "auto" | "onnx" | "onnx-int8" | "torch", device: "auto" | "cpu" | "cuda" (see onnx_towers). Cheap: weights load on first use (the
     weights' content hash for the model id is computed once per file and cached in cache_dir). The tokenizer is
     built now (torch-free), so a broken one is reported here rather than by the first query.
     """
     source = find_checkpoint(argument, cache_dir)
     source.text_tokenizer(Path(cache_dir))
-    return DualTowerEmbedder(source, cache_dir, backend=backend, threads=threads, max_batch=max_batch)
+    return DualTowerEmbedder(source, cache_dir, backend=backend, threads=threads, device=device,
+                             max_batch=max_batch)

@@ -16,7 +16,8 @@ Backends (the `backend` argument, the one switch): "onnx" runs both networks wit
 are exported with torch once per cache_dir (cache_dir/onnx/); with those cached, neither text queries nor image
 embedding import torch. "torch" runs the torch models. "auto" (default) is onnx when onnxruntime is importable.
 Both give the same numbers (to ~1e-5), so the vector spaces' model ids do not depend on the backend; if an export
-fails, the embedder logs a warning and uses torch.
+fails, the embedder logs a warning and uses torch. The `device` argument ("auto" | "cpu" | "cuda", device.py) puts
+both networks on a GPU: onnxruntime's CUDA provider with an fp16 copy where it agrees with fp32, or torch on CUDA.
 """
 from __future__ import annotations
 
@@ -56,12 +57,14 @@ from .efficientnet_common import (
     weights_path,
 )
 from .imagenet_classes import ImageNetClass, load_imagenet_classes
-from .onnx_backend import resolve_backend
+from .device import CPU, ONNX_CUDA, TORCH_CUDA, Device, shared_device, torch_device_name
+from .onnx_backend import check_photos, resolve_backend
 from .text import MINILM_DIMS, MINILM_MODEL_ID, MiniLMTextEncoder, minilm_path
 
 log = logging.getLogger(__name__)
 
 IMAGE_DIMS = 1280
+CPU_VIEW_BATCH = 64  # views per forward pass on the CPU (two per image); on a GPU: from its free memory
 DEFAULT_TOP_K = 10
 SUPPORTED_VARIANTS = tuple(VARIANTS)
 # A function of uint8 (n, h, w, 3) views -> (pooled features (n, 1280), logits (n, 1000)), float32 numpy.
@@ -89,9 +92,10 @@ OFFLINE_PHOTO_FIELDS: tuple[Field, ...] = (
 )
 
 
-def load(argument: str, cache_dir: Path, *, backend: str = "auto", threads: int | None = None) -> "OfflineEmbedder":
+def load(argument: str, cache_dir: Path, *, backend: str = "auto", threads: int | None = None,
+         device: str | Device | None = "auto") -> "OfflineEmbedder":
     """Registry factory for `offline` (see pixsearch.models)."""
-    return OfflineEmbedder(cache_dir, backend=backend, threads=threads)
+    return OfflineEmbedder(cache_dir, backend=backend, threads=threads, device=device)
 
 
 def capabilities(argument: str, cache_dir: Path) -> ModelCapabilities:
@@ -155,7 +159,9 @@ class OfflineEmbedder(DeclaredModel):
     """Implements pixsearch.models.base.Embedder with locally installed EfficientNet-Lite and MiniLM weights.
 
     backend: "auto" | "onnx" | "torch" (see the module docstring). threads: onnxruntime intra-op threads per
-    session (None: one per physical core); the torch backend uses torch's own setting.
+    session (None: one per physical core); the torch backend uses torch's own setting. device: "auto" | "cpu" |
+    "cuda" or a device.Device. max_batch: views per forward pass (two per image; None: 64 on the CPU, sized from
+    free memory on a GPU).
     """
 
     def __init__(
@@ -164,19 +170,23 @@ class OfflineEmbedder(DeclaredModel):
         *,
         variant: str = "lite0",
         top_k: int = DEFAULT_TOP_K,
-        max_batch: int = 64,
+        max_batch: int | None = None,
         backend: str = "auto",
         threads: int | None = None,
+        device: str | Device | None = "auto",
     ):
         self.capabilities = offline_capabilities(variant, top_k)
         self.cache_dir = Path(cache_dir)
         self.variant = variant
         self.top_k = top_k
-        self.max_batch = max_batch
+        self._asked_batch = max_batch
+        self.max_batch = max_batch or CPU_VIEW_BATCH
         self.backend = resolve_backend(backend)  # "onnx" or "torch": what was asked for, after "auto"
         self.threads = threads
+        self.device = shared_device(device)
         self.classes = load_imagenet_classes()
-        self._text = MiniLMTextEncoder(backend=self.backend, cache_dir=self.cache_dir, threads=threads)
+        self._text = MiniLMTextEncoder(backend=self.backend, cache_dir=self.cache_dir, threads=threads,
+                                       device=self.device)
         self._image_runner: ImageRunner | None = None
         self._image_backend: str | None = None
         self._class_embeddings: np.ndarray | None = None
@@ -198,17 +208,29 @@ class OfflineEmbedder(DeclaredModel):
 
     @property
     def active_backends(self) -> dict[str, str | None]:
-        """Backend each model actually runs on ("onnx" / "torch"), None for a model not loaded yet."""
-        return {"image": self._image_backend, "text": self._text.backend if self._text.loaded else None}
+        """What each model actually runs on ("onnx" / "torch" on the CPU; "onnx-cuda-fp16", "onnx-cuda-fp32",
+        "torch-cuda" on a GPU), None for a model not loaded yet."""
+        return {"image": self._image_backend, "text": self._text.active if self._text.loaded else None}
+
+    def images_per_batch(self) -> int | None:
+        """Images per embed_images call that keep the device busy: None on the CPU, on a GPU half the views per
+        forward pass (two views per image). Resolves the device: `cuda` without a working GPU raises here."""
+        if self.device.placement(self.backend) == CPU:
+            return None
+        if self._asked_batch is None and self._image_runner is None:
+            weights = sum(p.stat().st_size for p in self.capabilities.files if p.is_file())
+            return self.device.batch_size((self.resolution, self.resolution), 2, reserved_bytes=weights)
+        return max(1, self.max_batch // 2)
 
     def _image_net(self) -> ImageRunner:
         if self._image_runner is None:
             with self._lock:
                 if self._image_runner is None:
                     runner, backend = None, "torch"
-                    if self.backend == "onnx":
+                    placement = self.device.placement(self.backend)
+                    if self.backend == "onnx" and placement != TORCH_CUDA:
                         try:
-                            runner, backend = self._onnx_image_runner(), "onnx"
+                            runner, backend = self._onnx_image_runner(placement == ONNX_CUDA)
                         except ModelNotAvailableError:
                             raise
                         except Exception as exc:  # noqa: BLE001 - never fail an ingest over the fast path
@@ -218,8 +240,13 @@ class OfflineEmbedder(DeclaredModel):
                                 type(exc).__name__,
                                 exc,
                             )
-                    self._image_runner = runner or self._torch_image_runner()
-                    self._image_backend = backend
+                            placement = self.device.placement("torch")
+                    if runner is None:
+                        runner = self._torch_image_runner(torch_device_name(placement))
+                        backend = TORCH_CUDA if placement == TORCH_CUDA else "torch"
+                    self._image_runner, self._image_backend = runner, backend
+                    if self._asked_batch is None and backend not in ("onnx", "torch"):
+                        self.max_batch = 2 * self.device.batch_size((self.resolution, self.resolution), 2)
         return self._image_runner
 
     @property
@@ -227,8 +254,8 @@ class OfflineEmbedder(DeclaredModel):
         """Cache file of the exported image network (cache_dir/onnx/efficientnet-<variant>-<size>-<hash>.onnx)."""
         return onnx_cache_path(self.cache_dir, self.variant)
 
-    def _onnx_image_runner(self) -> ImageRunner:
-        from .onnx_backend import open_session  # noqa: PLC0415
+    def _onnx_image_runner(self, cuda: bool) -> tuple[ImageRunner, str]:
+        from .onnx_backend import device_session  # noqa: PLC0415
 
         variant = self.variant
 
@@ -237,7 +264,12 @@ class OfflineEmbedder(DeclaredModel):
 
             export_onnx(variant, path)
 
-        session = open_session(self.image_onnx_path, export, self.threads)
+        def feeds() -> dict[str, np.ndarray]:
+            views = [view for photo in check_photos() for view in make_views(photo, self.resolution)]
+            return {ONNX_INPUT: normalize_input_array(stack_views(views))}
+
+        session, label = device_session(self.image_onnx_path, export, self.threads, device=self.device, cuda=cuda,
+                                        feeds=feeds, what=f"EfficientNet-{variant}")
         names = [o.name for o in session.get_outputs()]
         if sorted(names) != sorted(ONNX_OUTPUTS) or [i.name for i in session.get_inputs()] != [ONNX_INPUT]:
             raise RuntimeError(f"cached image ONNX model has unexpected inputs/outputs: {names}")
@@ -246,19 +278,20 @@ class OfflineEmbedder(DeclaredModel):
             feats, logits = session.run(list(ONNX_OUTPUTS), {ONNX_INPUT: normalize_input_array(views_nhwc)})
             return feats, logits
 
-        return run
+        return run, label
 
-    def _torch_image_runner(self) -> ImageRunner:
+    def _torch_image_runner(self, device: str = "cpu") -> ImageRunner:
         import torch  # noqa: PLC0415
 
         from .efficientnet_lite import load_efficientnet_lite, normalize_input  # noqa: PLC0415
 
-        net = load_efficientnet_lite(self.variant, optimize=True)
+        net = load_efficientnet_lite(self.variant, optimize=True).to(device)
 
         def run(views_nhwc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             with torch.inference_mode():
-                feats, logits = net.forward_features_and_logits(normalize_input(torch.from_numpy(views_nhwc)))
-            return feats.numpy(), logits.numpy()
+                x = normalize_input(torch.from_numpy(views_nhwc).to(device))
+                feats, logits = net.forward_features_and_logits(x)
+            return feats.cpu().numpy(), logits.cpu().numpy()
 
         return run
 

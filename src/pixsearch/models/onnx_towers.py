@@ -14,6 +14,10 @@ torch modules. `DualTowerEmbedder` does the rest and implements pixsearch.models
     of the fp32 export, cached beside it. The text tower stays fp32 (queries are cheap; their precision matters).
     The vectors stay in the same space (cosine ~0.99 to fp32, see int8_agreement()), so the model id is unchanged;
   * backend "torch": the torch modules directly.
+On `device` cuda (or auto with a working GPU; device.py decides): the onnx backends run on onnxruntime's CUDA provider,
+each tower in fp16 when its fp16 copy agrees with fp32 (onnx_backend.accelerated_session), else fp32 (int8 is a CPU
+optimisation and is not used there); the torch backend, or the onnx one when onnxruntime cannot use the GPU, runs the
+torch modules on CUDA. Images per forward pass on a GPU come from its free memory (device.gpu_batch_size).
 Both towers load lazily and independently under a lock, so a search server never loads the image tower for text
 queries, and embed_texts/embed_images may be called from many threads at once (onnxruntime sessions, `tokenizers`
 encoders and torch modules in inference mode are safe to share).
@@ -33,8 +37,9 @@ from PIL import Image
 from pixsearch.config import available_cores
 
 from .base import DeclaredModel, ImageEmbeddings, ModelCapabilities, ModelNotAvailableError, unit_rows
-from .onnx_backend import ExportError, cache_file, create_session, ensure_exported, export_torch_module, open_session
-from .onnx_backend import resolve_backend
+from .device import CPU, ONNX_CUDA, TORCH_CUDA, Device, shared_device, torch_device_name
+from .onnx_backend import ExportError, cache_file, check_photos, create_session, device_session, ensure_exported
+from .onnx_backend import export_torch_module, open_session, resolve_backend
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +52,11 @@ EXPORT_REL_ATOL = 1e-3
 # Weight-only dynamic quantisation of the matrix products; Conv (the patch embedding) stays fp32: ConvInteger is
 # slow on CPU and the patch embedding is a small share of a ViT's FLOPs.
 INT8_OP_TYPES = ("MatMul", "Gemm")
-DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_BATCH = 32  # on the CPU; on a GPU: from its free memory
 DEFAULT_TEXT_BATCH = 64
+# What the fp16 copy of a text tower is checked on (with the gradient and noise photos of onnx_backend.check_photos
+# for image towers).
+CHECK_TEXTS = ("a photo of a cat sitting on a sofa", "the astronaut in a white space suit, two dogs on the beach")
 
 # (n, 3, H, W) float32 pixels -> (n, dims) features; int64 text feeds -> (n, dims) features.
 ImageRunner = Callable[[np.ndarray], np.ndarray]
@@ -137,8 +145,9 @@ class DualTowerEmbedder(DeclaredModel):
 
     backend: "auto" | "onnx" | "onnx-int8" | "torch" (module docstring). threads: onnxruntime intra-op threads
     per session (None: the cores available to this process); the torch backend keeps torch's own setting (changing
-    it at run time, even to the same count, made torch's CPU kernels ~40x slower in tests). max_batch: images per
-    forward pass (bounds memory); text_batch likewise for texts.
+    it at run time, even to the same count, made torch's CPU kernels ~40x slower in tests). device: "auto" | "cpu" |
+    "cuda" or a device.Device. max_batch: images per forward pass (bounds memory; None: DEFAULT_MAX_BATCH on the CPU,
+    sized from free memory on a GPU); text_batch likewise for texts.
     """
 
     def __init__(
@@ -148,16 +157,19 @@ class DualTowerEmbedder(DeclaredModel):
         *,
         backend: str = "auto",
         threads: int | None = None,
-        max_batch: int = DEFAULT_MAX_BATCH,
+        device: str | Device | None = "auto",
+        max_batch: int | None = None,
         text_batch: int = DEFAULT_TEXT_BATCH,
     ):
-        if max_batch < 1 or text_batch < 1:
+        if (max_batch is not None and max_batch < 1) or text_batch < 1:
             raise ValueError("batch sizes must be >= 1")
         self.source = source
         self.cache_dir = Path(cache_dir)
         self.backend, self.image_int8 = parse_backend(backend)
         self.threads = threads if threads is not None else available_cores()
-        self.max_batch = max_batch
+        self.device = shared_device(device)
+        self._asked_batch = max_batch
+        self.max_batch = max_batch or DEFAULT_MAX_BATCH
         self.text_batch = text_batch
         # Relevance is a checkpoint's own calibration, when it has one (SigLIP's sigmoid); CLIP's raw cosines sit in
         # a narrow band that differs per checkpoint, so no constant is assumed for them.
@@ -228,8 +240,20 @@ class DualTowerEmbedder(DeclaredModel):
 
     @property
     def active_backends(self) -> dict[str, str | None]:
-        """What each tower actually runs on ("onnx", "onnx-int8", "torch"); None before its first use."""
+        """What each tower actually runs on ("onnx", "onnx-int8", "torch" on the CPU; "onnx-cuda-fp16",
+        "onnx-cuda-fp32", "torch-cuda" on a GPU); None before its first use."""
         return dict(self._active)
+
+    def images_per_batch(self) -> int | None:
+        """Images per embed_images call that keep the device busy: None on the CPU (any batch does), on a GPU the
+        image tower's batch (sized from free memory, less the weights when they are not loaded yet). Resolves the
+        device: `cuda` where CUDA does not work raises DeviceUnavailableError here, before any work."""
+        if self.device.placement(self.backend) == CPU:
+            return None
+        if self._asked_batch is not None or self._image_run is not None:
+            return self.max_batch
+        weights = sum(Path(p).stat().st_size for p in self.capabilities.files if Path(p).is_file())
+        return self.device.batch_size(self.source.recipe.input_size, reserved_bytes=weights)
 
     def preload(self, images: bool = True, texts: bool = True) -> None:
         """Load (and export, on first use) the towers now instead of on the first request."""
@@ -299,6 +323,7 @@ class DualTowerEmbedder(DeclaredModel):
             with self._image_lock:
                 if self._image_run is None:
                     self._image_run = self._build_runner("image", self._onnx_image_runner, self._torch_image_runner)
+                    self._size_batch_for_gpu()
         return self._image_run
 
     def _text_runner(self) -> TextRunner:
@@ -309,19 +334,27 @@ class DualTowerEmbedder(DeclaredModel):
         return self._text_run
 
     def _build_runner(self, tower: str, onnx_factory: Callable, torch_factory: Callable) -> Callable:
-        if self.backend == "onnx":
+        """The tower's runner where the device puts it: onnxruntime (CUDA or CPU), else torch (CUDA or CPU).
+        onnx_factory(cuda) -> (runner, label); torch_factory(torch device) -> runner."""
+        placement = self.device.placement(self.backend)
+        if self.backend == "onnx" and placement != TORCH_CUDA:
             try:
-                runner = onnx_factory()
-                self._active[tower] = "onnx-int8" if tower == "image" and self.image_int8 else "onnx"
+                runner, self._active[tower] = onnx_factory(placement == ONNX_CUDA)
                 return runner
             except ModelNotAvailableError:
                 raise
             except Exception as exc:  # noqa: BLE001 - never fail a query or an ingest over the fast path
                 log.warning("%s %s tower: onnxruntime backend unavailable (%s: %s); using torch",
                             self.name, tower, type(exc).__name__, exc)
-        runner = torch_factory()
-        self._active[tower] = "torch"
+            placement = self.device.placement("torch")
+        runner = torch_factory(torch_device_name(placement))
+        self._active[tower] = placement if placement == TORCH_CUDA else "torch"
         return runner
+
+    def _size_batch_for_gpu(self) -> None:
+        """On a GPU, images per forward pass from the memory left once the image tower is loaded."""
+        if self._asked_batch is None and self._active["image"] not in (None, "onnx", "onnx-int8", "torch"):
+            self.max_batch = self.device.batch_size(self.source.recipe.input_size)
 
     # image tower
 
@@ -332,27 +365,34 @@ class DualTowerEmbedder(DeclaredModel):
         fp32 = self._ensure_image_export()  # outside the int8 export: ensure_exported's lock is not re-entrant
         return ensure_exported(self.image_int8_onnx_path, lambda tmp: quantize_image_tower(fp32, tmp))
 
-    def _onnx_image_runner(self) -> ImageRunner:
-        if self.image_int8:
-            session = create_session(self._ensure_int8_export(), self.threads)
+    def _onnx_image_runner(self, cuda: bool) -> tuple[ImageRunner, str]:
+        if self.image_int8 and not cuda:
+            session, label = create_session(self._ensure_int8_export(), self.threads), "onnx-int8"
         else:
-            session = open_session(self.image_onnx_path, self._export_image, self.threads)
+            session, label = device_session(
+                self.image_onnx_path, self._export_image, self.threads, device=self.device, cuda=cuda,
+                feeds=lambda: {IMAGE_INPUT: np.stack([self._pixels(img) for img in check_photos()])},
+                what=f"{self.name} image tower")
+            if self.image_int8 and label == "onnx":  # CUDA failed (auto): the CPU, as the backend asked
+                session, label = create_session(self._ensure_int8_export(), self.threads), "onnx-int8"
         if [i.name for i in session.get_inputs()] != [IMAGE_INPUT]:
             raise RuntimeError(f"cached image ONNX model has unexpected inputs: {session.get_inputs()}")
-        return lambda pixels: self._run_sessions(session, pixels)
+        return (lambda pixels: self._run_sessions(session, pixels)), label
 
     @staticmethod
     def _run_sessions(session, pixels: np.ndarray) -> np.ndarray:
         return session.run([FEATURES], {IMAGE_INPUT: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
-    def _torch_image_runner(self) -> ImageRunner:
+    def _torch_image_runner(self, device: str = "cpu") -> ImageRunner:
         import torch  # noqa: PLC0415
 
         image_tower, _ = self._towers()
+        image_tower.to(device)  # both towers share their model: they are placed alike (one Device per process)
 
         def run(pixels: np.ndarray) -> np.ndarray:
+            x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).to(device)
             with torch.inference_mode():
-                return image_tower(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))).float().numpy()
+                return image_tower(x).float().cpu().numpy()
 
         return run
 
@@ -380,22 +420,25 @@ class DualTowerEmbedder(DeclaredModel):
 
     # text tower
 
-    def _onnx_text_runner(self) -> TextRunner:
-        session = open_session(self.text_onnx_path, self._export_text, self.threads)
+    def _onnx_text_runner(self, cuda: bool) -> tuple[TextRunner, str]:
+        session, label = device_session(self.text_onnx_path, self._export_text, self.threads, device=self.device,
+                                        cuda=cuda, feeds=lambda: self._text_tokenizer().encode(list(CHECK_TEXTS)),
+                                        what=f"{self.name} text tower")
         names = [i.name for i in session.get_inputs()]
         if names != list(self._text_tokenizer().input_names):
             raise RuntimeError(f"cached text ONNX model has inputs {names}")
-        return lambda feeds: session.run([FEATURES], {n: feeds[n] for n in names})[0]
+        return (lambda feeds: session.run([FEATURES], {n: feeds[n] for n in names})[0]), label
 
-    def _torch_text_runner(self) -> TextRunner:
+    def _torch_text_runner(self, device: str = "cpu") -> TextRunner:
         import torch  # noqa: PLC0415
 
         _, text_tower = self._towers()
+        text_tower.to(device)
         names = self._text_tokenizer().input_names
 
         def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
             with torch.inference_mode():
-                return text_tower(*(torch.from_numpy(feeds[n]) for n in names)).float().numpy()
+                return text_tower(*(torch.from_numpy(feeds[n]).to(device) for n in names)).float().cpu().numpy()
 
         return run
 

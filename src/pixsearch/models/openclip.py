@@ -45,7 +45,8 @@ from .base import ModelCapabilities, ModelNotAvailableError
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PixelRecipe, TokenizersTextTokenizer, slug, three_channels
 from .hub import Need, digest_of, file_digest, force_offline_env, locate, write_text_atomically
 from .onnx_backend import ExportError
-from .onnx_towers import DEFAULT_MAX_BATCH, DualTowerEmbedder, torch_tower
+from .device import Device
+from .onnx_towers import DualTowerEmbedder, torch_tower
 
 log = logging.getLogger(__name__)
 
@@ -473,13 +474,14 @@ def capabilities(argument: str, cache_dir: Path) -> ModelCapabilities:
 
 
 def load(argument: str, cache_dir: Path, *, backend: str = "auto", threads: int | None = None,
-         max_batch: int = DEFAULT_MAX_BATCH) -> DualTowerEmbedder:
+         device: str | Device | None = "auto", max_batch: int | None = None) -> DualTowerEmbedder:
     """Registry factory for `open_clip:ARCH[:CHECKPOINT_FILE_OR_TAG]` (and hf-hub:/local-dir: names).
 
-    backend: "auto" | "onnx" | "onnx-int8" | "torch" (see onnx_towers). The first load of a name imports open_clip
+    backend: "auto" | "onnx" | "onnx-int8" | "torch", device: "auto" | "cpu" | "cuda" (see onnx_towers). The first load of a name imports open_clip
     to resolve it (and converts its tokenizer); later processes read the cached manifest without torch.
     """
     cache_dir = Path(cache_dir)
     force_offline_env()
     source = OpenClipModel(load_manifest(argument, cache_dir), cache_dir)
-    return DualTowerEmbedder(source, cache_dir, backend=backend, threads=threads, max_batch=max_batch)
+    return DualTowerEmbedder(source, cache_dir, backend=backend, threads=threads, device=device,
+                             max_batch=max_batch)

@@ -6,7 +6,8 @@ Two interchangeable backends, numerically the same (cosine > 0.9999):
          attention mask + L2 normalisation: what sentence-transformers does for this model (modules.json:
          Transformer -> Pooling(mean) -> Normalize; max_seq_length 256). Needs no torch once exported.
   torch  sentence-transformers itself.
-Everything is loaded strictly offline (local directory, local_files_only, HF_HUB_OFFLINE), on CPU.
+Everything is loaded strictly offline (local directory, local_files_only, HF_HUB_OFFLINE), on the CPU or, by the
+`device` setting (device.py), on a GPU: onnxruntime's CUDA provider (fp16 where it agrees with fp32) or torch on CUDA.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from .base import ModelNotAvailableError
+from .device import ONNX_CUDA, TORCH_CUDA, Device, shared_device, torch_device_name
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 ONNX_OUTPUT = "last_hidden_state"
 # Max abs difference of token embeddings (O(1)) allowed between onnxruntime and torch at export time.
 ONNX_EXPORT_ATOL = 1e-3
+# What an fp16 copy is checked on: texts of several lengths, so padding is in the batch.
+CHECK_TEXTS = ("a photo of a cat", "Zero-shot, naïve café: 東京! an old house by the lake at sunset, two dogs")
 
 
 def minilm_path() -> Path:
@@ -164,7 +168,9 @@ class MiniLMTextEncoder:
     backend: "auto" (onnx when onnxruntime is importable), "onnx" or "torch". The onnx backend keeps the exported
     model in cache_dir (None: default_cache_dir()); if exporting or loading it fails, it logs a warning and uses
     torch instead.
-    `backend` tells the one in use (it can turn from "onnx" to "torch" on first use, by that fallback).
+    `backend` tells the one in use (it can turn from "onnx" to "torch" on first use, by that fallback); `active`
+    also where ("onnx", "onnx-cuda-fp16", "onnx-cuda-fp32", "torch", "torch-cuda"). device: "auto" | "cpu" |
+    "cuda" or a device.Device.
     """
 
     model_id = MINILM_MODEL_ID
@@ -177,6 +183,7 @@ class MiniLMTextEncoder:
         backend: str = "auto",
         cache_dir: Path | str | None = None,
         threads: int | None = None,
+        device: str | Device | None = "auto",
     ):
         from .onnx_backend import resolve_backend  # noqa: PLC0415
 
@@ -188,6 +195,8 @@ class MiniLMTextEncoder:
             cache_dir = default_cache_dir()
         self.cache_dir = Path(cache_dir)
         self.threads = threads
+        self.device = shared_device(device)
+        self.active: str | None = None
         self._model = None  # SentenceTransformer (torch backend)
         self._session = None  # onnxruntime.InferenceSession (onnx backend)
         self._tokenizer = None
@@ -201,23 +210,28 @@ class MiniLMTextEncoder:
         with self._lock:
             if self.loaded:
                 return
-            if self.backend == "onnx":
+            placement = self.device.placement(self.backend)
+            if self.backend == "onnx" and placement != TORCH_CUDA:
                 try:
-                    self._load_onnx()
+                    self._load_onnx(placement == ONNX_CUDA)
                     return
                 except ModelNotAvailableError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - never fail a query or an ingest over the fast path
                     log.warning("MiniLM onnxruntime backend unavailable (%s: %s); using torch", type(exc).__name__, exc)
-                    self.backend = "torch"
-            self._model = self._load_torch()
+                    placement = self.device.placement("torch")
+            self.backend = "torch"
+            self._model = self._load_torch(torch_device_name(placement))
+            self.active = TORCH_CUDA if placement == TORCH_CUDA else "torch"
 
-    def _load_onnx(self) -> None:
-        from .onnx_backend import open_session  # noqa: PLC0415
+    def _load_onnx(self, cuda: bool = False) -> None:
+        from .onnx_backend import device_session  # noqa: PLC0415
 
         path = minilm_path()
         tokenizer = load_tokenizer(path)
-        session = open_session(onnx_cache_path(self.cache_dir), export_onnx, self.threads)
+        session, self.active = device_session(
+            onnx_cache_path(self.cache_dir), export_onnx, self.threads, device=self.device, cuda=cuda,
+            feeds=lambda: _feeds(tokenizer.encode_batch(list(CHECK_TEXTS))), what="MiniLM")
         missing = {ONNX_OUTPUT} - {o.name for o in session.get_outputs()}
         if missing:
             raise RuntimeError(f"cached MiniLM ONNX model lacks outputs {sorted(missing)}")
@@ -226,13 +240,13 @@ class MiniLMTextEncoder:
         self._session = session
 
     @staticmethod
-    def _load_torch():
+    def _load_torch(device: str = "cpu"):
         path = minilm_path()
         _offline_env()
         from sentence_transformers import SentenceTransformer  # noqa: PLC0415  (slow import)
 
         _quiet_transformers()
-        model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        model = SentenceTransformer(str(path), device=device, local_files_only=True)
         model.eval()
         return model
 

@@ -90,7 +90,7 @@ class Engine:
                 self._models.move_to_end(name)
                 return self._models[name]
             model = load_embedder(name, cache_dir=self.settings.cache_dir,
-                                  hosted=HostedOptions.from_settings(self.settings))
+                                  hosted=HostedOptions.from_settings(self.settings), device=self.settings.device)
             self._models[name] = model
             while len(self._models) > MODEL_CACHE_SIZE:
                 self._models.popitem(last=False)

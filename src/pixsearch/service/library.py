@@ -51,8 +51,12 @@ def add_paths(
             shared_reader().load()  # fails now, with how to install it, rather than as a warning per photo
         index.update_settings({"ocr": ocr or None})
     settings = index.settings
+    model = index.model()
+    # On a GPU, batches as large as its free memory allows (models/device.py). Asking resolves the device now, so
+    # `--device cuda` where CUDA does not work is one error before any file is read.
+    gpu_batch = getattr(model.embedder, "images_per_batch", lambda: None)()
     options = IngestOptions(
-        batch_size=settings.batch_size,
+        batch_size=max(settings.batch_size, gpu_batch or 0),
         decode_workers=settings.decode_workers,
         prune=prune,
         follow_symlinks=follow_symlinks,
@@ -61,7 +65,6 @@ def add_paths(
         ocr=bool(index.spec.settings.get("ocr")),
         photo_url=photo_url,
     )
-    model = index.model()
     record_roots(index, [Path(p) for p in (roots if roots is not None else paths)], follow_symlinks)
     caption = next((vf.name for vf in index.spec.vector_fields if vf.name == CAPTION_FIELD), None)
     report = ingest_paths(index.store, model.embedder, [Path(p) for p in paths], options,
