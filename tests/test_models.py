@@ -17,6 +17,7 @@ from helpers import capabilities_in_fresh_process, capabilities_json  # noqa: E4
 from pixsearch.models import Embedder, ModelNotAvailableError, load_embedder, model_capabilities  # noqa: E402
 from pixsearch.models import efficientnet_common as common  # noqa: E402
 from pixsearch.models import efficientnet_lite as lite  # noqa: E402
+from pixsearch.models import efficientnet_onnx  # noqa: E402
 from pixsearch.models.imagenet_classes import load_imagenet_classes  # noqa: E402
 from pixsearch.models import onnx_backend  # noqa: E402
 from pixsearch.models import text as minilm  # noqa: E402
@@ -119,9 +120,9 @@ def test_missing_weights_package_names_pip_command():
 
 
 def test_same_padding_is_tf_style():
-    assert lite.SameConv2d._pad_amount(224, 3, 2) == (0, 1)
-    assert lite.SameConv2d._pad_amount(112, 5, 2) == (1, 2)
-    assert lite.SameConv2d._pad_amount(7, 3, 1) == (1, 1)
+    assert common.same_padding(224, 3, 2) == (0, 1)
+    assert common.same_padding(112, 5, 2) == (1, 2)
+    assert common.same_padding(7, 3, 1) == (1, 1)
 
 
 # -- preprocessing ------------------------------------------------------------------------------------------------
@@ -402,7 +403,7 @@ def test_failed_export_falls_back_to_torch(tmp_path, monkeypatch, caplog, torch_
     def broken(*args, **kwargs):
         raise RuntimeError("exporter exploded")
 
-    monkeypatch.setattr(lite, "export_onnx", broken)
+    monkeypatch.setattr(efficientnet_onnx, "build_onnx", broken)
     monkeypatch.setattr(minilm, "export_onnx", broken)
     emb = OfflineEmbedder(tmp_path)
     assert emb.backend == "onnx"
