@@ -346,9 +346,8 @@ class DualTowerEmbedder(DeclaredModel):
         return session.run([FEATURES], {IMAGE_INPUT: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
     def _torch_image_runner(self) -> ImageRunner:
+        image_tower, _ = self._towers()  # first: it says which extra to install when torch is missing
         import torch  # noqa: PLC0415
-
-        image_tower, _ = self._towers()
 
         def run(pixels: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
@@ -358,9 +357,8 @@ class DualTowerEmbedder(DeclaredModel):
 
     def _export_image(self, path: Path) -> None:
         """Export the image tower (dynamic batch), then check onnxruntime against torch on another batch size."""
+        image_tower, _ = self._towers()  # first: it says which extra to install when torch is missing
         import torch  # noqa: PLC0415
-
-        image_tower, _ = self._towers()
         h, w = self.source.recipe.input_size
         generator = torch.Generator().manual_seed(0)
         with _plain_attention():
@@ -388,9 +386,8 @@ class DualTowerEmbedder(DeclaredModel):
         return lambda feeds: session.run([FEATURES], {n: feeds[n] for n in names})[0]
 
     def _torch_text_runner(self) -> TextRunner:
+        _, text_tower = self._towers()  # first: it says which extra to install when torch is missing
         import torch  # noqa: PLC0415
-
-        _, text_tower = self._towers()
         names = self._text_tokenizer().input_names
 
         def run(feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -402,9 +399,9 @@ class DualTowerEmbedder(DeclaredModel):
     def _export_text(self, path: Path) -> None:
         """Export the text tower (dynamic batch, and sequence when the family allows it), checked against torch on
         texts of other lengths and count than the example, including one truncated at the context length."""
+        _, text_tower = self._towers()  # first: it says which extra to install when torch is missing
         import torch  # noqa: PLC0415
 
-        _, text_tower = self._towers()
         tokenizer = self._text_tokenizer()
         names = list(tokenizer.input_names)
         example = tokenizer.encode(["a photo of a cat sitting on a sofa", "a dog"])
