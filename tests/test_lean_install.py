@@ -40,6 +40,21 @@ print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules if "." 
       file=sys.stderr)
 """
 PHOTOS = ["cat-chelsea.png", "coffee.png", "rocket.jpg"]
+# Modules that are a framework's by design: the offline model's torch reference network.
+FRAMEWORK_MODULES = {"pixsearch.models.efficientnet_lite": {"torch"}}
+IMPORT_EVERY_MODULE = r"""
+import importlib, json, pkgutil, sys
+import pixsearch
+watched = json.loads(sys.argv[1])
+found = {}
+for info in pkgutil.walk_packages(pixsearch.__path__, "pixsearch."):
+    before = {m for m in watched if m in sys.modules}
+    importlib.import_module(info.name)
+    new = sorted(m for m in watched if m in sys.modules and m not in before)
+    if new:
+        found[info.name] = new
+print(json.dumps(found))
+"""
 
 
 def run_cli_reporting_modules(*args: str, home: Path, blocked: tuple[str, ...] = ()) -> tuple[int, str, str, set]:
@@ -92,6 +107,18 @@ print(json.dumps({"image": images.vectors["image"][0].tolist(), "semantic": imag
                   "text": texts[0].tolist(), "backends": model.active_backends,
                   "modules": sorted(m for m in sys.modules if "." not in m and sys.modules[m])}))
 """
+
+
+def test_every_module_imports_optional_frameworks_lazily():
+    """Importing any pixsearch module (the API, the watcher, OCR, every model family) loads no optional framework
+    and no model runtime: they are imported inside the functions that use them."""
+    import pixsearch
+
+    env = dict(os.environ, PYTHONPATH=str(Path(pixsearch.__file__).parents[1]))
+    run = subprocess.run([sys.executable, "-c", IMPORT_EVERY_MODULE, json.dumps([*OPTIONAL, *RUNTIMES])],
+                         capture_output=True, text=True, env=env, timeout=300, check=True)
+    found = {module: set(names) for module, names in json.loads(run.stdout).items()}
+    assert found == FRAMEWORK_MODULES
 
 
 def test_the_offline_model_works_without_torch(tmp_path, samples, embedder):
