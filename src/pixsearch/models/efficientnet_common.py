@@ -1,10 +1,15 @@
-"""The torch-free parts of EfficientNet-Lite: variants, where the weights are, and input preparation (Pillow + numpy).
+"""The torch-free parts of EfficientNet-Lite: variants, the block layout, where the weights are, and input
+preparation (Pillow + numpy).
 
-Kept apart from efficientnet_lite.py (the torch network) so the onnxruntime backend embeds images without torch.
+Kept apart from efficientnet_lite.py (the torch network) so the onnxruntime backend builds (efficientnet_onnx.py) and
+runs the network without torch. Architecture (Tan & Le 2019, "Lite" variant for mobile/CPU): no squeeze-excitation,
+ReLU6 instead of swish, stem (32) and head (1280) widths not scaled, first and last stages not depth-scaled;
+TensorFlow "SAME" padding (asymmetric for stride 2: the extra pixel goes right/bottom); BatchNorm eps 1e-3.
 """
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +20,10 @@ from pixsearch.imaging import NEUTRAL_RGB, to_rgb, upright
 
 from .base import ModelNotAvailableError
 
+BN_EPS = 1e-3
+NUM_CLASSES = 1000
+STEM_CHANNELS = 32
+HEAD_CHANNELS = 1280
 INPUT_MEAN = 127.0
 INPUT_STD = 128.0
 # Names in the exported ONNX graph: normalised NCHW float32 in; pooled features (n, 1280) and logits (n, 1000) out.
@@ -47,6 +56,70 @@ VARIANTS: dict[str, LiteVariant] = {
 }
 
 
+# EfficientNet-B0 stage layout: (repeats, kernel, first stride, expand ratio, in channels, out channels).
+_STAGES = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One inverted-residual (MBConv) block: [1x1 expand, BN, ReLU6] -> depthwise kxk, BN, ReLU6 -> 1x1 project, BN
+    (+ identity when the shape is kept)."""
+
+    in_ch: int
+    out_ch: int
+    kernel: int
+    stride: int
+    expand: int
+
+    @property
+    def has_expand(self) -> bool:
+        return self.expand != 1
+
+    @property
+    def residual(self) -> bool:
+        return self.stride == 1 and self.in_ch == self.out_ch
+
+
+def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:
+        rounded += divisor
+    return int(rounded)
+
+
+def block_layout(variant: str) -> list[BlockSpec]:
+    """The variant's blocks in order (the state dict's `_blocks.N`)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(VARIANTS)}")
+    spec = VARIANTS[variant]
+    blocks: list[BlockSpec] = []
+    last = len(_STAGES) - 1
+    for i, (repeats, kernel, stride, expand, in_ch, out_ch) in enumerate(_STAGES):
+        in_ch = STEM_CHANNELS if i == 0 else _round_channels(in_ch, spec.width)
+        out_ch = _round_channels(out_ch, spec.width)
+        if 0 < i < last:  # Lite: first and last stages keep their depth
+            repeats = int(math.ceil(repeats * spec.depth))
+        for r in range(repeats):
+            blocks.append(BlockSpec(in_ch if r == 0 else out_ch, out_ch, kernel, stride if r == 0 else 1, expand))
+    return blocks
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow 'SAME' padding of one axis: output = ceil(size / stride); (before, after), the extra one after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
 def weights_path(variant: str = "lite0") -> Path:
     """Path of the locally installed weights file; ModelNotAvailableError (with the pip command) if not installed."""
     spec = VARIANTS[variant]
@@ -69,7 +142,8 @@ def onnx_cache_path(cache_dir: Path | str, variant: str = "lite0") -> Path:
     from .onnx_backend import cache_file  # noqa: PLC0415
 
     size = VARIANTS[variant].resolution
-    settings = {"model": f"efficientnet-{variant}", "resolution": size, "bn_folded": True, "outputs": ONNX_OUTPUTS}
+    settings = {"model": f"efficientnet-{variant}", "resolution": size, "bn_folded": True, "outputs": ONNX_OUTPUTS,
+                "writer": "efficientnet_onnx"}
     return cache_file(cache_dir, f"efficientnet-{variant}-{size}", [weights_path(variant)], settings)
 
 

@@ -9,47 +9,30 @@ The module's attribute names follow the layout of the state dicts shipped in the
 packages (`_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ... `_fc`) so they load with strict=True.
 Weights are only ever read from those locally installed packages; nothing is downloaded.
 
-Input preparation and the weights locator are torch-free (efficientnet_common, re-exported here); export_onnx
-writes the network for the onnxruntime backend.
+Input preparation, the block layout and the weights locator are torch-free (efficientnet_common); the onnxruntime
+backend's graph is written without torch (efficientnet_onnx). This module is the torch reference and backend.
 """
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-# The torch-free parts (variants, input normalisation, views) live in efficientnet_common.
-from .efficientnet_common import INPUT_MEAN, INPUT_STD, ONNX_INPUT, ONNX_OUTPUTS, VARIANTS, stack_views, weights_path
-
-BN_EPS = 1e-3
-NUM_CLASSES = 1000
-STEM_CHANNELS = 32
-HEAD_CHANNELS = 1280
-
-
-# EfficientNet-B0 stage layout: (repeats, kernel, first stride, expand ratio, in channels, out channels).
-_STAGES = [
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-]
-
-
-def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
-    scaled = channels * width
-    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * scaled:
-        rounded += divisor
-    return int(rounded)
+# The torch-free parts (variants, block layout, input normalisation, views) live in efficientnet_common.
+from .efficientnet_common import (
+    BN_EPS,
+    HEAD_CHANNELS,
+    INPUT_MEAN,
+    INPUT_STD,
+    NUM_CLASSES,
+    STEM_CHANNELS,
+    VARIANTS,
+    block_layout,
+    same_padding,
+    stack_views,
+    weights_path,
+)
 
 
 class SameConv2d(nn.Conv2d):
@@ -60,15 +43,9 @@ class SameConv2d(nn.Conv2d):
         self._kernel = kernel
         self._stride_ = stride
 
-    @staticmethod
-    def _pad_amount(size: int, kernel: int, stride: int) -> tuple[int, int]:
-        out = -(-size // stride)
-        total = max((out - 1) * stride + kernel - size, 0)
-        return total // 2, total - total // 2
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = self._pad_amount(x.shape[-2], self._kernel, self._stride_)
-        left, right = self._pad_amount(x.shape[-1], self._kernel, self._stride_)
+        top, bottom = same_padding(x.shape[-2], self._kernel, self._stride_)
+        left, right = same_padding(x.shape[-1], self._kernel, self._stride_)
         if top == bottom and left == right:
             # symmetric: let the convolution pad (avoids a copy)
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1, self.groups)
@@ -123,21 +100,12 @@ class EfficientNetLite(nn.Module):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(VARIANTS)}")
-        spec = VARIANTS[variant]
-        self.variant = spec
+        self.variant = VARIANTS[variant]
         self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, stride=2)
         self._bn0 = _bn(STEM_CHANNELS)
-        blocks: list[nn.Module] = []
-        last = len(_STAGES) - 1
-        for i, (repeats, kernel, stride, expand, in_ch, out_ch) in enumerate(_STAGES):
-            in_ch = STEM_CHANNELS if i == 0 else _round_channels(in_ch, spec.width)
-            out_ch = _round_channels(out_ch, spec.width)
-            if 0 < i < last:  # Lite: first and last stages keep their depth
-                repeats = int(math.ceil(repeats * spec.depth))
-            for r in range(repeats):
-                blocks.append(MBConvBlock(in_ch if r == 0 else out_ch, out_ch, kernel, stride if r == 0 else 1, expand))
-        self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SameConv2d(out_ch, HEAD_CHANNELS, 1)
+        layout = block_layout(variant)
+        self._blocks = nn.ModuleList(MBConvBlock(b.in_ch, b.out_ch, b.kernel, b.stride, b.expand) for b in layout)
+        self._conv_head = SameConv2d(layout[-1].out_ch, HEAD_CHANNELS, 1)
         self._bn1 = _bn(HEAD_CHANNELS)
         self._fc = nn.Linear(HEAD_CHANNELS, num_classes)
 
@@ -206,60 +174,3 @@ def load_efficientnet_lite(variant: str = "lite0", optimize: bool = False) -> Ef
 def views_to_batch(views: list[Image.Image]) -> torch.Tensor:
     """RGB PIL views (all the same size) -> normalised float32 NCHW tensor (see views_to_array for numpy)."""
     return normalize_input(torch.from_numpy(stack_views(views)))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# ONNX export (once per cache dir; onnx_backend runs the result with onnxruntime).
-
-# Max abs difference allowed between onnxruntime and torch at export time (features are O(1..10), logits O(10)).
-ONNX_EXPORT_ATOL = 1e-3
-
-
-class _FeaturesAndLogits(nn.Module):
-    def __init__(self, net: EfficientNetLite):
-        super().__init__()
-        self.net = net
-
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net.forward_features_and_logits(pixels)
-
-
-def export_onnx(variant: str, path: Path | str) -> None:
-    """Export the BN-folded network to ONNX at its fixed resolution with a dynamic batch axis, then check that
-    onnxruntime reproduces torch (ExportError otherwise).
-
-    The resolution must be static: SameConv2d computes its TF-SAME padding from the input size in Python, so a
-    traced graph has the pad amounts and the symmetric/asymmetric branch of the example input baked in. A graph
-    traced at one size (or with H/W declared dynamic) silently computes wrong features at another size: e.g. traced
-    at 240 and run at 224 the 14x14 stride-2 5x5 conv takes the symmetric (2, 2) branch instead of (1, 2), and the
-    features are off by ~1 (max abs). At the fixed size the graph matches torch to ~1e-5.
-    """
-    from .onnx_backend import ExportError, export_torch_module  # noqa: PLC0415
-
-    size = VARIANTS[variant].resolution
-    net = load_efficientnet_lite(variant, optimize=True)  # eval mode: BN folded from the running statistics
-    net.to(memory_format=torch.contiguous_format)
-    wrapper = _FeaturesAndLogits(net).eval()
-    example = torch.zeros(2, 3, size, size)
-    export_torch_module(
-        wrapper,
-        (example,),
-        Path(path),
-        [ONNX_INPUT],
-        list(ONNX_OUTPUTS),
-        {ONNX_INPUT: {0: "batch"}, **{name: {0: "batch"} for name in ONNX_OUTPUTS}},
-    )
-    # Verify at another batch size with image-like inputs (a smooth gradient and noise).
-    gen = torch.Generator().manual_seed(0)
-    noise = torch.rand(3, 3, size, size, generator=gen) * 2 - 1
-    ramp = torch.linspace(-1, 1, size).view(1, 1, 1, size).expand(3, 3, size, size)
-    check = (0.5 * noise + 0.5 * ramp).contiguous()
-    with torch.inference_mode():
-        want = [t.numpy() for t in wrapper(check)]
-    from .onnx_backend import create_session  # noqa: PLC0415
-
-    got = create_session(Path(path)).run(list(ONNX_OUTPUTS), {ONNX_INPUT: check.numpy()})
-    for name, w, g in zip(ONNX_OUTPUTS, want, got):
-        err = float(np.abs(np.asarray(g) - w).max())
-        if g.shape != w.shape or not err <= ONNX_EXPORT_ATOL:
-            raise ExportError(f"exported EfficientNet-{variant} {name} differ from torch (max abs {err:.3g})")

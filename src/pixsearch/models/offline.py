@@ -12,12 +12,14 @@ Each class's text embedding is the normalised mean of three normalised MiniLM em
 its WordNet definition, and "{label}, a kind of {parent}". They are computed once and cached as .npy in cache_dir.
 Models load lazily: text queries never load EfficientNet.
 
-Backends (the `backend` argument, the one switch): "onnx" runs both networks with onnxruntime from ONNX files that
-are exported with torch once per cache_dir (cache_dir/onnx/); with those cached, neither text queries nor image
-embedding import torch. "torch" runs the torch models. "auto" (default) is onnx when onnxruntime is importable.
-Both give the same numbers (to ~1e-5), so the vector spaces' model ids do not depend on the backend; if an export
-fails, the embedder logs a warning and uses torch. The `device` argument ("auto" | "cpu" | "cuda", device.py) puts
-both networks on a GPU: onnxruntime's CUDA provider with an fp16 copy where it agrees with fp32, or torch on CUDA.
+Backends (the `backend` argument, the one switch): "onnx" runs both networks with onnxruntime from ONNX graphs that
+pixsearch writes from the packaged weights with numpy + onnx, once per cache_dir (cache_dir/onnx/): the default,
+and it never imports torch. "torch" runs the torch models (the reference; torch and sentence-transformers must be
+installed). "auto" (default) is onnx when onnxruntime is importable. Both give the same numbers (to ~1e-5), so the
+vector spaces' model ids do not depend on the backend; if writing a graph fails and torch is installed, the
+embedder logs a warning and uses torch (without torch, the failure is raised). The `device` argument ("auto" |
+"cpu" | "cuda", device.py) puts both networks on a GPU: onnxruntime's CUDA provider with an fp16 copy where it
+agrees with fp32, or torch on CUDA.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ from .efficientnet_common import (
 )
 from .imagenet_classes import ImageNetClass, load_imagenet_classes
 from .device import CPU, ONNX_CUDA, TORCH_CUDA, Device, shared_device, torch_device_name
-from .onnx_backend import check_photos, resolve_backend
+from .onnx_backend import check_photos, installed, require, resolve_backend
 from .text import MINILM_DIMS, MINILM_MODEL_ID, MiniLMTextEncoder, minilm_path
 
 log = logging.getLogger(__name__)
@@ -234,6 +236,8 @@ class OfflineEmbedder(DeclaredModel):
                         except ModelNotAvailableError:
                             raise
                         except Exception as exc:  # noqa: BLE001 - never fail an ingest over the fast path
+                            if not installed("torch"):
+                                raise
                             log.warning(
                                 "EfficientNet-%s onnxruntime backend unavailable (%s: %s); using torch",
                                 self.variant,
@@ -260,9 +264,9 @@ class OfflineEmbedder(DeclaredModel):
         variant = self.variant
 
         def export(path: Path) -> None:
-            from .efficientnet_lite import export_onnx  # noqa: PLC0415 - torch, only to export
+            from .efficientnet_onnx import build_onnx  # noqa: PLC0415
 
-            export_onnx(variant, path)
+            build_onnx(variant, path)
 
         def feeds() -> dict[str, np.ndarray]:
             views = [view for photo in check_photos() for view in make_views(photo, self.resolution)]
@@ -281,6 +285,8 @@ class OfflineEmbedder(DeclaredModel):
         return run, label
 
     def _torch_image_runner(self, device: str = "cpu") -> ImageRunner:
+        require("the offline model's torch backend", ["torch"], "pip install torch (the default onnx backend needs "
+                "no torch)")
         import torch  # noqa: PLC0415
 
         from .efficientnet_lite import load_efficientnet_lite, normalize_input  # noqa: PLC0415

@@ -1,6 +1,7 @@
-"""onnxruntime inference for the offline models: backend choice, one-time cached ONNX export, sessions.
+"""onnxruntime inference for the local models: backend choice, one-time cached ONNX export, sessions.
 
-torch (plus the `onnx` package for checking) is needed only to export. Exported files live in <cache_dir>/onnx/,
+The offline model's graphs are written with numpy + onnx (efficientnet_onnx.py, minilm_onnx.py); CLIP-class
+checkpoints are exported from torch (the `clip` extra). Exported files live in <cache_dir>/onnx/,
 named by a hash of the source weights files (name, size, mtime) and the export settings, so a reinstalled model or
 a changed exporter gets a new file; they are written atomically (temp file + os.replace), so concurrent processes
 never see a partial file. Sessions run on the CPU provider, or on an accelerator (device.py decides which) with an
@@ -59,6 +60,22 @@ class ExportError(RuntimeError):
 
 def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
+
+
+def installed(*modules: str) -> bool:
+    """Whether every module can be imported (found without importing it)."""
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def require(feature: str, modules: Sequence[str], how: str) -> None:
+    """ModelNotAvailableError naming the feature and how to install what it needs, unless every module is there."""
+    absent = [m for m in modules if importlib.util.find_spec(m) is None]
+    if absent:
+        raise ModelNotAvailableError(f"{feature} needs {', '.join(absent)}, which is not installed: {how}")
+
+
+# The extra that brings torch for the models that are exported from it (clip:, open_clip:).
+CLIP_EXTRA = "pip install 'pixsearch[clip]'"
 
 
 def resolve_backend(backend: str) -> str:

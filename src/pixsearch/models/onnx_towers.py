@@ -39,7 +39,7 @@ from pixsearch.config import available_cores
 from .base import DeclaredModel, ImageEmbeddings, ModelCapabilities, ModelNotAvailableError, unit_rows
 from .device import CPU, ONNX_CUDA, TORCH_CUDA, Device, shared_device, torch_device_name
 from .onnx_backend import ExportError, cache_file, check_photos, create_session, device_session, ensure_exported
-from .onnx_backend import export_torch_module, open_session, resolve_backend
+from .onnx_backend import export_torch_module, resolve_backend
 
 log = logging.getLogger(__name__)
 
@@ -384,9 +384,9 @@ class DualTowerEmbedder(DeclaredModel):
         return session.run([FEATURES], {IMAGE_INPUT: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
     def _torch_image_runner(self, device: str = "cpu") -> ImageRunner:
+        image_tower, _ = self._towers()  # first: it says which extra to install when torch is missing
         import torch  # noqa: PLC0415
 
-        image_tower, _ = self._towers()
         image_tower.to(device)  # both towers share their model: they are placed alike (one Device per process)
 
         def run(pixels: np.ndarray) -> np.ndarray:
@@ -398,9 +398,8 @@ class DualTowerEmbedder(DeclaredModel):
 
     def _export_image(self, path: Path) -> None:
         """Export the image tower (dynamic batch), then check onnxruntime against torch on another batch size."""
+        image_tower, _ = self._towers()  # first: it says which extra to install when torch is missing
         import torch  # noqa: PLC0415
-
-        image_tower, _ = self._towers()
         h, w = self.source.recipe.input_size
         generator = torch.Generator().manual_seed(0)
         with _plain_attention():
@@ -430,9 +429,9 @@ class DualTowerEmbedder(DeclaredModel):
         return (lambda feeds: session.run([FEATURES], {n: feeds[n] for n in names})[0]), label
 
     def _torch_text_runner(self, device: str = "cpu") -> TextRunner:
+        _, text_tower = self._towers()  # first: it says which extra to install when torch is missing
         import torch  # noqa: PLC0415
 
-        _, text_tower = self._towers()
         text_tower.to(device)
         names = self._text_tokenizer().input_names
 
@@ -445,9 +444,9 @@ class DualTowerEmbedder(DeclaredModel):
     def _export_text(self, path: Path) -> None:
         """Export the text tower (dynamic batch, and sequence when the family allows it), checked against torch on
         texts of other lengths and count than the example, including one truncated at the context length."""
+        _, text_tower = self._towers()  # first: it says which extra to install when torch is missing
         import torch  # noqa: PLC0415
 
-        _, text_tower = self._towers()
         tokenizer = self._text_tokenizer()
         names = list(tokenizer.input_names)
         example = tokenizer.encode(["a photo of a cat sitting on a sofa", "a dog"])

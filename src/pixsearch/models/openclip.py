@@ -46,6 +46,7 @@ from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PixelRecipe, TokenizersText
 from .hub import Need, digest_of, file_digest, force_offline_env, locate, write_text_atomically
 from .onnx_backend import ExportError
 from .device import Device
+from .onnx_backend import CLIP_EXTRA, require
 from .onnx_towers import DualTowerEmbedder, torch_tower
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,14 @@ def _url_cache_file(url: str) -> Path:
     return Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
 
 
+def _open_clip():
+    """The open_clip module; ModelNotAvailableError naming the extra that brings it (and torch) when it is missing."""
+    require("open_clip: models", ["open_clip", "torch"], CLIP_EXTRA)
+    import open_clip  # noqa: PLC0415
+
+    return open_clip
+
+
 def _resolve(argument: str) -> dict[str, Any]:
     """How to build the model: open_clip.create_model keyword arguments, resolved to local files only."""
     arch, checkpoint = parse_argument(argument)
@@ -207,7 +216,7 @@ def _resolve(argument: str) -> dict[str, Any]:
         return {"model_name": f"local-dir:{located.folder}", "pretrained": None, "checkpoint": str(weights),
                 "display": located.display, "create": {}}
 
-    import open_clip  # noqa: PLC0415
+    open_clip = _open_clip()
 
     known = open_clip.list_models()
     if arch.replace("/", "-") not in known:
@@ -292,7 +301,7 @@ class OpenClipModel:
         return NativeTextTokenizer(self._open_clip_tokenizer())
 
     def _open_clip_tokenizer(self):
-        import open_clip  # noqa: PLC0415
+        open_clip = _open_clip()
 
         _register_arch(self.manifest, self.cache_dir)
         return open_clip.get_tokenizer(self.manifest["load"]["model_name"])
@@ -310,7 +319,7 @@ class OpenClipModel:
 
 def _create_model(manifest: dict[str, Any], cache_dir: Path):
     force_offline_env()
-    import open_clip  # noqa: PLC0415
+    open_clip = _open_clip()
 
     _register_arch(manifest, cache_dir)
     load = manifest["load"]
@@ -325,7 +334,7 @@ def _register_arch(manifest: dict[str, Any], cache_dir: Path) -> None:
     name = manifest["load"]["model_name"]
     if name.startswith("local-dir:"):
         return
-    import open_clip  # noqa: PLC0415
+    open_clip = _open_clip()
 
     if name not in open_clip.list_models():
         path = Path(cache_dir) / "open_clip" / "configs" / f"{name}.json"
@@ -373,7 +382,7 @@ def build_manifest(argument: str, cache_dir: Path) -> dict[str, Any]:
     """Resolve the name, read the model's configs, convert and verify its tokenizer; imports open_clip (torch)."""
     force_offline_env()
     resolved = _resolve(argument)
-    import open_clip  # noqa: PLC0415
+    open_clip = _open_clip()
 
     model_name = resolved["model_name"]
     if model_name.startswith("local-dir:"):
@@ -423,7 +432,7 @@ def build_manifest(argument: str, cache_dir: Path) -> dict[str, Any]:
 def _tokenizer_entry(manifest: dict[str, Any], cache_dir: Path, context_length: int, text_cfg: dict) -> dict:
     """Convert open_clip's SimpleTokenizer to a cached tokenizers JSON, verified id for id; other tokenizers are
     used natively (recorded as such)."""
-    import open_clip  # noqa: PLC0415
+    open_clip = _open_clip()
 
     _register_arch(manifest, cache_dir)
     native = open_clip.get_tokenizer(manifest["load"]["model_name"])

