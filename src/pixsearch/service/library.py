@@ -10,8 +10,14 @@ from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
 from pixsearch.service.regions import add_regions
 from pixsearch.service.roots import record_roots
+from pixsearch.sources import is_object_url, normal_url
 from pixsearch.store import SchemaError
 from pixsearch.store.schema import CAPTION_FIELD
+
+
+def as_sources(paths: Sequence[str | Path]) -> list[Path | str]:
+    """Folders and files as Paths, object store URLs as their one spelling (text: a Path would drop a slash)."""
+    return [normal_url(p) if is_object_url(p) else Path(p) for p in paths]
 
 
 def add_paths(
@@ -29,7 +35,8 @@ def add_paths(
     watcher's folders, the uploads folder), recorded instead, and each path is then taken as the walk of those
     folders would take it (no root of its own: one behind a symbolic link is skipped unless follow_symlinks).
     ocr: read text in the photos (True/False is remembered for the index's later runs; None: as the index is
-    set up)."""
+    set up). A path may be an object store URL (az://container/prefix, s3://bucket/prefix): its objects are listed
+    and read with the environment's credentials (sources/), and the URL is recorded as a root like a folder."""
     if index.spec.kind != "photos":
         raise SchemaError(f"index {index.name!r} is not a photo index: add vectors to it instead")
     upgrade_photo_index(index)
@@ -48,11 +55,13 @@ def add_paths(
         max_file_bytes=settings.max_file_bytes,
         max_pixels=settings.max_image_pixels,
         ocr=bool(index.spec.settings.get("ocr")),
+        download_concurrency=settings.download_concurrency,
     )
     model = index.model()
-    record_roots(index, [Path(p) for p in (roots if roots is not None else paths)], follow_symlinks)
+    sources = as_sources(paths)
+    record_roots(index, as_sources(roots) if roots is not None else sources, follow_symlinks)
     caption = next((vf.name for vf in index.spec.vector_fields if vf.name == CAPTION_FIELD), None)
-    report = ingest_paths(index.store, model.embedder, [Path(p) for p in paths], options,
+    report = ingest_paths(index.store, model.embedder, sources, options,
                           columns=model.columns, caption_field=caption, progress=progress,
                           loading=lambda incoming: builds.loading(index, incoming),
                           within=[Path(r) for r in roots] if roots is not None else None)
