@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench bench-ann clean
+.PHONY: install run test bench bench-ann bench-cloud clean
 
 # The browser tests drive Debian's Chromium with Playwright (its own browser download cannot work offline).
 CHROMIUM ?= /usr/bin/chromium
@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[demo,test,clip,ocr]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[demo,test,clip,ocr,cloud]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps foolbox==3.3.4
 	touch $(STAMP)
 
@@ -31,7 +31,19 @@ $(CHROMIUM):
 	$(SUDO) apt-get install -y chromium \
 		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 
-test: install $(CHROMIUM)
+# Azurite (Microsoft's Azure Storage emulator) for the object store tests, from the npm registry into a project-local,
+# gitignored folder; the tests start it on a free 127.0.0.1 port with a temporary workspace (tests/object_stores.py).
+AZURITE_VERSION ?= 3.37.0
+AZURITE := tools/azurite/node_modules/.bin/azurite-blob
+$(AZURITE):
+	command -v npm >/dev/null || $(SUDO) apt-get install -y nodejs npm \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm)
+	mkdir -p tools/azurite
+	npm install --no-audit --no-fund --loglevel=error --prefix tools/azurite azurite@$(AZURITE_VERSION)
+
+tools/azurite: $(AZURITE)
+
+test: install $(CHROMIUM) $(AZURITE)
 	PIXSEARCH_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install
@@ -41,6 +53,10 @@ bench: install
 bench-ann: install
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python bench/ann.py $(BENCH_ARGS)
+
+# Object store ingest (Azurite on loopback) vs the same files on local disk; BENCH_ARGS='--objects 200' for a quick one.
+bench-cloud: install $(AZURITE)
+	$(BIN)/python bench/cloud.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV)

@@ -104,7 +104,9 @@ def stored_object(index: IndexCore, stored_path: str) -> str:
         url = normal_url(stored_path)
     except ValueError:
         url = None
-    if url is not None and url == stored_path:
+    parts = url.split("://", 1)[1].split("/") if url is not None else []
+    # "." and ".." are plain characters in an object key, but HTTP clients may resolve them as a path: never sent
+    if url is not None and url == stored_path and not any(part in ("", ".", "..") for part in parts):
         for root in indexed_roots(index):
             if is_object_url(root["path"]) and url_inside(url, root["path"]):
                 return url
