@@ -57,8 +57,9 @@ class S3Source:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region:
             client["region_name"] = region
-        self.fs = S3FileSystem(skip_instance_cache=True, use_listings_cache=False, retries=1, client_kwargs=client,
+        self.fs = S3FileSystem(skip_instance_cache=True, use_listings_cache=False, client_kwargs=client,
                                config_kwargs={"retries": {"total_max_attempts": 1}})
+        self.fs.retries = 1  # s3fs' own retry loop (a class attribute, not a constructor argument)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
