@@ -245,7 +245,7 @@ def test_watch_lists_the_prefix_again_every_interval(store, home, samples, index
 
     def next_report() -> dict:
         try:
-            return json.loads(lines.get(timeout=300))
+            return json.loads(lines.get(timeout=120))
         except queue.Empty:
             raise AssertionError("no report from the watcher: " + proc.stderr.read() if proc.poll() is not None
                                  else "no report from the watcher") from None
