@@ -7,9 +7,9 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 RUN_STAMP := $(VENV)/.run-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 # The extras `make test` installs on top of the default (the tests exercise every feature).
-TEST_EXTRAS := demo,test,clip,ocr
+TEST_EXTRAS := demo,test,clip,ocr,cloud
 
-.PHONY: install install-test run test wheel-check bench bench-ann clean
+.PHONY: install install-test run test wheel-check bench bench-ann bench-cloud clean
 
 # The browser tests drive Debian's Chromium with Playwright (its own browser download cannot work offline).
 CHROMIUM ?= /usr/bin/chromium
@@ -48,7 +48,19 @@ $(CHROMIUM):
 	$(SUDO) apt-get install -y chromium \
 		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 
-test: install-test $(CHROMIUM)
+# Azurite (Microsoft's Azure Storage emulator) for the object store tests, from the npm registry into a project-local,
+# gitignored folder; the tests start it on a free 127.0.0.1 port with a temporary workspace (tests/object_stores.py).
+AZURITE_VERSION ?= 3.37.0
+AZURITE := tools/azurite/node_modules/.bin/azurite-blob
+$(AZURITE):
+	command -v npm >/dev/null || $(SUDO) apt-get install -y nodejs npm \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm)
+	mkdir -p tools/azurite
+	npm install --no-audit --no-fund --loglevel=error --prefix tools/azurite azurite@$(AZURITE_VERSION)
+
+tools/azurite: $(AZURITE)
+
+test: install-test $(CHROMIUM) $(AZURITE)
 	PIXSEARCH_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Build the wheel, install it (not editable) with the default dependencies into a clean venv, run the demo and serve
@@ -63,6 +75,10 @@ bench: install-test
 bench-ann: install-test
 	$(PIP) -e '.[bench]'
 	$(BIN)/python bench/ann.py $(BENCH_ARGS)
+
+# Object store ingest (Azurite on loopback) vs the same files on local disk; BENCH_ARGS='--objects 200' for a quick one.
+bench-cloud: install $(AZURITE)
+	$(BIN)/python bench/cloud.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV)

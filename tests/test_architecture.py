@@ -13,6 +13,7 @@ LAYERS = {
     "cli": 5, "api": 5, "client": 5, "web": 4,
     "service": 3,
     "ingest": 2, "search": 2, "models": 2,
+    "sources": 1.5,
     "store": 1,
     "db": 0.5,
     "imaging": 0, "config": 0, "samples": 0, "file_errors": 0,
@@ -136,7 +137,7 @@ def test_images_are_decoded_and_embedded_in_batches_only_by_the_image_stage():
 
 # Everything outside store/ and db/ reaches the database only through store/ (IndexStore and its readers) and db/'s
 # error types.
-CONNECTION_FREE = ("search", "api", "cli", "web", "client", "service", "ingest", "models", "imaging", "config",
+CONNECTION_FREE = ("search", "api", "cli", "web", "client", "service", "ingest", "models", "sources", "imaging", "config",
                    "limits", "samples", "file_errors")
 DRIVER_CALLS = ("connection", "side_connection", "read_snapshot")
 

@@ -29,6 +29,7 @@ from pixsearch.search.odata import parse_filter
 from pixsearch.search.request import SearchRequest, query_terms
 from pixsearch.service import Engine, Index
 from pixsearch.service.duplicates import duplicate_groups
+from pixsearch.sources import is_object_url
 from pixsearch.store import Field, IndexSpec, QueryOptions, VectorField
 from pixsearch.store.filters import And, Filter, In
 
@@ -98,6 +99,7 @@ class SimilarityIndex:
                    follow_symlinks: bool = False, captioner: str | bool | None = None,
                    caption_prompt: str | None = None) -> list[str]:
         """Embed and add images: file or folder paths (folders walked recursively; the files stay where they are),
+        object store locations ("az://container/prefix", "s3://bucket/prefix"; credentials from the environment),
         PIL images or encoded bytes (kept under PIXSEARCH_HOME/uploads/<index>/). Returns the ids of the images
         given (for folders, of every image found). regions: also index regions ("grid", or a box file).
         captioner: "openai:MODEL" adds generated captions (the photos are sent to that OpenAI-compatible service;
@@ -106,7 +108,9 @@ class SimilarityIndex:
         index.set_captioner(captioner, caption_prompt)
         paths, ids = [], []
         for item in images:
-            if isinstance(item, (str, Path)):
+            if isinstance(item, str) and is_object_url(item):
+                paths.append(item)  # az://container/prefix, s3://bucket/prefix (a Path would drop a slash)
+            elif isinstance(item, (str, Path)):
                 paths.append(Path(item))
             else:
                 data = item if isinstance(item, (bytes, bytearray)) else _encoded(item)

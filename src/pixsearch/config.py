@@ -64,6 +64,9 @@ class Settings:
     # What a captioner (`pixsearch index --captioner openai:MODEL`) is asked; empty: models/captioner.py's
     # DEFAULT_PROMPT. An index given --caption-prompt keeps its own. Another prompt is another caption (bought again).
     caption_prompt: str = ""
+    # Object store sources (az://, s3://): downloads in flight at once, and how often `index --watch` lists them.
+    download_concurrency: int = 16
+    watch_interval: float = 60.0
 
     @property
     def max_file_bytes(self) -> int:
@@ -115,11 +118,11 @@ def _known(raw: dict[str, Any], source: str) -> dict[str, Any]:
     return raw
 
 
-_INTEGERS = ("batch_size", "decode_workers", "pool_size", "backup_keep", "hosted_concurrency")
+_INTEGERS = ("batch_size", "decode_workers", "pool_size", "backup_keep", "hosted_concurrency", "download_concurrency")
 _BOOLEANS = ("distribute",)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 _POSITIVE_NUMBERS = ("max_file_mb", "max_image_megapixels", "api_statement_timeout", "thumbnail_cache_mb",
-                     "hosted_requests_per_minute", "hosted_timeout")
+                     "hosted_requests_per_minute", "hosted_timeout", "watch_interval")
 
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:

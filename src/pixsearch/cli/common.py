@@ -42,13 +42,14 @@ def open_engine(index: str | None = None, **engine_options: Any) -> Iterator[Eng
     from pixsearch.ingest.ocr import OcrUnavailable
     from pixsearch.models.base import ModelNotAvailableError
     from pixsearch.models.hosted import ServiceError
+    from pixsearch.sources import SourceError
     from pixsearch.store import IndexNotFoundError
 
     try:
         with Engine(index=index, **engine_options) as engine:
             yield engine
     except (DatabaseError, IndexNotFoundError, ModelNotAvailableError, ServiceError, DecodeError, OcrUnavailable,
-            ValueError) as exc:
+            ValueError, SourceError) as exc:
         raise fail(str(exc)) from None
 
 

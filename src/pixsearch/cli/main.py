@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,6 +26,7 @@ from pixsearch.limits import MAX_TOP, MAX_WINDOW
 from pixsearch.search.ranking import Cutoff
 from pixsearch.search.request import SearchRequest, SearchResponse
 from pixsearch.service import Engine, Query
+from pixsearch.sources import SourceError, is_object_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic image search on PostgreSQL + pgvector.")
 
@@ -68,7 +70,7 @@ class _RichIngestProgress:
         self.bar.stop()
 
 
-def _index_paths(engine: Engine, paths: List[Path], index: str | None, prune: bool, as_json: bool,
+def _index_paths(engine: Engine, paths: List[str], index: str | None, prune: bool, as_json: bool,
                  follow_symlinks: bool = False, model: str | None = None, regions: str | None = None,
                  ocr: bool | None = None, captioner: str | bool | None = None,
                  caption_prompt: str | None = None) -> int:
@@ -109,15 +111,18 @@ def _print_report(name: str, report, scope: str) -> None:
                   highlight=False)
 
 
-def _watch(engine: Engine, paths: List[Path], index: str | None, follow_symlinks: bool, polling: bool,
+def _watch(engine: Engine, paths: List[str], index: str | None, follow_symlinks: bool, polling: bool,
            as_json: bool) -> None:
-    """Follow the folders until Ctrl+C: each quiet moment after changes, one batch applied and reported."""
+    """Follow the folders until Ctrl+C: each quiet moment after changes, one batch applied and reported. Object
+    store locations are listed again every watch_interval seconds (they send no notifications); only a listing
+    that changed something is reported."""
     from pixsearch.ingest.watch import FolderWatcher
 
     idx = engine.index(index)
-    roots = [p.expanduser().absolute() for p in paths if p.is_dir()]
-    if not roots:
-        raise fail("--watch needs folders to watch")
+    remote = [p for p in paths if is_object_url(p)]
+    roots = [Path(p).expanduser().absolute() for p in paths if not is_object_url(p) and Path(p).expanduser().is_dir()]
+    if not roots and not remote:
+        raise fail("--watch needs folders or object store locations to watch")
 
     def apply(changed: set[str], deleted: set[str], moved: list[tuple[str, str]]) -> None:
         started = time.perf_counter()
@@ -126,19 +131,40 @@ def _watch(engine: Engine, paths: List[Path], index: str | None, follow_symlinks
             print(json.dumps(report.to_json()), flush=True)
         _print_report(idx.name, report, f"{time.strftime('%H:%M:%S')}, {time.perf_counter() - started:.1f} s")
 
-    with FolderWatcher(roots, apply, polling=polling, follow_symlinks=follow_symlinks):
-        err.print(f"watching {len(roots)} folder{'s' if len(roots) != 1 else ''} for changes (Ctrl+C stops)",
-                  highlight=False)
+    def poll() -> None:
+        started = time.perf_counter()
+        try:
+            report = idx.add_paths(remote, prune=True)
+        except SourceError as exc:  # a network blip or revoked credentials: said, and tried again next time
+            err.print(f"[yellow]not listed[/] ({time.strftime('%H:%M:%S')}): {escape(str(exc))}", highlight=False)
+            return
+        if report.added or report.updated or report.moved or report.removed or report.failed \
+                or report.metadata_updated:
+            if as_json:
+                print(json.dumps(report.to_json()), flush=True)
+            _print_report(idx.name, report, f"{time.strftime('%H:%M:%S')}, {time.perf_counter() - started:.1f} s")
+
+    interval = engine.settings.watch_interval
+    with FolderWatcher(roots, apply, polling=polling, follow_symlinks=follow_symlinks) if roots else nullcontext():
+        watched = [f"{len(roots)} folder{'s' if len(roots) != 1 else ''}"] if roots else []
+        if remote:
+            watched.append(f"{len(remote)} object store location{'s' if len(remote) != 1 else ''} (listed every "
+                           f"{interval:g} s)")
+        err.print(f"watching {' and '.join(watched)} for changes (Ctrl+C stops)", highlight=False)
         try:
             while True:
-                time.sleep(3600)
+                time.sleep(interval if remote else 3600)
+                if remote:
+                    poll()
         except KeyboardInterrupt:
             err.print("stopping: the last changes are applied first", highlight=False)
 
 
 @app.command("index")
 def index_cmd(
-    paths: List[Path] = typer.Argument(..., help="Image files or folders (walked recursively)."),
+    paths: List[str] = typer.Argument(..., help="Image files or folders (walked recursively), or object store "
+                                      "locations: az://CONTAINER/PREFIX (Azure Blob Storage), s3://BUCKET/PREFIX (S3 "
+                                      "and S3-compatible stores), with credentials from the environment."),
     index: Optional[str] = IndexOption,
     prune: bool = typer.Option(True, help="Remove photos that were deleted from the scanned folders."),
     follow_symlinks: bool = typer.Option(

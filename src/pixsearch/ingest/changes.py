@@ -10,11 +10,12 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Collection, Iterable, Sequence
+from typing import Callable, Collection, Iterable, Sequence
 
 from pixsearch.ingest.descriptions import is_sidecar_name, photos_for_sidecar
 from pixsearch.ingest.formats import companion_key
 from pixsearch.ingest.scan import normal_path, photo_id, valid_utf8, walk_refusal
+from pixsearch.sources.urls import is_object_url
 from pixsearch.store import IndexStore, PhotoLocation, StoredState
 
 
@@ -24,13 +25,19 @@ def location(path: str, size_bytes: int, mtime_ns: int) -> PhotoLocation:
                          size_bytes=size_bytes, mtime_ns=mtime_ns, companion_key=companion_key(path))
 
 
+def gone_from_disk(path: str) -> bool:
+    """Whether a stored photo's file is no longer there (an object store's photo is never taken for gone here:
+    ingest/objects.py knows how to ask)."""
+    return not is_object_url(path) and not os.path.lexists(path)
+
+
 class MovedFiles:
     """Finds, for new files, the rows of files with the same bytes whose paths no longer exist: the same photos,
     moved or renamed. One query per call (a batch of files). Each row is claimed once (two copies of a moved file:
-    one takes the row, the other is new)."""
+    one takes the row, the other is new). `gone(path)`: whether a stored path no longer exists."""
 
-    def __init__(self, store: IndexStore):
-        self.store = store
+    def __init__(self, store: IndexStore, gone: Callable[[str], bool] = gone_from_disk):
+        self.store, self.gone = store, gone
         self._claimed: set[str] = set()
 
     def claim(self, digests: Sequence[str]) -> list[StoredState | None]:
@@ -41,7 +48,7 @@ class MovedFiles:
         claimed: list[StoredState | None] = []
         for digest in digests:
             row = next((row for row in candidates.get(digest, ())
-                        if row.id not in self._claimed and not os.path.lexists(row.path)), None)
+                        if row.id not in self._claimed and self.gone(row.path)), None)
             if row is not None:
                 self._claimed.add(row.id)
             claimed.append(row)

@@ -32,7 +32,7 @@ import warnings as _warnings
 from xml.parsers import expat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 from xml.etree.ElementTree import Element, TreeBuilder
 
 from PIL import Image
@@ -213,8 +213,14 @@ def read_descriptions(
     exif: Image.Exif | None = None,
     *,
     follow_symlinks: bool = False,
+    sidecars: Sequence[tuple[str, bytes | DecodeError]] | None = None,
+    data: bytes | None = None,
 ) -> Descriptions:
     """Titles, descriptions and keywords of the photo at `path` from its sidecars and its embedded metadata.
+
+    `sidecars`: (name, bytes or why they could not be read) of the photo's sidecars, in sidecar_paths order, when
+    the caller read them (an object store's photo: ingest/objects.py); then no file is looked at. `data`: the
+    photo's bytes, when the caller has them and gives no `image`.
 
     `image` should be the image as Image.open returned it (before convert/transpose: XMP, IPTC and comments live in
     its `info`); `exif` its EXIF (read from `image` when None). With no `image` the file is opened here (a bounded
@@ -222,9 +228,13 @@ def read_descriptions(
     shared folder must not publish, say, ~/.ssh/id_rsa as a photo caption."""
     found: list[_Found] = []
     warned: list[str] = []
-    found += _read_sidecars(path, follow_symlinks, warned)
+    if sidecars is None:
+        found += _read_sidecars(path, follow_symlinks, warned)
+    else:
+        for name, content in sidecars:
+            found += _sidecar(name, content, warned)
     if image is None:
-        image = _open_for_metadata(path, warned)
+        image = _open_for_metadata(path, warned, data)
     if image is not None:
         found += _embedded(image, exif, warned)
     elif exif is not None:
@@ -386,17 +396,21 @@ def _read_sidecars(path: str, follow_symlinks: bool, warned: list[str]) -> list[
         if (st.st_dev, st.st_ino) in seen:  # .xmp and .XMP on a case-insensitive file system
             continue
         seen.add((st.st_dev, st.st_ino))
-        name = os.path.basename(sidecar)
         try:
-            data = read_file(sidecar, max_bytes=MAX_SIDECAR_BYTES, follow_symlinks=follow_symlinks)
+            data: bytes | DecodeError = read_file(sidecar, max_bytes=MAX_SIDECAR_BYTES, follow_symlinks=follow_symlinks)
         except DecodeError as exc:
-            warned.append(f"sidecar {name}: not read: {exc}")
-            continue
-        if sidecar.lower().endswith(".xmp"):
-            found += _xmp_source(data, "xmp-sidecar", f"sidecar {name}", warned)
-        else:
-            found += _guarded(f"sidecar {name}", warned, _from_txt, data)
+            data = exc
+        found += _sidecar(os.path.basename(sidecar), data, warned)
     return found
+
+
+def _sidecar(name: str, data: bytes | DecodeError, warned: list[str]) -> list[_Found]:
+    if isinstance(data, DecodeError):
+        warned.append(f"sidecar {name}: not read: {data}")
+        return []
+    if name.lower().endswith(".xmp"):
+        return _xmp_source(data, "xmp-sidecar", f"sidecar {name}", warned)
+    return _guarded(f"sidecar {name}", warned, _from_txt, data)
 
 
 def _from_txt(data: bytes) -> _Found | None:
@@ -411,12 +425,13 @@ def _from_txt(data: bytes) -> _Found | None:
 # ======================================================================================================================
 
 
-def _open_for_metadata(path: str, warned: list[str]) -> Image.Image | None:
-    try:
-        data = read_file(path)
-    except DecodeError as exc:
-        warned.append(f"file: not read: {exc}")
-        return None
+def _open_for_metadata(path: str, warned: list[str], data: bytes | None = None) -> Image.Image | None:
+    if data is None:
+        try:
+            data = read_file(path)
+        except DecodeError as exc:
+            warned.append(f"file: not read: {exc}")
+            return None
     try:
         with _warnings.catch_warnings():
             _warnings.simplefilter("ignore")

@@ -16,15 +16,19 @@ import numpy as np
 
 from pixsearch.ingest.changes import MovedFiles, fold_spellings, location, prune
 from pixsearch.ingest.decode import DRAFT_SIZE, DecodedImage, content_hash, read_file_with_stat
-from pixsearch.ingest.descriptions import GENERATED_CAPTION_FIELDS, Descriptions, read_descriptions, with_generated
+from pixsearch.ingest.descriptions import GENERATED_CAPTION_FIELDS, Descriptions, with_generated
 from pixsearch.ingest.formats import companion_key
 from pixsearch.ingest.layout import layout_signature
+from pixsearch.ingest.objects import (ObjectFile, SourcesScan, describe_found, object_digest, object_gone_check,
+                                      prefetching, prune_objects, read_object_file, read_options, scan_sources,
+                                      split_roots)
 from pixsearch.ingest.ocr import OcrError, OcrUnavailable, TextBox, joined_text, shared_reader
-from pixsearch.ingest.scan import FoundFile, ScanResult, scan
+from pixsearch.ingest.scan import FoundFile
 from pixsearch.ingest.stage import ImageBytes, ImageStage, StageOptions
 from pixsearch.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from pixsearch.models.base import Embedder, ImageEmbeddings
 from pixsearch.models.hosted import ImageAtURL
+from pixsearch.sources import Downloads, ReadOptions
 from pixsearch.store import IndexStore, PhotoRecord, RowsRefused, StoredState
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,7 @@ class IngestOptions:
     # sources: give a read-only, short-lived URL (a user-delegation SAS with sp=r and an expiry of about an hour; an
     # S3 presigned GET) for az:// / s3:// paths and None for local files; it is a credential: never log or store it.
     photo_url: Callable[[str], str | None] | None = None
+    download_concurrency: int = 16  # object store photos being downloaded at once (ingest/objects.py)
 
 
 @dataclass
@@ -128,7 +133,7 @@ class _Work:
 def ingest_paths(
     store: IndexStore,
     embedder: Embedder,
-    roots: Sequence[Path],
+    roots: Sequence[Path | str],
     options: IngestOptions = IngestOptions(),
     *,
     columns: dict[str, str] | None = None,
@@ -147,7 +152,8 @@ def ingest_paths(
     moved: its row follows it. Files that fail to read or decode are reported and skipped; each batch is written in
     its own transaction, and rows the database refuses are reported one by one while the rest of their batch is
     written. The database is asked a few questions per batch, never one per file. `within`: the folders `roots`
-    were found in, by a folder watcher (see scan: then none of them is a root).
+    were found in, by a folder watcher (see scan: then none of them is a root). A root may be an object store URL
+    (az://, s3://, given as text): ingest/objects.py lists, reads and prunes those.
 
     With options.prune, the run first folds rows stored under another spelling of their path into their normal one
     (changes.fold_spellings), and afterwards removes the rows of files under the scanned folders that are gone, or
@@ -161,23 +167,24 @@ def ingest_paths(
     progress.start(len(pending))
     writer = _Writer(store, embedder, columns, caption_field, report, progress)
     with (loading or _incremental)(sum(not w.describe_only for w in pending)):
-        _run(writer, pending, options)
+        _run(writer, pending, options, scanned)
     failed = {path for path, _ in report.failed}
     report.keys = [f.id for f in scanned.found if f.path not in failed]
     if options.prune:
-        report.removed += prune(store, roots, scanned.links, {f.path for f in scanned.found})
+        report.removed += prune(store, split_roots(roots)[0], scanned.links, {f.path for f in scanned.found})
+        report.removed += prune_objects(store, scanned)
     if report.added or report.updated or report.removed:
         store.analyze()
     report.elapsed_seconds = time.perf_counter() - started
     return report
 
 
-def _plan(store: IndexStore, roots: Sequence[Path], within: Sequence[Path] | None, options: IngestOptions,
-          report: IngestReport, progress: IngestProgress) -> tuple[ScanResult, list[_Work]]:
+def _plan(store: IndexStore, roots: Sequence[Path | str], within: Sequence[Path] | None, options: IngestOptions,
+          report: IngestReport, progress: IngestProgress) -> tuple[SourcesScan, list[_Work]]:
     """Scan the roots and compare what was found with the stored rows: what the scan saw, and the files to look at."""
     t0 = time.perf_counter()
-    scanned = scan(roots, within=within, follow_symlinks=options.follow_symlinks,
-                   max_file_bytes=options.max_file_bytes)
+    scanned = scan_sources(roots, within=within, follow_symlinks=options.follow_symlinks,
+                           max_file_bytes=options.max_file_bytes, concurrency=options.download_concurrency)
     for path, reason in scanned.failures:
         report.failed.append((path, reason))
         progress.failure(path, reason)
@@ -203,25 +210,62 @@ def _incremental(count: int) -> Iterator[None]:
     yield
 
 
-def _run(writer: "_Writer", pending: list[_Work], options: IngestOptions) -> None:
+def _run(writer: "_Writer", pending: list[_Work], options: IngestOptions, scanned: SourcesScan) -> None:
     """Read and hash, find moved files (one query per batch), decode, embed and write the pending files, batch by
-    batch, through the image stage: raw bytes wait for the move lookup, decoded pixels for the model."""
+    batch, through the image stage: raw bytes wait for the move lookup, decoded pixels for the model. Object store
+    photos are downloaded ahead (ingest/objects.py), so that downloads overlap decoding and embedding."""
     reader = shared_reader() if options.ocr else None
     stage = ImageStage(writer.embedder, StageOptions(
         batch_size=options.batch_size, workers=options.decode_workers, max_pixels=options.max_pixels,
         draft=(reader.max_side,) * 2 if reader is not None else DRAFT_SIZE))
-    moved_files = MovedFiles(writer.store)
+    moved_files = MovedFiles(writer.store, gone=object_gone_check(scanned, _object_options(options)))
     batches = _Batches(writer, options.batch_size)
     stages = writer.report.stage_seconds
-    for batch in stage.run(pending, partial(_read, options=options), sift=partial(_claimed, moved_files, options),
-                           views=partial(_viewed, reader=reader, report=writer.report, url_of=_url_of(writer, options))):
-        stages["embed"] += batch.embed_seconds
-        for result in batch:
-            stages["decode"] += result.seconds
-            work = result.item
-            work.error, work.embeddings = result.error, result.embeddings
-            batches.add(work)
+    pending = _renamed_objects(moved_files, pending, batches, options)
+    downloads = Downloads(_object_options(options))
+    try:
+        for batch in stage.run(prefetching(pending, lambda w: None if w.describe_only else w.file, downloads),
+                               partial(_read, options=options, downloads=downloads),
+                               sift=partial(_claimed, moved_files, options),
+                               views=partial(_viewed, reader=reader, report=writer.report,
+                                             url_of=_url_of(writer, options))):
+            stages["embed"] += batch.embed_seconds
+            for result in batch:
+                stages["decode"] += result.seconds
+                work = result.item
+                work.error, work.embeddings = result.error, result.embeddings
+                batches.add(work)
+    finally:
+        downloads.close()
     batches.flush()
+
+
+# -- object store photos (ingest/objects.py) -------------------------------------------------------------------------
+def _object_options(options: IngestOptions) -> ReadOptions:
+    return read_options(options.max_file_bytes, options.download_concurrency)
+
+
+def _describe(file: FoundFile, options: IngestOptions, image: Any = None, exif: Any = None,
+              data: bytes | None = None) -> Descriptions:
+    """A photo's captions from its sidecars and embedded metadata, on disk or in an object store."""
+    return describe_found(file, _object_options(options), image, exif, follow_symlinks=options.follow_symlinks,
+                          data=data)
+
+
+def _renamed_objects(moved_files: MovedFiles, pending: list[_Work], batches: "_Batches",
+                     options: IngestOptions) -> list[_Work]:
+    """Object store photos whose stated MD5 is that of an indexed photo that is gone: renamed (copy + delete, as
+    object stores rename), so their rows follow them without a download (one lookup per batch). The rest, to read."""
+    stated = [w for w in pending if w.stored is None and isinstance(w.file, ObjectFile) and w.file.md5]
+    for start in range(0, len(stated), options.batch_size):
+        chunk = stated[start:start + options.batch_size]
+        for work, row in zip(chunk, moved_files.claim([w.file.md5 for w in chunk])):
+            if row is not None:
+                work.moved_from, work.digest = row, work.file.md5
+                if row.sidecar_state != work.file.sidecar_state:
+                    work.described = _describe(work.file, options)
+                batches.add(work)
+    return [w for w in pending if w.moved_from is None]
 
 
 class _Batches:
@@ -265,27 +309,32 @@ class _Batches:
             self.writer.store.touch(self.touched)
 
 
-def _read(work: _Work, options: IngestOptions) -> ImageBytes | None:
+def _read(work: _Work, options: IngestOptions, downloads: Downloads | None = None) -> ImageBytes | None:
     """Read and hash a file (in a pool thread): its bytes for the decode step, or None when it needs no decoding:
     a file with the bytes it was indexed with needs at most its captions read again."""
     path = work.file.path
     if work.describe_only:
-        work.described = read_descriptions(path, follow_symlinks=options.follow_symlinks)
+        work.described = _describe(work.file, options)
         return None
-    data, info = read_file_with_stat(path, max_bytes=options.max_file_bytes, follow_symlinks=options.follow_symlinks)
-    if (info.st_size, info.st_mtime_ns) != (work.file.size_bytes, work.file.mtime_ns):
-        # changed since the scan: the row must describe the bytes read, or the next run would misjudge it
-        work.file = replace(work.file, size_bytes=info.st_size, mtime_ns=info.st_mtime_ns)
-    work.digest = digest = content_hash(data)
+    if isinstance(work.file, ObjectFile):
+        data = read_object_file(work.file, _object_options(options), downloads)
+        work.digest = digest = object_digest(work.file, data)
+    else:
+        data, info = read_file_with_stat(path, max_bytes=options.max_file_bytes,
+                                         follow_symlinks=options.follow_symlinks)
+        if (info.st_size, info.st_mtime_ns) != (work.file.size_bytes, work.file.mtime_ns):
+            # changed since the scan: the row must describe the bytes read, or the next run would misjudge it
+            work.file = replace(work.file, size_bytes=info.st_size, mtime_ns=info.st_mtime_ns)
+        work.digest = digest = content_hash(data)
     if work.stored is not None and work.stored.content_hash == digest:
         work.same_content = True
         if work.stored.sidecar_state != work.file.sidecar_state:
             work.describe_only = True
-            work.described = read_descriptions(path, follow_symlinks=options.follow_symlinks)
+            work.described = _describe(work.file, options, data=data)
         return None
 
     def describe(image, exif) -> Descriptions:
-        return read_descriptions(path, image, exif, follow_symlinks=options.follow_symlinks)
+        return _describe(work.file, options, image, exif)
 
     return ImageBytes(data, digest, describe)
 
@@ -299,7 +348,7 @@ def _claimed(moved_files: MovedFiles, options: IngestOptions, works: list[_Work]
         if row is not None:
             work.moved_from = row
             if row.sidecar_state != work.file.sidecar_state:
-                work.described = read_descriptions(work.file.path, follow_symlinks=options.follow_symlinks)
+                work.described = _describe(work.file, options)
     return [w.moved_from is None for w in works]
 
 

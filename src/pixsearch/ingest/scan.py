@@ -12,6 +12,7 @@ from pixsearch.ingest.decode import file_kind
 from pixsearch.ingest.descriptions import is_sidecar_name, sidecar_paths
 from pixsearch.ingest.formats import IMAGE_SUFFIXES, available_suffixes
 from pixsearch.limits import DEFAULT_MAX_FILE_BYTES
+from pixsearch.sources.urls import is_object_url, normal_url
 
 # Pillow's own formats, and HEIF/AVIF when pillow-heif (or a Pillow with libavif) can open them.
 SCANNED_SUFFIXES = IMAGE_SUFFIXES | available_suffixes()
@@ -46,7 +47,10 @@ class ScanResult:
 def normal_path(path: str | os.PathLike) -> str:
     """A path's one spelling: absolute, `~` expanded, `.`, `..` and doubled separators removed lexically, symbolic
     links not followed (`/a/home/../p` is `/a/p`, as `cd` has it). Paths are stored and compared in this form, and
-    photo_id keys rows by it: one file, one row, however its folder was typed."""
+    photo_id keys rows by it: one file, one row, however its folder was typed. An object store URL (az://, s3://)
+    is a path too: its one spelling is sources.normal_url's."""
+    if is_object_url(path):
+        return normal_url(path)
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 

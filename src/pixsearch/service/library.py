@@ -12,8 +12,14 @@ from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
 from pixsearch.service.regions import add_regions
 from pixsearch.service.roots import record_roots
+from pixsearch.sources import is_object_url, normal_url
 from pixsearch.store import SchemaError
 from pixsearch.store.schema import CAPTION_FIELD
+
+
+def as_sources(paths: Sequence[str | Path]) -> list[Path | str]:
+    """Folders and files as Paths, object store URLs as their one spelling (text: a Path would drop a slash)."""
+    return [normal_url(p) if is_object_url(p) else Path(p) for p in paths]
 
 
 def add_paths(
@@ -39,7 +45,9 @@ def add_paths(
     caption_prompt), False stops it, None: as the index is set up; captioning runs after the photos are indexed
     (service/captioning.py) and its cost is report.captions. photo_url(path): a URL the hosted model's service
     can fetch a photo from (object stores), sent instead of its bytes. caption_errors="warn": a refused key or an
-    outage of the captioner is a warning on the report (uploads) instead of an error."""
+    outage of the captioner is a warning on the report (uploads) instead of an error. A path may be an object
+    store URL (az://container/prefix, s3://bucket/prefix): its objects are listed and read with the environment's
+    credentials (sources/), and the URL is recorded as a root like a folder."""
     if index.spec.kind != "photos":
         raise SchemaError(f"index {index.name!r} is not a photo index: add vectors to it instead")
     upgrade_photo_index(index)
@@ -64,10 +72,12 @@ def add_paths(
         max_pixels=settings.max_image_pixels,
         ocr=bool(index.spec.settings.get("ocr")),
         photo_url=photo_url,
+        download_concurrency=settings.download_concurrency,
     )
-    record_roots(index, [Path(p) for p in (roots if roots is not None else paths)], follow_symlinks)
+    sources = as_sources(paths)
+    record_roots(index, as_sources(roots) if roots is not None else sources, follow_symlinks)
     caption = next((vf.name for vf in index.spec.vector_fields if vf.name == CAPTION_FIELD), None)
-    report = ingest_paths(index.store, model.embedder, [Path(p) for p in paths], options,
+    report = ingest_paths(index.store, model.embedder, sources, options,
                           columns=model.columns, caption_field=caption, progress=progress,
                           loading=lambda incoming: builds.loading(index, incoming),
                           within=[Path(r) for r in roots] if roots is not None else None)

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlsplit
 
-from pixsearch.ingest.descriptions import read_descriptions
-from pixsearch.ingest.scan import scan
+from pixsearch.ingest.objects import describe_found, read_options, scan_sources
 from pixsearch.models import HOSTED_PREFIXES, model_capabilities, parse_model_name, service_requests
 from pixsearch.models.hosted import HostedOptions
 from pixsearch.store import IndexNotFoundError, get_index
@@ -60,7 +59,8 @@ def plan_index_run(engine, paths: Sequence[str | Path], *, index: str | None = N
         spec = None
     model_name = (spec.model if spec is not None and spec.model else None) or model or settings.model
     model_name = model_capabilities(model_name, settings.cache_dir).name  # checks the name, sends nothing
-    scanned = scan([Path(p) for p in paths], follow_symlinks=follow_symlinks, max_file_bytes=settings.max_file_bytes)
+    scanned = scan_sources(list(paths), follow_symlinks=follow_symlinks, max_file_bytes=settings.max_file_bytes)
+    objects = read_options(settings.max_file_bytes)
     stored = {}
     if spec is not None:
         store = IndexStore(engine.db, spec)
@@ -78,14 +78,14 @@ def plan_index_run(engine, paths: Sequence[str | Path], *, index: str | None = N
         else:
             embed.append(f)
 
-    def has_caption(path: str) -> bool:
-        return bool(read_descriptions(path, follow_symlinks=follow_symlinks).searchable_text().strip())
+    def has_caption(found) -> bool:
+        return bool(describe_found(found, objects, follow_symlinks=follow_symlinks).searchable_text().strip())
 
     batch = settings.batch_size
     requests = captions = 0
     for files, with_images in ((embed, True), (describe, False)):  # ingest embeds captions batch by batch
         for start in range(0, len(files), batch):
-            texts = sum(has_caption(f.path) for f in files[start:start + batch])
+            texts = sum(has_caption(f) for f in files[start:start + batch])
             images = len(files[start:start + batch]) if with_images else 0
             captions += texts
             requests += service_requests(model_name, images, texts)

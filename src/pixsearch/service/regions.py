@@ -215,4 +215,4 @@ def _replace(index: IndexCore, keys: list[str], rows: list[dict[str, Any]], labe
 
 
 def _photos(index: IndexCore) -> dict[str, str]:
-    return dict(index.store.rows_where_prefix("path", "/"))
+    return dict(index.store.rows_where_prefix("path", ""))  # every photo: on disk (/...) or in an object store (az://...)

@@ -1,6 +1,8 @@
 """The folders an index was built from: the only places the server opens photo files (thumbnails, regions,
 reindex). Roots are recorded as real paths; a stored photo path is opened only when its real location lies inside
-one of them."""
+one of them. Object store roots (az://, s3://) are recorded by their URL only (never a credential), and a stored
+object is read only when its URL lies under one of them, with the server's own credentials from its environment:
+the API never fetches a location a client names."""
 from __future__ import annotations
 
 import os
@@ -8,25 +10,27 @@ import stat
 from pathlib import Path
 from typing import Any, Sequence
 
-from pixsearch.ingest.decode import read_file
+from pixsearch.ingest.decode import DecodeError, read_file
 from pixsearch.ingest.scan import inside, normal_path
 from pixsearch.ingest.stage import PhotoNotFound
 from pixsearch.service.core import IndexCore
+from pixsearch.sources import ObjectReadError, ReadOptions, is_object_url, normal_url, read_object, url_inside
 
-__all__ = ["PhotoNotFound", "indexed_roots", "photo_file", "read_stored_photo", "record_roots"]
-
-
-def _roots_json(paths: Sequence[Path], follow_symlinks: bool) -> list[dict[str, Any]]:
-    return [{"path": os.path.realpath(normal_path(p)), "follow_symlinks": follow_symlinks}
-            for p in paths]
+__all__ = ["PhotoNotFound", "indexed_roots", "photo_file", "read_stored_photo", "record_roots", "stored_object"]
 
 
-def record_roots(index: IndexCore, paths: Sequence[Path], follow_symlinks: bool) -> None:
-    """Remember the folders (or files) an index was built from: thumbnails open files inside them only."""
+def _roots_json(paths: Sequence[Path | str], follow_symlinks: bool) -> list[dict[str, Any]]:
+    return [{"path": normal_url(p), "follow_symlinks": False} if is_object_url(p) else
+            {"path": os.path.realpath(normal_path(p)), "follow_symlinks": follow_symlinks} for p in paths]
+
+
+def record_roots(index: IndexCore, paths: Sequence[Path | str], follow_symlinks: bool) -> None:
+    """Remember the folders (or files, or object store URLs) an index was built from: thumbnails open files inside
+    them only."""
     current = indexed_roots(index)
     merged = {r["path"]: r for r in current}
     for root in _roots_json(paths, follow_symlinks):
-        if os.path.exists(root["path"]):
+        if is_object_url(root["path"]) or os.path.exists(root["path"]):
             old = merged.get(root["path"])
             merged[root["path"]] = {**root, "follow_symlinks": root["follow_symlinks"] or bool(old and old["follow_symlinks"])}
     roots = sorted(merged.values(), key=lambda r: r["path"])
@@ -45,7 +49,7 @@ def indexed_roots(index: IndexCore) -> list[dict[str, Any]]:
     for folder in folders:
         if not any(folder == top or folder.startswith(top.rstrip(os.sep) + os.sep) for top in outermost):
             outermost.append(folder)
-    derived = [{"path": os.path.realpath(f), "follow_symlinks": False} for f in outermost]
+    derived = [{"path": f if is_object_url(f) else os.path.realpath(f), "follow_symlinks": False} for f in outermost]
     index.update_settings({"roots": derived})
     return derived
 
@@ -82,5 +86,28 @@ def read_stored_photo(index: IndexCore, stored_path: str) -> bytes:
     """The bytes of a stored photo's file, for everything that opens one again after ingest (thumbnails, regions,
     reindex): opened only inside the index's roots and not through a link unless its root follows links
     (photo_file: PhotoNotFound otherwise), a regular file within the size limit (read_file: DecodeError)."""
+    if is_object_url(stored_path):
+        url = stored_object(index, stored_path)
+        try:
+            return read_object(url, ReadOptions(max_bytes=index.settings.max_file_bytes,
+                                                concurrency=index.settings.download_concurrency))
+        except ObjectReadError as exc:
+            raise DecodeError(str(exc)) from None
     path, follow = photo_file(index, stored_path)
     return read_file(path, max_bytes=index.settings.max_file_bytes, follow_symlinks=follow)
+
+
+def stored_object(index: IndexCore, stored_path: str) -> str:
+    """A stored photo's object URL, if it lies under one of the index's object store roots; PhotoNotFound
+    otherwise (whatever a row says, only what was indexed from a recorded root is fetched)."""
+    try:
+        url = normal_url(stored_path)
+    except ValueError:
+        url = None
+    parts = url.split("://", 1)[1].split("/") if url is not None else []
+    # "." and ".." are plain characters in an object key, but HTTP clients may resolve them as a path: never sent
+    if url is not None and url == stored_path and not any(part in ("", ".", "..") for part in parts):
+        for root in indexed_roots(index):
+            if is_object_url(root["path"]) and url_inside(url, root["path"]):
+                return url
+    raise PhotoNotFound("the photo's object is not under the object store locations this index was built from")

@@ -1,0 +1,266 @@
+"""Photos in object stores (issue 21), against real emulators: Azurite for Azure Blob Storage and moto's S3 server,
+each behind a loopback proxy that counts requests and injects throttling. Every test runs on both services."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from object_stores import AZURITE_KEY, CLOUD_VARIABLES, Fault, azurite, azurite_connection_string, moto_s3
+from pixsearch.config import Settings
+from pixsearch.ingest.scan import photo_id
+from pixsearch.service import Engine
+from pixsearch.service.roots import PhotoNotFound, read_stored_photo
+
+PHOTOS = ["flower.jpg", "china-temple.jpg", "imagenet-11-630.jpg"]
+SIDECAR_TITLE = "zanzibar lighthouse at dawn"
+
+
+@pytest.fixture(scope="module", params=["az", "s3"])
+def emulator(request):
+    yield from (azurite() if request.param == "az" else moto_s3())
+
+
+@pytest.fixture
+def store(emulator, monkeypatch):
+    """A fresh container/bucket on the emulator, and an environment holding exactly its credentials."""
+    fresh = replace(emulator, bucket="b" + uuid.uuid4().hex[:12])
+    fresh.create_bucket()
+    fresh.proxy.reset()
+    for name in list(os.environ):
+        if CLOUD_VARIABLES.match(name):
+            monkeypatch.delenv(name)
+    for name, value in fresh.env.items():
+        monkeypatch.setenv(name, value)
+    return fresh
+
+
+def _cli(home: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("pixsearch")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "PIXSEARCH_HOME": str(home), **(env or {})})
+
+
+def _report(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.stdout.strip(), proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _upload(store, samples: Path, prefix: str = "trip", names=PHOTOS) -> None:
+    for name in names:
+        store.put(f"{prefix}/{name}", (samples / name).read_bytes())
+
+
+def _engine(home: Path, embedder) -> Engine:
+    return Engine(Settings.load(home=home), embedder=embedder)
+
+
+def _row(engine: Engine, index: str, url: str, columns=("path", "title", "content_hash")) -> dict | None:
+    return engine.index(index).store.select([photo_id(url)], list(columns)).get(photo_id(url))
+
+
+def test_index_search_thumbnail_regions_and_a_rerun_that_downloads_nothing(store, home, embedder, samples,
+                                                                           index_name):
+    _upload(store, samples)
+    store.put("trip/flower.xmp", f'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/'
+                                 f'22-rdf-syntax-ns#"><rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/">'
+                                 f'<dc:title><rdf:Alt><rdf:li xml:lang="x-default">{SIDECAR_TITLE}</rdf:li></rdf:Alt>'
+                                 f'</dc:title></rdf:Description></rdf:RDF></x:xmpmeta>'.encode())
+    store.put("elsewhere/rocket.jpg", (samples / "rocket.jpg").read_bytes())  # not under the indexed prefix
+
+    first = _cli(home, "index", store.url("trip"), "--index", index_name, "--regions", "grid-coarse", "--json")
+    assert first.returncode == 0, first.stderr
+    assert _report(first)["added"] == len(PHOTOS)
+    assert "regions: " in first.stderr and f"in {len(PHOTOS)} photos" in first.stderr, first.stderr
+
+    found = _cli(home, "search", "a flower", "--index", index_name, "--json")
+    assert found.returncode == 0, found.stderr
+    paths = {hit["path"] for hit in json.loads(found.stdout)}
+    assert paths == {f"{store.url('trip')}/{name}" for name in PHOTOS}
+
+    with _engine(home, embedder) as engine:
+        assert _row(engine, index_name, store.url("trip/flower.jpg"))["title"] == SIDECAR_TITLE
+        from pixsearch.api import create_app
+        from pixsearch.api.server import serving_in_thread
+
+        with serving_in_thread(create_app(engine, admin_keys=["admin-k"], query_keys=["query-k"])) as base:
+            key = photo_id(store.url("trip/china-temple.jpg"))
+            response = httpx.get(f"{base}/thumbnails/{key}", params={"index": index_name, "size": 256},
+                                 headers={"api-key": "query-k"}, timeout=60)
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"] == "image/webp" and response.content[:4] == b"RIFF"
+        # the server reads only objects under the index's recorded roots, never one a row (or client) names
+        store.proxy.reset()
+        with pytest.raises(PhotoNotFound):
+            read_stored_photo(engine.index(index_name), store.url("elsewhere/rocket.jpg"))
+        with pytest.raises(PhotoNotFound):
+            read_stored_photo(engine.index(index_name), store.url("trip/../elsewhere/rocket.jpg"))
+        assert store.proxy.seen == []
+
+    store.proxy.reset()
+    again = _cli(home, "index", store.url("trip"), "--index", index_name, "--json")
+    assert again.returncode == 0, again.stderr
+    report = _report(again)
+    assert (report["unchanged"], report["added"], report["updated"]) == (len(PHOTOS), 0, 0)
+    assert store.proxy.seen, "the rerun must have listed the prefix through the proxy"
+    assert store.object_reads() == [], [s.target for s in store.object_reads()]
+
+
+def test_a_changed_object_is_embedded_again_a_deleted_one_pruned_a_renamed_one_moved_without_a_download(
+        store, home, embedder, samples, index_name):
+    _upload(store, samples)
+    assert _cli(home, "index", store.url("trip"), "--index", index_name).returncode == 0
+    with _engine(home, embedder) as engine:
+        vector = engine.index(index_name).spec.vector_fields[0].name
+        before = _row(engine, index_name, store.url("trip/imagenet-11-630.jpg"), (vector, "content_hash"))
+
+    store.put("trip/flower.jpg", (samples / "rocket.jpg").read_bytes())  # changed in place
+    store.delete("trip/china-temple.jpg")
+    store.rename("trip/imagenet-11-630.jpg", "trip/renamed/dog.jpg")
+    store.proxy.reset()
+    proc = _cli(home, "index", store.url("trip"), "--index", index_name, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = _report(proc)
+    assert (report["updated"], report["removed"], report["moved"], report["added"]) == (1, 1, 1, 0), report
+    assert store.object_reads("renamed/dog.jpg") == []  # recognised by the MD5 the listing states
+    assert len(store.object_reads("flower.jpg")) == 1
+
+    with _engine(home, embedder) as engine:
+        moved = _row(engine, index_name, store.url("trip/renamed/dog.jpg"), (vector, "content_hash", "path"))
+        assert moved["path"] == store.url("trip/renamed/dog.jpg")
+        assert moved["content_hash"] == before["content_hash"]
+        assert np.array_equal(np.asarray(moved[vector]), np.asarray(before[vector]))
+        assert _row(engine, index_name, store.url("trip/imagenet-11-630.jpg")) is None
+        assert _row(engine, index_name, store.url("trip/china-temple.jpg")) is None
+
+
+def test_a_corrupt_object_fails_alone_and_throttling_is_retried_as_retry_after_asks(store, home, samples,
+                                                                                    index_name):
+    _upload(store, samples)
+    store.put("trip/broken.jpg", b"this is not a JPEG at all" * 10)
+
+    def object_get(name):
+        return lambda method, target: method == "GET" and target.split("?")[0].endswith("/" + name)
+
+    def listing(method, target):
+        return method == "GET" and ("comp=list" in target or "list-type=2" in target)
+
+    store.proxy.faults += [
+        Fault(listing, 503, 1, {"Retry-After": "0"}),
+        Fault(object_get("flower.jpg"), 429, 2, {"Retry-After": "1"}),
+        Fault(object_get("china-temple.jpg"), 503, 99, {"Retry-After": "0"}),  # never recovers in this run
+    ]
+    proc = _cli(home, "index", store.url("trip"), "--index", index_name, "--json")
+    assert proc.returncode == 3, proc.stderr  # some files failed, the run went on
+    report = _report(proc)
+    failed = {item["path"].rsplit("/", 1)[-1]: item["reason"] for item in report["failed"]}
+    assert set(failed) == {"broken.jpg", "china-temple.jpg"}, report
+    assert "503" in failed["china-temple.jpg"]
+    assert report["added"] == 2
+
+    flower = store.object_reads("flower.jpg")
+    assert [s.status for s in flower][:2] == [429, 429] and len(flower) == 3 and flower[2].status in (200, 206)
+    assert all(later.at - earlier.at >= 0.9 for earlier, later in zip(flower, flower[1:]))  # Retry-After: 1 honoured
+    assert len(store.object_reads("china-temple.jpg")) == 5  # RetryPolicy.attempts, then a per-object failure
+
+    store.proxy.reset()  # the service is fine again: the next run picks up what failed
+    proc = _cli(home, "index", store.url("trip"), "--index", index_name, "--json")
+    report = _report(proc)
+    assert report["added"] == 1 and [f["path"].rsplit("/", 1)[-1] for f in report["failed"]] == ["broken.jpg"]
+
+
+@pytest.mark.parametrize("problem", ["wrong", "missing"])
+def test_a_wrong_or_missing_credential_is_one_clear_error_naming_the_variable_and_no_secret_leaks(
+        store, home, embedder, samples, index_name, problem, monkeypatch, tmp_path):
+    _upload(store, samples, names=PHOTOS[:1])
+    secrets = []
+    if store.scheme == "az":
+        variable = "AZURE_STORAGE_CONNECTION_STRING"
+        if problem == "wrong":
+            wrong_key = AZURITE_KEY[:10] + ("A" if AZURITE_KEY[10] != "A" else "B") + AZURITE_KEY[11:]
+            monkeypatch.setenv(variable, azurite_connection_string(store.proxy.port, wrong_key))
+            secrets = [wrong_key, AZURITE_KEY]
+        else:
+            monkeypatch.delenv(variable)
+    else:
+        if problem == "wrong":
+            pytest.skip("moto's S3 server accepts any credentials unless IAM authentication is set up")
+        variable = "AWS_ACCESS_KEY_ID"
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+
+    proc = _cli(home, "index", store.url("trip"), "--index", index_name, "--json")
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and variable in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    for secret in secrets:
+        assert secret not in proc.stderr and secret not in proc.stdout
+    with _engine(home, embedder) as engine:
+        settings = json.dumps(engine.index(index_name).spec.settings)
+        assert store.url("trip") in settings  # the root, by its URL only
+        for secret in secrets:
+            assert secret not in settings
+        assert engine.index(index_name).store.count() == 0
+
+
+def test_python_api_indexes_object_store_and_folder_together(store, home, embedder, samples, tmp_path):
+    from pixsearch.client import Client
+
+    _upload(store, samples, names=PHOTOS[:2])
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "rocket.jpg").write_bytes((samples / "rocket.jpg").read_bytes())
+    with _engine(home, embedder) as engine:
+        photos = Client(engine).create_index("py-" + uuid.uuid4().hex[:8])
+        ids = photos.add_images([store.url("trip"), str(local)])
+        assert len(ids) == 3
+        hits = photos.search("a rocket", k=3)
+        assert {hit.fields["path"] for hit in hits} == {f"{store.url('trip')}/{n}" for n in PHOTOS[:2]} | {
+            str(local / "rocket.jpg")}
+
+
+def test_watch_lists_the_prefix_again_every_interval(store, home, samples, index_name):
+    _upload(store, samples, names=PHOTOS[:1])
+    exe = Path(sys.executable).with_name("pixsearch")
+    proc = subprocess.Popen([str(exe), "index", store.url("trip"), "--index", index_name, "--watch", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "PIXSEARCH_HOME": str(home), "PIXSEARCH_WATCH_INTERVAL": "1"})
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+
+    def next_report() -> dict:
+        try:
+            return json.loads(lines.get(timeout=120))
+        except queue.Empty:
+            raise AssertionError("no report from the watcher: " + proc.stderr.read() if proc.poll() is not None
+                                 else "no report from the watcher") from None
+
+    try:
+        assert next_report()["added"] == 1
+        store.put("trip/later.jpg", (samples / "rocket.jpg").read_bytes())
+        assert next_report()["added"] == 1  # the next listing found it
+        store.delete("trip/later.jpg")
+        assert next_report()["removed"] == 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
