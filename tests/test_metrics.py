@@ -66,6 +66,7 @@ def served(home, embedder, sample_index):
     """A server on the session's database with a pool of ONE connection (so a held connection makes requests
     queue); yields (base URL, engine)."""
     with Engine(Settings.load(home=home, pool_size=1), embedder=embedder) as engine:
+        engine.db  # opened before serving, as `pixsearch serve` does
         with serving_in_thread(create_app(engine, admin_keys=[ADMIN], query_keys=[QUERY])) as url:
             yield url, engine
 
@@ -254,6 +255,29 @@ def test_index_watch_serves_its_progress_on_loopback(model_cache, samples):
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         _remove_home(home)
+
+
+def test_queued_counts_the_rest_of_the_run_and_what_the_watcher_holds(samples, tmp_path):
+    from prometheus_client import generate_latest
+
+    from pixsearch.api.metrics import IngestMetrics
+    from pixsearch.ingest.watch import FolderWatcher
+
+    metrics = IngestMetrics("q")
+    queued = lambda: value({(s.name, tuple(sorted(s.labels.items()))): s.value  # noqa: E731
+                            for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+                            for s in f.samples}, "pixsearch_ingest_files_queued", index="q")
+    metrics.start(5)
+    metrics.advance(2)
+    assert queued() == 3
+    metrics.stop()
+    assert queued() == 0
+    # a watcher that holds its batch (the folder is never quiet long enough): what it holds is queued
+    with FolderWatcher([tmp_path], lambda *batch: None, debounce_s=3600, max_delay_s=3600) as watcher:
+        metrics.watch_pending(watcher.pending)
+        copy_some(samples, tmp_path, ["cat-chelsea.png", "coffee.png"])
+        wait_for(lambda: queued() == 2, "two files queued")
+        watcher.stop(flush=False)
 
 
 # -- JSON logs -----------------------------------------------------------------------------------------------------------
