@@ -48,8 +48,8 @@ def restore_cmd(
         report = restore(engine, file, force=force, say=lambda line: err.print(escape(line), highlight=False))
     if as_json:
         print(json.dumps(report.to_json()))
-    for note in report.notes:
-        err.print(f"note: {escape(note)}", highlight=False)
+    for line in report.notes:
+        err.print(f"note: {escape(line)}", highlight=False)
     err.print(f"restored {len(report.indexes)} indexes ({escape(', '.join(f'{n}: {c:,} rows' for n, c in report.indexes.items()))}), "
               f"{report.keys} API keys, {report.uploads} uploads, made by {escape(report.made_by)}; built "
               f"{len(report.rebuilt)} ANN indexes; {report.seconds:.1f} s", highlight=False)
