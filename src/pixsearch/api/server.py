@@ -29,6 +29,9 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise AddressInUseError(f"cannot listen on {host}:{port}: {exc.strerror} (choose another with --port)") from None
+    # Listening now, not when uvicorn gets to it: a client given the announced link at once (a script, a test) has
+    # its connection queued until the server accepts it, instead of refused.
+    sock.listen(2048)
     return sock
 
 

@@ -5,5 +5,5 @@ subclasses), so no layer above store/ needs to know the driver."""
 from pixsearch.db.database import Database, PoolStatus, open_database
 from pixsearch.db.errors import DatabaseError, DatabaseFull, DatabaseUnavailable, QueryTimeout, StatementAborted
 
-__all__ = ["Database", "PoolStatus", "DatabaseError", "DatabaseFull", "DatabaseUnavailable", "QueryTimeout", "StatementAborted",
-           "open_database"]
+__all__ = ["Database", "DatabaseError", "DatabaseFull", "DatabaseUnavailable", "PoolStatus", "QueryTimeout",
+           "StatementAborted", "open_database"]

