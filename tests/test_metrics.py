@@ -365,3 +365,18 @@ def test_normal_commands_write_nothing_on_stderr_without_xdg_runtime_dir(home, s
             assert done.returncode == 0, (args, done.stderr)
             assert done.stderr == "", (runtime, args, done.stderr)
             assert done.stdout.strip()
+
+
+def test_the_announced_port_accepts_connections_before_the_server_runs():
+    """`pixsearch serve` announces its link once the port is bound: a client (a script, a supervisor's health
+    check) connecting at once is queued until the server accepts, not refused."""
+    import socket
+
+    from pixsearch.api.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        with socket.create_connection(sock.getsockname(), timeout=10):
+            pass
+    finally:
+        sock.close()
