@@ -27,6 +27,8 @@ METRICS_PATH = "/metrics"
 UNMATCHED = "unmatched"  # the route label of requests that match no route (404s of any path: one series)
 # Request latency buckets, in seconds: a cached search answers in milliseconds, an upload embedding images in seconds.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
 class _EngineCollector(Collector):
     """The engine's state, read when scraped: the database pool and outage, the query-vector cache."""
 
@@ -96,8 +98,10 @@ class ApiMetrics:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 
-    def endpoint(self) -> Response:
-        """GET /metrics: Prometheus' text format (loopback without a key, else admin keys: api/keys.py)."""
+    async def endpoint(self) -> Response:
+        """GET /metrics: Prometheus' text format (loopback without a key, else admin keys: api/keys.py). Answered on
+        the event loop from memory, not in the thread pool: requests queued for a database connection can fill
+        that pool, and a scrape is most wanted then."""
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 
