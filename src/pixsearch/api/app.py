@@ -26,6 +26,7 @@ from pixsearch.api.errors import (
     install_handlers,
 )
 from pixsearch.api.keys import AuthMiddleware, KeyRing
+from pixsearch.api.metrics import METRICS_PATH, ApiMetrics, MetricsMiddleware
 from pixsearch.api.models import (
     IndexBatch,
     IndexIn,
@@ -87,10 +88,13 @@ def create_app(
     app.add_middleware(AuthMiddleware, ring=ring, allow_anonymous=allow_anonymous)
     app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(OriginGuard, allowed_hosts=allowed_hosts)
+    metrics = ApiMetrics(engine, lambda: app.router.routes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: refusals of the others are counted too
     install_docs(app)
     handlers = Handlers(engine)
     h = handlers
     app.add_api_route("/healthz", h.health, methods=["GET"])
+    app.add_api_route(METRICS_PATH, metrics.endpoint, methods=["GET"], include_in_schema=False)
     app.add_api_route("/indexes", h.list_indexes, methods=["GET"])
     app.add_api_route("/indexes/{name}", h.get_index, methods=["GET"])
     app.add_api_route("/indexes/{name}", h.put_index, methods=["PUT"])
@@ -121,6 +125,7 @@ def create_app(
         app.add_api_route(path, h.not_implemented, methods=["GET", "POST"], include_in_schema=False)
     install_page(app, page_index or engine.settings.index)
     app.state.handlers = handlers
+    app.state.metrics = metrics
     return app
 
 

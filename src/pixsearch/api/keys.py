@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 import anyio
 
 from pixsearch.api.errors import answer_early, error_response, unavailable_response
+from pixsearch.api.origin import loopback_client
 from pixsearch.db import DatabaseError
 from pixsearch.limits import API_KEY_CACHE_SECONDS
 from pixsearch.store.keys import hash_key
@@ -20,6 +21,8 @@ ADMIN, QUERY = "admin", "query"
 HEADER = "api-key"
 OPEN_PATHS = {"/", "/healthz", "/docs", "/openapi.json"}
 OPEN_PREFIXES = ("/static/", "/docs-assets/")  # the page's and the API docs' own files; their fetches need a key
+# Open to requests made on this machine straight to the server (a local Prometheus or agent), admin keys otherwise.
+LOOPBACK_OPEN_PATHS = {"/metrics"}
 MAX_CACHED_KEYS = 4096
 # (method, path) patterns a query key may use; everything else needs an admin key. Later routes (the OData
 # `indexes('NAME')` form, autocomplete, suggest) add their patterns here.
@@ -125,6 +128,8 @@ class AuthMiddleware:
     async def __call__(self, scope: dict, receive, send) -> None:
         if scope["type"] == "http":
             needed = required_role(scope["method"], scope["path"])
+            if scope["path"] in LOOPBACK_OPEN_PATHS and loopback_client(scope):
+                needed = None
             if needed is not None:
                 refusal = await self._refusal(scope, needed)
                 if refusal is not None:  # answered before the body is read: a keyless upload costs nothing

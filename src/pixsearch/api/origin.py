@@ -10,11 +10,28 @@ changing requests from another origin are refused.
 """
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+# Headers a reverse proxy adds: a request carrying one came from elsewhere, whatever address it arrived from.
+PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+
+
+def loopback_client(scope: dict) -> bool:
+    """A request made on this machine, straight to the server: its peer is a loopback address and no proxy relayed
+    it (a proxy on the same machine connects from loopback too, on behalf of anyone)."""
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        if not ipaddress.ip_address(str(client[0]).split("%")[0]).is_loopback:
+            return False
+    except ValueError:
+        return False
+    return not any(name.lower() in PROXY_HEADERS for name, _ in scope.get("headers") or [])
 
 
 def host_names(bound_host: str, extra: Iterable[str] = ()) -> tuple[str, ...] | None:

@@ -29,6 +29,9 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise AddressInUseError(f"cannot listen on {host}:{port}: {exc.strerror} (choose another with --port)") from None
+    # Listening now, not when uvicorn gets to it: a client given the announced link at once (a script, a test) has
+    # its connection queued until the server accepts it, instead of refused.
+    sock.listen(2048)
     return sock
 
 
@@ -42,6 +45,7 @@ def serve(
     allow_anonymous: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     log_level: str = "warning",
+    log_format: str = "text",
     stored_keys: bool = True,
     page_index: str | None = None,
     announce: Callable[[str], None] | None = None,
@@ -49,7 +53,9 @@ def serve(
 ) -> None:
     """Serve until interrupted. Blocks; the caller owns (and closes) the engine. With stored_keys, the keys made by
     `pixsearch keys create` are accepted too. `announce` gets the base URL once the port is bound. Requests must
-    name the server by the address it binds (loopback names on loopback) or one of `allowed_hosts`."""
+    name the server by the address it binds (loopback names on loopback) or one of `allowed_hosts`.
+    log_format "json": the process's logging was set up by api.logs.log_json; uvicorn keeps it (no text handlers
+    of its own) and logs its start at INFO, and each request is logged by route (api/metrics.py), not uvicorn."""
     import uvicorn
 
     app = create_app(
@@ -65,7 +71,11 @@ def serve(
     engine.remove_unfinished_uploads()  # files of uploads a killed server wrote but never committed
     sock = bind(host, port)
     bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(app, host=host, port=bound_port, log_level=log_level, server_header=False)
+    if log_format == "json":
+        config = uvicorn.Config(app, host=host, port=bound_port, log_config=None, log_level="info", access_log=False,
+                                server_header=False)
+    else:
+        config = uvicorn.Config(app, host=host, port=bound_port, log_level=log_level, server_header=False)
     if announce is not None:
         shown = f"[{host}]" if ":" in host else host
         announce(f"http://{shown}:{bound_port}/")

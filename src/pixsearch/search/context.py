@@ -96,6 +96,10 @@ class QueryVectorCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
+    @property
+    def entries(self) -> int:
+        return len(self._items)
+
     def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
         with self._lock:
             if key in self._items:

@@ -10,7 +10,8 @@ format, read in the snapshot pg_dump dumps, and through the coordinator on Citus
 A restore reads the manifest first (a newer release's backup is refused before anything is touched), then extracts
 and checks every member against it (a truncated or altered file is refused, nothing touched), then replaces what
 the database holds in one pg_restore transaction — the tables it replaces are set aside and come back if anything
-fails — then the uploads folder, and builds the ANN indexes with the settings sized for them.
+fails — then the uploads folder; on a Citus coordinator distributes the indexes again (service.backup._distribution),
+and builds the ANN indexes with the settings sized for them (on every shard).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 import pixsearch
+from pixsearch.db import DatabaseError
 from pixsearch.db import dump as pg
 from pixsearch.service import photos
 from pixsearch.service.engine import Engine
@@ -323,7 +325,8 @@ def restore(engine: Engine, path: Path | str, *, force: bool = False,
     for name in names:
         index = engine.index(name)
         report.notes += _follow_home(index, manifest)
-        report.notes += _local_again(index, manifest)
+        report.notes += _distribution(index, manifest, say)
+        index = engine.index(name)  # as distributed now, or not
         say(f"building the ANN indexes of {name}")
         report.rebuilt += [f"{name}.{field}" for field in index.ensure_ann_indexes()]
         report.indexes[name] = index.count()
@@ -418,9 +421,24 @@ def _follow_home(index: Index, manifest: dict[str, Any]) -> list[str]:
     return [f"{index.name}: {len(moved)} uploads moved from {old_folder} to {folder}"]
 
 
-def _local_again(index: Index, manifest: dict[str, Any]) -> list[str]:
-    """A distributed index is restored as a local table: distribution is the target cluster's to decide."""
-    if index.spec.table_name not in manifest["distributed_tables"]:
+def _distribution(index: Index, manifest: dict[str, Any], say: Callable[[str], None]) -> list[str]:
+    """pg_restore makes every table a plain table on the server it talks to. On a Citus coordinator, an index that
+    was distributed in the backup (or any index, when the `distribute` setting says new indexes are) is sharded
+    again across the workers — by its key, in the `shards` setting's number of shards — before its ANN indexes are
+    built, so they are built on every shard. Anywhere else a distributed index is restored as a local table."""
+    engine = index.engine
+    was_distributed = index.spec.table_name in manifest["distributed_tables"]
+    if engine.db.server.citus_version is not None and (was_distributed or engine.settings.distribute):
+        say(f"distributing {index.name} across the Citus workers")
+        tables.clear_distribution(engine.db, index.name)  # the registry's word is the backup's cluster's
+        try:
+            spec = engine.distribute_index(index.name).spec
+        except DatabaseError as exc:  # a worker away: the rows are restored (on the coordinator), nothing is lost
+            return [f"{index.name} is restored as a local table on the coordinator: distributing it failed ({exc}); "
+                    f"once the workers answer, run: pixsearch indexes distribute {index.name}"]
+        shards = spec.settings["distribution"]["shards"]
+        return [f"{index.name}: distributed across the Citus workers again ({shards} shards)"]
+    if not was_distributed:
         return []
     tables.clear_distribution(index.db, index.name)
     return [f"{index.name} was distributed across Citus workers and is restored as a local table; on a Citus "

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from pixsearch.config import Settings
-from pixsearch.db import Database, open_database
+from pixsearch.db import Database, PoolStatus, open_database
 from pixsearch.ingest.decode import decode_bytes, read_and_decode
 from pixsearch.models import load_embedder
 from pixsearch.models.base import Embedder
@@ -196,6 +196,12 @@ class Engine:
 
     def api_key_role(self, secret: str) -> str | None:
         return keys.role_for(self.db, secret)
+
+    def database_status(self) -> PoolStatus | None:
+        """The connection pool's use and the outage state (None before the database was first opened: reading it
+        never opens it, so monitoring cannot start a server or wait for one)."""
+        db = self._db
+        return db.status() if db is not None else None
 
     def close(self) -> None:
         with self._db_lock:

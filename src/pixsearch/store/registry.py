@@ -251,20 +251,33 @@ def _distribute(conn, spec: IndexSpec, shards: int) -> None:
 
 
 def distribute_index(db: Database, name: str, shards: int = 0) -> IndexSpec:
-    """Distribute an existing index's table across the Citus workers by its key, its rows moved into the shards."""
+    """Distribute an existing index's table across the Citus workers by its key, its rows moved into the shards
+    (and its regions' table with it, colocated: a photo and its regions stay on one shard). Every index of the
+    tables is created on every shard by Citus. In one transaction: all of it or nothing."""
+    from pixsearch.store.regions import DISTRIBUTE_SQL, PHOTO_KEY, RegionTable, foreign_key_sql
+
     spec = get_index(db, name)
     with db.connection() as conn, conn.transaction():
         citus = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone() is not None
+        table = sql.Identifier(spec.table_name).as_string(conn)
         if citus and conn.execute("SELECT 1 FROM pg_dist_partition WHERE logicalrelid = %s::regclass",
-                                  (sql.Identifier(spec.table_name).as_string(conn),)).fetchone():
+                                  (table,)).fetchone():
             # Citus' own catalog decides: a restored dump records distribution in the registry but not here.
             raise SchemaError(f"index {name!r} is already distributed")
+        regions = RegionTable(spec)
+        child = regions.parts.shape if citus and regions.exists(conn) else None
+        if child is not None:  # Citus distributes a table referenced by a foreign key only with its referencing one
+            conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}").format(
+                child.table, sql.Identifier(child.derived_name("photo", "fk"))))
         _distribute(conn, spec, shards)
         # create_distributed_table copied the rows into the shards; the coordinator's own copy is now dead weight
-        conn.execute("SELECT truncate_local_data_after_distributing_table(%s)",
-                     (sql.Identifier(spec.table_name).as_string(conn),))
+        conn.execute("SELECT truncate_local_data_after_distributing_table(%s)", (table,))
+        if child is not None:
+            conn.execute(DISTRIBUTE_SQL, (child.table.as_string(conn), PHOTO_KEY, table))
+            conn.execute("SELECT truncate_local_data_after_distributing_table(%s)", (child.table.as_string(conn),))
+            conn.execute(foreign_key_sql(child, spec))
         shard_count = conn.execute("SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = %s::regclass",
-                                   (sql.Identifier(spec.table_name).as_string(conn),)).fetchone()[0]
+                                   (table,)).fetchone()[0]
     return update_settings(db, name, {"distribution": {"column": spec.key_field, "shards": shard_count}})
 
 
