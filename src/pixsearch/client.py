@@ -95,10 +95,11 @@ class SimilarityIndex:
 
     # -- writes ----------------------------------------------------------------------------------------------------
     def add_images(self, images: Iterable[str | Path | Image.Image | bytes], *, regions: str | Path | None = None,
-                   follow_symlinks: bool = False) -> list[str]:
+                   follow_symlinks: bool = False, ray: str | None = None) -> list[str]:
         """Embed and add images: file or folder paths (folders walked recursively; the files stay where they are),
         PIL images or encoded bytes (kept under PIXSEARCH_HOME/uploads/<index>/). Returns the ids of the images
-        given (for folders, of every image found). regions: also index regions ("grid", or a box file)."""
+        given (for folders, of every image found). regions: also index regions ("grid", or a box file). ray: embed
+        the files on this Ray cluster (host:port of its head, "auto" for RAY_ADDRESS; see `pixsearch index --ray`)."""
         index = self._index
         paths, ids = [], []
         for item in images:
@@ -109,7 +110,7 @@ class SimilarityIndex:
                 key, _ = index.add_image_bytes("image", bytes(data))
                 ids.append(key)
         if paths:
-            report = index.add_paths(paths, prune=False, follow_symlinks=follow_symlinks)
+            report = index.add_paths(paths, prune=False, follow_symlinks=follow_symlinks, ray=ray)
             ids += report.keys
         if regions is not None:
             index.add_regions(str(regions) if isinstance(regions, Path) else regions, photo_keys=ids)

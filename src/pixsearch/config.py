@@ -58,6 +58,9 @@ class Settings:
     hosted_requests_per_minute: float | None = None  # a rate limit of ours (e.g. 20 on Azure's free tier)
     hosted_concurrency: int = 4  # requests in flight at once, per model
     hosted_timeout: float = 60.0  # seconds per request before it is retried
+    # `pixsearch index --ray`: the image stage runs on this Ray cluster (host:port of its head, or "auto" for
+    # RAY_ADDRESS); empty or "local": here. An index's own setting ray_address comes first.
+    ray_address: str = ""
 
     @property
     def max_file_bytes(self) -> int:

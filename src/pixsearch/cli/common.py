@@ -35,6 +35,7 @@ def open_engine(index: str | None = None, **engine_options: Any) -> Iterator[Eng
     """Open the engine; turn the errors a user can fix into one clear line instead of a traceback."""
     from pixsearch.db import DatabaseError
     from pixsearch.ingest.decode import DecodeError
+    from pixsearch.ingest.distributed import ClusterError
     from pixsearch.ingest.ocr import OcrUnavailable
     from pixsearch.models.base import ModelNotAvailableError
     from pixsearch.store import IndexNotFoundError
@@ -42,7 +43,8 @@ def open_engine(index: str | None = None, **engine_options: Any) -> Iterator[Eng
     try:
         with Engine(index=index, **engine_options) as engine:
             yield engine
-    except (DatabaseError, IndexNotFoundError, ModelNotAvailableError, DecodeError, OcrUnavailable, ValueError) as exc:
+    except (DatabaseError, IndexNotFoundError, ModelNotAvailableError, DecodeError, OcrUnavailable, ClusterError,
+            ValueError) as exc:
         raise fail(str(exc)) from None
 
 

@@ -69,11 +69,12 @@ class _RichIngestProgress:
 
 def _index_paths(engine: Engine, paths: List[Path], index: str | None, prune: bool, as_json: bool,
                  follow_symlinks: bool = False, model: str | None = None, regions: str | None = None,
-                 ocr: bool | None = None) -> int:
+                 ocr: bool | None = None, ray: str | None = None) -> int:
     idx = engine.index(index, create=True, model=model)
     progress = _RichIngestProgress(err)
     try:
-        report = idx.add_paths(paths, prune=prune, progress=progress, follow_symlinks=follow_symlinks, ocr=ocr)
+        report = idx.add_paths(paths, prune=prune, progress=progress, follow_symlinks=follow_symlinks, ocr=ocr,
+                               ray=ray)
     finally:
         progress.stop()
     if regions is not None:
@@ -162,6 +163,11 @@ def index_cmd(
         False, "--dry-run", help="Say what a run would embed and how many requests a hosted model would send for it "
         "(read-only: nothing is embedded, sent or written)."
     ),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="ADDRESS", help="Read, decode and embed the photos on a Ray cluster: host:port of its "
+        "head, or auto (RAY_ADDRESS); local: here. Every node must see the folders at the same paths. Default: the "
+        "setting ray_address. Needs pip install 'pixsearch[ray]'."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (one line per batch)."),
 ) -> None:
     """Index photos incrementally: new and changed files are embedded, unchanged ones skipped, moved and renamed
@@ -179,7 +185,7 @@ def index_cmd(
         err.print(f"[bold]{escape(plan.index)}[/] (dry run): {escape(plan.describe())}", highlight=False)
         raise typer.Exit(EXIT_OK)
     with open_engine(index) as engine:
-        status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions, ocr)
+        status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions, ocr, ray)
         if watch:
             _watch(engine, paths, index, follow_symlinks, polling, as_json)
     raise typer.Exit(status)

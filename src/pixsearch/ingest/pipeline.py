@@ -17,6 +17,7 @@ import numpy as np
 from pixsearch.ingest.changes import MovedFiles, fold_spellings, location, prune
 from pixsearch.ingest.decode import DRAFT_SIZE, DecodedImage, content_hash, read_file_with_stat
 from pixsearch.ingest.descriptions import Descriptions, read_descriptions
+from pixsearch.ingest.distributed import RayOptions, open_image_stage
 from pixsearch.ingest.formats import companion_key
 from pixsearch.ingest.layout import layout_signature
 from pixsearch.ingest.ocr import OcrError, OcrUnavailable, TextBox, joined_text, shared_reader
@@ -59,6 +60,7 @@ class IngestOptions:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     ocr: bool = False  # read text in the pixels (ingest/ocr.py): ~0.5-1 s per photo on 2 cores
+    ray: RayOptions | None = None  # run the image stage on a Ray cluster (ingest/distributed.py); None: here
 
 
 @dataclass
@@ -112,6 +114,7 @@ class _Work:
     described: Descriptions | None = None
     text_boxes: list[TextBox] | None = None  # OCR, in pixels of the original image
     layout: str | None = None
+    ocr_seconds: float = 0.0
     moved_from: StoredState | None = None  # the row of a file with the same bytes that is gone from its path
     same_content: bool = False
     error: str | None = None
@@ -147,13 +150,19 @@ def ingest_paths(
     progress = progress or NoProgress()
     report = IngestReport()
     started = time.perf_counter()
-    if options.prune:
-        report.removed += fold_spellings(store)
-    scanned, pending = _plan(store, roots, within, options, report, progress)
-    progress.start(len(pending))
-    writer = _Writer(store, embedder, columns, caption_field, report, progress)
-    with (loading or _incremental)(sum(not w.describe_only for w in pending)):
-        _run(writer, pending, options)
+    reader = shared_reader() if options.ocr else None
+    stage_options = StageOptions(
+        batch_size=options.batch_size, workers=options.decode_workers, max_pixels=options.max_pixels,
+        draft=(reader.max_side,) * 2 if reader is not None else DRAFT_SIZE)
+    # Opened first: a Ray cluster that cannot do the work is one error before anything is written.
+    with open_image_stage(embedder, stage_options, options.ray, roots) as stage:
+        if options.prune:
+            report.removed += fold_spellings(store)
+        scanned, pending = _plan(store, roots, within, options, report, progress)
+        progress.start(len(pending))
+        writer = _Writer(store, embedder, columns, caption_field, report, progress)
+        with (loading or _incremental)(sum(not w.describe_only for w in pending)):
+            _run(stage, writer, pending, options)
     failed = {path for path, _ in report.failed}
     report.keys = [f.id for f in scanned.found if f.path not in failed]
     if options.prune:
@@ -195,22 +204,21 @@ def _incremental(count: int) -> Iterator[None]:
     yield
 
 
-def _run(writer: "_Writer", pending: list[_Work], options: IngestOptions) -> None:
+def _run(stage: ImageStage, writer: "_Writer", pending: list[_Work], options: IngestOptions) -> None:
     """Read and hash, find moved files (one query per batch), decode, embed and write the pending files, batch by
-    batch, through the image stage: raw bytes wait for the move lookup, decoded pixels for the model."""
-    reader = shared_reader() if options.ocr else None
-    stage = ImageStage(writer.embedder, StageOptions(
-        batch_size=options.batch_size, workers=options.decode_workers, max_pixels=options.max_pixels,
-        draft=(reader.max_side,) * 2 if reader is not None else DRAFT_SIZE))
+    batch, through the image stage: raw bytes wait for the move lookup, decoded pixels for the model. The read and
+    views steps hold no state of this process, so the stage may run them on other machines; the move lookup runs
+    here."""
     moved_files = MovedFiles(writer.store)
     batches = _Batches(writer, options.batch_size)
     stages = writer.report.stage_seconds
     for batch in stage.run(pending, partial(_read, options=options), sift=partial(_claimed, moved_files, options),
-                           views=partial(_viewed, reader=reader, report=writer.report)):
+                           views=partial(_viewed, ocr=options.ocr)):
         stages["embed"] += batch.embed_seconds
         for result in batch:
             stages["decode"] += result.seconds
             work = result.item
+            stages["ocr"] += work.ocr_seconds
             work.error, work.embeddings = result.error, result.embeddings
             batches.add(work)
     batches.flush()
@@ -276,10 +284,8 @@ def _read(work: _Work, options: IngestOptions) -> ImageBytes | None:
             work.described = read_descriptions(path, follow_symlinks=options.follow_symlinks)
         return None
 
-    def describe(image, exif) -> Descriptions:
-        return read_descriptions(path, image, exif, follow_symlinks=options.follow_symlinks)
-
-    return ImageBytes(data, digest, describe)
+    # describe(image, exif) as a partial, not a closure: it may be sent to the machine that decodes the photo
+    return ImageBytes(data, digest, partial(read_descriptions, path, follow_symlinks=options.follow_symlinks))
 
 
 def _claimed(moved_files: MovedFiles, options: IngestOptions, works: list[_Work]) -> list[bool]:
@@ -295,17 +301,17 @@ def _claimed(moved_files: MovedFiles, options: IngestOptions, works: list[_Work]
     return [w.moved_from is None for w in works]
 
 
-def _viewed(work: _Work, decoded: DecodedImage, *, reader: Any, report: IngestReport) -> list[Any]:
-    """What the decode step keeps of a photo before its pixels go (in a pool thread): its captions, text (OCR)
-    and layout; the whole image is what the model embeds."""
+def _viewed(work: _Work, decoded: DecodedImage, *, ocr: bool) -> list[Any]:
+    """What the decode step keeps of a photo before its pixels go (in a pool thread, maybe on another machine):
+    its captions, text (OCR) and layout; the whole image is what the model embeds."""
     work.decoded, work.described = decoded, decoded.described
-    if reader is not None:
-        work.text_boxes = _read_text(reader, work, report)
+    if ocr:
+        work.text_boxes = _read_text(shared_reader(), work)
     work.layout = layout_signature(decoded.image)
     return [decoded.image]
 
 
-def _read_text(reader: Any, work: _Work, report: IngestReport) -> list[TextBox] | None:
+def _read_text(reader: Any, work: _Work) -> list[TextBox] | None:
     """OCR of the decoded image, boxes in pixels of the original (the JPEG may have been decoded smaller). A
     failure is a warning on the photo, not a failed photo."""
     image = work.decoded.image
@@ -316,7 +322,7 @@ def _read_text(reader: Any, work: _Work, report: IngestReport) -> list[TextBox] 
         work.decoded.warnings.append(f"text not read: {exc}")
         return None
     finally:
-        report.stage_seconds["ocr"] += time.perf_counter() - t0
+        work.ocr_seconds += time.perf_counter() - t0
     sx, sy = work.decoded.width / image.width, work.decoded.height / image.height
     return [TextBox(b.text, b.score, (round(b.box[0] * sx), round(b.box[1] * sy), round(b.box[2] * sx),
                                       round(b.box[3] * sy))) for b in boxes]

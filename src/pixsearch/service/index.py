@@ -72,10 +72,10 @@ class Index(IndexCore):
     # -- writes ----------------------------------------------------------------------------------------------------
     def add_paths(self, paths: Sequence[str | Path], *, prune: bool = True, follow_symlinks: bool = False,
                   progress: IngestProgress | None = None, roots: Sequence[Path] | None = None,
-                  ocr: bool | None = None) -> IngestReport:
+                  ocr: bool | None = None, ray: str | None = None) -> IngestReport:
         """Index photo files and folders (service/library.py)."""
         return library.add_paths(self, paths, prune=prune, follow_symlinks=follow_symlinks, progress=progress,
-                                 roots=roots, ocr=ocr)
+                                 roots=roots, ocr=ocr, ray=ray)
 
     def duplicates(self, threshold: float | None = None, *, same_frame: bool = True,
                    max_groups: int = MAX_DUPLICATE_GROUPS) -> list[DuplicateGroup]:

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pixsearch.ingest import IngestOptions, IngestProgress, IngestReport, ingest_paths
+from pixsearch.ingest.distributed import RayOptions
 from pixsearch.service import builds
 from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
@@ -23,13 +24,15 @@ def add_paths(
     progress: IngestProgress | None = None,
     roots: Sequence[Path] | None = None,
     ocr: bool | None = None,
+    ray: str | None = None,
 ) -> IngestReport:
     """Index photo files and folders (see ingest.pipeline); the folders are recorded as the index's roots, the
     only places the server opens photo files for thumbnails. `roots`: the folders `paths` were found in (a
     watcher's folders, the uploads folder), recorded instead, and each path is then taken as the walk of those
     folders would take it (no root of its own: one behind a symbolic link is skipped unless follow_symlinks).
     ocr: read text in the photos (True/False is remembered for the index's later runs; None: as the index is
-    set up)."""
+    set up). ray: run the image stage on this Ray cluster ("auto": RAY_ADDRESS; "local": here; None: as the index's
+    setting ray_address, else the setting ray_address says)."""
     if index.spec.kind != "photos":
         raise SchemaError(f"index {index.name!r} is not a photo index: add vectors to it instead")
     upgrade_photo_index(index)
@@ -48,6 +51,7 @@ def add_paths(
         max_file_bytes=settings.max_file_bytes,
         max_pixels=settings.max_image_pixels,
         ocr=bool(index.spec.settings.get("ocr")),
+        ray=_ray_options(index, ray),
     )
     model = index.model()
     record_roots(index, [Path(p) for p in (roots if roots is not None else paths)], follow_symlinks)
@@ -65,3 +69,11 @@ def add_paths(
         # a warm-up would be a paid request.
         model.embed_text("warm up")
     return report
+
+
+def _ray_options(index: IndexCore, ray: str | None) -> RayOptions | None:
+    address = ray if ray is not None else (index.spec.settings.get("ray_address") or index.settings.ray_address)
+    address = (address or "").strip()
+    if address in ("", "local"):
+        return None
+    return RayOptions(address, cache_dir=str(index.settings.cache_dir))
