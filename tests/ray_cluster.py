@@ -26,17 +26,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _processes() -> list[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every process."""
+    out = subprocess.run(["ps", "-o", "pid=,ppid=,pgid=", "-e"], capture_output=True, text=True).stdout
+    return [tuple(int(x) for x in line.split()) for line in out.splitlines() if line.strip()]
+
+
+def _descendants_of_group(pgid: int) -> list[int]:
+    table = _processes()
+    found = {pid for pid, _, group in table if group == pgid}
+    grew = True
+    while grew:
+        more = {pid for pid, parent, _ in table if parent in found and pid not in found}
+        found |= more
+        grew = bool(more)
+    return sorted(pid for pid, _, group in table if pid in found and group != pgid)
+
+
 @dataclass
 class RayNode:
     process: subprocess.Popen
     log: Path
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Kill the node's whole process group (raylet, object store, its workers)."""
+        """Kill the node's whole process group (raylet, GCS, object store) and its workers (Ray starts those in
+        sessions of their own, as children of the raylet)."""
+        workers = _descendants_of_group(self.process.pid)
         try:
             os.killpg(self.process.pid, sig)
         except ProcessLookupError:
             pass
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -100,17 +124,24 @@ class LocalRayCluster:
         return self
 
     def alive_nodes(self) -> int:
+        return int(self._ask("sum(1 for n in ray.nodes() if n['Alive'])") or 0)
+
+    def free_cpus(self) -> float:
+        """CPUs no actor or task holds right now (asked from a driver of its own)."""
+        return float(self._ask("ray.available_resources().get('CPU', 0)") or 0)
+
+    def _ask(self, expression: str) -> str | None:
         code = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
-                "print(sum(1 for n in ray.nodes() if n['Alive']))")
+                f"print({expression})")
         env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
         env.pop("RAY_ADDRESS", None)
         try:
             done = subprocess.run([sys.executable, "-c", code, self.address], capture_output=True, text=True,
                                   timeout=60, env=env)
         except subprocess.TimeoutExpired:
-            return 0
+            return None
         lines = done.stdout.strip().splitlines()
-        return int(lines[-1]) if done.returncode == 0 and lines else 0
+        return lines[-1] if done.returncode == 0 and lines else None
 
     def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

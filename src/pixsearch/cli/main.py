@@ -184,6 +184,13 @@ def index_cmd(
             print_json(plan.to_json())
         err.print(f"[bold]{escape(plan.index)}[/] (dry run): {escape(plan.describe())}", highlight=False)
         raise typer.Exit(EXIT_OK)
+    if ray is not None and ray.strip() not in ("", "local"):
+        from pixsearch.ingest.distributed import ClusterError, check_address
+
+        try:
+            check_address(ray)  # before the index is opened or created
+        except ClusterError as exc:
+            raise fail(str(exc)) from None
     with open_engine(index) as engine:
         status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions, ocr, ray)
         if watch:

@@ -19,6 +19,7 @@ be reached, or whose Python, pixsearch, Ray or model differ from this process's,
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import platform
@@ -81,6 +82,13 @@ def import_ray() -> Any:
     return ray
 
 
+def check_address(address: str) -> None:
+    """What can be checked of a cluster address before anything else is opened: ray installed, the address given
+    (or in RAY_ADDRESS) and answering. RayImageStage checks the rest."""
+    import_ray()
+    _check_reachable(resolve_address(address))
+
+
 def open_image_stage(embedder: Embedder, options: StageOptions, ray: RayOptions | None,
                      roots: Sequence[Path]) -> ContextManager[Any]:
     """The image stage for an ingest run: here (ImageStage), or on the Ray cluster `ray` names (RayImageStage:
@@ -132,8 +140,8 @@ class StageWorker:
 
             embedder = load_embedder(model, _usable_cache_dir(cache_dir), threads=threads)
             self.model_id = embedder.model_id
-            embedder.embed_images([embedder.prepare_image(Image.new("RGB", (64, 64), "gray"))])  # weights loaded now
             self.stage = ImageStage(embedder, options)
+            self.stage.finish_batch([StageResult(None, data=ImageBytes(_gray_png()))])  # the weights loaded now
         except Exception as exc:  # noqa: BLE001 - reported by facts(): one error naming the node, before any work
             self.error = f"{type(exc).__name__}: {exc}"
 
@@ -157,6 +165,12 @@ class StageWorker:
             for result, again in zip(wanted, self.stage.read_batch([r.item for r in wanted], read)):
                 result.data, result.error, result.seconds = again.data, again.error, result.seconds + again.seconds
         return self.stage.finish_batch(results, views)
+
+
+def _gray_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), "gray").save(out, "PNG")
+    return out.getvalue()
 
 
 _READ = ImageBytes(b"")  # stands for bytes an actor holds: the result was read and may be decoded
