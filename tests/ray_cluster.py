@@ -69,7 +69,7 @@ class RayNode:
 
     def raylet_pids(self) -> list[int]:
         """The node's raylet process(es): what dies when a machine of a cluster dies."""
-        out = subprocess.run(["ps", "-o", "pid=,pgid=,args=", "-e"], capture_output=True, text=True).stdout
+        out = subprocess.run(["ps", "-ww", "-o", "pid=,pgid=,args=", "-e"], capture_output=True, text=True).stdout
         pids = []
         for line in out.splitlines():
             pid, pgid, args = line.strip().split(None, 2)
