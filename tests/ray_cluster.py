@@ -97,7 +97,7 @@ class LocalRayCluster:
 
     def _start(self, number: int, args: list[str]) -> RayNode:
         log = self.temp_dir / f"node{number}.log"
-        env = dict(os.environ, **self.env, **self.node_env.get(number, {}))
+        env = {**os.environ, **self.env, **self.node_env.get(number, {})}
         env.pop("RAY_ADDRESS", None)
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         with log.open("wb") as out:
