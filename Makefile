@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench bench-ann clean
+.PHONY: install run test bench bench-ann bench-distributed clean
 
 # The browser tests drive Debian's Chromium with Playwright (its own browser download cannot work offline).
 CHROMIUM ?= /usr/bin/chromium
@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[demo,test,clip,ocr]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[demo,test,clip,ocr,ray]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps foolbox==3.3.4
 	touch $(STAMP)
 
@@ -36,6 +36,10 @@ test: install $(CHROMIUM)
 
 bench: install
 	$(BIN)/python bench/ingest.py
+
+# The image stage on a 2-node local Ray cluster vs here, and 1 vs 4 writers into a local Citus cluster.
+bench-distributed: install
+	$(BIN)/python bench/distributed.py $(BENCH_ARGS)
 
 # ANN benchmark (pgvector HNSW vs hnswlib vs exact numpy on 400k GloVe vectors); BENCH_ARGS='--rows 50000' for a quick one.
 bench-ann: install

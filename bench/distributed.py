@@ -163,6 +163,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--side", type=int, default=1600)
     parser.add_argument("--rows", type=int, default=4000)
+    parser.add_argument("--repeat", type=int, default=2, help="local and Ray runs alternate this many times each "
+                        "(the machine is shared: the best of each is compared)")
     parser.add_argument("--skip-citus", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
@@ -178,9 +180,15 @@ def main() -> None:
     with LocalRayCluster(nodes=2, env=env) as cluster, Engine(Settings.load(home=home)) as engine:
         engine.index("warm", create=True).add_paths([warm])  # the model loaded and its ONNX export cached
         results["read_and_hash_seconds"] = read_seconds(paths)
-        results["local"] = index_run(engine, "local", folder, None)
         results["ray_startup_seconds"] = stage_startup(engine, cluster.address, folder)
-        results["ray"] = index_run(engine, "ray", folder, cluster.address)
+        runs: dict[str, list] = {"local": [], "ray": []}
+        for turn in range(args.repeat):
+            runs["local"].append(index_run(engine, f"local{turn}", folder, None))
+            runs["ray"].append(index_run(engine, f"ray{turn}", folder, cluster.address))
+            print(json.dumps({k: v[-1] for k, v in runs.items()}), flush=True)
+        results["runs"] = runs
+        results["local"] = max(runs["local"], key=lambda r: r["images_per_s"])
+        results["ray"] = max(runs["ray"], key=lambda r: r["images_per_s"])
         results["ray"]["images_per_s_without_startup"] = round(
             args.images / (results["ray"]["seconds"] - results["ray_startup_seconds"]), 2)
         results["ratio"] = round(results["ray"]["images_per_s"] / results["local"]["images_per_s"], 3)
