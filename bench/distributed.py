@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -201,6 +202,8 @@ def main() -> None:
     out = ROOT / "bench" / "results" / "distributed.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
+    for made in (folder, warm):  # the photos; the home (its embedded PostgreSQL stops at exit) stays in the temp dir
+        shutil.rmtree(made, ignore_errors=True)
 
 
 if __name__ == "__main__":
