@@ -7,9 +7,9 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 RUN_STAMP := $(VENV)/.run-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 # The extras `make test` installs on top of the default (the tests exercise every feature).
-TEST_EXTRAS := demo,test,clip,ocr,cloud
+TEST_EXTRAS := demo,test,clip,ocr,cloud,ray
 
-.PHONY: install install-test run test wheel-check bench bench-ann bench-cloud clean
+.PHONY: install install-test run test wheel-check bench bench-ann bench-cloud bench-distributed clean
 
 # The browser tests drive Debian's Chromium with Playwright (its own browser download cannot work offline).
 CHROMIUM ?= /usr/bin/chromium
@@ -70,6 +70,10 @@ wheel-check:
 
 bench: install-test
 	$(BIN)/python bench/ingest.py
+
+# The image stage on a 2-node local Ray cluster vs here, and 1 vs 4 writers into a local Citus cluster.
+bench-distributed: install
+	$(BIN)/python bench/distributed.py $(BENCH_ARGS)
 
 # ANN benchmark (pgvector HNSW vs hnswlib vs exact numpy on 400k GloVe vectors); BENCH_ARGS='--rows 50000' for a quick one.
 bench-ann: install-test

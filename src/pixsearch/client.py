@@ -97,13 +97,14 @@ class SimilarityIndex:
     # -- writes ----------------------------------------------------------------------------------------------------
     def add_images(self, images: Iterable[str | Path | Image.Image | bytes], *, regions: str | Path | None = None,
                    follow_symlinks: bool = False, captioner: str | bool | None = None,
-                   caption_prompt: str | None = None) -> list[str]:
+                   caption_prompt: str | None = None, ray: str | None = None) -> list[str]:
         """Embed and add images: file or folder paths (folders walked recursively; the files stay where they are),
         object store locations ("az://container/prefix", "s3://bucket/prefix"; credentials from the environment),
         PIL images or encoded bytes (kept under PIXSEARCH_HOME/uploads/<index>/). Returns the ids of the images
         given (for folders, of every image found). regions: also index regions ("grid", or a box file).
         captioner: "openai:MODEL" adds generated captions (the photos are sent to that OpenAI-compatible service;
-        remembered for the index, with caption_prompt), False stops it, None: as the index is set up."""
+        remembered for the index, with caption_prompt), False stops it, None: as the index is set up. ray: embed the
+        files on this Ray cluster (host:port of its head, "auto" for RAY_ADDRESS; see `pixsearch index --ray`)."""
         index = self._index
         index.set_captioner(captioner, caption_prompt)
         paths, ids = [], []
@@ -117,7 +118,7 @@ class SimilarityIndex:
                 key, _ = index.add_image_bytes("image", bytes(data))
                 ids.append(key)
         if paths:
-            report = index.add_paths(paths, prune=False, follow_symlinks=follow_symlinks)
+            report = index.add_paths(paths, prune=False, follow_symlinks=follow_symlinks, ray=ray)
             ids += report.keys
         if regions is not None:
             index.add_regions(str(regions) if isinstance(regions, Path) else regions, photo_keys=ids)

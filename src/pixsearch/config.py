@@ -67,6 +67,9 @@ class Settings:
     # Object store sources (az://, s3://): downloads in flight at once, and how often `index --watch` lists them.
     download_concurrency: int = 16
     watch_interval: float = 60.0
+    # `pixsearch index --ray`: the image stage runs on this Ray cluster (host:port of its head, or "auto" for
+    # RAY_ADDRESS); empty or "local": here. An index's own setting ray_address comes first.
+    ray_address: str = ""
 
     @property
     def max_file_bytes(self) -> int:

@@ -60,6 +60,7 @@ def open_engine(index: str | None = None, **engine_options: Any) -> Iterator[Eng
     """Open the engine; turn the errors a user can fix into one clear line instead of a traceback."""
     from pixsearch.db import DatabaseError
     from pixsearch.ingest.decode import DecodeError
+    from pixsearch.ingest.distributed import ClusterError
     from pixsearch.ingest.ocr import OcrUnavailable
     from pixsearch.models.base import ModelNotAvailableError
     from pixsearch.models.hosted import ServiceError
@@ -70,7 +71,7 @@ def open_engine(index: str | None = None, **engine_options: Any) -> Iterator[Eng
         with Engine(index=index, **engine_options) as engine:
             yield engine
     except (DatabaseError, IndexNotFoundError, ModelNotAvailableError, ServiceError, DecodeError, OcrUnavailable,
-            ValueError, SourceError) as exc:
+            ValueError, SourceError, ClusterError) as exc:
         raise fail(str(exc)) from None
 
 

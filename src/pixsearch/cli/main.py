@@ -75,14 +75,15 @@ class _RichIngestProgress:
 def _index_paths(engine: Engine, paths: List[str], index: str | None, prune: bool, as_json: bool,
                  follow_symlinks: bool = False, model: str | None = None, regions: str | None = None,
                  ocr: bool | None = None, captioner: str | bool | None = None,
-                 caption_prompt: str | None = None, metrics: "IngestMetrics | None" = None) -> int:
+                 caption_prompt: str | None = None, metrics: "IngestMetrics | None" = None,
+                 ray: str | None = None) -> int:
     idx = engine.index(index, create=True, model=model)
     progress = _RichIngestProgress(err)
     if metrics is not None:
         metrics.progress, progress = progress, metrics
     try:
         report = idx.add_paths(paths, prune=prune, progress=progress, follow_symlinks=follow_symlinks, ocr=ocr,
-                               captioner=captioner, caption_prompt=caption_prompt)
+                               captioner=captioner, caption_prompt=caption_prompt, ray=ray)
     finally:
         progress.stop()
     if regions is not None:
@@ -224,6 +225,11 @@ def index_cmd(
         None, "--metrics-port", min=0, max=65535, help="Serve Prometheus metrics of this run (files processed, failed, "
         "queued; with --watch, of every batch) at http://127.0.0.1:PORT/metrics, on loopback only (0: a free port)."
     ),
+    ray: Optional[str] = typer.Option(
+        None, "--ray", metavar="ADDRESS", help="Read, decode and embed the photos on a Ray cluster: host:port of its "
+        "head, or auto (RAY_ADDRESS); local: here. Every node must see the folders at the same paths. Default: the "
+        "setting ray_address. Needs pip install 'pixsearch[ray]'."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (one line per batch)."),
     device: Optional[str] = DeviceOption,
 ) -> None:
@@ -243,10 +249,17 @@ def index_cmd(
         raise typer.Exit(EXIT_OK)
     if captioner is not None and no_captioner:
         raise fail("give --captioner or --no-captioner, not both")
+    if ray is not None and ray.strip() not in ("", "local"):
+        from pixsearch.ingest.distributed import ClusterError, check_address
+
+        try:
+            check_address(ray)  # before the index is opened or created
+        except ClusterError as exc:
+            raise fail(str(exc)) from None
     with open_engine(index, device=device) as engine:
         metrics = _serve_ingest_metrics(engine, index, metrics_port) if metrics_port is not None else None
         status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions, ocr,
-                              False if no_captioner else captioner, caption_prompt, metrics)
+                              False if no_captioner else captioner, caption_prompt, metrics, ray)
         if watch:
             _watch(engine, paths, index, follow_symlinks, polling, as_json, metrics)
     raise typer.Exit(status)

@@ -17,6 +17,7 @@ import numpy as np
 from pixsearch.ingest.changes import MovedFiles, fold_spellings, location, prune
 from pixsearch.ingest.decode import DRAFT_SIZE, DecodedImage, content_hash, read_file_with_stat
 from pixsearch.ingest.descriptions import GENERATED_CAPTION_FIELDS, Descriptions, with_generated
+from pixsearch.ingest.distributed import RayOptions, open_image_stage
 from pixsearch.ingest.formats import companion_key
 from pixsearch.ingest.layout import layout_signature
 from pixsearch.ingest.objects import (ObjectFile, SourcesScan, describe_found, object_digest, object_gone_check,
@@ -70,6 +71,7 @@ class IngestOptions:
     # S3 presigned GET) for az:// / s3:// paths and None for local files; it is a credential: never log or store it.
     photo_url: Callable[[str], str | None] | None = None
     download_concurrency: int = 16  # object store photos being downloaded at once (ingest/objects.py)
+    ray: RayOptions | None = None  # run the image stage on a Ray cluster (ingest/distributed.py); None: here
 
 
 @dataclass
@@ -125,6 +127,7 @@ class _Work:
     described: Descriptions | None = None
     text_boxes: list[TextBox] | None = None  # OCR, in pixels of the original image
     layout: str | None = None
+    ocr_seconds: float = 0.0
     moved_from: StoredState | None = None  # the row of a file with the same bytes that is gone from its path
     same_content: bool = False
     error: str | None = None
@@ -161,13 +164,19 @@ def ingest_paths(
     progress = progress or NoProgress()
     report = IngestReport()
     started = time.perf_counter()
-    if options.prune:
-        report.removed += fold_spellings(store)
-    scanned, pending = _plan(store, roots, within, options, report, progress)
-    progress.start(len(pending))
-    writer = _Writer(store, embedder, columns, caption_field, report, progress)
-    with (loading or _incremental)(sum(not w.describe_only for w in pending)):
-        _run(writer, pending, options, scanned)
+    reader = shared_reader() if options.ocr else None
+    stage_options = StageOptions(
+        batch_size=options.batch_size, workers=options.decode_workers, max_pixels=options.max_pixels,
+        draft=(reader.max_side,) * 2 if reader is not None else DRAFT_SIZE)
+    # Opened first: a Ray cluster that cannot do the work is one error before anything is written.
+    with open_image_stage(embedder, stage_options, options.ray, roots) as stage:
+        if options.prune:
+            report.removed += fold_spellings(store)
+        scanned, pending = _plan(store, roots, within, options, report, progress)
+        progress.start(len(pending))
+        writer = _Writer(store, embedder, columns, caption_field, report, progress)
+        with (loading or _incremental)(sum(not w.describe_only for w in pending)):
+            _run(stage, writer, pending, options, scanned)
     failed = {path for path, _ in report.failed}
     report.keys = [f.id for f in scanned.found if f.path not in failed]
     if options.prune:
@@ -210,33 +219,34 @@ def _incremental(count: int) -> Iterator[None]:
     yield
 
 
-def _run(writer: "_Writer", pending: list[_Work], options: IngestOptions, scanned: SourcesScan) -> None:
+def _run(stage: ImageStage, writer: "_Writer", pending: list[_Work], options: IngestOptions,
+         scanned: SourcesScan) -> None:
     """Read and hash, find moved files (one query per batch), decode, embed and write the pending files, batch by
-    batch, through the image stage: raw bytes wait for the move lookup, decoded pixels for the model. Object store
-    photos are downloaded ahead (ingest/objects.py), so that downloads overlap decoding and embedding."""
-    reader = shared_reader() if options.ocr else None
-    stage = ImageStage(writer.embedder, StageOptions(
-        batch_size=options.batch_size, workers=options.decode_workers, max_pixels=options.max_pixels,
-        draft=(reader.max_side,) * 2 if reader is not None else DRAFT_SIZE))
+    batch, through the image stage: raw bytes wait for the move lookup, decoded pixels for the model. The read and
+    views steps hold no state of this process, so the stage may run them on other machines (ingest/distributed.py);
+    the move lookup runs here. Run here, object store photos are downloaded ahead (ingest/objects.py), so that
+    downloads overlap decoding and embedding; on a cluster, each worker downloads what it decodes."""
     moved_files = MovedFiles(writer.store, gone=object_gone_check(scanned, _object_options(options)))
     batches = _Batches(writer, options.batch_size)
     stages = writer.report.stage_seconds
     pending = _renamed_objects(moved_files, pending, batches, options)
-    downloads = Downloads(_object_options(options))
+    here = isinstance(stage, ImageStage)
+    downloads = Downloads(_object_options(options)) if here else None
     try:
-        for batch in stage.run(prefetching(pending, lambda w: None if w.describe_only else w.file, downloads),
-                               partial(_read, options=options, downloads=downloads),
+        items = prefetching(pending, lambda w: None if w.describe_only else w.file, downloads) if here else pending
+        for batch in stage.run(items, partial(_read, options=options, downloads=downloads),
                                sift=partial(_claimed, moved_files, options),
-                               views=partial(_viewed, reader=reader, report=writer.report,
-                                             url_of=_url_of(writer, options))):
+                               views=partial(_viewed, ocr=options.ocr, url_of=_url_of(writer, options))):
             stages["embed"] += batch.embed_seconds
             for result in batch:
                 stages["decode"] += result.seconds
                 work = result.item
+                stages["ocr"] += work.ocr_seconds
                 work.error, work.embeddings = result.error, result.embeddings
                 batches.add(work)
     finally:
-        downloads.close()
+        if downloads is not None:
+            downloads.close()
     batches.flush()
 
 
@@ -333,10 +343,8 @@ def _read(work: _Work, options: IngestOptions, downloads: Downloads | None = Non
             work.described = _describe(work.file, options, data=data)
         return None
 
-    def describe(image, exif) -> Descriptions:
-        return _describe(work.file, options, image, exif)
-
-    return ImageBytes(data, digest, describe)
+    # describe(image, exif) as a partial, not a closure: it may be sent to the machine that decodes the photo
+    return ImageBytes(data, digest, partial(_describe, work.file, options))
 
 
 def _claimed(moved_files: MovedFiles, options: IngestOptions, works: list[_Work]) -> list[bool]:
@@ -352,13 +360,14 @@ def _claimed(moved_files: MovedFiles, options: IngestOptions, works: list[_Work]
     return [w.moved_from is None for w in works]
 
 
-def _viewed(work: _Work, decoded: DecodedImage, *, reader: Any, report: IngestReport,
+def _viewed(work: _Work, decoded: DecodedImage, *, ocr: bool,
             url_of: Callable[[str], str | None] | None = None) -> list[Any]:
-    """What the decode step keeps of a photo before its pixels go (in a pool thread): its captions, text (OCR)
-    and layout; the whole image is what the model embeds (or its URL, for a model whose service fetches it)."""
+    """What the decode step keeps of a photo before its pixels go (in a pool thread, maybe on another machine):
+    its captions, text (OCR) and layout; the whole image is what the model embeds (or its URL, for a model whose
+    service fetches it)."""
     work.decoded, work.described = decoded, decoded.described
-    if reader is not None:
-        work.text_boxes = _read_text(reader, work, report)
+    if ocr:
+        work.text_boxes = _read_text(shared_reader(), work)
     work.layout = layout_signature(decoded.image)
     url = url_of(work.file.path) if url_of is not None else None
     return [ImageAtURL(url, decoded.image) if url else decoded.image]
@@ -369,7 +378,7 @@ def _url_of(writer: "_Writer", options: IngestOptions) -> Callable[[str], str | 
     return options.photo_url if getattr(writer.embedder, "accepts_urls", False) else None
 
 
-def _read_text(reader: Any, work: _Work, report: IngestReport) -> list[TextBox] | None:
+def _read_text(reader: Any, work: _Work) -> list[TextBox] | None:
     """OCR of the decoded image, boxes in pixels of the original (the JPEG may have been decoded smaller). A
     failure is a warning on the photo, not a failed photo."""
     image = work.decoded.image
@@ -380,7 +389,7 @@ def _read_text(reader: Any, work: _Work, report: IngestReport) -> list[TextBox] 
         work.decoded.warnings.append(f"text not read: {exc}")
         return None
     finally:
-        report.stage_seconds["ocr"] += time.perf_counter() - t0
+        work.ocr_seconds += time.perf_counter() - t0
     sx, sy = work.decoded.width / image.width, work.decoded.height / image.height
     return [TextBox(b.text, b.score, (round(b.box[0] * sx), round(b.box[1] * sy), round(b.box[2] * sx),
                                       round(b.box[3] * sy))) for b in boxes]

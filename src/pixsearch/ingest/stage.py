@@ -122,6 +122,19 @@ class ImageStage:
             prepared = bounded_map(pool, partial(self._prepare, views), loaded, self.options.ahead)
             yield from self._batches(prepared)
 
+    def read_batch(self, items: Sequence[T], read: Read) -> list[StageResult[T]]:
+        """The first half of run() for one batch: the items read (in the pool threads), nothing decoded. For a
+        runner that sifts the batch elsewhere and then calls finish_batch (ingest/distributed.py)."""
+        with ThreadPoolExecutor(max_workers=self.options.workers, thread_name_prefix="pixsearch-images") as pool:
+            return list(pool.map(partial(self._read, read), items))
+
+    def finish_batch(self, results: Sequence[StageResult[T]], views: Views = whole_image) -> list[StageBatch[T]]:
+        """The second half: the results read (those with data) decoded and prepared in the pool threads, then
+        embedded, grouped into batches as run() groups them."""
+        with ThreadPoolExecutor(max_workers=self.options.workers, thread_name_prefix="pixsearch-images") as pool:
+            prepared = list(pool.map(partial(self._prepare, views), results))
+        return list(self._batches(prepared))
+
     def _read(self, read: Read, item: T) -> StageResult[T]:
         result = StageResult(item)
         t0 = time.perf_counter()

@@ -73,12 +73,12 @@ class Index(IndexCore):
     def add_paths(self, paths: Sequence[str | Path], *, prune: bool = True, follow_symlinks: bool = False,
                   progress: IngestProgress | None = None, roots: Sequence[Path] | None = None,
                   ocr: bool | None = None, captioner: str | bool | None = None, caption_prompt: str | None = None,
-                  photo_url: Callable[[str], str | None] | None = None) -> IngestReport:
+                  photo_url: Callable[[str], str | None] | None = None, ray: str | None = None) -> IngestReport:
         """Index photo files and folders (service/library.py); `captioner="openai:MODEL"` adds generated captions
         (remembered; False stops it)."""
         return library.add_paths(self, paths, prune=prune, follow_symlinks=follow_symlinks, progress=progress,
                                  roots=roots, ocr=ocr, captioner=captioner, caption_prompt=caption_prompt,
-                                 photo_url=photo_url)
+                                 photo_url=photo_url, ray=ray)
 
     def set_captioner(self, captioner: str | bool | None, prompt: str | None = None) -> None:
         """Switch generated captions on (`openai:MODEL`, with an optional prompt) or off (False) for the index's

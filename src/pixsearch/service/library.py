@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pixsearch.ingest import IngestOptions, IngestProgress, IngestReport, ingest_paths
+from pixsearch.ingest.distributed import RayOptions
 from pixsearch.models.base import ModelNotAvailableError
 from pixsearch.models.hosted import ServiceError
 from pixsearch.service import builds, captioning
@@ -35,6 +36,7 @@ def add_paths(
     caption_prompt: str | None = None,
     photo_url: Callable[[str], str | None] | None = None,
     caption_errors: str = "raise",
+    ray: str | None = None,
 ) -> IngestReport:
     """Index photo files and folders (see ingest.pipeline); the folders are recorded as the index's roots, the
     only places the server opens photo files for thumbnails. `roots`: the folders `paths` were found in (a
@@ -47,7 +49,9 @@ def add_paths(
     can fetch a photo from (object stores), sent instead of its bytes. caption_errors="warn": a refused key or an
     outage of the captioner is a warning on the report (uploads) instead of an error. A path may be an object
     store URL (az://container/prefix, s3://bucket/prefix): its objects are listed and read with the environment's
-    credentials (sources/), and the URL is recorded as a root like a folder."""
+    credentials (sources/), and the URL is recorded as a root like a folder. ray: run the image stage on this Ray
+    cluster ("auto": RAY_ADDRESS; "local": here; None: as the index's setting ray_address, else the setting
+    ray_address says)."""
     if index.spec.kind != "photos":
         raise SchemaError(f"index {index.name!r} is not a photo index: add vectors to it instead")
     upgrade_photo_index(index)
@@ -73,6 +77,7 @@ def add_paths(
         ocr=bool(index.spec.settings.get("ocr")),
         photo_url=photo_url,
         download_concurrency=settings.download_concurrency,
+        ray=_ray_options(index, ray),
     )
     sources = as_sources(paths)
     record_roots(index, as_sources(roots) if roots is not None else sources, follow_symlinks)
@@ -110,3 +115,11 @@ def _caption(index: IndexCore, report: IngestReport, photo_url: Callable[[str], 
         captioner.client.close()
     report.captions = run.to_json()
     report.warnings.extend(run.warnings)
+
+
+def _ray_options(index: IndexCore, ray: str | None) -> RayOptions | None:
+    address = ray if ray is not None else (index.spec.settings.get("ray_address") or index.settings.ray_address)
+    address = (address or "").strip()
+    if address in ("", "local"):
+        return None
+    return RayOptions(address, cache_dir=str(index.settings.cache_dir))

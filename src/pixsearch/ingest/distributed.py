@@ -1,0 +1,414 @@
+"""The image stage on a Ray cluster (`pixsearch index ... --ray ADDRESS`), with the interface of ImageStage.
+
+This process scans and plans as always and writes every row itself, in the batches and transactions of a local
+run; only the image stage (read -> decode -> prepare -> embed, with the captions and text the pipeline's hooks take
+from each photo) runs on the cluster, in one actor per node that loads the index's model once.
+
+A batch of files takes two calls on one actor:
+  read    the files read and hashed there (the actor keeps their bytes); the items come back (a few hundred bytes)
+  finish  after this process has looked up which of them are photos that moved (a database question, asked here),
+          the others decoded, prepared and embedded there; the results come back, in input order
+Workers read the files themselves, from a folder mounted at the same path on every node (checked before any work,
+one error naming each node that cannot see a folder); the read step is a plain picklable function of the item, so
+a source with another read (object-store URLs) plugs in the same way.
+
+Faults: an actor that dies (its node gone) loses only the calls in flight; its batches go to the other actors, and
+a batch already looked up keeps its lookup and is read again there. Nothing on the cluster writes, so each batch is
+written once (by this process) or not at all, and then the next run still finds its files new. A cluster that cannot
+be reached, or whose Python, pixsearch, Ray or model differ from this process's, is one error before any work.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import platform
+import signal
+import socket
+import threading
+from collections import deque
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ContextManager, Iterable, Iterator, Sequence
+
+from PIL import Image
+
+from pixsearch.ingest.stage import ImageBytes, ImageStage, Read, Sift, StageBatch, StageOptions, StageResult, Views, \
+    whole_image
+from pixsearch.models.base import Embedder
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'pixsearch[ray]'"
+CONNECT_TIMEOUT_S = 10.0  # for the address to answer at all
+WORKER_START_TIMEOUT_S = 600.0  # for every node's actor to start and load the model (a first ONNX export is slow)
+IN_FLIGHT_PER_ACTOR = 2  # batches queued on each actor: one being worked on, one ready to start
+MAX_ATTEMPTS = 3  # a batch whose actors keep dying (a file that crashes the decoder?) stops the run after this
+
+
+class ClusterError(RuntimeError):
+    """The Ray cluster cannot do this job (not installed, unreachable, different versions, paths not visible,
+    every worker gone); the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where the image stage runs. address: "auto" (RAY_ADDRESS), host:port of the head's GCS or ray://host:port.
+    cache_dir: where the workers keep derived model files (ONNX exports): this machine's path, used on a node
+    when it can be created there, else the node's default."""
+
+    address: str
+    cache_dir: str | None = None
+
+
+def resolve_address(address: str) -> str:
+    address = (address or "").strip()
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "").strip()
+        if not address:
+            raise ClusterError("--ray auto needs RAY_ADDRESS (host:port of the Ray head) in the environment")
+    if not address:
+        raise ClusterError("no Ray address given: --ray HOST:PORT, --ray auto (RAY_ADDRESS) or the setting "
+                           "ray_address")
+    return address
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ClusterError(f"--ray needs the ray package, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def check_address(address: str) -> None:
+    """What can be checked of a cluster address before anything else is opened: ray installed, the address given
+    (or in RAY_ADDRESS) and answering. RayImageStage checks the rest."""
+    import_ray()
+    _check_reachable(resolve_address(address))
+
+
+def open_image_stage(embedder: Embedder, options: StageOptions, ray: RayOptions | None,
+                     roots: Sequence[Path]) -> ContextManager[Any]:
+    """The image stage for an ingest run: here (ImageStage), or on the Ray cluster `ray` names (RayImageStage:
+    connected, checked and its actors started on entry, all of it stopped on exit)."""
+    if ray is None:
+        return nullcontext(ImageStage(embedder, options))
+    return _ray_stage(embedder, options, ray, roots)
+
+
+@contextmanager
+def _ray_stage(embedder: Embedder, options: StageOptions, ray: RayOptions, roots: Sequence[Path]
+               ) -> Iterator["RayImageStage"]:
+    stage = RayImageStage(embedder, options, ray, roots)
+    try:
+        yield stage
+    finally:
+        stage.close()
+
+
+# -- the actor --------------------------------------------------------------------------------------------------------
+def _node_facts(paths: Sequence[str]) -> dict[str, Any]:
+    import pixsearch
+    import ray
+
+    return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+            "python": platform.python_version(), "pixsearch": pixsearch.__version__, "ray": ray.__version__,
+            "unseen": [p for p in paths if not (os.path.exists(p) and os.access(p, os.R_OK))]}
+
+
+def _usable_cache_dir(cache_dir: str | None) -> str | None:
+    if cache_dir is None:
+        return None
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        return cache_dir if os.access(cache_dir, os.W_OK) else None
+    except OSError:
+        return None
+
+
+class StageWorker:
+    """One node's share of the image stage (a Ray actor: ray.remote(StageWorker)); loads the model once."""
+
+    def __init__(self, model: str, cache_dir: str | None, options: StageOptions, threads: int):
+        self.error: str | None = None
+        self.model_id: str | None = None
+        self.held: dict[int, list[StageResult]] = {}  # batches read, bytes kept until their finish call
+        try:
+            from pixsearch.models import load_embedder
+
+            embedder = load_embedder(model, _usable_cache_dir(cache_dir), threads=threads)
+            self.model_id = embedder.model_id
+            self.stage = ImageStage(embedder, options)
+            self.stage.finish_batch([StageResult(None, data=ImageBytes(_gray_png()))])  # the weights loaded now
+        except Exception as exc:  # noqa: BLE001 - reported by facts(): one error naming the node, before any work
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def facts(self, paths: Sequence[str]) -> dict[str, Any]:
+        return {**_node_facts(paths), "model_id": self.model_id, "error": self.error}
+
+    def read(self, number: int, items: list, read: Read) -> list[StageResult]:
+        results = self.stage.read_batch(items, read)
+        self.held[number] = results
+        return [_sent(result) for result in results]
+
+    def finish(self, number: int, results: list[StageResult], read: Read, views: Views) -> list[StageBatch]:
+        """Decode and embed the results this process kept for decoding (data set): with the bytes held since
+        their read, or read again here when another actor read them (and is gone)."""
+        held = self.held.pop(number, None)
+        if held is not None:
+            for result, mine in zip(results, held):
+                result.data = mine.data if result.data is not None else None
+        else:
+            wanted = [result for result in results if result.data is not None]
+            for result, again in zip(wanted, self.stage.read_batch([r.item for r in wanted], read)):
+                result.data, result.error, result.seconds = again.data, again.error, result.seconds + again.seconds
+        return self.stage.finish_batch(results, views)
+
+
+def _gray_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), "gray").save(out, "PNG")
+    return out.getvalue()
+
+
+_READ = ImageBytes(b"")  # stands for bytes an actor holds: the result was read and may be decoded
+
+
+def _sent(result: StageResult) -> StageResult:
+    """A read result as sent back: everything but the bytes."""
+    return StageResult(result.item, result.error, seconds=result.seconds,
+                       data=_READ if result.data is not None else None)
+
+
+# -- the driver side --------------------------------------------------------------------------------------------------
+@dataclass
+class _Batch:
+    number: int
+    items: list
+    results: list[StageResult] | None = None  # read and sifted: ready to finish
+    actor: Any = None
+    call: Any = None  # the ObjectRef of the call in flight
+    attempts: int = 0
+
+
+@dataclass
+class _Worker:
+    actor: Any
+    node: str
+    host: str
+    cpus: int
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+class RayImageStage:
+    """ImageStage's run() on a Ray cluster (see the module docstring)."""
+
+    def __init__(self, embedder: Embedder, options: StageOptions, ray_options: RayOptions, roots: Sequence[Path]):
+        if getattr(embedder, "hosted", False):
+            raise ClusterError(f"{embedder.name} is a hosted model (the service embeds): --ray is for local models")
+        self.embedder, self.options = embedder, options
+        self.ray = ray = import_ray()
+        self.address = resolve_address(ray_options.address)
+        _check_reachable(self.address)
+        _join(ray, self.address)
+        self.workers: list[_Worker] = []
+        self._window: deque[_Batch] = deque()
+        try:
+            self._start_workers(ray_options)
+            self._check(roots)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- setting up ---------------------------------------------------------------------------------------------------
+    def _start_workers(self, ray_options: RayOptions) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ray = self.ray
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
+        if not nodes:
+            raise ClusterError(f"the Ray cluster at {self.address} has no node with a CPU to run on")
+        remote = ray.remote(StageWorker)
+        for node in nodes:
+            cpus = int(node["Resources"]["CPU"])
+            actor = remote.options(
+                num_cpus=cpus, max_restarts=0, max_task_retries=0,  # a dead actor's batches go to the others
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            ).remote(self.embedder.name, ray_options.cache_dir, replace(self.options, workers=max(2, cpus)), cpus)
+            self.workers.append(_Worker(actor, node["NodeID"], node.get("NodeManagerAddress", "?"), cpus))
+
+    def _check(self, roots: Sequence[Path]) -> None:
+        """Every node's versions, model and view of the folders, or one error listing what differs where."""
+        from pixsearch.ingest.scan import normal_path
+        from pixsearch.sources import is_object_url
+
+        ray = self.ray
+        # Object store locations are read by each worker with its own environment's credentials, not seen as paths.
+        paths = [normal_path(root) for root in roots if not is_object_url(root)]
+        calls = {w.actor.facts.remote(paths): w for w in self.workers}
+        ready, late = ray.wait(list(calls), num_returns=len(calls), timeout=WORKER_START_TIMEOUT_S)
+        problems = [f"node {calls[ref].host} ({calls[ref].node[:8]}): did not start a worker within "
+                    f"{WORKER_START_TIMEOUT_S:.0f} s (are its CPUs taken by another job?)" for ref in late]
+        here = _node_facts([])
+        for ref in ready:
+            worker = calls[ref]
+            name = f"node {worker.host} ({worker.node[:8]})"
+            try:
+                worker.facts = facts = ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                problems.append(f"{name}: cannot run pixsearch: {_first_line(exc)}")
+                continue
+            for what in ("python", "pixsearch", "ray"):
+                if facts[what] != here[what]:
+                    problems.append(f"{name}: {what} {facts[what]}, but {here[what]} here")
+            if facts["error"]:
+                problems.append(f"{name}: cannot load the model {self.embedder.name}: {facts['error']}")
+            elif facts["model_id"] != self.embedder.model_id:
+                problems.append(f"{name}: the model {self.embedder.name} is {facts['model_id']} there, "
+                                f"{self.embedder.model_id} here")
+            problems += [f"{name}: cannot see {path} (mount it at the same path on every node)"
+                         for path in facts["unseen"]]
+        if problems:
+            raise ClusterError(f"the Ray cluster at {self.address} cannot run this job:\n  " + "\n  ".join(problems))
+        log.info("image stage on %d Ray nodes (%d CPUs)", len(self.workers), sum(w.cpus for w in self.workers))
+
+    def close(self) -> None:
+        """Stop this job's actors (work in flight is dropped: nothing of it was written) and leave the cluster."""
+        ray = self.ray
+        for worker in self.workers:
+            try:
+                ray.kill(worker.actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.workers = []
+        if ray.is_initialized():
+            ray.shutdown()
+
+    # -- running --------------------------------------------------------------------------------------------------
+    def run(self, items: Iterable[Any], read: Read, *, views: Views = whole_image,
+            sift: Sift | None = None) -> Iterator[StageBatch]:
+        """As ImageStage.run: the results a batch at a time, in input order; `sift` is called here, in input
+        order, with each batch's items that were read."""
+        ray = self.ray
+        source = _batched(items, self.options.batch_size)
+        self._window = window = deque()  # in input order: reading, or sifted and finishing
+        read_ref, views_ref = ray.put(read), ray.put(views)
+        while True:
+            while len(window) < IN_FLIGHT_PER_ACTOR * len(self.workers):
+                batch = next(source, None)
+                if batch is None:
+                    break
+                self._send(batch, read_ref, views_ref)
+                window.append(batch)
+            if not window:
+                return
+            unsifted = next((b for b in window if b.results is None), None)
+            head = window[0]
+            waiting = list({id(b): b for b in (unsifted, head) if b is not None}.values())
+            ready, _ = ray.wait([b.call for b in waiting], num_returns=1)
+            done = next(b for b in waiting if b.call in ready)
+            try:
+                value = ray.get(done.call)
+            except ray.exceptions.RayActorError as exc:
+                self._lost(done.actor, exc, window, read_ref, views_ref)
+                continue
+            if done.results is None:
+                done.results = _sifted(value, sift)
+                self._send(done, read_ref, views_ref, again=False)
+            else:
+                window.popleft()
+                yield from value
+
+    def _send(self, batch: _Batch, read_ref: Any, views_ref: Any, *, again: bool = True) -> None:
+        """Start the batch's next call: its read, or (once sifted) its finish; on the least busy actor when it
+        has none yet or its actor is gone."""
+        if batch.actor is None or again:
+            if batch.attempts >= MAX_ATTEMPTS:
+                first = getattr(batch.items[0], "file", batch.items[0])
+                raise ClusterError(f"the batch starting with {getattr(first, 'path', first)} was lost with "
+                                   f"{batch.attempts} workers in a row; the files not yet written are left for "
+                                   "the next run")
+            batch.attempts += 1
+            batch.actor = self._least_busy()
+        if batch.results is None:
+            batch.call = batch.actor.read.remote(batch.number, batch.items, read_ref)
+        else:
+            batch.call = batch.actor.finish.remote(batch.number, batch.results, read_ref, views_ref)
+
+    def _least_busy(self) -> Any:
+        busy = {id(w.actor): 0 for w in self.workers}
+        for batch in self._window:
+            if batch.actor is not None and id(batch.actor) in busy:
+                busy[id(batch.actor)] += 1
+        return min(self.workers, key=lambda w: busy[id(w.actor)]).actor
+
+    def _lost(self, actor: Any, exc: Exception, window: deque[_Batch], read_ref: Any, views_ref: Any) -> None:
+        """An actor died: forget it and send its batches to the others (a sifted batch keeps its sift)."""
+        gone = [w for w in self.workers if w.actor is actor]
+        self.workers = [w for w in self.workers if w.actor is not actor]
+        for worker in gone:
+            log.warning("Ray worker on %s is gone (%s); its batches go to the other nodes", worker.host,
+                        _first_line(exc))
+        if not self.workers:
+            raise ClusterError(f"every Ray worker of the cluster at {self.address} is gone ({_first_line(exc)}); "
+                               "the files not yet written are left for the next run")
+        for batch in window:
+            if batch.actor is actor:
+                self._send(batch, read_ref, views_ref)
+
+
+def _sifted(results: list[StageResult], sift: Sift | None) -> list[StageResult]:
+    """As the local stage sifts a batch: of the items read, those `sift` turns down pass through undecoded."""
+    read = [r for r in results if r.data is not None]
+    if sift is not None and read:
+        for result, keep in zip(read, sift([r.item for r in read])):
+            if not keep:
+                result.data = None
+    return results
+
+
+def _batched(items: Iterable[Any], size: int) -> Iterator[_Batch]:
+    batch: list = []
+    number = 0
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield _Batch(number, batch)
+            batch, number = [], number + 1
+    if batch:
+        yield _Batch(number, batch)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0] if "\n" in text else text
+
+
+def _check_reachable(address: str) -> None:
+    """A clear error now for an address nothing answers at (Ray itself retries for a minute)."""
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"Ray address {address!r} is not host:port (or ray://host:port)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} (is `ray start "
+                           "--head` running there? --ray, RAY_ADDRESS or the setting ray_address)") from None
+
+
+def _join(ray: Any, address: str) -> None:
+    """ray.init, keeping this process's SIGTERM handler (ray.init replaces it with sys.exit, which would skip the
+    CLI's clean cancel)."""
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if on_main else None
+    try:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+    except Exception as exc:  # noqa: BLE001 - Ray's own errors (versions, not a GCS, ...) are of many kinds
+        raise ClusterError(f"cannot join the Ray cluster at {address}: {_first_line(exc)}") from None
+    finally:
+        if on_main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,227 @@
+"""`pixsearch index --ray`: the image stage on a real local Ray cluster (a head and a second node, separate processes
+on loopback, 1 CPU each, no dashboard; tests/ray_cluster.py), against a local run of the same folder."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from helpers import altered_copy, broken_files, noise_images, xmp_packet
+from pixsearch.config import Settings
+from pixsearch.ingest.distributed import ClusterError
+from pixsearch.service import Engine
+from pixsearch.store import IndexNotFoundError
+from ray_cluster import LocalRayCluster, free_port
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+NODE_ENV = {"PYTHONPATH": os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    with LocalRayCluster(nodes=2, env=NODE_ENV) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def photos(samples, tmp_path) -> Path:
+    """The sample photos, one with caption sidecar, in two folders, and three files that cannot be decoded."""
+    folder = tmp_path / "photos"
+    shutil.copytree(samples, folder / "a")
+    first = sorted((folder / "a").iterdir())[0]
+    first.with_suffix(".xmp").write_bytes(xmp_packet(title="Harbour at dawn", description="boats", subjects=("sea",)))
+    (folder / "b").mkdir()
+    for path in sorted((folder / "a").glob("*.jpg"))[:3]:
+        altered_copy(path, folder / "b" / path.name)
+    broken_files(folder / "broken")
+    return folder
+
+
+def _without_times(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k not in ("stage_seconds", "elapsed_seconds")}
+
+
+def _rows(engine: Engine, name: str) -> dict[str, dict]:
+    idx = engine.index(name)
+    keys = [key for key, _ in idx.store.paths_under("/")]
+    return idx.get(keys, vectors=True)
+
+
+def test_a_folder_indexed_on_the_cluster_is_what_a_local_run_gives(engine, ray_cluster, photos, home, index_name):
+    local = engine.index(index_name + "-local", create=True).add_paths([photos])
+    assert local.added > 30 and len(local.failed) == 3
+    done = run_cli("index", str(photos), "--index", index_name, "--ray", ray_cluster.address, "--json", home=home)
+    assert done.returncode == 3, done.stderr  # some files failed: the same exit status as a local run's
+    assert _without_times(json.loads(done.stdout)) == _without_times(local.to_json())
+    here, there = _rows(engine, index_name + "-local"), _rows(engine, index_name)
+    assert here.keys() == there.keys() and len(here) == local.added
+    vector_fields = [vf.name for vf in engine.index(index_name).spec.vector_fields]
+    for key, row in here.items():
+        other = there[key]
+        assert {k: v for k, v in row.items() if k not in vector_fields} == \
+            {k: v for k, v in other.items() if k not in vector_fields}
+        for name in vector_fields:
+            if row.get(name) is None:
+                assert other.get(name) is None, (key, name)
+                continue
+            cosine = float(np.dot(row[name], other[name]) / np.linalg.norm(row[name]) / np.linalg.norm(other[name]))
+            assert cosine >= 0.9999, (key, name, cosine)
+    assert any(row.get("title") == "Harbour at dawn" for row in there.values())  # the sidecar read on a worker
+
+
+def test_a_rerun_embeds_nothing_and_moves_follow_their_files(engine, ray_cluster, photos, index_name):
+    idx = engine.index(index_name, create=True)
+    first = idx.add_paths([photos], ray=ray_cluster.address)
+    assert first.added > 30
+    again = engine.index(index_name).add_paths([photos], ray=ray_cluster.address)
+    assert (again.added, again.updated, again.moved, again.embedded_keys) == (0, 0, 0, [])
+    assert again.unchanged == first.added
+    moved = sorted((photos / "a").glob("*.png"))[0]
+    moved.rename(photos / "b" / ("renamed-" + moved.name))
+    changed = sorted((photos / "b").glob("*.jpg"))[0]
+    altered_copy(sorted((photos / "a").glob("*.jpg"))[-1], changed)
+    third = engine.index(index_name).add_paths([photos], ray=ray_cluster.address)
+    assert (third.added, third.updated, third.moved, third.removed) == (0, 1, 1, 0)
+    assert engine.index(index_name).count() == first.added
+
+
+def test_a_node_dying_mid_run_still_ends_with_every_file_once(home, embedder, tmp_path, index_name):
+    folder = tmp_path / "noise"
+    noise_images(folder, 64, 120, 160, seed=5)
+    with LocalRayCluster(nodes=2, env=NODE_ENV) as cluster, \
+            Engine(Settings.load(home=home, batch_size=4), embedder=embedder) as engine:
+        second = cluster.started[1]
+        killed: list[int] = []
+
+        class KillTheSecondNodeOnFirstWrite:
+            def start(self, total: int) -> None:
+                self.done = 0
+
+            def advance(self, n: int = 1) -> None:
+                self.done += n
+                if not killed:
+                    killed.extend(second.raylet_pids())
+                    for pid in killed:
+                        os.kill(pid, signal.SIGKILL)
+
+            def failure(self, path: str, reason: str) -> None:
+                pass
+
+        progress = KillTheSecondNodeOnFirstWrite()
+        report = engine.index(index_name, create=True).add_paths([folder], ray=cluster.address, progress=progress)
+        assert killed and progress.done == 64
+        assert (report.added, report.failed) == (64, [])
+        idx = engine.index(index_name)
+        with engine.db.connection() as conn:
+            total, paths = conn.execute(f"SELECT count(*), count(DISTINCT path) FROM {idx.spec.table_name}").fetchone()
+        assert total == paths == 64
+
+
+def test_without_ray_installed_the_error_says_how_to_install_it(home, tmp_path, index_name):
+    (tmp_path / "p").mkdir()
+    code = ("import sys; sys.modules['ray'] = None; from pixsearch.cli.main import app; "
+            "sys.argv[0] = 'pixsearch'; app()")
+    env = dict(os.environ, PIXSEARCH_HOME=str(home))
+    done = subprocess.run([sys.executable, "-c", code, "index", str(tmp_path / "p"), "--index", index_name,
+                           "--ray", "127.0.0.1:6379"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert "pip install 'pixsearch[ray]'" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    with Engine(Settings.load(home=home)) as engine, pytest.raises(IndexNotFoundError):
+        engine.index(index_name)
+
+
+def test_a_wrong_address_is_one_clear_error_before_any_work(home, engine, photos, index_name):
+    port = free_port()
+    done = run_cli("index", str(photos), "--index", index_name, "--ray", f"127.0.0.1:{port}", home=home)
+    assert done.returncode == 1 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in done.stderr, done.stderr
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([str(Path(sys.executable).with_name("pixsearch")), "index", str(photos), "--index",
+                           index_name, "--ray", "auto"], capture_output=True, text=True, timeout=120,
+                          env=dict(env, PIXSEARCH_HOME=str(home)), stdin=subprocess.DEVNULL)
+    assert done.returncode == 1 and "RAY_ADDRESS" in done.stderr, done.stderr
+    with pytest.raises(IndexNotFoundError):
+        engine.index(index_name)
+    idx = engine.index(index_name, create=True)
+    with pytest.raises(ClusterError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        idx.add_paths([photos], ray=f"127.0.0.1:{port}")
+    assert engine.index(index_name).count() == 0
+
+
+def test_a_node_that_cannot_see_the_folder_or_runs_another_pixsearch_is_refused_before_any_work(
+        engine, photos, tmp_path_factory, index_name):
+    other = tmp_path_factory.mktemp("other-src")
+    shutil.copytree(SRC, other, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    version = other / "pixsearch" / "__init__.py"
+    version.write_text(version.read_text().replace('__version__ = "', '__version__ = "0.0.0-other+'))
+    # The second node runs in a mount namespace of its own where an empty tmpfs hides the folder holding the photos.
+    hide = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"',
+            str(photos.parent)]
+    with LocalRayCluster(nodes=2, env=NODE_ENV, node_prefix={1: hide},
+                         node_env={1: {"PYTHONPATH": str(other)}}) as cluster:
+        with pytest.raises(ClusterError) as refused:
+            engine.index(index_name, create=True).add_paths([photos], ray=cluster.address)
+    message = str(refused.value)
+    assert f"cannot see {photos}" in message and "pixsearch 0.0.0-other+" in message, message
+    problems = message.splitlines()[1:]
+    assert len(problems) == 2 and problems[0].split(":")[0] == problems[1].split(":")[0], message  # one node's
+    assert engine.index(index_name).count() == 0
+
+
+def test_sigterm_cancels_the_run_cleanly(home, tmp_path, index_name, engine):
+    folder = tmp_path / "noise"
+    noise_images(folder, 96, 120, 160, seed=9)
+    with LocalRayCluster(nodes=2, env=NODE_ENV) as cluster:
+        env = dict(os.environ, PIXSEARCH_HOME=str(home), PIXSEARCH_BATCH_SIZE="4")
+        exe = Path(sys.executable).with_name("pixsearch")
+        proc = subprocess.Popen([str(exe), "index", str(folder), "--index", index_name, "--ray", cluster.address],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline, rows = time.monotonic() + 300, 0
+            while time.monotonic() < deadline and proc.poll() is None and rows < 8:
+                try:
+                    rows = engine.index(index_name).count()
+                except IndexNotFoundError:
+                    rows = 0
+                time.sleep(0.1)
+            assert proc.poll() is None, proc.stderr.read().decode()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == -signal.SIGTERM, proc.stderr.read().decode()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        written = engine.index(index_name).count()
+        assert 8 <= written < 96
+        assert cluster.free_cpus() == 2  # the run's actors are gone
+        report = engine.index(index_name).add_paths([folder], ray=cluster.address)
+    assert report.added == 96 - written and report.unchanged == written
+    with engine.db.connection() as conn:
+        table = engine.index(index_name).spec.table_name
+        total, paths = conn.execute(f"SELECT count(*), count(DISTINCT path) FROM {table}").fetchone()
+    assert total == paths == 96
+
+
+def test_through_citus_the_writes_land_in_the_shards(ray_cluster, citus_cluster, citus_home, embedder, photos):
+    dsn = citus_cluster.dsn + "?sslmode=prefer"
+    name = "ray-" + uuid.uuid4().hex[:6]
+    with Engine(Settings.load(home=citus_home, database_url=dsn, distribute=True), embedder=embedder) as engine:
+        report = engine.index(name, create=True).add_paths([photos], ray=ray_cluster.address)
+        idx = engine.index(name)
+        assert idx.store.distributed and report.added > 30
+        with engine.db.connection() as conn:
+            per_node = conn.execute(
+                "SELECT s.nodename || ':' || s.nodeport, sum(r.result::bigint) FROM run_command_on_shards(%s, "
+                "$$SELECT count(*) FROM %%s$$) r JOIN citus_shards s USING (shardid) GROUP BY 1",
+                (idx.spec.table_name,)).fetchall()
+        assert sum(count for _, count in per_node) == report.added
+        assert len([count for _, count in per_node if count > 0]) == 2, per_node  # rows on both workers
