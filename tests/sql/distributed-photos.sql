@@ -7,10 +7,10 @@ CREATE TABLE "px_photos" ("id" text PRIMARY KEY, "path" text, "folder" text, "fi
     "size_bytes" bigint, "mtime_ns" bigint, "format" text, "width" bigint, "height" bigint, "taken_at" timestamptz,
     "taken_at_source" text, "camera" text, "camera_make" text, "camera_model" text, "lens" text,
     "gps_lat" double precision, "gps_lon" double precision, "title" text, "description" text, "keywords" text[],
-    "ocr_text" text, "ocr_boxes" text, "companion_key" text, "sidecar_state" text, "layout" text,
-    "class_ids" integer[], "class_probs" real[], "tags" text[], indexed_at timestamptz NOT NULL DEFAULT now(),
-    "search_text" tsvector, "ocr_text_tsv" tsvector, "image" vector(1280), "semantic" vector(384),
-    "caption" vector(384));
+    "ocr_text" text, "ocr_boxes" text, "people" text[], "face_count" bigint, "companion_key" text,
+    "sidecar_state" text, "layout" text, "class_ids" integer[], "class_probs" real[], "tags" text[],
+    indexed_at timestamptz NOT NULL DEFAULT now(), "search_text" tsvector, "ocr_text_tsv" tsvector,
+    "image" vector(1280), "semantic" vector(384), "caption" vector(384));
 
 -- TableDefinition.create_keyword_indexes: keyword search indexes
 CREATE INDEX IF NOT EXISTS "px_photos_search_text_gin" ON "px_photos" USING gin ("search_text");
@@ -149,7 +149,8 @@ SET LOCAL "hnsw"."iterative_scan" = 'off';
 -- VectorQueries.search: plain kNN of image
 SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
     "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "title",
-    "description", "keywords", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
+    "description", "keywords", "ocr_text", "ocr_boxes", "people", "face_count", "companion_key",
+    "tags", "image" <=> %(q)s AS distance
 FROM "px_photos"
 ORDER BY "image" <=> %(q)s
 LIMIT %(k)s;
@@ -165,7 +166,8 @@ SET LOCAL "hnsw"."max_scan_tuples" = '20000';
 WITH hits AS MATERIALIZED (
   SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
       "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon",
-      "title", "description", "keywords", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
+      "title", "description", "keywords", "ocr_text", "ocr_boxes", "people", "face_count", "companion_key",
+      "tags", "image" <=> %(q)s AS distance
   FROM "px_photos"
   WHERE ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s])
   ORDER BY "image" <=> %(q)s
@@ -182,7 +184,8 @@ SET LOCAL "enable_indexscan" = 'off';
 WITH hits AS MATERIALIZED (
   SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
       "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon",
-      "title", "description", "keywords", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
+      "title", "description", "keywords", "ocr_text", "ocr_boxes", "people", "face_count", "companion_key",
+      "tags", "image" <=> %(q)s AS distance
   FROM "px_photos"
   WHERE ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s])
   ORDER BY "image" <=> %(q)s
@@ -207,7 +210,8 @@ SELECT set_config(%s, %s, true);
 EXPLAIN WITH hits AS MATERIALIZED (
   SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
       "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon",
-      "title", "description", "keywords", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
+      "title", "description", "keywords", "ocr_text", "ocr_boxes", "people", "face_count", "companion_key",
+      "tags", "image" <=> %(q)s AS distance
   FROM "px_photos"
   WHERE ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s])
   ORDER BY "image" <=> %(q)s
@@ -259,7 +263,8 @@ LIMIT %(limit)s;
 -- TableQueries.browse: one page, filtered
 SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
     "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "title",
-    "description", "keywords", "ocr_text", "ocr_boxes", "companion_key", "tags"
+    "description", "keywords", "ocr_text", "ocr_boxes", "people", "face_count", "companion_key",
+    "tags"
 FROM "px_photos"
 WHERE ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s])
 ORDER BY "taken_at" DESC NULLS LAST, indexed_at DESC, "id"
@@ -303,6 +308,17 @@ GROUP BY value
 ORDER BY n DESC, value
 LIMIT %(facet_limit)s;
 
+-- TableQueries.facet_counts: people: each element
+SELECT value, count(*) AS n
+FROM (
+  SELECT unnest("people") AS value
+  FROM "px_photos"
+  WHERE "people" IS NOT NULL) AS v
+WHERE value IS NOT NULL
+GROUP BY value
+ORDER BY n DESC, value
+LIMIT %(facet_limit)s;
+
 -- TableQueries.facet_counts: tags: each element
 SELECT value, count(*) AS n
 FROM (
@@ -317,7 +333,8 @@ LIMIT %(facet_limit)s;
 -- TableQueries.fetch: retrievable fields by key
 SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
     "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "title",
-    "description", "keywords", "ocr_text", "ocr_boxes", "companion_key", "tags"
+    "description", "keywords", "ocr_text", "ocr_boxes", "people", "face_count", "companion_key",
+    "tags"
 FROM "px_photos"
 WHERE "id" = ANY(%s);
 
@@ -366,27 +383,28 @@ CREATE TEMP TABLE "pixsearch_staging" (LIKE "px_photos" INCLUDING DEFAULTS) ON C
 -- TableWrites.write: whole documents
 COPY "pixsearch_staging" ("id", "path", "folder", "filename", "content_hash", "size_bytes", "mtime_ns",
     "format", "width", "height", "taken_at", "taken_at_source", "camera", "camera_make", "camera_model",
-    "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "ocr_text", "ocr_boxes", "companion_key",
-    "sidecar_state", "layout", "class_ids", "class_probs", "tags", "image", "semantic", "caption")
+    "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "ocr_text", "ocr_boxes", "people",
+    "face_count", "companion_key", "sidecar_state", "layout", "class_ids", "class_probs", "tags",
+    "image", "semantic", "caption")
 FROM STDIN (FORMAT BINARY);
 
 -- TableWrites.write: whole documents: upsert
 INSERT INTO "px_photos" ("id", "path", "folder", "filename", "content_hash", "size_bytes", "mtime_ns",
     "format", "width", "height", "taken_at", "taken_at_source", "camera", "camera_make", "camera_model",
-    "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "ocr_text", "ocr_boxes", "companion_key",
-    "sidecar_state", "layout", "class_ids", "class_probs", "tags", "image", "semantic", "caption",
-    "indexed_at", "search_text", "ocr_text_tsv")
+    "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "ocr_text", "ocr_boxes", "people",
+    "face_count", "companion_key", "sidecar_state", "layout", "class_ids", "class_probs", "tags",
+    "image", "semantic", "caption", "indexed_at", "search_text", "ocr_text_tsv")
 SELECT "id", "path", "folder", "filename", "content_hash", "size_bytes", "mtime_ns", "format", "width",
     "height", "taken_at", "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat",
-    "gps_lon", "title", "description", "keywords", "ocr_text", "ocr_boxes", "companion_key", "sidecar_state",
-    "layout", "class_ids", "class_probs", "tags", "image", "semantic", "caption", now(), (to_tsvector('simple',
-    unaccent(concat_ws(' ', regexp_replace(coalesce("pixsearch_staging"."folder", ''), '[^[:alnum:]]+',
-    ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."filename", ''), '[^[:alnum:]]+', ' ',
-    'g'), regexp_replace(coalesce("pixsearch_staging"."title", ''), '[^[:alnum:]]+', ' ', 'g'),
-    regexp_replace(coalesce("pixsearch_staging"."description", ''), '[^[:alnum:]]+', ' ', 'g'),
-    regexp_replace(coalesce(array_to_string("pixsearch_staging"."keywords", ' '), ''), '[^[:alnum:]]+',
-    ' ', 'g'), regexp_replace(coalesce(array_to_string("pixsearch_staging"."tags", ' '), ''), '[^[:alnum:]]+',
-    ' ', 'g')))) || to_tsvector('english', unaccent(concat_ws(' ', regexp_replace(coalesce("pixsearch_staging"."folder",
+    "gps_lon", "title", "description", "keywords", "ocr_text", "ocr_boxes", "people", "face_count",
+    "companion_key", "sidecar_state", "layout", "class_ids", "class_probs", "tags", "image", "semantic",
+    "caption", now(), (to_tsvector('simple', unaccent(concat_ws(' ', regexp_replace(coalesce("pixsearch_staging"."folder",
+    ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."filename", ''),
+    '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."title", ''), '[^[:alnum:]]+',
+    ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."description", ''), '[^[:alnum:]]+',
+    ' ', 'g'), regexp_replace(coalesce(array_to_string("pixsearch_staging"."keywords", ' '), ''),
+    '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("pixsearch_staging"."tags",
+    ' '), ''), '[^[:alnum:]]+', ' ', 'g')))) || to_tsvector('english', unaccent(concat_ws(' ', regexp_replace(coalesce("pixsearch_staging"."folder",
     ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."filename", ''),
     '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."title", ''), '[^[:alnum:]]+',
     ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."description", ''), '[^[:alnum:]]+',
@@ -404,10 +422,11 @@ DO UPDATE SET "path" = EXCLUDED."path", "folder" = EXCLUDED."folder", "filename"
     "camera_model" = EXCLUDED."camera_model", "lens" = EXCLUDED."lens", "gps_lat" = EXCLUDED."gps_lat",
     "gps_lon" = EXCLUDED."gps_lon", "title" = EXCLUDED."title", "description" = EXCLUDED."description",
     "keywords" = EXCLUDED."keywords", "ocr_text" = EXCLUDED."ocr_text", "ocr_boxes" = EXCLUDED."ocr_boxes",
-    "companion_key" = EXCLUDED."companion_key", "sidecar_state" = EXCLUDED."sidecar_state", "layout" = EXCLUDED."layout",
-    "class_ids" = EXCLUDED."class_ids", "class_probs" = EXCLUDED."class_probs", "tags" = EXCLUDED."tags",
-    "image" = EXCLUDED."image", "semantic" = EXCLUDED."semantic", "caption" = EXCLUDED."caption",
-    "indexed_at" = EXCLUDED."indexed_at", "search_text" = EXCLUDED."search_text", "ocr_text_tsv" = EXCLUDED."ocr_text_tsv"
+    "people" = EXCLUDED."people", "face_count" = EXCLUDED."face_count", "companion_key" = EXCLUDED."companion_key",
+    "sidecar_state" = EXCLUDED."sidecar_state", "layout" = EXCLUDED."layout", "class_ids" = EXCLUDED."class_ids",
+    "class_probs" = EXCLUDED."class_probs", "tags" = EXCLUDED."tags", "image" = EXCLUDED."image",
+    "semantic" = EXCLUDED."semantic", "caption" = EXCLUDED."caption", "indexed_at" = EXCLUDED."indexed_at",
+    "search_text" = EXCLUDED."search_text", "ocr_text_tsv" = EXCLUDED."ocr_text_tsv"
 RETURNING "id";
 
 -- TableWrites.write: some columns (title, description, keywords, sidecar_state, caption)
@@ -465,13 +484,13 @@ WHERE "id" = ANY(%s);
 INSERT INTO "px_photos" ("id", "path", "folder", "filename", "size_bytes", "mtime_ns", "companion_key",
     "content_hash", "format", "width", "height", "taken_at", "taken_at_source", "camera", "camera_make",
     "camera_model", "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "ocr_text",
-    "ocr_boxes", "sidecar_state", "layout", "class_ids", "class_probs", "tags", "indexed_at", "search_text",
-    "ocr_text_tsv", "image", "semantic", "caption")
+    "ocr_boxes", "people", "face_count", "sidecar_state", "layout", "class_ids", "class_probs",
+    "tags", "indexed_at", "search_text", "ocr_text_tsv", "image", "semantic", "caption")
 SELECT %(new_0)s, %(new_1)s, %(new_2)s, %(new_3)s, %(new_4)s, %(new_5)s, %(new_6)s, "content_hash",
     "format", "width", "height", "taken_at", "taken_at_source", "camera", "camera_make", "camera_model",
-    "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "ocr_text", "ocr_boxes", "sidecar_state",
-    "layout", "class_ids", "class_probs", "tags", "indexed_at", "search_text", "ocr_text_tsv", "image",
-    "semantic", "caption"
+    "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "ocr_text", "ocr_boxes", "people",
+    "face_count", "sidecar_state", "layout", "class_ids", "class_probs", "tags", "indexed_at", "search_text",
+    "ocr_text_tsv", "image", "semantic", "caption"
 FROM "pixsearch_rekeyed"
 WHERE "id" = %(old)s;
 

@@ -37,12 +37,15 @@ def open_engine(index: str | None = None, **engine_options: Any) -> Iterator[Eng
     from pixsearch.ingest.decode import DecodeError
     from pixsearch.ingest.ocr import OcrUnavailable
     from pixsearch.models.base import ModelNotAvailableError
+    from pixsearch.models.faces import FacesUnavailable
+    from pixsearch.service import FaceNotFound, PersonNotFound
     from pixsearch.store import IndexNotFoundError
 
     try:
         with Engine(index=index, **engine_options) as engine:
             yield engine
-    except (DatabaseError, IndexNotFoundError, ModelNotAvailableError, DecodeError, OcrUnavailable, ValueError) as exc:
+    except (DatabaseError, IndexNotFoundError, ModelNotAvailableError, DecodeError, OcrUnavailable, FacesUnavailable,
+            FaceNotFound, PersonNotFound, ValueError) as exc:
         raise fail(str(exc)) from None
 
 

@@ -17,6 +17,7 @@ from rich.text import Text
 from pixsearch.cli.backup import backup_cmd, restore_cmd, scheduled_backups
 from pixsearch.cli.indexes import evaluate_cmd, indexes_app, stats_cmd, tune_cmd, vectors_app
 from pixsearch.cli.keys import keys_app
+from pixsearch.cli.people import people_app
 from pixsearch.cli.models import models_app
 from pixsearch.cli.common import (EXIT_OK, EXIT_PARTIAL, IndexOption, err, fail, open_engine, out, print_json,
                                   stop_on_sigterm_as_on_ctrl_c)
@@ -69,11 +70,12 @@ class _RichIngestProgress:
 
 def _index_paths(engine: Engine, paths: List[Path], index: str | None, prune: bool, as_json: bool,
                  follow_symlinks: bool = False, model: str | None = None, regions: str | None = None,
-                 ocr: bool | None = None) -> int:
+                 ocr: bool | None = None, faces: bool | None = None) -> int:
     idx = engine.index(index, create=True, model=model)
     progress = _RichIngestProgress(err)
     try:
-        report = idx.add_paths(paths, prune=prune, progress=progress, follow_symlinks=follow_symlinks, ocr=ocr)
+        report = idx.add_paths(paths, prune=prune, progress=progress, follow_symlinks=follow_symlinks, ocr=ocr,
+                               faces=faces)
     finally:
         progress.stop()
     if regions is not None:
@@ -95,6 +97,10 @@ def _print_report(name: str, report, scope: str) -> None:
         + f" ({scope})"
     )
     err.print(summary, highlight=False)
+    if report.faces is not None:
+        found = report.faces
+        err.print(f"  faces: {found['faces']} found in {found['photos']} photos scanned, {found['grouped']} grouped, "
+                  f"{found['new_people']} new people (pixsearch people list)", highlight=False)
     for path, reason in report.skipped:
         err.print(f"  [dim]skipped[/] {escape(path)}: {escape(reason)}", highlight=False)
     for path, message in report.warnings:
@@ -151,6 +157,10 @@ def index_cmd(
         None, "--ocr/--no-ocr", help="Read text in the photos (signs, screenshots): searchable and ranked with the "
         "rest; ~0.5-1 s per photo. Remembered for the index's later runs."
     ),
+    faces: Optional[bool] = typer.Option(
+        None, "--faces/--no-faces", help="Find faces and group them into people (pixsearch people; stores face "
+        "descriptors, biometric data: off unless asked). Remembered for the index's later runs."
+    ),
     watch: bool = typer.Option(
         False, "--watch", help="After indexing, follow the folders and apply each change (new, changed, moved, "
         "deleted files and caption sidecars) as it happens, until Ctrl+C."
@@ -179,7 +189,7 @@ def index_cmd(
         err.print(f"[bold]{escape(plan.index)}[/] (dry run): {escape(plan.describe())}", highlight=False)
         raise typer.Exit(EXIT_OK)
     with open_engine(index) as engine:
-        status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions, ocr)
+        status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions, ocr, faces)
         if watch:
             _watch(engine, paths, index, follow_symlinks, polling, as_json)
     raise typer.Exit(status)
@@ -547,6 +557,7 @@ def doctor_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
 app.add_typer(indexes_app, name="indexes")
 app.add_typer(vectors_app, name="vectors")
 app.add_typer(keys_app, name="keys")
+app.add_typer(people_app, name="people")
 app.add_typer(models_app, name="models")
 app.command("backup")(backup_cmd)
 app.command("restore")(restore_cmd)

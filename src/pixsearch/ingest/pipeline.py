@@ -79,6 +79,7 @@ class IngestReport:
         default_factory=lambda: {"scan": 0.0, "decode": 0.0, "ocr": 0.0, "embed": 0.0, "write": 0.0}
     )
     elapsed_seconds: float = 0.0
+    faces: dict[str, Any] | None = None  # with faces on: what the face pass found (service/faces.FaceReport)
 
     @property
     def embedded(self) -> int:
@@ -98,6 +99,7 @@ class IngestReport:
             "warnings": [{"path": p, "message": m} for p, m in self.warnings],
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "elapsed_seconds": round(self.elapsed_seconds, 3),
+            **({"faces": self.faces} if self.faces is not None else {}),
         }
 
 
