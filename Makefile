@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench bench-ann clean
+.PHONY: install run test bench bench-ann bench-faces clean
 
 # The browser tests drive Debian's Chromium with Playwright (its own browser download cannot work offline).
 CHROMIUM ?= /usr/bin/chromium
@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[demo,test,clip,ocr]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[demo,test,clip,ocr,faces]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps foolbox==3.3.4
 	touch $(STAMP)
 
@@ -36,6 +36,12 @@ test: install $(CHROMIUM)
 
 bench: install
 	$(BIN)/python bench/ingest.py
+
+# Face detectors (dlib HOG and CNN, and BlazeFace from mediapipe installed into .bench-extra: mediapipe pins
+# protobuf < 5, which the venv's other packages do not allow) on the composed face set, and ingest with --faces.
+bench-faces: install
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --target .bench-extra mediapipe==0.10.14 'protobuf>=4.25.3,<5'
+	$(BIN)/python bench/faces.py --blazeface .bench-extra $(BENCH_ARGS)
 
 # ANN benchmark (pgvector HNSW vs hnswlib vs exact numpy on 400k GloVe vectors); BENCH_ARGS='--rows 50000' for a quick one.
 bench-ann: install

@@ -53,12 +53,12 @@ def source_image(source: Source) -> Image.Image:
     return Image.open(FIXTURES / source.name).convert("RGB")
 
 
-def background(name: str) -> Image.Image:
+def background(name: str, size: tuple[int, int] = (W, H)) -> Image.Image:
     from skimage import data
 
     pixels = getattr(data, name)()
     image = Image.fromarray(pixels).convert("RGB")
-    return image.resize((W, H), Image.Resampling.BICUBIC)
+    return image.resize(size, Image.Resampling.BICUBIC)
 
 
 @dataclass
@@ -123,10 +123,12 @@ def _portrait(source: Source, face_side: int, angle: float, bright: float, flip:
 
 
 def compose(seed: int, count: int, *, sizes: tuple[int, int] = (60, 200), max_angle: float = 12.0,
-            orientation: int = 1, people: list[Source] | None = None) -> Composed:
-    """A W x H photo with `count` faces (of `people`, else chosen at random) at non-overlapping places."""
+            orientation: int = 1, people: list[Source] | None = None, size: tuple[int, int] = (W, H)) -> Composed:
+    """A photo of `size` (W x H) with `count` faces (of `people`, else chosen at random) at non-overlapping
+    places."""
     rng = random.Random(seed)
-    image = background(BACKGROUNDS[seed % len(BACKGROUNDS)])
+    width, height = size
+    image = background(BACKGROUNDS[seed % len(BACKGROUNDS)], size)
     chosen = people or [rng.choice(SOURCES) for _ in range(count)]
     faces: list[Face] = []
     taken: list[tuple[float, float, float, float]] = []
@@ -135,7 +137,7 @@ def compose(seed: int, count: int, *, sizes: tuple[int, int] = (60, 200), max_an
         patch, box = _portrait(source, side, rng.uniform(-max_angle, max_angle), rng.uniform(0.75, 1.25),
                                rng.random() < 0.5)
         for _ in range(500):
-            px, py = rng.randint(0, max(0, W - patch.width)), rng.randint(0, max(0, H - patch.height))
+            px, py = rng.randint(0, max(0, width - patch.width)), rng.randint(0, max(0, height - patch.height))
             spot = (px, py, px + patch.width, py + patch.height)
             if all(spot[2] <= t[0] or spot[0] >= t[2] or spot[3] <= t[1] or spot[1] >= t[3] for t in taken):
                 break
@@ -144,20 +146,24 @@ def compose(seed: int, count: int, *, sizes: tuple[int, int] = (60, 200), max_an
         taken.append(spot)
         image.paste(patch, (px, py), patch)
         fx0, fy0, fx1, fy1 = box[0] + px, box[1] + py, box[2] + px, box[3] + py
-        if fx0 < 0 or fy0 < 0 or fx1 > W or fy1 > H:  # a face cut by the border is not a test of anything
+        if fx0 < 0 or fy0 < 0 or fx1 > width or fy1 > height:  # a face cut by the border is not a test of anything
             continue
         faces.append(Face(source.person, (round(fx0), round(fy0), round(fx1), round(fy1))))
     return Composed(f"composed-{seed:02d}.jpg", image, faces, orientation)
 
 
 def face_set() -> list[Composed]:
-    """The set tests and bench measure: 14 composed photos (33 faces: Obama 3 occasions, Biden, Collins; some
-    stored turned with an EXIF orientation) and 3 photos of no one."""
+    """The set tests and bench measure: 14 composed photos of 1280 x 960 and one of 3600 x 2700 (33 faces: Obama
+    on 3 occasions, Biden, Collins; some stored turned with an EXIF orientation) and 3 photos of no one."""
     photos = []
     orientations = [1, 6, 1, 8, 1, 3, 1, 1, 6, 1, 1, 8, 1, 1]
     counts = [1, 2, 3, 4, 2, 3, 1, 2, 3, 2, 4, 2, 2, 2]
     for i, (orientation, count) in enumerate(zip(orientations, counts)):
         photos.append(compose(i, count, orientation=orientation))
+    # a camera-sized photo: decoded at half size (JPEG draft) and looked at scaled down (models/faces.DETECT_SIDE),
+    # so its boxes go through both mappings back to the original's pixels
+    photos.append(compose(len(orientations), 3, sizes=(200, 420), orientation=6, size=(3600, 2700),
+                          people=[SOURCES[0], SOURCES[3], SOURCES[4]]))
     for i, name in enumerate(("rocket", "coffee", "chelsea")):
         photos.append(Composed(f"no-one-{i}.jpg", background(name), []))
     return photos

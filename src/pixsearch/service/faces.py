@@ -13,12 +13,14 @@ within `threshold` (L2 between dlib descriptors); if no face within the threshol
 looked at again on the next pass. `recluster` dissolves the unnamed people and groups again; named people (the
 user's work) stay and attract their faces.
 
-THRESHOLD: measured in tests/test_faces.py on the face_recognition package's photos (Obama on three occasions,
-Biden) and skimage's astronaut, composed into multi-face photos at several scales, turns and orientations: the same
-person's faces lie within 0.25-0.47 of each other, different people 0.78 or more apart; dlib's own advice (its LFW
-operating point) is 0.6. 0.5 is used: every pair of the set grouped right (pairwise precision and recall 1.0 on
-it), and margin below dlib's 0.6 on the side of not merging two people (a merge by hand is one command; undoing a
-wrong merge means removing faces one by one).
+THRESHOLD: measured on the face_recognition package's photos (Obama on three occasions, Biden) and skimage's
+astronaut (Eileen Collins), composed into multi-face photos at several sizes, turns, brightnesses and EXIF
+orientations (tests/face_photos.py; bench/faces.py sweeps it): the same person's faces lie within 0.48 of each
+other, different people's 0.78 or more apart. Grouping is perfect on that set (pairwise precision and recall 1.0)
+from 0.35 to 0.8; plain pairs "distance <= t" reach recall 1.0 at 0.5 and lose precision at 0.8. 0.5 is used: the
+smallest threshold at which every same-person pair of the set is within reach, dlib's own clustering example's
+value, and under dlib's pair-matching 0.6 on the side of not merging two people (joining is transitive, and a
+merge by hand is one command, where undoing a wrong merge is a face at a time).
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from pixsearch.models.faces import (
     face_thumbnail,
     shared_face_model,
 )
+from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
 from pixsearch.service.roots import read_stored_photo
 from pixsearch.store import SchemaError
@@ -183,6 +186,7 @@ def face_state(face: DetectedFace, detector: str) -> str:
 def detect_faces(index: IndexCore) -> FaceReport:
     """Find the faces of every photo not scanned yet, then group the new faces (see the module docstring)."""
     _require_faces(index)
+    upgrade_photo_index(index)  # an index from before faces existed gets its people and face_count fields
     detector = face_settings(index).get("detector") or DEFAULT_DETECTOR
     model = shared_face_model(detector)
     settings = index.settings
