@@ -153,7 +153,7 @@ def compose(seed: int, count: int, *, sizes: tuple[int, int] = (60, 200), max_an
 
 
 def face_set() -> list[Composed]:
-    """The set tests and bench measure: 14 composed photos of 1280 x 960 and one of 3600 x 2700 (33 faces: Obama
+    """The set tests and bench measure: 14 composed photos of 1280 x 960 and one of 4400 x 3300 (33 faces: Obama
     on 3 occasions, Biden, Collins; some stored turned with an EXIF orientation) and 3 photos of no one."""
     photos = []
     orientations = [1, 6, 1, 8, 1, 3, 1, 1, 6, 1, 1, 8, 1, 1]
@@ -162,7 +162,7 @@ def face_set() -> list[Composed]:
         photos.append(compose(i, count, orientation=orientation))
     # a camera-sized photo: decoded at half size (JPEG draft) and looked at scaled down (models/faces.DETECT_SIDE),
     # so its boxes go through both mappings back to the original's pixels
-    photos.append(compose(len(orientations), 3, sizes=(200, 420), orientation=6, size=(3600, 2700),
+    photos.append(compose(len(orientations), 3, sizes=(250, 520), orientation=6, size=(4400, 3300),
                           people=[SOURCES[0], SOURCES[3], SOURCES[4]]))
     for i, name in enumerate(("rocket", "coffee", "chelsea")):
         photos.append(Composed(f"no-one-{i}.jpg", background(name), []))

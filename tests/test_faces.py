@@ -305,6 +305,12 @@ def test_moved_photos_keep_their_faces_changed_ones_are_scanned_again(engine, tm
     assert report.updated == 1 and report.faces["photos"] == 1
     biden = index.photo_faces(after["biden.jpg"])[0]["person"]
     assert [f["person"] for f in index.photo_faces(after["obama3.jpg"])] == [biden]
+    # changed again, to a photo of no one: no face left, nobody in its people field
+    Image.open(FIXTURES / "biden.jpg").crop((0, 400, 317, 720)).save(folder / "obama3.jpg")
+    report = index.add_paths([folder])
+    assert report.updated == 1 and report.faces["photos"] == 1 and report.faces["faces"] == 0
+    assert index.photo_faces(after["obama3.jpg"]) == []
+    assert index.get([after["obama3.jpg"]], vectors=False)[after["obama3.jpg"]]["people"] is None
     # a new photo joins its person incrementally; with --no-faces new photos are not scanned
     shutil.copy(FIXTURES / "obama.jpg", folder / "obama-again.jpg")
     report = index.add_paths([folder])

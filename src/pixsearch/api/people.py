@@ -4,9 +4,9 @@ from its person, forget a person, forget every face, regroup. No route ever retu
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
-from fastapi import Body, FastAPI, File, Query, UploadFile
+from fastapi import Body, FastAPI, File, Path, Query, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,13 +40,17 @@ class NameIn(BaseModel):
 
 class MergeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    people: list[int] = Field(..., min_length=1, max_length=1000, description="the people merged into this one")
+    people: list[Annotated[int, Field(ge=1, le=2**62)]] = Field(..., min_length=1, max_length=1000,
+                                                                description="the people merged into this one")
 
 
 class ReclusterIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     threshold: float | None = Field(None, gt=0, lt=2)
     min_faces: int | None = Field(None, ge=1, le=1000)
+
+
+PersonId = Annotated[int, Path(ge=1, le=2**62, description="a person's id")]
 
 
 def _thumbnail_url(index: str, face_id: str | None) -> str | None:
@@ -84,16 +88,16 @@ class PeopleHandlers:
         people = _call(lambda: self._open(name).people(with_photos=photos))
         return {"value": [self._person_json(name, p) for p in people]}
 
-    def get_person(self, name: str, person: int) -> dict[str, Any]:
+    def get_person(self, name: str, person: PersonId) -> dict[str, Any]:
         return self._person_json(name, _call(lambda: self._open(name).person(person)))
 
-    def name_person(self, name: str, person: int, body: NameIn) -> dict[str, Any]:
+    def name_person(self, name: str, person: PersonId, body: NameIn) -> dict[str, Any]:
         return _call(lambda: self._open(name).name_person(person, body.name))
 
-    def merge_people(self, name: str, person: int, body: MergeIn) -> dict[str, Any]:
+    def merge_people(self, name: str, person: PersonId, body: MergeIn) -> dict[str, Any]:
         return self._person_json(name, _call(lambda: self._open(name).merge_people(person, body.people)))
 
-    def forget_person(self, name: str, person: int) -> dict[str, Any]:
+    def forget_person(self, name: str, person: PersonId) -> dict[str, Any]:
         return {"id": person, "forgotten_faces": _call(lambda: self._open(name).forget_person(person))}
 
     def recluster(self, name: str, body: ReclusterIn = Body(ReclusterIn())) -> dict[str, Any]:
