@@ -375,3 +375,23 @@ def test_cli_index_faces_people_list_name_and_filter(home, api_engine, tmp_path)
                                                                                      "obama3.jpg"]
     missing = run_cli("people", "name", "99999", "X", "--index", name, home=home)
     assert missing.returncode == 1 and "no person 99999" in missing.stderr
+
+
+def test_faces_wait_unknown_until_enough_look_alike(engine, tmp_path):
+    """One photo of someone: an unknown face, no person. A second: still unknown. A third: the three form a
+    person (MIN_FACES), the first two included."""
+    folder = tmp_path / "waiting"
+    folder.mkdir()
+    name = "faces-wait-" + uuid.uuid4().hex[:6]
+    index = engine.index(name, create=True)
+    for i, photo in enumerate(("obama.jpg", "obama2.jpg", "obama3.jpg")):
+        shutil.copy(FIXTURES / photo, folder / photo)
+        report = index.add_paths([folder], faces=True)
+        assert report.faces["faces"] == 1
+        if i < 2:
+            assert index.people() == [] and report.faces["grouped"] == 0
+    assert report.faces["new_people"] == 1 and report.faces["grouped"] == 3
+    [person] = index.people(with_photos=True)
+    assert person["faces"] == 3 and sorted(p["path"].rsplit("/", 1)[-1] for p in person["photos"]) == [
+        "obama.jpg", "obama2.jpg", "obama3.jpg"]
+    assert len(_filtered(index, f"people/any(p: p eq '{person['id']}')")) == 3

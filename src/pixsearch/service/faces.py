@@ -9,8 +9,8 @@ kept and shown but never grouped.
 
 Grouping (immich's approach, incremental): a face that is not in a person yet joins the person of its nearest face
 within `threshold` (L2 between dlib descriptors); if no face within the threshold has a person but at least
-`min_faces - 1` ungrouped ones do, they form a new person together; otherwise it waits, ungrouped ("unknown"), and is
-looked at again on the next pass. `recluster` dissolves the unnamed people and groups again; named people (the
+`min_faces - 1` ungrouped ones are, they form a new person together; otherwise it waits, ungrouped ("unknown"), and is
+looked at again when a face placed later lands within its reach. `recluster` dissolves the unnamed people and groups again; named people (the
 user's work) stay and attract their faces.
 
 THRESHOLD: measured on the face_recognition package's photos (Obama on three occasions, Biden) and skimage's
@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -49,6 +50,7 @@ from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
 from pixsearch.service.roots import read_stored_photo
 from pixsearch.store import SchemaError
+from pixsearch.store.results import Hit
 from pixsearch.store.faces import AUTO, FACE_COUNT_FIELD, REMOVED, SMALL, FaceSession
 from pixsearch.store.regions import FACE_FIELD, FACE_SOURCE, PHOTO_KEY, region_spec
 
@@ -194,6 +196,7 @@ def detect_faces(index: IndexCore) -> FaceReport:
         batch_size=SCAN_BATCH, window=4, workers=settings.decode_workers, max_pixels=settings.max_image_pixels,
         draft=(DETECT_SIDE, DETECT_SIDE)))
     report = FaceReport()
+    found: list[str] = []  # the new faces grouping looks at
     after = None
     while True:
         batch = index.store.keys_missing([FACE_COUNT_FIELD], after, SCAN_BATCH, extra=["path"])
@@ -214,12 +217,15 @@ def detect_faces(index: IndexCore) -> FaceReport:
                 counts.append((scan.key, len(scan.faces)))
                 rows.extend(_face_rows(scan, vectors, detector))
         index.store.faces.replace(counts, rows)
+        found += [row["id"] for row in rows if row["face_state"] == AUTO]
         report.photos += len(counts)
         report.faces += len(rows)
     if report.faces:
         index.store.faces.analyze()
-    grouped, new_people = group_faces(index)
-    report.grouped, report.new_people = grouped, new_people
+    if found:
+        report.grouped, report.new_people = group_faces(index, found)
+    with index.store.faces.session() as session:
+        session.drop_empty_unnamed()  # people whose photos were all removed
     return report
 
 
@@ -235,52 +241,63 @@ def _face_rows(scan: _Scan, vectors: np.ndarray | None, detector: str) -> list[d
 
 
 # -- grouping -------------------------------------------------------------------------------------------------------
-def group_faces(index: IndexCore) -> tuple[int, int]:
-    """Place the ungrouped faces (see the module docstring); (faces grouped, people made). The photos whose people
-    changed get their `people` field refreshed in the same transaction."""
+def group_faces(index: IndexCore, face_ids: Sequence[str] | None = None) -> tuple[int, int]:
+    """Place ungrouped faces (see the module docstring): `face_ids` (the faces a run just found), or every
+    ungrouped face. A face placed brings its ungrouped neighbours within the threshold up for another look, so a
+    face that waited joins as soon as a person forms or grows next to it — without looking at every waiting face of
+    the library on each run. (faces grouped, people made); the photos whose people changed get their `people` field
+    refreshed in the same transaction."""
     threshold, min_faces = _grouping(index)
     grouped = made = 0
     touched: set[str] = set()
     with index.store.faces.session() as session:
-        waiting = session.ungrouped()
+        queue: deque[tuple[str, Any]] = deque(session.ungrouped(face_ids))
+        queued = {face_id for face_id, _ in queue}
         placed: set[str] = set()
-        for allow_new in (True, False):  # a second look: a face that waited may now be near a person made later
-            still = []
-            for face_id, vector in waiting:
-                if face_id in placed:
-                    continue
-                joined = _place(session, face_id, vector, threshold, min_faces if allow_new else None)
-                if joined is None:
-                    still.append((face_id, vector))
-                    continue
-                faces, new = joined
-                placed.update(faces)
-                grouped += len(faces)
-                made += new
-                touched.update(_photo_of(f) for f in faces)
-            waiting = still
+        while queue:
+            face_id, vector = queue.popleft()
+            queued.discard(face_id)
+            near = _near(session, face_id, vector, threshold)
+            faces, new = _place(session, face_id, near, min_faces) if face_id not in placed else ([], 0)
+            placed.update(faces)
+            grouped += len(faces)
+            made += new
+            touched.update(_photo_of(f) for f in faces)
+            if face_id not in placed:
+                continue
+            # the faces just placed may reach ungrouped faces the first one does not: they look around too
+            around = [f for f in faces if f != face_id and f not in queued]
+            waiting = [hit.id for hit in near if hit.document.get("person") is None and hit.id not in placed]
+            for other in [*around, *waiting]:
+                if other not in queued:
+                    found = session.face(other, descriptor=True)
+                    if found is not None and found[FACE_FIELD] is not None:
+                        queue.append((other, found[FACE_FIELD]))
+                        queued.add(other)
         session.drop_empty_unnamed()
         session.refresh_people_field(sorted(touched))
     return grouped, made
 
 
-def _place(session: FaceSession, face_id: str, vector: Any, threshold: float, min_faces: int | None
-           ) -> tuple[list[str], int] | None:
-    """Put one face in a person: the nearest grouped face's within the threshold, else a new person with its
-    ungrouped neighbours when there are enough (min_faces None: no new person). The faces placed and whether a
-    person was made; None when it waits."""
-    near = [hit for hit in session.neighbours(vector, NEIGHBOURS).hits
+def _near(session: FaceSession, face_id: str, vector: Any, threshold: float) -> list[Hit]:
+    """The groupable faces within the threshold of a face, nearest first."""
+    return [hit for hit in session.neighbours(vector, NEIGHBOURS).hits
             if hit.id != face_id and hit.distance <= threshold]
+
+
+def _place(session: FaceSession, face_id: str, near: list[Hit], min_faces: int) -> tuple[list[str], int]:
+    """Put one face in a person: the nearest grouped face's, else a new person with its ungrouped neighbours when
+    there are enough. The faces placed (none: it waits) and whether a person was made."""
     with_person = [hit for hit in near if hit.document.get("person") is not None]
     if with_person:
         session.assign([face_id], with_person[0].document["person"])
         return [face_id], 0
-    if min_faces is not None and len(near) + 1 >= min_faces:
+    if len(near) + 1 >= min_faces:
         person = session.new_person()
         faces = [face_id] + [hit.id for hit in near]
         session.assign(faces, person)
         return faces, 1
-    return None
+    return [], 0
 
 
 def _photo_of(face_id: str) -> str:

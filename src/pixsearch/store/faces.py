@@ -88,9 +88,11 @@ def face_sql(regions: sql.Identifier, people: sql.Identifier, columns: sql.Compo
 
 
 def ungrouped_sql(regions: sql.Identifier) -> sql.Composed:
-    """The faces automatic grouping still has to place: AUTO state, no person; id and descriptor, in id order."""
-    return sql.SQL("SELECT id, {face} FROM {r} WHERE source = %s AND face_state = %s AND person IS NULL "
-                   "AND {face} IS NOT NULL ORDER BY id").format(r=regions, face=sql.Identifier(FACE_FIELD))
+    """The faces automatic grouping still has to place (all, or those whose id is in %(ids)s): AUTO state, no
+    person; id and descriptor, in id order."""
+    return sql.SQL("SELECT id, {face} FROM {r} WHERE source = %(source)s AND face_state = %(state)s "
+                   "AND person IS NULL AND {face} IS NOT NULL AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s)) "
+                   "ORDER BY id").format(r=regions, face=sql.Identifier(FACE_FIELD))
 
 
 def assign_sql(regions: sql.Identifier) -> sql.Composed:
@@ -144,8 +146,9 @@ class FaceTable:
                                            [(key, count, None) for key, count in counts])
 
     # -- grouping -------------------------------------------------------------------------------------------------
-    def ungrouped(self, conn: psycopg.Connection) -> list[tuple[str, Any]]:
-        return [(row[0], row[1].to_numpy()) for row in conn.execute(ungrouped_sql(self.r), (FACE_SOURCE, AUTO))]
+    def ungrouped(self, conn: psycopg.Connection, ids: Sequence[str] | None = None) -> list[tuple[str, Any]]:
+        params = {"source": FACE_SOURCE, "state": AUTO, "ids": list(ids) if ids is not None else None}
+        return [(row[0], row[1].to_numpy()) for row in conn.execute(ungrouped_sql(self.r), params)]
 
     def neighbours(self, conn: psycopg.Connection, vector: Any, k: int) -> SearchResult:
         """The k faces nearest to `vector` among those automatic grouping may use (through the HNSW index)."""
@@ -273,8 +276,8 @@ class FaceSession:
     def __init__(self, table: FaceTable, conn: psycopg.Connection):
         self._t, self._conn = table, conn
 
-    def ungrouped(self) -> list[tuple[str, Any]]:
-        return self._t.ungrouped(self._conn)
+    def ungrouped(self, ids: Sequence[str] | None = None) -> list[tuple[str, Any]]:
+        return self._t.ungrouped(self._conn, ids)
 
     def neighbours(self, vector: Any, k: int) -> SearchResult:
         return self._t.neighbours(self._conn, vector, k)
