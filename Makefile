@@ -7,9 +7,9 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 RUN_STAMP := $(VENV)/.run-stamp
 TEST_STAMP := $(VENV)/.test-stamp
 # The extras `make test` installs on top of the default (the tests exercise every feature).
-TEST_EXTRAS := demo,test,clip,ocr,cloud,ray
+TEST_EXTRAS := demo,test,clip,ocr,cloud,ray,faces
 
-.PHONY: install install-test run test wheel-check bench bench-ann bench-cloud bench-distributed clean
+.PHONY: install install-test run test wheel-check bench bench-ann bench-cloud bench-distributed bench-faces clean
 
 # The browser tests drive Debian's Chromium with Playwright (its own browser download cannot work offline).
 CHROMIUM ?= /usr/bin/chromium
@@ -74,6 +74,12 @@ bench: install-test
 # The image stage on a 2-node local Ray cluster vs here, and 1 vs 4 writers into a local Citus cluster.
 bench-distributed: install
 	$(BIN)/python bench/distributed.py $(BENCH_ARGS)
+
+# Face detectors (dlib HOG and CNN, and BlazeFace from mediapipe installed into .bench-extra: mediapipe pins
+# protobuf < 5, which the venv's other packages do not allow) on the composed face set, and ingest with --faces.
+bench-faces: install
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --target .bench-extra mediapipe==0.10.14 'protobuf>=4.25.3,<5'
+	$(BIN)/python bench/faces.py --blazeface .bench-extra $(BENCH_ARGS)
 
 # ANN benchmark (pgvector HNSW vs hnswlib vs exact numpy on 400k GloVe vectors); BENCH_ARGS='--rows 50000' for a quick one.
 bench-ann: install-test

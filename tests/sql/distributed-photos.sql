@@ -8,10 +8,10 @@ CREATE TABLE "px_photos" ("id" text PRIMARY KEY, "path" text, "folder" text, "fi
     "taken_at_source" text, "camera" text, "camera_make" text, "camera_model" text, "lens" text,
     "gps_lat" double precision, "gps_lon" double precision, "title" text, "description" text, "keywords" text[],
     "generated_title" text, "generated_description" text, "generated_keywords" text[], "generated_by" text,
-    "generated_from" text, "ocr_text" text, "ocr_boxes" text, "companion_key" text, "sidecar_state" text,
-    "layout" text, "class_ids" integer[], "class_probs" real[], "tags" text[], indexed_at timestamptz NOT NULL DEFAULT now(),
-    "search_text" tsvector, "ocr_text_tsv" tsvector, "image" vector(1280), "semantic" vector(384),
-    "caption" vector(384));
+    "generated_from" text, "ocr_text" text, "ocr_boxes" text, "people" text[], "face_count" bigint,
+    "companion_key" text, "sidecar_state" text, "layout" text, "class_ids" integer[], "class_probs" real[],
+    "tags" text[], indexed_at timestamptz NOT NULL DEFAULT now(), "search_text" tsvector, "ocr_text_tsv" tsvector,
+    "image" vector(1280), "semantic" vector(384), "caption" vector(384));
 
 -- TableDefinition.create_keyword_indexes: keyword search indexes
 CREATE INDEX IF NOT EXISTS "px_photos_search_text_gin" ON "px_photos" USING gin ("search_text");
@@ -163,7 +163,7 @@ SET LOCAL "hnsw"."iterative_scan" = 'off';
 SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
     "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "title",
     "description", "keywords", "generated_title", "generated_description", "generated_keywords",
-    "generated_by", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
+    "generated_by", "ocr_text", "ocr_boxes", "people", "face_count", "companion_key", "tags", "image" <=> %(q)s AS distance
 FROM "px_photos"
 ORDER BY "image" <=> %(q)s
 LIMIT %(k)s;
@@ -180,7 +180,8 @@ WITH hits AS MATERIALIZED (
   SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
       "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon",
       "title", "description", "keywords", "generated_title", "generated_description", "generated_keywords",
-      "generated_by", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
+      "generated_by", "ocr_text", "ocr_boxes", "people", "face_count", "companion_key", "tags",
+      "image" <=> %(q)s AS distance
   FROM "px_photos"
   WHERE ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s])
   ORDER BY "image" <=> %(q)s
@@ -198,7 +199,8 @@ WITH hits AS MATERIALIZED (
   SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
       "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon",
       "title", "description", "keywords", "generated_title", "generated_description", "generated_keywords",
-      "generated_by", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
+      "generated_by", "ocr_text", "ocr_boxes", "people", "face_count", "companion_key", "tags",
+      "image" <=> %(q)s AS distance
   FROM "px_photos"
   WHERE ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s])
   ORDER BY "image" <=> %(q)s
@@ -224,7 +226,8 @@ EXPLAIN WITH hits AS MATERIALIZED (
   SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
       "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon",
       "title", "description", "keywords", "generated_title", "generated_description", "generated_keywords",
-      "generated_by", "ocr_text", "ocr_boxes", "companion_key", "tags", "image" <=> %(q)s AS distance
+      "generated_by", "ocr_text", "ocr_boxes", "people", "face_count", "companion_key", "tags",
+      "image" <=> %(q)s AS distance
   FROM "px_photos"
   WHERE ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s])
   ORDER BY "image" <=> %(q)s
@@ -278,7 +281,7 @@ LIMIT %(limit)s;
 SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
     "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "title",
     "description", "keywords", "generated_title", "generated_description", "generated_keywords",
-    "generated_by", "ocr_text", "ocr_boxes", "companion_key", "tags"
+    "generated_by", "ocr_text", "ocr_boxes", "people", "face_count", "companion_key", "tags"
 FROM "px_photos"
 WHERE ("taken_at" >= %(f0)s AND "tags" @> ARRAY[%(f1)s])
 ORDER BY "taken_at" DESC NULLS LAST, indexed_at DESC, "id"
@@ -333,6 +336,17 @@ GROUP BY value
 ORDER BY n DESC, value
 LIMIT %(facet_limit)s;
 
+-- TableQueries.facet_counts: people: each element
+SELECT value, count(*) AS n
+FROM (
+  SELECT unnest("people") AS value
+  FROM "px_photos"
+  WHERE "people" IS NOT NULL) AS v
+WHERE value IS NOT NULL
+GROUP BY value
+ORDER BY n DESC, value
+LIMIT %(facet_limit)s;
+
 -- TableQueries.facet_counts: tags: each element
 SELECT value, count(*) AS n
 FROM (
@@ -348,7 +362,7 @@ LIMIT %(facet_limit)s;
 SELECT "id", "path", "folder", "filename", "size_bytes", "format", "width", "height", "taken_at",
     "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat", "gps_lon", "title",
     "description", "keywords", "generated_title", "generated_description", "generated_keywords",
-    "generated_by", "ocr_text", "ocr_boxes", "companion_key", "tags"
+    "generated_by", "ocr_text", "ocr_boxes", "people", "face_count", "companion_key", "tags"
 FROM "px_photos"
 WHERE "id" = ANY(%s);
 
@@ -420,30 +434,31 @@ CREATE TEMP TABLE "pixsearch_staging" (LIKE "px_photos" INCLUDING DEFAULTS) ON C
 COPY "pixsearch_staging" ("id", "path", "folder", "filename", "content_hash", "size_bytes", "mtime_ns",
     "format", "width", "height", "taken_at", "taken_at_source", "camera", "camera_make", "camera_model",
     "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "generated_title", "generated_description",
-    "generated_keywords", "generated_by", "generated_from", "ocr_text", "ocr_boxes", "companion_key",
-    "sidecar_state", "layout", "class_ids", "class_probs", "tags", "image", "semantic", "caption")
+    "generated_keywords", "generated_by", "generated_from", "ocr_text", "ocr_boxes", "people", "face_count",
+    "companion_key", "sidecar_state", "layout", "class_ids", "class_probs", "tags", "image", "semantic",
+    "caption")
 FROM STDIN (FORMAT BINARY);
 
 -- TableWrites.write: whole documents: upsert
 INSERT INTO "px_photos" ("id", "path", "folder", "filename", "content_hash", "size_bytes", "mtime_ns",
     "format", "width", "height", "taken_at", "taken_at_source", "camera", "camera_make", "camera_model",
     "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "generated_title", "generated_description",
-    "generated_keywords", "generated_by", "generated_from", "ocr_text", "ocr_boxes", "companion_key",
-    "sidecar_state", "layout", "class_ids", "class_probs", "tags", "image", "semantic", "caption",
-    "indexed_at", "search_text", "ocr_text_tsv")
+    "generated_keywords", "generated_by", "generated_from", "ocr_text", "ocr_boxes", "people", "face_count",
+    "companion_key", "sidecar_state", "layout", "class_ids", "class_probs", "tags", "image", "semantic",
+    "caption", "indexed_at", "search_text", "ocr_text_tsv")
 SELECT "id", "path", "folder", "filename", "content_hash", "size_bytes", "mtime_ns", "format", "width",
     "height", "taken_at", "taken_at_source", "camera", "camera_make", "camera_model", "lens", "gps_lat",
     "gps_lon", "title", "description", "keywords", "generated_title", "generated_description", "generated_keywords",
-    "generated_by", "generated_from", "ocr_text", "ocr_boxes", "companion_key", "sidecar_state",
-    "layout", "class_ids", "class_probs", "tags", "image", "semantic", "caption", now(), (to_tsvector('simple',
-    unaccent(concat_ws(' ', regexp_replace(coalesce("pixsearch_staging"."folder", ''), '[^[:alnum:]]+',
-    ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."filename", ''), '[^[:alnum:]]+', ' ',
-    'g'), regexp_replace(coalesce("pixsearch_staging"."title", ''), '[^[:alnum:]]+', ' ', 'g'),
-    regexp_replace(coalesce("pixsearch_staging"."description", ''), '[^[:alnum:]]+', ' ', 'g'),
-    regexp_replace(coalesce(array_to_string("pixsearch_staging"."keywords", ' '), ''), '[^[:alnum:]]+',
-    ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."generated_title", ''), '[^[:alnum:]]+',
-    ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."generated_description", ''), '[^[:alnum:]]+',
-    ' ', 'g'), regexp_replace(coalesce(array_to_string("pixsearch_staging"."generated_keywords",
+    "generated_by", "generated_from", "ocr_text", "ocr_boxes", "people", "face_count", "companion_key",
+    "sidecar_state", "layout", "class_ids", "class_probs", "tags", "image", "semantic", "caption",
+    now(), (to_tsvector('simple', unaccent(concat_ws(' ', regexp_replace(coalesce("pixsearch_staging"."folder",
+    ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."filename", ''),
+    '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."title", ''), '[^[:alnum:]]+',
+    ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."description", ''), '[^[:alnum:]]+',
+    ' ', 'g'), regexp_replace(coalesce(array_to_string("pixsearch_staging"."keywords", ' '), ''),
+    '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."generated_title", ''),
+    '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."generated_description",
+    ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("pixsearch_staging"."generated_keywords",
     ' '), ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce(array_to_string("pixsearch_staging"."tags",
     ' '), ''), '[^[:alnum:]]+', ' ', 'g')))) || to_tsvector('english', unaccent(concat_ws(' ', regexp_replace(coalesce("pixsearch_staging"."folder",
     ''), '[^[:alnum:]]+', ' ', 'g'), regexp_replace(coalesce("pixsearch_staging"."filename", ''),
@@ -468,10 +483,11 @@ DO UPDATE SET "path" = EXCLUDED."path", "folder" = EXCLUDED."folder", "filename"
     "keywords" = EXCLUDED."keywords", "generated_title" = EXCLUDED."generated_title", "generated_description" = EXCLUDED."generated_description",
     "generated_keywords" = EXCLUDED."generated_keywords", "generated_by" = EXCLUDED."generated_by",
     "generated_from" = EXCLUDED."generated_from", "ocr_text" = EXCLUDED."ocr_text", "ocr_boxes" = EXCLUDED."ocr_boxes",
-    "companion_key" = EXCLUDED."companion_key", "sidecar_state" = EXCLUDED."sidecar_state", "layout" = EXCLUDED."layout",
-    "class_ids" = EXCLUDED."class_ids", "class_probs" = EXCLUDED."class_probs", "tags" = EXCLUDED."tags",
-    "image" = EXCLUDED."image", "semantic" = EXCLUDED."semantic", "caption" = EXCLUDED."caption",
-    "indexed_at" = EXCLUDED."indexed_at", "search_text" = EXCLUDED."search_text", "ocr_text_tsv" = EXCLUDED."ocr_text_tsv"
+    "people" = EXCLUDED."people", "face_count" = EXCLUDED."face_count", "companion_key" = EXCLUDED."companion_key",
+    "sidecar_state" = EXCLUDED."sidecar_state", "layout" = EXCLUDED."layout", "class_ids" = EXCLUDED."class_ids",
+    "class_probs" = EXCLUDED."class_probs", "tags" = EXCLUDED."tags", "image" = EXCLUDED."image",
+    "semantic" = EXCLUDED."semantic", "caption" = EXCLUDED."caption", "indexed_at" = EXCLUDED."indexed_at",
+    "search_text" = EXCLUDED."search_text", "ocr_text_tsv" = EXCLUDED."ocr_text_tsv"
 RETURNING "id";
 
 -- TableWrites.write: some columns (title, description, keywords, sidecar_state, caption)
@@ -536,14 +552,14 @@ INSERT INTO "px_photos" ("id", "path", "folder", "filename", "size_bytes", "mtim
     "content_hash", "format", "width", "height", "taken_at", "taken_at_source", "camera", "camera_make",
     "camera_model", "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "generated_title",
     "generated_description", "generated_keywords", "generated_by", "generated_from", "ocr_text",
-    "ocr_boxes", "sidecar_state", "layout", "class_ids", "class_probs", "tags", "indexed_at", "search_text",
-    "ocr_text_tsv", "image", "semantic", "caption")
+    "ocr_boxes", "people", "face_count", "sidecar_state", "layout", "class_ids", "class_probs",
+    "tags", "indexed_at", "search_text", "ocr_text_tsv", "image", "semantic", "caption")
 SELECT %(new_0)s, %(new_1)s, %(new_2)s, %(new_3)s, %(new_4)s, %(new_5)s, %(new_6)s, "content_hash",
     "format", "width", "height", "taken_at", "taken_at_source", "camera", "camera_make", "camera_model",
     "lens", "gps_lat", "gps_lon", "title", "description", "keywords", "generated_title", "generated_description",
-    "generated_keywords", "generated_by", "generated_from", "ocr_text", "ocr_boxes", "sidecar_state",
-    "layout", "class_ids", "class_probs", "tags", "indexed_at", "search_text", "ocr_text_tsv", "image",
-    "semantic", "caption"
+    "generated_keywords", "generated_by", "generated_from", "ocr_text", "ocr_boxes", "people", "face_count",
+    "sidecar_state", "layout", "class_ids", "class_probs", "tags", "indexed_at", "search_text",
+    "ocr_text_tsv", "image", "semantic", "caption"
 FROM "pixsearch_rekeyed"
 WHERE "id" = %(old)s;
 

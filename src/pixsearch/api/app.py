@@ -37,6 +37,7 @@ from pixsearch.api.models import (
     jsonable,
 )
 from pixsearch.api.origin import LOOPBACK_NAMES, OriginGuard
+from pixsearch.api.people import install_people
 from pixsearch.limits import (
     MAX_DUPLICATE_GROUPS,
     MAX_FIELD_LIST_ITEM_CHARS,
@@ -123,6 +124,7 @@ def create_app(
                  "/indexes('{name}')/docs/search.post.suggest", "/indexes('{name}')/docs/search.autocomplete",
                  "/indexes('{name}')/docs/search.post.autocomplete", "/indexes('{name}')/search.analyze"):
         app.add_api_route(path, h.not_implemented, methods=["GET", "POST"], include_in_schema=False)
+    install_people(app, handlers.open)
     install_page(app, page_index or engine.settings.index)
     app.state.handlers = handlers
     app.state.metrics = metrics

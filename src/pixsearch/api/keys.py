@@ -13,6 +13,7 @@ import anyio
 
 from pixsearch.api.errors import answer_early, error_response, unavailable_response
 from pixsearch.api.origin import loopback_client
+from pixsearch.api.people import QUERY_PATTERNS as PEOPLE_QUERY_PATTERNS
 from pixsearch.db import DatabaseError
 from pixsearch.limits import API_KEY_CACHE_SECONDS
 from pixsearch.store.keys import hash_key
@@ -35,6 +36,8 @@ QUERY_ROUTES: list[tuple[str, re.Pattern[str]]] = [
     ("POST", re.compile(r"^/indexes\('[^/]+'\)/docs/search\.post\.search$")),
     ("GET", re.compile(r"^/indexes\('[^/]+'\)/docs/\$count$")),
     ("GET", re.compile(r"^/indexes\('[^/]+'\)/docs\('.+'\)$")),
+    # people: names, boxes, face thumbnails and photos of a face (never a descriptor: no route returns one)
+    *((method, re.compile(pattern)) for method, pattern in PEOPLE_QUERY_PATTERNS),
 ]
 
 

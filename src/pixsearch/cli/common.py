@@ -65,13 +65,15 @@ def open_engine(index: str | None = None, **engine_options: Any) -> Iterator[Eng
     from pixsearch.models.base import ModelNotAvailableError
     from pixsearch.models.hosted import ServiceError
     from pixsearch.sources import SourceError
+    from pixsearch.models.faces import FacesUnavailable
+    from pixsearch.service import FaceNotFound, PersonNotFound
     from pixsearch.store import IndexNotFoundError
 
     try:
         with Engine(index=index, **engine_options) as engine:
             yield engine
     except (DatabaseError, IndexNotFoundError, ModelNotAvailableError, ServiceError, DecodeError, OcrUnavailable,
-            ValueError, SourceError, ClusterError) as exc:
+            ValueError, SourceError, ClusterError, FacesUnavailable, FaceNotFound, PersonNotFound) as exc:
         raise fail(str(exc)) from None
 
 

@@ -18,6 +18,7 @@ from rich.text import Text
 from pixsearch.cli.backup import backup_cmd, restore_cmd, scheduled_backups
 from pixsearch.cli.indexes import evaluate_cmd, indexes_app, stats_cmd, tune_cmd, vectors_app
 from pixsearch.cli.keys import keys_app
+from pixsearch.cli.people import people_app
 from pixsearch.cli.models import models_app
 from pixsearch.cli.common import (EXIT_OK, EXIT_PARTIAL, DeviceOption, IndexOption, caption_cost, err, fail, note,
                                   open_engine, out, print_json, say_as_log_lines, stop_on_sigterm_as_on_ctrl_c)
@@ -76,14 +77,14 @@ def _index_paths(engine: Engine, paths: List[str], index: str | None, prune: boo
                  follow_symlinks: bool = False, model: str | None = None, regions: str | None = None,
                  ocr: bool | None = None, captioner: str | bool | None = None,
                  caption_prompt: str | None = None, metrics: "IngestMetrics | None" = None,
-                 ray: str | None = None) -> int:
+                 ray: str | None = None, faces: bool | None = None) -> int:
     idx = engine.index(index, create=True, model=model)
     progress = _RichIngestProgress(err)
     if metrics is not None:
         metrics.progress, progress = progress, metrics
     try:
         report = idx.add_paths(paths, prune=prune, progress=progress, follow_symlinks=follow_symlinks, ocr=ocr,
-                               captioner=captioner, caption_prompt=caption_prompt, ray=ray)
+                               captioner=captioner, caption_prompt=caption_prompt, ray=ray, faces=faces)
     finally:
         progress.stop()
     if regions is not None:
@@ -105,6 +106,10 @@ def _print_report(name: str, report, scope: str) -> None:
         + f" ({scope})"
     )
     err.print(summary, highlight=False)
+    if report.faces is not None:
+        found = report.faces
+        err.print(f"  faces: {found['faces']} found in {found['photos']} photos scanned, {found['grouped']} grouped, "
+                  f"{found['new_people']} new people (pixsearch people list)", highlight=False)
     for path, reason in report.skipped:
         err.print(f"  [dim]skipped[/] {escape(path)}: {escape(reason)}", highlight=False)
     for path, message in report.warnings:
@@ -210,6 +215,10 @@ def index_cmd(
         None, "--caption-prompt", help="What the captioner is asked (default: the caption_prompt setting, else a "
         "built-in prompt asking for JSON). Remembered; another prompt captions every photo again."
     ),
+    faces: Optional[bool] = typer.Option(
+        None, "--faces/--no-faces", help="Find faces and group them into people (pixsearch people; stores face "
+        "descriptors, biometric data: off unless asked). Remembered for the index's later runs."
+    ),
     watch: bool = typer.Option(
         False, "--watch", help="After indexing, follow the folders and apply each change (new, changed, moved, "
         "deleted files and caption sidecars) as it happens, until Ctrl+C."
@@ -259,7 +268,7 @@ def index_cmd(
     with open_engine(index, device=device) as engine:
         metrics = _serve_ingest_metrics(engine, index, metrics_port) if metrics_port is not None else None
         status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions, ocr,
-                              False if no_captioner else captioner, caption_prompt, metrics, ray)
+                              False if no_captioner else captioner, caption_prompt, metrics, ray, faces)
         if watch:
             _watch(engine, paths, index, follow_symlinks, polling, as_json, metrics)
     raise typer.Exit(status)
@@ -665,6 +674,7 @@ def doctor_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
 app.add_typer(indexes_app, name="indexes")
 app.add_typer(vectors_app, name="vectors")
 app.add_typer(keys_app, name="keys")
+app.add_typer(people_app, name="people")
 app.add_typer(models_app, name="models")
 app.command("backup")(backup_cmd)
 app.command("restore")(restore_cmd)

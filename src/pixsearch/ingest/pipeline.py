@@ -93,6 +93,7 @@ class IngestReport:
     )
     elapsed_seconds: float = 0.0
     captions: dict[str, Any] | None = None  # generated captions of the run: what they cost (service/captioning.py)
+    faces: dict[str, Any] | None = None  # with faces on: what the face pass found (service/faces.FaceReport)
 
     @property
     def embedded(self) -> int:
@@ -113,6 +114,7 @@ class IngestReport:
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "elapsed_seconds": round(self.elapsed_seconds, 3),
             **({"captions": self.captions} if self.captions is not None else {}),
+            **({"faces": self.faces} if self.faces is not None else {}),
         }
 
 

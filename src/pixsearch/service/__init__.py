@@ -7,6 +7,7 @@ engine.py      the database, loaded models (one per index's model) and caches a 
 index.py       Index: the facade of one index; each method hands over to a feature module below
 photos.py      uploads, thumbnails and a folder watcher's changes: the photo files the server opens itself
 library.py     indexing photo files (the index's side of ingest)
+faces.py       faces found in photos, grouped into people; naming, merging, forgetting; photos of a face
 regions.py     regions (object patches) of photos, with vectors of their own
 reindex.py     moving an index to another model without downtime
 documents.py   Azure-style document batches (upload / merge / mergeOrUpload / delete)
@@ -20,9 +21,10 @@ thumbnails.py  the bounded on-disk thumbnail cache
 """
 from pixsearch.service.documents import DocumentAction, DocumentResult, Outcome
 from pixsearch.service.engine import Engine
+from pixsearch.service.faces import FaceNotFound, FaceReport, FacesNotEnabled, PersonNotFound
 from pixsearch.service.index import Index, ModelMismatchError, Query
 from pixsearch.service.photos import StorageError
 from pixsearch.service.roots import PhotoNotFound
 
-__all__ = ["DocumentAction", "DocumentResult", "Engine", "Index", "ModelMismatchError", "Outcome", "PhotoNotFound",
-           "Query", "StorageError"]
+__all__ = ["DocumentAction", "DocumentResult", "Engine", "FaceNotFound", "FaceReport", "FacesNotEnabled", "Index",
+           "ModelMismatchError", "Outcome", "PersonNotFound", "PhotoNotFound", "Query", "StorageError"]

@@ -18,7 +18,7 @@ from pixsearch.search.expressions import Term
 from pixsearch.search.embedding import combine_embedded, embed_terms
 from pixsearch.search.execute import run as run_request
 from pixsearch.search.request import SearchRequest, SearchResponse, query_terms
-from pixsearch.service import builds, captioning, documents, library, photos, regions, reindex
+from pixsearch.service import builds, captioning, documents, faces, library, photos, regions, reindex
 from pixsearch.service.core import IndexCore, ModelMismatchError
 from pixsearch.service.duplicates import DuplicateGroup, duplicate_groups
 from pixsearch.service.regions import RegionReport
@@ -73,12 +73,14 @@ class Index(IndexCore):
     def add_paths(self, paths: Sequence[str | Path], *, prune: bool = True, follow_symlinks: bool = False,
                   progress: IngestProgress | None = None, roots: Sequence[Path] | None = None,
                   ocr: bool | None = None, captioner: str | bool | None = None, caption_prompt: str | None = None,
-                  photo_url: Callable[[str], str | None] | None = None, ray: str | None = None) -> IngestReport:
+                  photo_url: Callable[[str], str | None] | None = None, ray: str | None = None,
+                  faces: bool | None = None) -> IngestReport:
         """Index photo files and folders (service/library.py); `captioner="openai:MODEL"` adds generated captions
-        (remembered; False stops it)."""
+        (remembered; False stops it); faces=True also finds faces and groups them into people (remembered for later
+        runs, like ocr)."""
         return library.add_paths(self, paths, prune=prune, follow_symlinks=follow_symlinks, progress=progress,
                                  roots=roots, ocr=ocr, captioner=captioner, caption_prompt=caption_prompt,
-                                 photo_url=photo_url, ray=ray)
+                                 photo_url=photo_url, ray=ray, faces=faces)
 
     def set_captioner(self, captioner: str | bool | None, prompt: str | None = None) -> None:
         """Switch generated captions on (`openai:MODEL`, with an optional prompt) or off (False) for the index's
@@ -222,6 +224,52 @@ class Index(IndexCore):
         """Embed regions (object patches) of the photos: `grid`, or boxes from a COCO JSON / CSV / JSON Lines file
         (service/regions.py)."""
         return regions.add_regions(self, source, photo_keys=photo_keys)
+
+    # -- faces and people (service/faces.py) ------------------------------------------------------------------------
+    def set_faces(self, enabled: bool, *, detector: str | None = None) -> None:
+        """Turn face detection on ("hog" or "cnn") or off for later runs; faces found so far are kept."""
+        faces.set_faces(self, enabled, detector=detector)
+
+    def detect_faces(self) -> faces.FaceReport:
+        """Find faces in every photo not scanned yet and group them (what `index --faces` runs after ingest)."""
+        return faces.detect_faces(self)
+
+    def people(self, *, with_photos: bool = False) -> list[dict[str, Any]]:
+        """Every person: id, name, faces, photo_count, sample_face, sample_photo; with_photos: their photos."""
+        return faces.list_people(self, with_photos=with_photos)
+
+    def person(self, person: int) -> dict[str, Any]:
+        return faces.get_person(self, person)
+
+    def name_person(self, person: int, name: str | None) -> dict[str, Any]:
+        return faces.name_person(self, person, name)
+
+    def merge_people(self, into: int, others: Sequence[int]) -> dict[str, Any]:
+        return faces.merge_people(self, into, others)
+
+    def remove_face(self, face_id: str) -> dict[str, Any]:
+        return faces.remove_face(self, face_id)
+
+    def forget_person(self, person: int) -> int:
+        """Delete a person with their faces and descriptors; the number of faces deleted."""
+        return faces.forget_person(self, person)
+
+    def forget_faces(self) -> int:
+        """Delete every face, descriptor and person, and turn detection off; the number of faces deleted."""
+        return faces.forget_all(self)
+
+    def recluster_people(self, *, threshold: float | None = None, min_faces: int | None = None) -> tuple[int, int]:
+        return faces.recluster(self, threshold=threshold, min_faces=min_faces)
+
+    def photo_faces(self, key: str) -> list[dict[str, Any]]:
+        return faces.photo_faces(self, key)
+
+    def face_thumbnail(self, face_id: str) -> bytes:
+        return faces.face_thumbnail_bytes(self, face_id)
+
+    def photos_with_face(self, *, face_id: str | None = None, image: bytes | Image.Image | None = None,
+                         k: int = 50) -> list[dict[str, Any]]:
+        return faces.photos_with_face(self, face_id=face_id, image=image, k=k)
 
     def thumbnail(self, key: str, size: int = 256) -> bytes:
         """A WebP thumbnail (longest side `size`: 128, 256, 512 or 1024) of a stored photo."""

@@ -1,6 +1,7 @@
 """Indexing photo files into a photo index: the index's side of `pixsearch index` (ingest/ does the files)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -11,6 +12,7 @@ from pixsearch.models.hosted import ServiceError
 from pixsearch.service import builds, captioning
 from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
+from pixsearch.service.faces import detect_faces, set_faces
 from pixsearch.service.regions import add_regions
 from pixsearch.service.roots import record_roots
 from pixsearch.sources import is_object_url, normal_url
@@ -37,6 +39,7 @@ def add_paths(
     photo_url: Callable[[str], str | None] | None = None,
     caption_errors: str = "raise",
     ray: str | None = None,
+    faces: bool | None = None,
 ) -> IngestReport:
     """Index photo files and folders (see ingest.pipeline); the folders are recorded as the index's roots, the
     only places the server opens photo files for thumbnails. `roots`: the folders `paths` were found in (a
@@ -51,7 +54,7 @@ def add_paths(
     store URL (az://container/prefix, s3://bucket/prefix): its objects are listed and read with the environment's
     credentials (sources/), and the URL is recorded as a root like a folder. ray: run the image stage on this Ray
     cluster ("auto": RAY_ADDRESS; "local": here; None: as the index's setting ray_address, else the setting
-    ray_address says)."""
+    ray_address says). faces: find faces and group them into people (service/faces.py; remembered like ocr)."""
     if index.spec.kind != "photos":
         raise SchemaError(f"index {index.name!r} is not a photo index: add vectors to it instead")
     upgrade_photo_index(index)
@@ -62,6 +65,8 @@ def add_paths(
 
             shared_reader().load()  # fails now, with how to install it, rather than as a warning per photo
         index.update_settings({"ocr": ocr or None})
+    if faces is not None:
+        set_faces(index, faces)  # loads the face model first: a missing install fails before any work
     settings = index.settings
     model = index.model()
     # On a GPU, batches as large as its free memory allows (models/device.py). Asking resolves the device now, so
@@ -90,6 +95,12 @@ def add_paths(
     auto_regions = index.spec.settings.get("regions", {}).get("auto")
     if auto_regions and report.embedded_keys:  # regions of new and changed photos, as the index was set up
         add_regions(index, auto_regions, photo_keys=report.embedded_keys)
+    if index.spec.settings.get("faces"):  # faces of the photos not scanned yet: new, changed, or from before
+        started = time.perf_counter()
+        found = detect_faces(index)
+        report.stage_seconds["faces"] = time.perf_counter() - started
+        report.faces = found.to_json()
+        report.warnings.extend((path, f"faces not searched: {reason}") for path, reason in found.failed)
     if report.embedded and model.text_field is not None and not getattr(model.embedder, "hosted", False):
         # Ready the text tower now (its one-time ONNX export needs torch, which ingest has loaded anyway), so the
         # first search is quick and a search process never imports torch. A hosted model has nothing to ready, and

@@ -14,6 +14,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pixsearch.db import Database
+from pixsearch.store.faces import people_table_name
 from pixsearch.store.regions import region_spec
 from pixsearch.store.registry import MIGRATIONS, get_index
 from pixsearch.store.schema import IndexSpec
@@ -50,9 +51,10 @@ def _pixsearch_tables(conn: psycopg.Connection) -> list[str]:
 
 
 def _index_tables(conn: psycopg.Connection, spec: IndexSpec) -> list[str]:
-    regions = region_spec(spec).table_name
-    has_regions = conn.execute("SELECT to_regclass(%s)", (sql.Identifier(regions).as_string(conn),)).fetchone()[0]
-    return [spec.table_name] + ([regions] if has_regions else [])
+    children = [region_spec(spec).table_name, people_table_name(spec.table_name)]
+    return [spec.table_name] + [name for name in children
+                                if conn.execute("SELECT to_regclass(%s)", (sql.Identifier(name).as_string(conn),)
+                                                ).fetchone()[0]]
 
 
 def pixsearch_tables(db: Database) -> list[str]:
@@ -63,7 +65,7 @@ def pixsearch_tables(db: Database) -> list[str]:
 
 
 def index_tables(db: Database, name: str) -> list[str]:
-    """The tables of one index: its own, and its regions' when it has them."""
+    """The tables of one index: its own, and its regions' and people's when it has them."""
     spec = get_index(db, name)
     with db.connection() as conn:
         return _index_tables(conn, spec)

@@ -18,6 +18,7 @@ import psycopg
 
 from pixsearch.db import Database
 from pixsearch.store import photos
+from pixsearch.store.faces import FaceStore, FaceTable
 from pixsearch.store.filters import Filter
 from pixsearch.store.photos import PhotoLocation, PhotoRecord, StoredState
 from pixsearch.store.regions import RegionTable
@@ -290,3 +291,9 @@ class IndexStore:
     def analyze_regions(self) -> None:
         regions = self._regions or RegionTable(self.spec)
         self._one(regions.analyze)
+
+    # -- faces and people (store/faces.py) ---------------------------------------------------------------------------
+    @property
+    def faces(self) -> FaceStore:
+        """Faces (regions of source `faces`) and people; the spec's settings must say the regions have faces."""
+        return FaceStore(self.db, FaceTable(self._table, self._regions or RegionTable(self.spec)))

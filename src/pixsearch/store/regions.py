@@ -16,8 +16,9 @@ from psycopg import sql
 from pixsearch.db import Database
 from pixsearch.store.filters import Filter
 from pixsearch.store.results import QueryOptions, SearchResult
-from pixsearch.store.schema import CAPTION_FIELD, Field, IndexSpec
+from pixsearch.store.schema import CAPTION_FIELD, Field, IndexSpec, VectorField
 from pixsearch.store.shape import TableShape, derived_identifier, identifiers
+from pixsearch.store.definition import ann_index_sql
 from pixsearch.store.table import Table
 from pixsearch.store.writes import drop_temp_sql
 
@@ -34,18 +35,39 @@ REGION_FIELDS: tuple[Field, ...] = (
     Field("score", "float", filterable=True, sortable=True),
     Field("source", "string", filterable=True, facetable=True),
 )
+# Faces (store/faces.py) are regions of source FACE_SOURCE with a person, a grouping state, a small thumbnail and a
+# descriptor field of their own. An index's region table has these columns once faces were turned on for it
+# (settings regions.faces), and keeps them: a move copies every column the spec names.
+FACE_SOURCE = "faces"
+FACE_FIELD = "face"
+FACE_FIELDS: tuple[Field, ...] = (
+    Field("person", "int", filterable=True),
+    # "auto": grouped into people automatically; "small": too small or unsure to group (kept, shown, not grouped);
+    # "removed": taken off a person by hand (kept out of automatic grouping from then on)
+    Field("face_state", "string", filterable=True),
+    Field("thumb", "string", retrievable=False),  # a small WebP of the face, base64
+)
+FACE_VECTOR = VectorField(FACE_FIELD, 128, model_id="dlib:face_recognition_resnet_model_v1", metric="l2")
+
+
+def has_faces(parent: IndexSpec) -> bool:
+    return bool((parent.settings.get("regions") or {}).get("faces"))
 
 
 def region_spec(parent: IndexSpec) -> IndexSpec:
     """The child table's spec: the region fields and the parent's modelled vector fields but the caption's (same
     names, dims, storage, metric, model), its distribution and tuned search settings."""
     vector_fields = tuple(vf for vf in parent.vector_fields if vf.model_id and vf.name != CAPTION_FIELD)
+    fields = REGION_FIELDS
+    if has_faces(parent):
+        vector_fields += (FACE_VECTOR,)
+        fields += FACE_FIELDS
     settings = {key: parent.settings[key] for key in ("distribution", "tuned") if key in parent.settings}
     return IndexSpec(
         name=f"{parent.name}/regions",
         table_name=derived_identifier(parent.table_name, "regions"),
         vector_fields=vector_fields,
-        fields=REGION_FIELDS,
+        fields=fields,
         key_field="id",
         kind="regions",
         settings=settings,
@@ -139,10 +161,14 @@ class RegionTable:
         conn.execute(drop_temp_sql(STAGED))
 
     def ensure(self, db: Database) -> None:
-        """Create the table if it is not there yet."""
+        """Create the table if it is not there yet; one made before faces were turned on gets their columns."""
         with db.connection() as conn, conn.transaction():
             if not self.exists(conn):
                 self.create(conn)
+            elif has_faces(self.parent):
+                self.parts.definition.add_columns(conn, FACE_FIELDS, (FACE_VECTOR,))
+                if not self.parts.definition.ann_index_exists(conn, FACE_VECTOR):
+                    conn.execute(ann_index_sql(self.parts.shape, FACE_VECTOR, lists=None))
 
     def replace_photos(self, db: Database, photo_keys: list[str], rows: list[dict[str, Any]], source: str) -> None:
         """In one transaction: the regions of these photos from `source` replaced by `rows`."""

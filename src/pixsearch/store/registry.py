@@ -298,17 +298,20 @@ def _check_free(conn, name: str, table_name: str) -> None:
 def delete_index(db: Database, name: str) -> None:
     """Drop the index's table (with its ANN indexes), its regions' table, and its registry row; nothing else."""
     from pixsearch.store.definition import drop_table_sql
+    from pixsearch.store.faces import people_table_name
     from pixsearch.store.regions import region_spec
 
     spec = get_index(db, name)
     with db.connection() as conn, conn.transaction():
         conn.execute(drop_table_sql(region_spec(spec).table_name))
+        conn.execute(drop_table_sql(people_table_name(spec.table_name)))
         conn.execute(drop_table_sql(spec.table_name))
         conn.execute("DELETE FROM pixsearch_indexes WHERE name = %s", (name,))
 
 
 def rename_index(db: Database, name: str, new_name: str) -> IndexSpec:
     from pixsearch.store.definition import TableDefinition
+    from pixsearch.store.faces import people_table_name
     from pixsearch.store.regions import RegionTable
     from pixsearch.store.shape import TableShape
 
@@ -331,6 +334,10 @@ def rename_index(db: Database, name: str, new_name: str) -> IndexSpec:
         regions = RegionTable(spec)
         if regions.exists(conn):
             regions.rename_to(conn, renamed)
+        people = sql.Identifier(people_table_name(spec.table_name))
+        if conn.execute("SELECT to_regclass(%s)", (people.as_string(conn),)).fetchone()[0] is not None:
+            conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+                people, sql.Identifier(people_table_name(renamed.table_name))))
         conn.execute(
             "UPDATE pixsearch_indexes SET name = %s, table_name = %s, updated_at = now() WHERE name = %s",
             (new_name, renamed.table_name, name),

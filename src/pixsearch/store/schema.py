@@ -309,6 +309,10 @@ PHOTO_FIELDS: tuple[Field, ...] = (
     # text read from the pixels (`--ocr`): a ranked list of its own; its lines' boxes as JSON, for the page
     Field("ocr_text", "string", keyword_list="ocr"),
     Field("ocr_boxes", "string"),
+    # `--faces` (store/faces.py): who is in the photo (people's names, and ids for unnamed people), and how many
+    # faces were found in it (NULL: not scanned yet; ingest rewriting a changed photo's row clears both)
+    Field("people", "string[]", filterable=True, facetable=True),
+    Field("face_count", "int", filterable=True, sortable=True),
     # the files of one shot (Live Photo, RAW+JPEG, burst, edited copy): ingest/formats.py companion_key
     Field("companion_key", "string", filterable=True),
     Field("sidecar_state", "string", retrievable=False),  # the sidecars' names, sizes and times when last read
