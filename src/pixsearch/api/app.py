@@ -25,7 +25,7 @@ from pixsearch.api.errors import (
     filter_error,
     install_handlers,
 )
-from pixsearch.api.keys import AuthMiddleware, KeyRing
+from pixsearch.api.keys import ROLE_STATE, AuthMiddleware, KeyRing
 from pixsearch.api.metrics import METRICS_PATH, ApiMetrics, MetricsMiddleware
 from pixsearch.api.models import (
     IndexBatch,
@@ -96,6 +96,7 @@ def create_app(
     h = handlers
     app.add_api_route("/healthz", h.health, methods=["GET"])
     app.add_api_route(METRICS_PATH, metrics.endpoint, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/whoami", h.whoami, methods=["GET"])
     app.add_api_route("/indexes", h.list_indexes, methods=["GET"])
     app.add_api_route("/indexes/{name}", h.get_index, methods=["GET"])
     app.add_api_route("/indexes/{name}", h.put_index, methods=["PUT"])
@@ -183,6 +184,11 @@ class Handlers:
     def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
+    def whoami(self, request: Request) -> dict[str, str]:
+        """The caller's own role ("admin" or "query"), so a client (the page) offers only what its key may do.
+        Nothing about other keys."""
+        return {"role": getattr(request.state, ROLE_STATE)}
+
     def not_implemented(self, request: Request) -> None:
         raise ApiError(501, "NotImplemented", f"{request.method} {request.url.path} is not supported by pixsearch")
 
@@ -263,6 +269,7 @@ class Handlers:
         return {"name": index.name, "kind": index.spec.kind, "model": index.spec.model, "key": index.spec.key_field,
                 "textSearch": text_search, "keywordSearch": any(f.searchable for f in index.spec.fields),
                 "regions": bool(index.spec.settings.get("regions")),
+                "faces": index.has_faces,
                 "relevance": relevance,
                 "fields": [{"name": f.name, "type": f.type, "filterable": f.filterable, "facetable": f.facetable,
                             "sortable": f.sortable, "retrievable": f.retrievable} for f in index.spec.fields]}

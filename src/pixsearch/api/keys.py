@@ -19,6 +19,8 @@ from pixsearch.limits import API_KEY_CACHE_SECONDS
 from pixsearch.store.keys import hash_key
 
 ADMIN, QUERY = "admin", "query"
+# where AuthMiddleware leaves the checked caller's role for the handlers (request.state.role)
+ROLE_STATE = "role"
 HEADER = "api-key"
 OPEN_PATHS = {"/", "/healthz", "/docs", "/openapi.json"}
 OPEN_PREFIXES = ("/static/", "/docs-assets/")  # the page's and the API docs' own files; their fetches need a key
@@ -33,6 +35,7 @@ QUERY_ROUTES: list[tuple[str, re.Pattern[str]]] = [
     ("POST", re.compile(r"^/indexes/[^/]+/images/search$")),
     ("GET", re.compile(r"^/indexes/[^/]+/docs/[^/]+$")),
     ("GET", re.compile(r"^/indexes/[^/]+/capabilities$")),
+    ("GET", re.compile(r"^/whoami$")),
     ("POST", re.compile(r"^/indexes\('[^/]+'\)/docs/search\.post\.search$")),
     ("GET", re.compile(r"^/indexes\('[^/]+'\)/docs/\$count$")),
     ("GET", re.compile(r"^/indexes\('[^/]+'\)/docs\('.+'\)$")),
@@ -134,13 +137,15 @@ class AuthMiddleware:
             if scope["path"] in LOOPBACK_OPEN_PATHS and loopback_client(scope):
                 needed = None
             if needed is not None:
-                refusal = await self._refusal(scope, needed)
+                refusal, role = await self._check(scope, needed)
                 if refusal is not None:  # answered before the body is read: a keyless upload costs nothing
                     await answer_early(scope, refusal)(scope, receive, send)
                     return
+                scope.setdefault("state", {})[ROLE_STATE] = role
         await self.app(scope, receive, send)
 
-    async def _refusal(self, scope: dict, needed: str):
+    async def _check(self, scope: dict, needed: str):
+        """(None, the caller's role) when the request may go on, else (the refusal, None)."""
         presented = None
         for name, value in scope.get("headers") or []:
             if name.decode("latin-1").lower() == HEADER:
@@ -152,14 +157,15 @@ class AuthMiddleware:
                 try:
                     role = await anyio.to_thread.run_sync(self.ring.look_up, presented)
                 except DatabaseError as exc:
-                    return unavailable_response(exc)
+                    return unavailable_response(exc), None
         if role is None and not presented and self.allow_anonymous:
             role = QUERY
         if role is None:
-            return error_response(401, "Unauthorized", "missing api-key header" if not presented else "invalid api-key")
+            message = "missing api-key header" if not presented else "invalid api-key"
+            return error_response(401, "Unauthorized", message), None
         if needed == ADMIN and role != ADMIN:
             message = "this operation needs an admin key"
             if not presented:
                 message += " (a server started with --anonymous lets requests without a key search and read only)"
-            return error_response(403, "Forbidden", message)
-        return None
+            return error_response(403, "Forbidden", message), None
+        return None, role

@@ -230,6 +230,11 @@ class Index(IndexCore):
         """Turn face detection on ("hog" or "cnn") or off for later runs; faces found so far are kept."""
         faces.set_faces(self, enabled, detector=detector)
 
+    @property
+    def has_faces(self) -> bool:
+        """Whether faces were found for this index at some point (its people can be listed)."""
+        return self.spec.kind == "photos" and faces.has_faces(self)
+
     def detect_faces(self) -> faces.FaceReport:
         """Find faces in every photo not scanned yet and group them (what `index --faces` runs after ingest)."""
         return faces.detect_faces(self)

@@ -16,7 +16,8 @@ const state = {
   index: new URLSearchParams(location.search).get("index") || document.body.dataset.defaultIndex,
   // null: recent photos; {kind: "text", text} | {kind: "image", blob, name, preview} | {kind: "like", id, name, preview}
   query: null,
-  filters: { folder: "", from: "", to: "", tags: new Set() },
+  // person: null, or {id, name} of the person whose photos are shown (name null: unnamed, filtered by id)
+  filters: { folder: "", from: "", to: "", tags: new Set(), person: null },
   loaded: 0,
   done: false,
   loading: false,
@@ -26,6 +27,11 @@ const state = {
   showAll: false, // show hits the model calls clearly irrelevant too (reset by a new query)
   insidePhotos: false, // rank photos by their best region (object patch) and draw its box
   sort: "", // "": best match (recent photos without a query); else an orderby, e.g. "taken_at desc"
+  faces: false, // the index has faces and people (from /capabilities)
+  role: "query", // the key's role (from /whoami): only an admin key is offered naming
+  people: null, // the index's people, as /people lists them (null: not loaded yet)
+  peopleUrls: [], // blob: URLs of the People row's face crops
+  photo: null, // the photo shown in the photo view: {hit, name, token, urls}
 };
 
 const has = (name, ability = "retrievable") => Boolean(state.fields?.[name]?.[ability]);
@@ -129,12 +135,13 @@ function nextDay(isoDate) {
 }
 
 function filterExpression({ withFolder = true } = {}) {
-  const { folder, from, to, tags } = state.filters;
+  const { folder, from, to, tags, person } = state.filters;
   const parts = [];
   if (folder && withFolder) parts.push(`(folder eq ${literal(folder)} or startswith(folder, ${literal(`${folder}/`)}))`);
   if (from) parts.push(`taken_at ge ${from}T00:00:00Z`);
   if (to) parts.push(`taken_at lt ${nextDay(to)}T00:00:00Z`);
   for (const tag of tags) parts.push(`tags/any(t: t eq ${literal(tag)})`);
+  if (person) parts.push(`people/any(p: p eq ${literal(personValue(person))})`);
   return parts.length ? parts.join(" and ") : undefined;
 }
 
@@ -161,8 +168,13 @@ function searchBody(skip) {
 
 /** The index's fields, so the page asks only for what it has (an index built by a CLIP model has no tags). */
 async function loadCapabilities() {
-  const answer = await (await api(`${indexPath()}/capabilities`)).json();
+  const [answer, who] = await Promise.all([
+    api(`${indexPath()}/capabilities`).then((response) => response.json()),
+    api("/whoami").then((response) => response.json()).catch(() => ({ role: "query" })),
+  ]);
+  state.role = who.role;
   state.fields = Object.fromEntries(answer.fields.map((f) => [f.name, f]));
+  state.faces = Boolean(answer.faces) && has("people", "filterable");
   $("tags").hidden = !has("tags", "facetable");
   $("inside-box").hidden = !answer.regions;
   $("sort-box").hidden = !has("taken_at", "sortable");
@@ -188,7 +200,9 @@ async function runSearch() {
   $("results").replaceChildren();
   showError(null);
   describeQuery();
-  await Promise.all([loadPage(generation), loadFolders(generation)]);
+  describePerson();
+  const people = state.faces && state.people === null ? loadPeople() : null;
+  await Promise.all([loadPage(generation), loadFolders(generation), people]);
 }
 
 async function loadPage(generation = state.generation) {
@@ -390,6 +404,19 @@ function card(hit, scored) {
     }
   }
 
+  if (state.faces) {
+    const view = document.createElement("button");
+    view.type = "button";
+    view.className = "link view-photo";
+    view.textContent = "Faces";
+    const what = document.createElement("span");
+    what.className = "visually-hidden";
+    what.textContent = ` in ${name}`;
+    view.append(what);
+    view.addEventListener("click", () => openPhoto(hit, name, view));
+    caption.append(view);
+  }
+
   item.append(button, caption);
   thumbnails.observe(img);
   return item;
@@ -444,6 +471,236 @@ function regionBox(region, width, height) {
   box.style.height = `${((y1 - y0) / scale) * 100}%`;
   box.title = region.label ? `Matching region: ${region.label}` : "Matching region";
   return box;
+}
+
+// -- people -------------------------------------------------------------------------------------------------------------
+/** What the people field holds for a person: the name, or the id (as text) while unnamed. */
+const personValue = (person) => person.name ?? String(person.id);
+const personLabel = (person) => person.name ?? `Unnamed person ${person.id}`;
+const faceThumbnailPath = (faceId) => `${indexPath()}/faces/${encodeURIComponent(faceId)}/thumbnail`;
+
+/** A face crop as a blob: URL (fetched with the key; the page only fetches paths it builds itself). */
+async function faceCrop(img, faceId, urls) {
+  try {
+    const url = URL.createObjectURL(await (await api(faceThumbnailPath(faceId))).blob());
+    urls.push(url);
+    img.src = url;
+  } catch {
+    img.classList.add("missing");
+  }
+}
+
+async function loadPeople() {
+  try {
+    const answer = await (await api(`${indexPath()}/people`)).json();
+    state.people = answer.value;
+  } catch {
+    state.people = []; // the row stays hidden; searching works without it
+  }
+  showPeople();
+}
+
+function showPeople() {
+  for (const url of state.peopleUrls) URL.revokeObjectURL(url);
+  state.peopleUrls = [];
+  const people = state.people || [];
+  $("people-box").hidden = people.length === 0;
+  $("people-list").replaceChildren(
+    ...people.map((person) => {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "person";
+      button.dataset.person = String(person.id);
+      button.setAttribute("aria-pressed", String(state.filters.person?.id === person.id));
+      const img = document.createElement("img");
+      img.alt = "";
+      if (person.sample_face) faceCrop(img, person.sample_face, state.peopleUrls);
+      const label = document.createElement("span");
+      label.className = "person-name";
+      label.textContent = personLabel(person);
+      const count = document.createElement("span");
+      count.className = "count";
+      count.textContent = `${person.photo_count} photo${person.photo_count === 1 ? "" : "s"}`;
+      button.append(img, label, count);
+      button.addEventListener("click", () => {
+        choosePerson(state.filters.person?.id === person.id ? null : person);
+      });
+      item.append(button);
+      return item;
+    }),
+  );
+}
+
+function choosePerson(person) {
+  state.filters.person = person ? { id: person.id, name: person.name ?? null } : null;
+  markChosenPerson();
+  runSearch();
+}
+
+function markChosenPerson() {
+  const chosen = String(state.filters.person?.id);
+  for (const button of $("people-list").querySelectorAll("button.person")) {
+    button.setAttribute("aria-pressed", String(button.dataset.person === chosen));
+  }
+}
+
+/** The person filter, shown and removable; an admin key may name an unnamed person there. */
+function describePerson() {
+  const person = state.filters.person;
+  $("person-chip").hidden = !person;
+  if (!person) return;
+  $("person-chip-name").textContent = personLabel(person);
+  const nameable = state.role === "admin" && person.name === null;
+  $("person-name-form").hidden = !nameable;
+  if (nameable) $("person-name-input").value = "";
+}
+
+/** Name a person (admin keys; the server refuses others): the row, the filter and an open photo view follow. */
+async function namePerson(id, name) {
+  const init = { method: "PATCH", headers: { "content-type": "application/json" }, body: JSON.stringify({ name }) };
+  const answer = await (await api(`${indexPath()}/people/${encodeURIComponent(id)}`, init)).json();
+  $("status").textContent = `Named ${answer.name}.`;
+  await loadPeople();
+  if (state.photo) await showPhotoFaces(state.photo);
+  if (state.filters.person?.id === id) {
+    state.filters.person = { id, name: answer.name };
+    runSearch();
+  }
+}
+
+function namingForm(person, idSuffix) {
+  const form = document.createElement("form");
+  form.className = "name-form";
+  const label = document.createElement("label");
+  label.htmlFor = `name-${idSuffix}`;
+  label.textContent = "Name this person";
+  const input = document.createElement("input");
+  input.id = `name-${idSuffix}`;
+  input.type = "text";
+  input.autocomplete = "off";
+  input.maxLength = 100;
+  input.required = true;
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.textContent = "Save";
+  form.append(label, input, save);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = input.value.trim();
+    if (name) namePerson(person, name).catch((error) => showPhotoError(error));
+  });
+  return form;
+}
+
+// -- the photo view: the photo larger, its faces outlined with names ---------------------------------------------------
+async function openPhoto(hit, name, opener) {
+  closePhoto();
+  const photo = { hit, name, opener, urls: [] };
+  state.photo = photo;
+  $("photo-title").textContent = name;
+  const img = $("photo-image");
+  img.removeAttribute("src");
+  img.alt = name;
+  $("photo-frame").querySelectorAll(".face-box").forEach((box) => box.remove());
+  $("photo-faces").replaceChildren();
+  $("photo-faces-status").textContent = "Looking for faces…";
+  $("photo-dialog").showModal();
+  const params = new URLSearchParams({ index: state.index, size: "1024" });
+  const image = api(`/thumbnails/${encodeURIComponent(hit.id)}?${params}`)
+    .then((response) => response.blob())
+    .then((blob) => {
+      if (state.photo !== photo) return;
+      const url = URL.createObjectURL(blob);
+      photo.urls.push(url);
+      img.src = url;
+    })
+    .catch(() => $("photo-frame").classList.add("missing"));
+  await Promise.all([image, showPhotoFaces(photo)]);
+}
+
+async function showPhotoFaces(photo) {
+  let faces;
+  try {
+    faces = (await (await api(`${indexPath()}/photos/${encodeURIComponent(photo.hit.id)}/faces`)).json()).value;
+  } catch (error) {
+    if (state.photo === photo) showPhotoError(error);
+    return;
+  }
+  if (state.photo !== photo) return;
+  const frame = $("photo-frame");
+  frame.querySelectorAll(".face-box").forEach((box) => box.remove());
+  const { width, height } = photo.hit;
+  if (width && height) frame.append(...faces.map((face) => faceOutline(face, width, height)));
+  $("photo-faces-status").textContent = faces.length
+    ? `${faces.length} face${faces.length === 1 ? "" : "s"}`
+    : "No faces found in this photo.";
+  $("photo-faces").replaceChildren(...faces.map((face, i) => faceItem(face, i, photo)));
+}
+
+const faceName = (face) => (face.person === null ? "Not recognised" : personLabel({ id: face.person, name: face.name }));
+
+/** A face's box (pixels of the upright original) as % of the shown photo, with the name; a person's is a button. */
+function faceOutline(face, width, height) {
+  const [x0, y0, x1, y1] = face.box;
+  const box = document.createElement(face.person === null ? "span" : "button");
+  box.className = "face-box";
+  box.dataset.face = face.id;
+  box.style.left = `${(x0 / width) * 100}%`;
+  box.style.top = `${(y0 / height) * 100}%`;
+  box.style.width = `${((x1 - x0) / width) * 100}%`;
+  box.style.height = `${((y1 - y0) / height) * 100}%`;
+  const label = document.createElement("span");
+  label.className = "face-label";
+  label.textContent = faceName(face);
+  box.append(label);
+  if (face.person === null) {
+    box.classList.add("unknown");
+    return box;
+  }
+  box.type = "button";
+  box.dataset.person = String(face.person);
+  const action = document.createElement("span");
+  action.className = "visually-hidden";
+  action.textContent = ": show their photos";
+  box.append(action);
+  box.addEventListener("click", () => {
+    closePhoto();
+    choosePerson({ id: face.person, name: face.name });
+    $("results-heading").focus();
+  });
+  return box;
+}
+
+function faceItem(face, i, photo) {
+  const item = document.createElement("li");
+  item.className = "face";
+  item.dataset.face = face.id;
+  const img = document.createElement("img");
+  img.alt = "";
+  faceCrop(img, face.id, photo.urls);
+  const label = document.createElement("span");
+  label.className = "face-name";
+  label.textContent = faceName(face);
+  item.append(img, label);
+  if (face.person !== null && face.name === null && state.role === "admin") {
+    item.append(namingForm(face.person, `face-${i}`));
+  }
+  return item;
+}
+
+function showPhotoError(error) {
+  $("photo-faces-status").textContent = error instanceof ApiError ? error.message : "Could not reach the server.";
+}
+
+function closePhoto() {
+  const photo = state.photo;
+  if (!photo) return;
+  state.photo = null;
+  for (const url of photo.urls) URL.revokeObjectURL(url);
+  $("photo-image").removeAttribute("src");
+  if ($("photo-dialog").open) $("photo-dialog").close();
+  if (photo.opener?.isConnected) photo.opener.focus();
 }
 
 // -- facets -------------------------------------------------------------------------------------------------------------
@@ -626,10 +883,23 @@ function wire() {
     runSearch();
   });
   $("clear-filters").addEventListener("click", () => {
-    state.filters = { folder: "", from: "", to: "", tags: new Set() };
+    state.filters = { folder: "", from: "", to: "", tags: new Set(), person: null };
     $("filters").reset();
+    markChosenPerson();
     runSearch();
   });
+  $("clear-person").addEventListener("click", () => {
+    choosePerson(null);
+    $("q").focus();
+  });
+  $("person-name-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = $("person-name-input").value.trim();
+    const person = state.filters.person;
+    if (name && person) namePerson(person.id, name).catch((error) => handleError(error));
+  });
+  $("close-photo").addEventListener("click", closePhoto);
+  $("photo-dialog").addEventListener("close", closePhoto); // Escape closes the dialog itself
 
   $("more").addEventListener("click", () => loadPage());
   new IntersectionObserver((entries) => {
