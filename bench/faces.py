@@ -186,6 +186,7 @@ def main() -> None:
     parser.add_argument("--cnn-photos", type=int, default=None, help="photos the (slow) CNN detector runs on")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--no-ingest", action="store_true")
+    parser.add_argument("--no-detectors", action="store_true", help="ingest only; detector rows kept from --out")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "faces.json")
     parser.add_argument("--blazeface-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("names", nargs="*", help=argparse.SUPPRESS)
@@ -199,10 +200,13 @@ def main() -> None:
         photo.save(folder)
     result: dict = {"photos": len(photos), "faces": sum(len(p.faces) for p in photos),
                     "load_average_at_start": os.getloadavg(), "detectors": {}}
-    result["detectors"]["hog"] = bench_dlib("hog", photos, folder, None, args.repeat)
-    result["detectors"]["cnn"] = bench_dlib("cnn", photos, folder, args.cnn_photos, args.repeat)
-    if args.blazeface:
-        result["detectors"]["blazeface"] = bench_blazeface(args.blazeface, photos, folder, args.repeat)
+    if args.no_detectors and args.out.exists():
+        result["detectors"] = json.loads(args.out.read_text()).get("detectors", {})
+    elif not args.no_detectors:
+        result["detectors"]["hog"] = bench_dlib("hog", photos, folder, None, args.repeat)
+        result["detectors"]["cnn"] = bench_dlib("cnn", photos, folder, args.cnn_photos, args.repeat)
+        if args.blazeface:
+            result["detectors"]["blazeface"] = bench_blazeface(args.blazeface, photos, folder, args.repeat)
     if not args.no_ingest:
         result["ingest"] = bench_index(folder, photos)
     result["load_average_at_end"] = os.getloadavg()

@@ -11,16 +11,18 @@ weights the `face-recognition-models` wheel ships (nothing is downloaded at run 
   pixsearch groups people by is measured in tests/test_faces.py and stated in service/faces.py).
 
 The models are loaded once per process on first use, under a lock. dlib's objects are not safe to call from two
-threads at once: each thread gets its own HOG detector and landmark predictor (small), the CNN detector and the
-ResNet run under a lock each.
+threads at once: each call takes a HOG detector and landmark predictor of its own from a pool (made when none is
+free, kept for later calls), the CNN detector and the ResNet run under a lock each.
 """
 from __future__ import annotations
 
 import importlib.util
+import queue
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -82,7 +84,7 @@ class FaceModel:
         self._load_lock = threading.Lock()
         self._cnn_lock = threading.Lock()
         self._describe_lock = threading.Lock()
-        self._local = threading.local()
+        self._spare: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
 
     def load(self) -> None:
         """Load the weights now (fails with how to install them)."""
@@ -113,16 +115,21 @@ class FaceModel:
                     self._loaded = loaded
         return self._loaded
 
-    def _own(self, models: dict[str, Any]) -> Any:
-        """This thread's HOG detector and landmark predictor: two threads in one dlib detector mix up their
-        images' results (measured: faces of one photo stored under another), and dlib lets go of the GIL, so a
-        copy per thread also runs in parallel."""
-        own = getattr(self._local, "models", None)
-        if own is None:
+    @contextmanager
+    def _own(self, models: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """A HOG detector and landmark predictor for this call alone: two threads in one dlib detector mix up their
+        images' results (measured: faces of one photo stored under another), and dlib lets go of the GIL, so one
+        per thread also runs in parallel. Kept for later calls (making a HOG detector takes ~0.2 s), whatever
+        thread pool they come from."""
+        try:
+            own = self._spare.get_nowait()
+        except queue.Empty:
             dlib = models["dlib"]
-            own = self._local.models = {"hog": dlib.get_frontal_face_detector(),
-                                        "shape": dlib.shape_predictor(models["shape_file"])}
-        return own
+            own = {"hog": dlib.get_frontal_face_detector(), "shape": dlib.shape_predictor(models["shape_file"])}
+        try:
+            yield own
+        finally:
+            self._spare.put(own)
 
     def detect(self, image: Image.Image) -> list[DetectedFace]:
         """The faces in an (upright) image, largest first, each with its aligned crop."""
@@ -133,11 +140,11 @@ class FaceModel:
         small = rgb if scale == 1.0 else rgb.resize(
             (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.Resampling.BILINEAR)
         pixels = np.ascontiguousarray(np.asarray(small))
-        own = self._own(models)
-        found = self._rectangles(models, own, pixels)
+        with self._own(models) as own:
+            found = self._rectangles(models, own, pixels)
+            shapes = [own["shape"](pixels, rect) for rect, _ in found]
         faces = []
-        for rect, score in found:
-            shape = own["shape"](pixels, rect)
+        for (rect, score), shape in zip(found, shapes):
             chip = np.asarray(dlib.get_face_chip(pixels, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
             x0 = max(0, round(rect.left() / scale))
             y0 = max(0, round(rect.top() / scale))
