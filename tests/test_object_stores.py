@@ -264,3 +264,24 @@ def test_watch_lists_the_prefix_again_every_interval(store, home, samples, index
             proc.kill()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_faces_are_found_in_object_store_photos(store, home, embedder, index_name):
+    """Faces (issue 23) on object photos: the face pass reads them through the stored roots, like thumbnails."""
+    import io
+
+    from face_photos import face_set
+
+    composed = [photo for photo in face_set() if len(photo.faces) >= 2][:3]
+    for photo in composed:
+        buffer = io.BytesIO()
+        photo.image.save(buffer, format="JPEG", quality=92)  # upright: the boxes are the truth as composed
+        store.put(f"people/{photo.name}", buffer.getvalue())
+    with _engine(home, embedder) as engine:
+        index = engine.index(index_name, create=True)
+        report = index.add_paths([store.url("people")], faces=True)
+        assert report.faces is not None and not [w for w in report.warnings if "faces not searched" in w[1]]
+        for photo in composed:
+            found = index.photo_faces(photo_id(f"{store.url('people')}/{photo.name}"))
+            assert len(found) == len(photo.faces), photo.name
+        assert index.people()
