@@ -52,9 +52,9 @@ def _without_times(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("stage_seconds", "elapsed_seconds")}
 
 
-def _rows(engine: Engine, name: str) -> dict[str, dict]:
+def _rows(engine: Engine, name: str, prefix: str = "/") -> dict[str, dict]:
     idx = engine.index(name)
-    keys = [key for key, _ in idx.store.paths_under("/")]
+    keys = [key for key, _ in idx.store.paths_under(prefix)]
     return idx.get(keys, vectors=True)
 
 

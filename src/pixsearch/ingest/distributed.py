@@ -9,8 +9,11 @@ A batch of files takes two calls on one actor:
   finish  after this process has looked up which of them are photos that moved (a database question, asked here),
           the others decoded, prepared and embedded there; the results come back, in input order
 Workers read the files themselves, from a folder mounted at the same path on every node (checked before any work,
-one error naming each node that cannot see a folder); the read step is a plain picklable function of the item, so
-a source with another read (object-store URLs) plugs in the same way.
+one error naming each node that cannot see a folder); the read step is a plain picklable function of the item.
+Object store photos (az://, s3://) are read by each worker with the credentials in ITS OWN environment, the one its
+node's `ray start` ran in (Ray does not pass this process's environment on, and no secret travels with the job):
+before any work, every node lists each object store root once (one request), and a node that cannot is named in
+the error with the variables to set there.
 
 Faults: an actor that dies (its node gone) loses only the calls in flight; its batches go to the other actors, and
 a batch already looked up keeps its lookup and is read again there. Nothing on the cluster writes, so each batch is
@@ -109,13 +112,30 @@ def _ray_stage(embedder: Embedder, options: StageOptions, ray: RayOptions, roots
 
 
 # -- the actor --------------------------------------------------------------------------------------------------------
-def _node_facts(paths: Sequence[str]) -> dict[str, Any]:
+def _node_facts(paths: Sequence[str], object_roots: Sequence[str] = ()) -> dict[str, Any]:
     import pixsearch
     import ray
 
     return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
             "python": platform.python_version(), "pixsearch": pixsearch.__version__, "ray": ray.__version__,
-            "unseen": [p for p in paths if not (os.path.exists(p) and os.access(p, os.R_OK))]}
+            "unseen": [p for p in paths if not (os.path.exists(p) and os.access(p, os.R_OK))],
+            "unlisted": _unlisted(object_roots)}
+
+
+def _unlisted(object_roots: Sequence[str]) -> dict[str, str]:
+    """The object store roots this node cannot list with the credentials in its own environment (the one its
+    `ray start` ran in), each with why; the messages name variables, never their values (sources/errors.py)."""
+    if not object_roots:
+        return {}
+    from pixsearch.sources import SourceError, check_listing
+
+    unlisted = {}
+    for root in object_roots:
+        try:
+            check_listing(root)
+        except SourceError as exc:
+            unlisted[root] = str(exc)
+    return unlisted
 
 
 def _usable_cache_dir(cache_dir: str | None) -> str | None:
@@ -145,8 +165,8 @@ class StageWorker:
         except Exception as exc:  # noqa: BLE001 - reported by facts(): one error naming the node, before any work
             self.error = f"{type(exc).__name__}: {exc}"
 
-    def facts(self, paths: Sequence[str]) -> dict[str, Any]:
-        return {**_node_facts(paths), "model_id": self.model_id, "error": self.error}
+    def facts(self, paths: Sequence[str], object_roots: Sequence[str] = ()) -> dict[str, Any]:
+        return {**_node_facts(paths, object_roots), "model_id": self.model_id, "error": self.error}
 
     def read(self, number: int, items: list, read: Read) -> list[StageResult]:
         results = self.stage.read_batch(items, read)
@@ -245,9 +265,10 @@ class RayImageStage:
         from pixsearch.sources import is_object_url
 
         ray = self.ray
-        # Object store locations are read by each worker with its own environment's credentials, not seen as paths.
+        # Object store locations are read by each worker with its own environment's credentials: listed, not seen.
         paths = [normal_path(root) for root in roots if not is_object_url(root)]
-        calls = {w.actor.facts.remote(paths): w for w in self.workers}
+        object_roots = [str(root) for root in roots if is_object_url(root)]
+        calls = {w.actor.facts.remote(paths, object_roots): w for w in self.workers}
         ready, late = ray.wait(list(calls), num_returns=len(calls), timeout=WORKER_START_TIMEOUT_S)
         problems = [f"node {calls[ref].host} ({calls[ref].node[:8]}): did not start a worker within "
                     f"{WORKER_START_TIMEOUT_S:.0f} s (are its CPUs taken by another job?)" for ref in late]
@@ -270,6 +291,8 @@ class RayImageStage:
                                 f"{self.embedder.model_id} here")
             problems += [f"{name}: cannot see {path} (mount it at the same path on every node)"
                          for path in facts["unseen"]]
+            problems += [f"{name}: cannot list {root}: {why} (workers read object stores with the credentials in "
+                         "the environment their node's `ray start` ran in)" for root, why in facts["unlisted"].items()]
         if problems:
             raise ClusterError(f"the Ray cluster at {self.address} cannot run this job:\n  " + "\n  ".join(problems))
         log.info("image stage on %d Ray nodes (%d CPUs)", len(self.workers), sum(w.cpus for w in self.workers))
