@@ -84,6 +84,7 @@ class LocalRayCluster:
 
     nodes: int = 2
     env: dict[str, str] = field(default_factory=dict)  # for every node's processes (e.g. PYTHONPATH)
+    base_env: dict[str, str] | None = None  # what `env` adds to (None: this process's environment)
     node_env: dict[int, dict[str, str]] = field(default_factory=dict)  # extra environment for node i
     node_prefix: dict[int, list[str]] = field(default_factory=dict)  # a command to run node i's `ray start` under
     cpus: int = 1
@@ -97,7 +98,7 @@ class LocalRayCluster:
 
     def _start(self, number: int, args: list[str]) -> RayNode:
         log = self.temp_dir / f"node{number}.log"
-        env = {**os.environ, **self.env, **self.node_env.get(number, {})}
+        env = {**(os.environ if self.base_env is None else self.base_env), **self.env, **self.node_env.get(number, {})}
         env.pop("RAY_ADDRESS", None)
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         with log.open("wb") as out:

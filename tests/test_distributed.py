@@ -6,11 +6,13 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,8 @@ import pytest
 from conftest import run_cli
 from helpers import altered_copy, broken_files, noise_images, xmp_packet
 from pixsearch.config import Settings
-from pixsearch.ingest.distributed import ClusterError
+from pixsearch.ingest.distributed import ClusterError, plan_actors
+from pixsearch.models.device import DeviceUnavailableError
 from pixsearch.service import Engine
 from pixsearch.store import IndexNotFoundError
 from ray_cluster import LocalRayCluster, free_port
@@ -52,9 +55,9 @@ def _without_times(report: dict) -> dict:
     return {k: v for k, v in report.items() if k not in ("stage_seconds", "elapsed_seconds")}
 
 
-def _rows(engine: Engine, name: str) -> dict[str, dict]:
+def _rows(engine: Engine, name: str, prefix: str = "/") -> dict[str, dict]:
     idx = engine.index(name)
-    keys = [key for key, _ in idx.store.paths_under("/")]
+    keys = [key for key, _ in idx.store.paths_under(prefix)]
     return idx.get(keys, vectors=True)
 
 
@@ -158,6 +161,31 @@ def test_a_wrong_address_is_one_clear_error_before_any_work(home, engine, photos
     assert engine.index(index_name).count() == 0
 
 
+def test_an_address_that_answers_but_is_not_a_ray_head_is_one_clear_error_not_a_hang(home, engine, photos,
+                                                                                     index_name):
+    """A web server, and a port that accepts connections but never says a word: ray.init would retry either for
+    minutes; the run is refused within the connect timeout, before any work."""
+    web = ThreadingHTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        address = f"127.0.0.1:{web.server_address[1]}"
+        done = run_cli("index", str(photos), "--index", index_name, "--ray", address, home=home, timeout=120)
+        assert done.returncode == 1 and f"{address} is not a Ray head: it does not speak gRPC" in done.stderr, \
+            done.stderr
+        assert "Traceback" not in done.stderr
+        quiet = f"127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(ClusterError, match=f"{quiet} is not a Ray head: it did not reply"):
+            engine.index(index_name, create=True).add_paths([photos], ray=quiet)
+    finally:
+        web.shutdown()
+        web.server_close()
+        silent.close()
+    assert engine.index(index_name).count() == 0
+
+
 def test_a_node_that_cannot_see_the_folder_or_runs_another_pixsearch_is_refused_before_any_work(
         engine, photos, tmp_path_factory, index_name):
     other = tmp_path_factory.mktemp("other-src")
@@ -225,3 +253,28 @@ def test_through_citus_the_writes_land_in_the_shards(ray_cluster, citus_cluster,
                 (idx.spec.table_name,)).fetchall()
         assert sum(count for _, count in per_node) == report.added
         assert len([count for _, count in per_node if count > 0]) == 2, per_node  # rows on both workers
+
+
+def _node(name: str, cpus: float, gpus: float = 0, alive: bool = True) -> dict:
+    """A node as ray.nodes() describes it."""
+    resources = {"CPU": cpus, "memory": 8e9, **({"GPU": gpus} if gpus else {})}
+    return {"NodeID": name * 56, "Alive": alive, "NodeManagerAddress": f"10.0.0.{ord(name) % 200}",
+            "Resources": resources}
+
+
+def test_actors_ask_for_the_gpus_a_cluster_reports_and_for_none_when_it_has_none():
+    gpu_box, cpu_box = _node("a", 8, gpus=2), _node("b", 4)
+    plans = plan_actors([gpu_box, cpu_box, _node("c", 16, gpus=4, alive=False)], "auto")
+    asked = [(p.node[0], p.options()["num_gpus"], p.options()["num_cpus"], p.device) for p in plans]
+    assert asked == [("a", 1.0, 4, "auto"), ("a", 1.0, 4, "auto"), ("b", 0.0, 4, "cpu")]
+    assert [p.options()["scheduling_strategy"].node_id for p in plans] == ["a" * 56] * 2 + ["b" * 56]
+
+    assert [(p.node[0], p.gpus, p.device) for p in plan_actors([gpu_box, cpu_box], "cuda")] == \
+        [("a", 1.0, "cuda"), ("a", 1.0, "cuda")]  # `cuda`: the GPUs only
+    for device in ("cpu", "auto"):
+        nodes = [gpu_box, cpu_box] if device == "cpu" else [cpu_box, _node("d", 2)]
+        plans = plan_actors(nodes, device)
+        assert [(p.options()["num_gpus"], p.device) for p in plans] == [(0.0, "cpu")] * 2, device
+        assert [p.cpus for p in plans] == [n["Resources"]["CPU"] for n in nodes]
+    with pytest.raises(DeviceUnavailableError, match="no GPUs"):
+        plan_actors([cpu_box], "cuda")

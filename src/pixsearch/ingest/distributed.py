@@ -9,8 +9,11 @@ A batch of files takes two calls on one actor:
   finish  after this process has looked up which of them are photos that moved (a database question, asked here),
           the others decoded, prepared and embedded there; the results come back, in input order
 Workers read the files themselves, from a folder mounted at the same path on every node (checked before any work,
-one error naming each node that cannot see a folder); the read step is a plain picklable function of the item, so
-a source with another read (object-store URLs) plugs in the same way.
+one error naming each node that cannot see a folder); the read step is a plain picklable function of the item.
+Object store photos (az://, s3://) are read by each worker with the credentials in ITS OWN environment, the one its
+node's `ray start` ran in (Ray does not pass this process's environment on, and no secret travels with the job):
+before any work, every node lists each object store root once (one request), and a node that cannot is named in
+the error with the variables to set there.
 
 Faults: an actor that dies (its node gone) loses only the calls in flight; its batches go to the other actors, and
 a batch already looked up keeps its lookup and is read again there. Nothing on the cluster writes, so each batch is
@@ -60,6 +63,7 @@ class RayOptions:
 
     address: str
     cache_dir: str | None = None
+    device: str = "auto"  # the device setting (models/device.py): GPUs are requested only where the cluster has them
 
 
 def resolve_address(address: str) -> str:
@@ -109,13 +113,30 @@ def _ray_stage(embedder: Embedder, options: StageOptions, ray: RayOptions, roots
 
 
 # -- the actor --------------------------------------------------------------------------------------------------------
-def _node_facts(paths: Sequence[str]) -> dict[str, Any]:
+def _node_facts(paths: Sequence[str], object_roots: Sequence[str] = ()) -> dict[str, Any]:
     import pixsearch
     import ray
 
     return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
             "python": platform.python_version(), "pixsearch": pixsearch.__version__, "ray": ray.__version__,
-            "unseen": [p for p in paths if not (os.path.exists(p) and os.access(p, os.R_OK))]}
+            "unseen": [p for p in paths if not (os.path.exists(p) and os.access(p, os.R_OK))],
+            "unlisted": _unlisted(object_roots)}
+
+
+def _unlisted(object_roots: Sequence[str]) -> dict[str, str]:
+    """The object store roots this node cannot list with the credentials in its own environment (the one its
+    `ray start` ran in), each with why; the messages name variables, never their values (sources/errors.py)."""
+    if not object_roots:
+        return {}
+    from pixsearch.sources import SourceError, check_listing
+
+    unlisted = {}
+    for root in object_roots:
+        try:
+            check_listing(root)
+        except SourceError as exc:
+            unlisted[root] = str(exc)
+    return unlisted
 
 
 def _usable_cache_dir(cache_dir: str | None) -> str | None:
@@ -128,25 +149,73 @@ def _usable_cache_dir(cache_dir: str | None) -> str | None:
         return None
 
 
-class StageWorker:
-    """One node's share of the image stage (a Ray actor: ray.remote(StageWorker)); loads the model once."""
+@dataclass(frozen=True)
+class ActorPlan:
+    """One embedding actor: the node it is pinned to, what it asks Ray for, the device setting it loads with."""
 
-    def __init__(self, model: str, cache_dir: str | None, options: StageOptions, threads: int):
+    node: str  # Ray node id
+    host: str
+    cpus: float
+    gpus: float
+    device: str
+
+    def options(self) -> dict[str, Any]:
+        """Its ray.remote(...).options(...)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return {"num_cpus": self.cpus, "num_gpus": self.gpus,
+                "max_restarts": 0, "max_task_retries": 0,  # a dead actor's batches go to the others
+                "scheduling_strategy": NodeAffinitySchedulingStrategy(self.node, soft=False)}
+
+
+def plan_actors(nodes: Sequence[dict[str, Any]], device: str | None) -> list[ActorPlan]:
+    """The actors for a cluster's nodes (as ray.nodes() describes them): one per node that has a CPU, holding all
+    its CPUs; on a node with GPUs, when the device setting may use them (actor_gpus: not `cpu`), one per GPU,
+    each with its share of the CPUs. `cuda` skips the nodes without a GPU, and is DeviceUnavailableError on a
+    cluster with none."""
+    from pixsearch.models.device import actor_device, actor_gpus
+
+    alive = [n for n in nodes if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
+    actor_gpus(device, sum(n["Resources"].get("GPU", 0) for n in alive))  # `cuda` on a cluster without GPUs: raises
+    plans = []
+    for node in alive:
+        cpus, node_gpus = node["Resources"]["CPU"], int(node["Resources"].get("GPU", 0))
+        gpus = actor_gpus(device, node_gpus) if node_gpus else 0.0
+        if not gpus and actor_device(device, 1.0) == "cuda":
+            continue  # `cuda`: this node has no GPU to run on
+        actors = node_gpus if gpus else 1
+        share = int(cpus // actors) or cpus / actors
+        plans += [ActorPlan(node["NodeID"], node.get("NodeManagerAddress", "?"), share, gpus,
+                            actor_device(device, gpus)) for _ in range(actors)]
+    return plans
+
+
+class StageWorker:
+    """One node's share of the image stage (a Ray actor: ray.remote(StageWorker)); loads the model once, on the
+    device its plan says; on a GPU it embeds as many images at once as the GPU's free memory allows."""
+
+    def __init__(self, model: str, cache_dir: str | None, options: StageOptions, threads: int, device: str = "cpu"):
         self.error: str | None = None
         self.model_id: str | None = None
+        self.images_per_batch: int | None = None
         self.held: dict[int, list[StageResult]] = {}  # batches read, bytes kept until their finish call
         try:
             from pixsearch.models import load_embedder
 
-            embedder = load_embedder(model, _usable_cache_dir(cache_dir), threads=threads)
+            embedder = load_embedder(model, _usable_cache_dir(cache_dir), threads=threads, device=device)
             self.model_id = embedder.model_id
+            # None on the CPU; resolving the device here makes a `cuda` that fails on this node its error
+            self.images_per_batch = getattr(embedder, "images_per_batch", lambda: None)()
+            if self.images_per_batch:
+                options = replace(options, batch_size=max(options.batch_size, self.images_per_batch))
             self.stage = ImageStage(embedder, options)
             self.stage.finish_batch([StageResult(None, data=ImageBytes(_gray_png()))])  # the weights loaded now
         except Exception as exc:  # noqa: BLE001 - reported by facts(): one error naming the node, before any work
             self.error = f"{type(exc).__name__}: {exc}"
 
-    def facts(self, paths: Sequence[str]) -> dict[str, Any]:
-        return {**_node_facts(paths), "model_id": self.model_id, "error": self.error}
+    def facts(self, paths: Sequence[str], object_roots: Sequence[str] = ()) -> dict[str, Any]:
+        return {**_node_facts(paths, object_roots), "model_id": self.model_id, "error": self.error,
+                "images_per_batch": self.images_per_batch}
 
     def read(self, number: int, items: list, read: Read) -> list[StageResult]:
         results = self.stage.read_batch(items, read)
@@ -224,20 +293,17 @@ class RayImageStage:
 
     # -- setting up ---------------------------------------------------------------------------------------------------
     def _start_workers(self, ray_options: RayOptions) -> None:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         ray = self.ray
-        nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
-        if not nodes:
+        plans = plan_actors(ray.nodes(), ray_options.device)
+        if not plans:
             raise ClusterError(f"the Ray cluster at {self.address} has no node with a CPU to run on")
         remote = ray.remote(StageWorker)
-        for node in nodes:
-            cpus = int(node["Resources"]["CPU"])
-            actor = remote.options(
-                num_cpus=cpus, max_restarts=0, max_task_retries=0,  # a dead actor's batches go to the others
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-            ).remote(self.embedder.name, ray_options.cache_dir, replace(self.options, workers=max(2, cpus)), cpus)
-            self.workers.append(_Worker(actor, node["NodeID"], node.get("NodeManagerAddress", "?"), cpus))
+        for plan in plans:
+            threads = max(1, int(plan.cpus))
+            actor = remote.options(**plan.options()).remote(
+                self.embedder.name, ray_options.cache_dir, replace(self.options, workers=max(2, threads)), threads,
+                plan.device)
+            self.workers.append(_Worker(actor, plan.node, plan.host, threads))
 
     def _check(self, roots: Sequence[Path]) -> None:
         """Every node's versions, model and view of the folders, or one error listing what differs where."""
@@ -245,9 +311,10 @@ class RayImageStage:
         from pixsearch.sources import is_object_url
 
         ray = self.ray
-        # Object store locations are read by each worker with its own environment's credentials, not seen as paths.
+        # Object store locations are read by each worker with its own environment's credentials: listed, not seen.
         paths = [normal_path(root) for root in roots if not is_object_url(root)]
-        calls = {w.actor.facts.remote(paths): w for w in self.workers}
+        object_roots = [str(root) for root in roots if is_object_url(root)]
+        calls = {w.actor.facts.remote(paths, object_roots): w for w in self.workers}
         ready, late = ray.wait(list(calls), num_returns=len(calls), timeout=WORKER_START_TIMEOUT_S)
         problems = [f"node {calls[ref].host} ({calls[ref].node[:8]}): did not start a worker within "
                     f"{WORKER_START_TIMEOUT_S:.0f} s (are its CPUs taken by another job?)" for ref in late]
@@ -270,8 +337,13 @@ class RayImageStage:
                                 f"{self.embedder.model_id} here")
             problems += [f"{name}: cannot see {path} (mount it at the same path on every node)"
                          for path in facts["unseen"]]
+            problems += [f"{name}: cannot list {root}: {why} (workers read object stores with the credentials in "
+                         "the environment their node's `ray start` ran in)" for root, why in facts["unlisted"].items()]
         if problems:
             raise ClusterError(f"the Ray cluster at {self.address} cannot run this job:\n  " + "\n  ".join(problems))
+        on_gpus = [w.facts["images_per_batch"] for w in self.workers if w.facts.get("images_per_batch")]
+        if on_gpus:  # batches that fill the smallest GPU (a CPU actor takes them as well)
+            self.options = replace(self.options, batch_size=max(self.options.batch_size, min(on_gpus)))
         log.info("image stage on %d Ray nodes (%d CPUs)", len(self.workers), sum(w.cpus for w in self.workers))
 
     def close(self) -> None:
@@ -387,17 +459,30 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _check_reachable(address: str) -> None:
-    """A clear error now for an address nothing answers at (Ray itself retries for a minute)."""
-    target = address.split("://", 1)[-1]
+    """A clear error now, within CONNECT_TIMEOUT_S, for an address nothing answers at, or where what answers is not
+    a Ray head or runs another Ray (ray.init would retry such an address for minutes)."""
+    from pixsearch.ingest.ray_head import NotARayHead, ray_head_version
+
+    scheme, _, target = address.rpartition("://")
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
         raise ClusterError(f"Ray address {address!r} is not host:port (or ray://host:port)")
+    host = host.strip("[]")
+    hint = "is `ray start --head` running there? --ray, RAY_ADDRESS or the setting ray_address"
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
+        if scheme:  # ray://: the Ray Client server, not the GCS; reachable is what can be told without joining
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+            return
+        version = ray_head_version(host, int(port), CONNECT_TIMEOUT_S)
     except OSError as exc:
-        raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} (is `ray start "
-                           "--head` running there? --ray, RAY_ADDRESS or the setting ray_address)") from None
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} ({hint})") from None
+    except NotARayHead as exc:
+        raise ClusterError(f"{address} is not a Ray head: {exc} (the address of the head's GCS is the --port of "
+                           f"`ray start --head`, 6379 by default; {hint.split('? ')[1]})") from None
+    here = import_ray().__version__
+    if version != here:
+        raise ClusterError(f"the Ray head at {address} runs ray {version}, this process ray {here}: the driver "
+                           "and the cluster need the same Ray")
 
 
 def _join(ray: Any, address: str) -> None:

@@ -70,8 +70,10 @@ def add_paths(
     settings = index.settings
     model = index.model()
     # On a GPU, batches as large as its free memory allows (models/device.py). Asking resolves the device now, so
-    # `--device cuda` where CUDA does not work is one error before any file is read.
-    gpu_batch = getattr(model.embedder, "images_per_batch", lambda: None)()
+    # `--device cuda` where CUDA does not work is one error before any file is read. On Ray the actors embed, each
+    # on its node's device, and the stage sizes the batches by what they report (ingest/distributed.py).
+    ray_options = _ray_options(index, ray)
+    gpu_batch = None if ray_options else getattr(model.embedder, "images_per_batch", lambda: None)()
     options = IngestOptions(
         batch_size=max(settings.batch_size, gpu_batch or 0),
         decode_workers=settings.decode_workers,
@@ -82,7 +84,7 @@ def add_paths(
         ocr=bool(index.spec.settings.get("ocr")),
         photo_url=photo_url,
         download_concurrency=settings.download_concurrency,
-        ray=_ray_options(index, ray),
+        ray=ray_options,
     )
     sources = as_sources(paths)
     record_roots(index, as_sources(roots) if roots is not None else sources, follow_symlinks)
@@ -133,4 +135,4 @@ def _ray_options(index: IndexCore, ray: str | None) -> RayOptions | None:
     address = (address or "").strip()
     if address in ("", "local"):
         return None
-    return RayOptions(address, cache_dir=str(index.settings.cache_dir))
+    return RayOptions(address, cache_dir=str(index.settings.cache_dir), device=index.settings.device)

@@ -83,6 +83,24 @@ def list_objects(root: str, options: ReadOptions = ReadOptions()) -> Listing:
         raise (error if isinstance(error, SourceError) else SourceError(f"{url}: {error}")) from None
 
 
+# A prefix no photo has: listing it is one request that still needs the container and the right to list it.
+_PROBE = ".pixsearch-access-check-0c5e2f7d"
+
+
+def check_listing(root: str, options: ReadOptions = ReadOptions()) -> None:
+    """Raise what list_objects would (SourceError; CredentialsError for credentials) when this environment cannot
+    list `root`'s container or bucket — with one request, however many objects the root holds (a Ray worker's
+    check before any work)."""
+    url = parse_url(root)
+    source = source_for(url.scheme)
+    prefix = f"{url.key}/{_PROBE}" if url.key else _PROBE
+    try:
+        _run(source, _retried(source, options, lambda: source.list(url, prefix)))
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a message without secrets
+        error = source.source_error(exc, url)
+        raise (error if isinstance(error, SourceError) else SourceError(f"{url}: {error}")) from None
+
+
 async def _read(source: Any, url: ObjectUrl, size_hint: int | None, options: ReadOptions) -> bytes:
     try:
         data = await _retried(source, options, lambda: source.read(url, size_hint, options))

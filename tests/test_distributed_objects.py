@@ -1,0 +1,108 @@
+"""`pixsearch index az://... --ray ADDRESS`: photos in an object store (Azurite), embedded on a real local 2-node Ray
+cluster whose workers read them with the credentials of the environment their nodes were started with — against a
+local run of the same container. One cluster and one emulator for the module, a few photos."""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from helpers import broken_files, xmp_packet
+from object_stores import CLOUD_VARIABLES, azurite, moto_s3, without_cloud_variables
+from pixsearch.ingest.distributed import ClusterError
+from ray_cluster import LocalRayCluster
+from test_distributed import NODE_ENV, _rows, _without_times
+
+PHOTOS = ["flower.jpg", "china-temple.jpg", "imagenet-11-630.jpg", "rocket.jpg"]
+NO_AWS_FILES = {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/pixsearch-test", "AWS_CONFIG_FILE":
+                "/nonexistent/pixsearch-test", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="module")
+def azure_store(samples, tmp_path_factory):
+    """An Azurite container holding a few photos (one with an XMP sidecar) and three files that cannot be decoded."""
+    for store in azurite():
+        store = replace(store, bucket="ray" + uuid.uuid4().hex[:10])
+        store.create_bucket()
+        for name in PHOTOS:
+            store.put(f"trip/{name}", (samples / name).read_bytes())
+        store.put("trip/flower.xmp", xmp_packet(title="Harbour at dawn", description="boats", subjects=("sea",)))
+        for path in broken_files(tmp_path_factory.mktemp("broken")).values():
+            store.put(f"trip/broken/{path.name}", path.read_bytes())
+        yield store
+
+
+@pytest.fixture(scope="module")
+def object_cluster(azure_store):
+    """Both nodes started with the container's connection string in their environment, and no AWS credentials."""
+    env = {**NODE_ENV, **azure_store.env, **NO_AWS_FILES}
+    with LocalRayCluster(nodes=2, env=env, base_env=without_cloud_variables(dict(os.environ))) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cloud_env(monkeypatch):
+    """This process's environment with no object store credentials but those a test sets."""
+    for name in list(os.environ):
+        if CLOUD_VARIABLES.match(name):
+            monkeypatch.delenv(name)
+    for name, value in NO_AWS_FILES.items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch
+
+
+def test_a_container_indexed_on_the_cluster_is_what_a_local_run_gives(engine, azure_store, object_cluster, home,
+                                                                      index_name, cloud_env):
+    for name, value in azure_store.env.items():
+        cloud_env.setenv(name, value)
+    url = azure_store.url("trip")
+    local = engine.index(index_name + "-local", create=True).add_paths([url])
+    assert local.added == len(PHOTOS) and len(local.failed) == 3
+    azure_store.proxy.reset()
+    done = run_cli("index", url, "--index", index_name, "--ray", object_cluster.address, "--json", home=home)
+    assert done.returncode == 3, done.stderr  # some files failed: the same exit status as a local run's
+    assert _without_times(json.loads(done.stdout)) == _without_times(local.to_json())
+    assert len(azure_store.object_reads("trip/")) >= len(PHOTOS) + 3  # every object read (by the workers)
+    here, there = _rows(engine, index_name + "-local", url), _rows(engine, index_name, url)
+    assert here.keys() == there.keys() and len(here) == len(PHOTOS)
+    vector_fields = [vf.name for vf in engine.index(index_name).spec.vector_fields]
+    for key, row in here.items():
+        other = there[key]
+        assert {k: v for k, v in row.items() if k not in vector_fields} == \
+            {k: v for k, v in other.items() if k not in vector_fields}
+        for name in vector_fields:
+            if row.get(name) is None:
+                assert other.get(name) is None, (key, name)
+                continue
+            cosine = float(np.dot(row[name], other[name]) / np.linalg.norm(row[name]) / np.linalg.norm(other[name]))
+            assert cosine >= 0.9999, (key, name, cosine)
+    assert any(row.get("title") == "Harbour at dawn" for row in there.values())  # the sidecar read on a worker
+    again = run_cli("index", url, "--index", index_name, "--ray", object_cluster.address, "--json", home=home)
+    assert json.loads(again.stdout)["added"] == 0 and json.loads(again.stdout)["unchanged"] == len(PHOTOS)
+
+
+def test_nodes_without_the_credentials_are_one_error_naming_each_node_and_the_variable(
+        engine, object_cluster, samples, index_name, cloud_env):
+    """The driver can read the bucket; the nodes were started without AWS credentials (and Ray does not pass the
+    driver's environment on): refused before any work, the driver's secret in no message."""
+    secret = "driver-only-secret-" + uuid.uuid4().hex[:8]
+    for store in moto_s3():
+        store.create_bucket()
+        store.put("trip/flower.jpg", (samples / "flower.jpg").read_bytes())
+        for name, value in {**store.env, "AWS_SECRET_ACCESS_KEY": secret}.items():
+            cloud_env.setenv(name, value)
+        with pytest.raises(ClusterError) as refused:
+            engine.index(index_name, create=True).add_paths([store.url("trip")], ray=object_cluster.address)
+        assert not store.object_reads()  # nothing was read
+    message = str(refused.value)
+    problems = message.splitlines()[1:]
+    assert len(problems) == 2 and len({p.split(":")[0] for p in problems}) == 2, message  # each node, once
+    for problem in problems:
+        assert f"cannot list {store.url('trip')}" in problem and "AWS_ACCESS_KEY_ID" in problem, message
+    assert secret not in message and "testing" not in message
+    assert engine.index(index_name).count() == 0
