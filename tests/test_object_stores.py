@@ -91,6 +91,8 @@ def test_index_search_thumbnail_regions_and_a_rerun_that_downloads_nothing(store
 
     with _engine(home, embedder) as engine:
         assert _row(engine, index_name, store.url("trip/flower.jpg"))["title"] == SIDECAR_TITLE
+        # every object URL holds a "//": none may be taken for a misspelled local path (each run would read them all)
+        assert engine.index(index_name).store.paths_not_normal() == []
         from pixsearch.api import create_app
         from pixsearch.api.server import serving_in_thread
 
@@ -264,3 +266,12 @@ def test_watch_lists_the_prefix_again_every_interval(store, home, samples, index
             proc.kill()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_the_store_knows_every_scheme_an_object_url_is_stored_under():
+    """store/ may not import sources/: its patterns for object URLs (kept out of the misspelled-path lookup) must
+    follow every scheme sources/urls.py stores."""
+    from pixsearch.sources.urls import SCHEMES
+    from pixsearch.store.photos import OBJECT_URLS
+
+    assert {pattern.removesuffix("://%") for pattern in OBJECT_URLS} == set(SCHEMES.values())
