@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -141,6 +142,7 @@ class Store:
     env: dict[str, str]  # the environment pixsearch reads its credentials and endpoint from
     direct_port: int
     bucket: str = "photos"
+    s3_keys: tuple[str, str] = ("testing", "testing")  # what uploads sign with (an IAM user's, when moto checks)
 
     def url(self, prefix: str = "") -> str:
         return f"{self.scheme}://{self.bucket}/{prefix}".rstrip("/")
@@ -154,7 +156,7 @@ class Store:
         import boto3
 
         return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.direct_port}", region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+                            aws_access_key_id=self.s3_keys[0], aws_secret_access_key=self.s3_keys[1])
 
     def create_bucket(self) -> None:
         if self.scheme == "az":
@@ -248,6 +250,48 @@ def moto_s3() -> Iterator[Store]:
             proxy.close()
     finally:
         server.stop()
+
+
+# What moto_s3_with_iam does before authentication starts: CreateUser, PutUserPolicy, CreateAccessKey.
+IAM_SETUP_ACTIONS = 3
+
+
+def moto_s3_with_iam() -> Iterator[Store]:
+    """moto's S3 server in its own process, checking every request's signature against IAM: the first
+    IAM_SETUP_ACTIONS requests (INITIAL_NO_AUTH_ACTION_COUNT, in the server's environment) create an IAM user allowed
+    s3:* and its access key through moto's IAM API; every request after that, the tests' uploads included, must be
+    signed with that key's secret. The Store's env holds the real key."""
+    import boto3
+
+    port = free_port()
+    exe = Path(os.environ.get("PIXSEARCH_MOTO_SERVER", Path(sys.executable).with_name("moto_server")))
+    process = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                               env={**without_cloud_variables(os.environ),
+                                    "INITIAL_NO_AUTH_ACTION_COUNT": str(IAM_SETUP_ACTIONS)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port, process)
+        iam = boto3.client("iam", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                           aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="pixsearch")
+        iam.put_user_policy(UserName="pixsearch", PolicyName="s3", PolicyDocument=(
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'))
+        key = iam.create_access_key(UserName="pixsearch")["AccessKey"]
+        proxy = CountingProxy(port)
+        try:
+            yield Store("s3", proxy, {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                                      "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+                                      "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}", "AWS_REGION": "us-east-1",
+                                      "AWS_EC2_METADATA_DISABLED": "true"}, port,
+                        s3_keys=(key["AccessKeyId"], key["SecretAccessKey"]))
+        finally:
+            proxy.close()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 # Every variable an object store client reads: the tests set exactly the ones they mean.

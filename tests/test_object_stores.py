@@ -2,7 +2,9 @@
 each behind a loopback proxy that counts requests and injects throttling. Every test runs on both services."""
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import os
 import queue
 import signal
@@ -17,7 +19,8 @@ import httpx
 import numpy as np
 import pytest
 
-from object_stores import AZURITE_KEY, CLOUD_VARIABLES, Fault, azurite, azurite_connection_string, moto_s3
+from object_stores import (AZURITE_ACCOUNT, AZURITE_KEY, CLOUD_VARIABLES, Fault, azurite, azurite_connection_string,
+                           moto_s3, moto_s3_with_iam)
 from pixsearch.config import Settings
 from pixsearch.ingest.scan import photo_id
 from pixsearch.service import Engine
@@ -197,7 +200,8 @@ def test_a_wrong_or_missing_credential_is_one_clear_error_naming_the_variable_an
             monkeypatch.delenv(variable)
     else:
         if problem == "wrong":
-            pytest.skip("moto's S3 server accepts any credentials unless IAM authentication is set up")
+            pytest.skip("this moto server accepts any credentials: a wrong S3 secret is tested against IAM "
+                        "authentication in test_key_credentials_index_and_a_wrong_secret_is_one_error_that_never_shows_it")
         variable = "AWS_ACCESS_KEY_ID"
         monkeypatch.delenv("AWS_ACCESS_KEY_ID")
         monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -218,6 +222,82 @@ def test_a_wrong_or_missing_credential_is_one_clear_error_naming_the_variable_an
         for secret in secrets:
             assert secret not in settings
         assert engine.index(index_name).store.count() == 0
+
+
+@pytest.fixture(params=["s3-iam", "az-account-key"])
+def keyed_store(request, monkeypatch):
+    """A service that checks a secret, and the environment naming it the way a deployment would: an IAM user's
+    access key against moto's S3 server with IAM authentication on; Azurite's account name and key with the blob
+    endpoint from AZURE_STORAGE_SERVICE_ENDPOINT (the az CLI's variable), not a connection string."""
+    emulator = moto_s3_with_iam() if request.param == "s3-iam" else azurite()
+    store = next(emulator)
+    try:
+        store.create_bucket()
+        for name in list(os.environ):
+            if CLOUD_VARIABLES.match(name):
+                monkeypatch.delenv(name)
+        if store.scheme == "s3":
+            env = store.env
+        else:
+            env = {"AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY,
+                   "AZURE_STORAGE_SERVICE_ENDPOINT": f"http://127.0.0.1:{store.proxy.port}/{AZURITE_ACCOUNT}"}
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        yield store
+    finally:
+        emulator.close()
+
+
+def _database_text(engine: Engine) -> str:
+    """Every row of every table of pixsearch's schema, as text."""
+    with engine.db.connection() as conn:
+        tables = [row[0] for row in conn.execute(
+            "SELECT quote_ident(table_name) FROM information_schema.tables WHERE table_schema = current_schema()")]
+        return "\n".join(repr(conn.execute(f"SELECT * FROM {table}").fetchall()) for table in tables)
+
+
+def test_key_credentials_index_and_a_wrong_secret_is_one_error_that_never_shows_it(
+        keyed_store, home, embedder, samples, index_name, monkeypatch, caplog):
+    from pixsearch.sources import CredentialsError
+
+    store = keyed_store
+    _upload(store, samples, names=PHOTOS[:1])
+    if store.scheme == "s3":
+        variables, secret_variable = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"], "AWS_SECRET_ACCESS_KEY"
+        wrong = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+    else:
+        variables, secret_variable = ["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY"], \
+            "AZURE_STORAGE_ACCOUNT_KEY"
+        wrong = base64.b64encode(os.urandom(64)).decode()  # a key of the right form, not the account's
+    right = os.environ[secret_variable]
+
+    good = _cli(home, "index", store.url("trip"), "--index", index_name, "--json")
+    assert good.returncode == 0, good.stderr
+    assert _report(good)["added"] == 1
+    assert right not in good.stdout + good.stderr
+
+    monkeypatch.setenv(secret_variable, wrong)
+    store.proxy.reset()
+    proc = _cli(home, "index", store.url("trip"), "--index", index_name, "--json")
+    assert store.proxy.seen and {seen.status for seen in store.proxy.seen} == {403}  # the service refused the secret
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in proc.stderr, proc.stderr
+    assert all(variable in lines[0] for variable in variables), lines[0]
+    assert "refused" in lines[0]
+
+    caplog.set_level(logging.DEBUG)  # every library's log records, botocore's and the Azure SDK's included
+    with _engine(home, embedder) as engine:
+        with pytest.raises(CredentialsError) as raised:
+            engine.index(index_name).add_paths([store.url("trip")])
+        assert all(variable in str(raised.value) for variable in variables)
+        assert caplog.records  # the libraries did log: what they logged was looked at
+        database = _database_text(engine)
+        assert store.url("trip") in database and _row(engine, index_name, store.url(f"trip/{PHOTOS[0]}"))
+    for secret in (wrong, right):
+        for text in (proc.stdout, proc.stderr, str(raised.value), caplog.text, database):
+            assert secret not in text
 
 
 def test_python_api_indexes_object_store_and_folder_together(store, home, embedder, samples, tmp_path):

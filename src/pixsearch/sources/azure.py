@@ -6,6 +6,10 @@
 3. AZURE_STORAGE_ACCOUNT_NAME alone: azure-identity's DefaultAzureCredential (environment, managed identity,
    `az login`, ...) when azure-identity is installed.
 
+With 2 and 3 the blob endpoint is https://ACCOUNT.blob.core.windows.net, or AZURE_STORAGE_SERVICE_ENDPOINT when
+set (the az CLI's variable for --blob-endpoint: a sovereign cloud, a private endpoint, Azurite). adlfs' own
+account_host cannot say this (it is always https), which is one reason the client is made here.
+
 The SDK's own retries are off (retry_total=0): sources/retry.py retries with the status and Retry-After in view.
 Listing goes through the container client rather than adlfs' find(), which answers a missing container with an
 empty listing — that would read as "every photo deleted" and prune the index.
@@ -22,6 +26,7 @@ from pixsearch.sources.retry import RETRIED_STATUSES, HttpFailure, exception_cha
 from pixsearch.sources.urls import ObjectUrl
 
 CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
+SERVICE_ENDPOINT = "AZURE_STORAGE_SERVICE_ENDPOINT"
 HOW_TO_SIGN_IN = (f"set {CONNECTION_STRING}, or AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or "
                   "AZURE_STORAGE_SAS_TOKEN, or AZURE_STORAGE_ACCOUNT_NAME alone to sign in with azure-identity's "
                   "DefaultAzureCredential (pip install azure-identity)")
@@ -41,7 +46,7 @@ def _first(*names: str) -> tuple[str | None, str | None]:
 def credential_variables() -> tuple[str, ...]:
     """The environment variables a filesystem is made from, in the order they are looked at (for caching)."""
     return (CONNECTION_STRING, "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ACCOUNT_KEY",
-            "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_CLIENT_ID", "AZURE_TENANT_ID")
+            "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN", SERVICE_ENDPOINT, "AZURE_CLIENT_ID", "AZURE_TENANT_ID")
 
 
 class AzureSource:
@@ -143,7 +148,7 @@ def _client_factory(BlobServiceClient: Any) -> tuple[str, Any]:
     account_var, account = _first("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT")
     if not account:
         raise CredentialsError(f"no credentials for Azure Blob Storage: {HOW_TO_SIGN_IN}")
-    url = f"https://{account}.blob.core.windows.net"
+    url = os.environ.get(SERVICE_ENDPOINT) or f"https://{account}.blob.core.windows.net"
     key_var, key = _first("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_KEY")
     if key:
         return f"{account_var} and {key_var}", lambda: BlobServiceClient(
