@@ -71,6 +71,8 @@ class CountingProxy:
         self.upstream_port = upstream_port
         self.seen: list[Seen] = []
         self.faults: list[Fault] = []
+        self.latency = 0.0  # seconds each request passed on waits first: a slow network
+        self.in_flight = 0  # requests being answered (a killed client's may still be)
         self.lock = threading.Lock()
         proxy = self
 
@@ -81,6 +83,15 @@ class CountingProxy:
                 pass
 
             def _any(self) -> None:
+                with proxy.lock:
+                    proxy.in_flight += 1
+                try:
+                    self._answer()
+                finally:
+                    with proxy.lock:
+                        proxy.in_flight -= 1
+
+            def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 with proxy.lock:
@@ -95,6 +106,8 @@ class CountingProxy:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if proxy.latency:
+                    time.sleep(proxy.latency)
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
                 upstream.request(self.command, self.path, body=body, headers=headers)
@@ -123,10 +136,18 @@ class CountingProxy:
         with self.lock:
             self.seen.append(Seen(method, target, status, time.monotonic()))
 
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Until no request is being answered: what a killed client left in flight is recorded before a reset."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not self.in_flight, f"{self.in_flight} requests still in flight after {timeout} s"
+
     def reset(self) -> None:
         with self.lock:
             self.seen.clear()
             self.faults.clear()
+            self.latency = 0.0
 
     def close(self) -> None:
         self.server.shutdown()

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
+from helpers import noise_images
 from object_stores import (AZURITE_ACCOUNT, AZURITE_KEY, CLOUD_VARIABLES, Fault, azurite, azurite_connection_string,
                            moto_s3, moto_s3_with_iam)
 from pixsearch.config import Settings
@@ -298,6 +300,53 @@ def test_key_credentials_index_and_a_wrong_secret_is_one_error_that_never_shows_
     for secret in (wrong, right):
         for text in (proc.stdout, proc.stderr, str(raised.value), caplog.text, database):
             assert secret not in text
+
+
+def test_a_killed_run_resumes_without_downloading_what_it_wrote(store, home, embedder, index_name, tmp_path):
+    count = 40
+    for path in noise_images(tmp_path / "noise", count, 48, 48, seed=21):
+        store.put(f"trip/{path.name}", path.read_bytes())
+    urls = {store.url(f"trip/p{i:03d}.png") for i in range(count)}
+    store.proxy.latency = 0.3  # a slow network, so that the run is killed between batches
+    exe = Path(sys.executable).with_name("pixsearch")
+    log = tmp_path / "killed-run.log"
+    with _engine(home, embedder) as engine:
+        engine.list_indexes()  # the database is set up before the run starts, not by both at once
+        proc = subprocess.Popen([str(exe), "index", store.url("trip"), "--index", index_name, "--json"],
+                                stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "PIXSEARCH_HOME": str(home), "PIXSEARCH_BATCH_SIZE": "4",
+                                     "PIXSEARCH_DOWNLOAD_CONCURRENCY": "2"})
+        try:
+            while proc.poll() is None and not _written(engine, index_name, urls):
+                time.sleep(0.05)  # poll: the first batch written is what is waited for, however long it takes
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            written = _written(engine, index_name, urls)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert 0 < len(written) < count, (f"the run was to be killed mid-way: {len(written)} of {count} written",
+                                      log.read_text())
+
+    store.proxy.wait_idle()  # the killed run's last downloads are not the rerun's
+    store.proxy.reset()
+    again = _cli(home, "index", store.url("trip"), "--index", index_name, "--json")
+    assert again.returncode == 0, again.stderr
+    report = _report(again)
+    assert (report["unchanged"], report["added"], report["failed"]) == (len(written), count - len(written), [])
+    reads = {url: len(store.object_reads(url.split("/", 3)[3])) for url in urls}
+    assert {url: n for url, n in reads.items() if url in written and n} == {}  # nothing written is read again
+    assert {url: n for url, n in reads.items() if url not in written and n != 1} == {}  # the rest: once each
+    with _engine(home, embedder) as engine:
+        assert _written(engine, index_name, urls) == urls and engine.index(index_name).store.count() == count
+
+
+def _written(engine: Engine, index: str, urls: set[str]) -> set[str]:
+    """Which of these objects have a row (none while the index is not yet created)."""
+    if index not in {spec.name for spec in engine.list_indexes()}:
+        return set()
+    rows = engine.index(index).store.select([photo_id(url) for url in urls], ["path"])
+    return {row["path"] for row in rows.values()}
 
 
 def test_python_api_indexes_object_store_and_folder_together(store, home, embedder, samples, tmp_path):
