@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 
 from helpers import noise_images
+from hosted_fakes import FakeService, colour_photos, image_vector
 from object_stores import (AZURITE_ACCOUNT, AZURITE_KEY, CLOUD_VARIABLES, Fault, azurite, azurite_connection_string,
                            moto_s3, moto_s3_with_iam)
 from pixsearch.config import Settings
@@ -347,6 +349,81 @@ def _written(engine: Engine, index: str, urls: set[str]) -> set[str]:
         return set()
     rows = engine.index(index).store.select([photo_id(url) for url in urls], ["path"])
     return {row["path"] for row in rows.values()}
+
+
+VISION_KEY = "az-" + uuid.uuid4().hex
+
+
+def test_a_hosted_model_is_given_a_short_lived_read_only_url_of_each_object_photo_that_shows_nowhere(
+        store, home, embedder, index_name, tmp_path):
+    from urllib.parse import parse_qs, urlsplit
+
+    colours = colour_photos(tmp_path / "p", names=("red", "blue"))
+    for colour, path in colours.items():
+        store.put(f"trip/{colour}.png", Path(path).read_bytes())
+    with FakeService(azure_key=VISION_KEY) as vision:
+        model = f"azure-vision:{vision.url}"
+        plain = _cli(home, "index", store.url("trip"), "--index", index_name + "-bytes", "--model", model,
+                     env={"AZURE_AI_VISION_KEY": VISION_KEY})  # send_photo_urls is off by default: bytes are sent
+        assert plain.returncode == 0, plain.stderr
+        assert {r.headers["content-type"] for r in vision.requests} == {"application/octet-stream"}
+        assert vision.fetched == []
+
+        vision.requests.clear()
+        store.proxy.reset()
+        proc = _cli(home, "index", store.url("trip"), "--index", index_name, "--model", model, "--json",
+                    env={"AZURE_AI_VISION_KEY": VISION_KEY, "PIXSEARCH_SEND_PHOTO_URLS": "true"})
+        assert proc.returncode == 0, proc.stderr
+        assert _report(proc)["added"] == 2
+        sent = [r.json()["url"] for r in vision.requests_to("vectorizeImage")]
+        assert all(r.headers["content-type"] == "application/json" for r in vision.requests_to("vectorizeImage"))
+        assert sorted(vision.fetched) == sorted(sent) and len(sent) == 2
+    signatures = []
+    for url in sent:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        assert parts.netloc == f"127.0.0.1:{store.proxy.port}"  # fetched from the store, through the proxy
+        if store.scheme == "az":
+            assert query["sp"] == ["r"] and "sig" in query  # a read-only SAS
+            lifetime = datetime.fromisoformat(query["se"][0].replace("Z", "+00:00")) - datetime.now(timezone.utc)
+            signatures.append(query["sig"][0])
+        else:
+            assert "X-Amz-Signature" in query  # a presigned GET
+            lifetime = timedelta(seconds=int(query["X-Amz-Expires"][0]))
+            signatures.append(query["X-Amz-Signature"][0])
+        assert timedelta(minutes=50) < lifetime <= timedelta(hours=1)
+    # the service read each photo from the store with its URL (the emulator checked the signature)
+    fetched = [seen for seen in store.object_reads() if "sig=" in seen.target or "X-Amz-Signature=" in seen.target]
+    assert sorted(seen.status for seen in fetched) == [200, 200]
+
+    with _engine(home, embedder) as engine:
+        index = engine.index(index_name)
+        vectors, keys = index.all_vectors("azure_vision")
+        by_path = {_row(engine, index_name, store.url(f"trip/{c}.png"))["path"]: c for c in colours}
+        paths = {key: row["path"] for key, row in index.store.select(keys, ["path"]).items()}
+        for key, vector in zip(keys, vectors):  # each photo holds the vector of the photo fetched by its URL
+            expected = image_vector(by_path[paths[key]])
+            assert np.allclose(vector, expected / np.linalg.norm(expected), atol=1e-6)
+        database = _database_text(engine)
+    for signature in signatures:
+        for text in (proc.stdout, proc.stderr, database):  # the run's output, --json, log lines (stderr), rows
+            assert signature not in text
+
+
+def test_a_signed_photo_url_is_scrubbed_from_what_a_hosted_service_says():
+    from pixsearch.models.hosted import HostedOptions, ServiceClient
+
+    client = ServiceClient("Azure AI Vision", "http://127.0.0.1:9", {}, HostedOptions(), secrets=[VISION_KEY])
+    try:
+        for url in ("http://127.0.0.1:10000/devstoreaccount1/c/a%20b.jpg?se=2026-01-01T00%3A00%3A00Z&sp=r&sv=2025"
+                    "-01-05&sr=b&sig=SECRETsig%2Bvalue%3D",
+                    "https://b.s3.amazonaws.com/k.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F2026"
+                    "&X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=SECRETsig"):
+            said = client.scrub(f'InvalidImageUrl: cannot fetch "{url}" (403), key {VISION_KEY}')
+            assert "SECRET" not in said and "AKIA" not in said and VISION_KEY not in said, said
+            assert url.split("?")[0] in said  # which photo it was is still said
+    finally:
+        client.close()
 
 
 def test_python_api_indexes_object_store_and_folder_together(store, home, embedder, samples, tmp_path):

@@ -67,6 +67,10 @@ class Settings:
     # Object store sources (az://, s3://): downloads in flight at once, and how often `index --watch` lists them.
     download_concurrency: int = 16
     watch_interval: float = 60.0
+    # Give a hosted model or captioner that can fetch photos itself (Azure AI Vision, OpenAI's chat) a short-lived
+    # read-only URL of each object-store photo (a SAS, a presigned GET) instead of its bytes. Off by default: the
+    # service must be able to reach the store, and the URL is a credential for that one photo for an hour.
+    send_photo_urls: bool = False
 
     @property
     def max_file_bytes(self) -> int:
@@ -119,7 +123,7 @@ def _known(raw: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 _INTEGERS = ("batch_size", "decode_workers", "pool_size", "backup_keep", "hosted_concurrency", "download_concurrency")
-_BOOLEANS = ("distribute",)
+_BOOLEANS = ("distribute", "send_photo_urls")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 _POSITIVE_NUMBERS = ("max_file_mb", "max_image_megapixels", "api_statement_timeout", "thumbnail_cache_mb",
                      "hosted_requests_per_minute", "hosted_timeout", "watch_interval")

@@ -11,7 +11,7 @@ from pixsearch.service import builds, captioning
 from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
 from pixsearch.service.regions import add_regions
-from pixsearch.service.roots import record_roots
+from pixsearch.service.roots import photo_urls, record_roots
 from pixsearch.sources import is_object_url, normal_url
 from pixsearch.store import SchemaError
 from pixsearch.store.schema import CAPTION_FIELD
@@ -59,6 +59,7 @@ def add_paths(
             shared_reader().load()  # fails now, with how to install it, rather than as a warning per photo
         index.update_settings({"ocr": ocr or None})
     settings = index.settings
+    photo_url = photo_urls(index, photo_url)
     model = index.model()
     # On a GPU, batches as large as its free memory allows (models/device.py). Asking resolves the device now, so
     # `--device cuda` where CUDA does not work is one error before any file is read.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pixsearch.sources.entry import ObjectEntry, ReadOptions, md5_hex, object_mtime_ns
@@ -85,6 +86,35 @@ class AzureSource:
     async def read(self, url: ObjectUrl, size_hint: int | None, options: ReadOptions) -> bytes:
         path = f"{url.bucket}/{url.key}"
         return await self.fs._cat_file(path, start=0, end=options.max_bytes + 1)
+
+    async def signed_read_url(self, url: ObjectUrl, expires_s: int) -> str | None:
+        """The blob's URL with a read-only SAS (sp=r) expiring in `expires_s`: signed with the account key when the
+        credential is one, else with a user delegation key (azure-identity; kept until near its own expiry). None
+        for a SAS token's credential (it cannot sign another, and is the user's own to hand out)."""
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        client = self.fs.service_client
+        expiry = datetime.now(timezone.utc) + timedelta(seconds=expires_s)
+        signing: dict[str, Any] = {}
+        account_key = getattr(client.credential, "account_key", None)
+        if account_key:
+            signing["account_key"] = account_key
+        elif hasattr(client.credential, "get_token"):
+            signing["user_delegation_key"] = await self._delegation_key(client, expiry)
+        else:
+            return None
+        sas = generate_blob_sas(client.account_name, url.bucket, url.key, permission=BlobSasPermissions(read=True),
+                                expiry=expiry, **signing)
+        return f"{client.get_blob_client(url.bucket, url.key).url}?{sas}"
+
+    async def _delegation_key(self, client: Any, needed_until: datetime) -> Any:
+        key, valid_until = getattr(self, "_user_delegation", (None, None))
+        if key is None or valid_until < needed_until:
+            start = datetime.now(timezone.utc) - timedelta(minutes=5)
+            valid_until = needed_until + timedelta(hours=6)  # at most 7 days; one key signs many photos' URLs
+            key = await client.get_user_delegation_key(start, valid_until)
+            self._user_delegation = (key, valid_until)
+        return key
 
     async def exists(self, url: ObjectUrl) -> bool:
         blob = self.fs.service_client.get_blob_client(url.bucket, url.key)
