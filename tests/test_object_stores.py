@@ -426,6 +426,45 @@ def test_a_signed_photo_url_is_scrubbed_from_what_a_hosted_service_says():
         client.close()
 
 
+def test_dry_run_on_object_urls_lists_reads_nothing_and_counts_the_caption_requests(store, home, samples, index_name):
+    _upload(store, samples)
+    store.put("trip/copy-of-flower.jpg", (samples / "flower.jpg").read_bytes())  # one content, two photos
+    openai_key = "sk-" + uuid.uuid4().hex
+    with FakeService(openai_key=openai_key) as service:
+        env = {"OPENAI_API_KEY": openai_key, "OPENAI_BASE_URL": service.url + "/v1"}
+
+        def dry_run(*args: str) -> dict:
+            proc = _cli(home, "index", store.url("trip"), "--index", index_name, "--dry-run", "--json", *args, env=env)
+            assert proc.returncode == 0, proc.stderr
+            assert "(dry run)" in proc.stderr
+            return json.loads(proc.stdout)
+
+        plan = dry_run()
+        assert (plan["files"], plan["to_embed"], plan["exists"]) == (4, 4, False)
+        assert (plan["captioner"], plan["caption_requests"]) == (None, 0)
+        plan = dry_run("--captioner", "openai:vision-model")
+        assert (plan["captioner"], plan["caption_requests"]) == ("openai:vision-model", 3)  # distinct contents
+        assert plan["caption_service"] == service.url.removeprefix("http://")
+        assert store.object_reads() == [] and service.requests == []  # listed only: nothing read, nothing sent
+
+        run = _cli(home, "index", store.url("trip"), "--index", index_name, "--captioner", "openai:vision-model",
+                   "--json", env=env)
+        assert run.returncode == 0, run.stderr
+        assert len(service.requests_to("/chat/completions")) == 3, run.stdout  # what the dry run said
+
+        store.put("trip/later.jpg", (samples / "rocket.jpg").read_bytes())
+        store.put("trip/flower-again.jpg", (samples / "flower.jpg").read_bytes())  # its caption is in the cache
+        store.proxy.reset()
+        plan = dry_run()  # the index's own captioner, remembered
+        assert (plan["to_embed"], plan["unchanged"], plan["captioner"], plan["caption_requests"]) == (
+            2, 4, "openai:vision-model", 1)
+        assert dry_run("--caption-prompt", "Name the colours only.")["caption_requests"] == 4  # new settings: all
+        assert dry_run("--no-captioner")["caption_requests"] == 0
+        store.delete("trip/china-temple.jpg")  # pruned by the run: never captioned
+        assert dry_run("--caption-prompt", "Name the colours only.")["caption_requests"] == 3
+        assert store.object_reads() == [] and len(service.requests_to("/chat/completions")) == 3
+
+
 def test_python_api_indexes_object_store_and_folder_together(store, home, embedder, samples, tmp_path):
     from pixsearch.client import Client
 
