@@ -9,6 +9,11 @@ them to a fresh Azurite container, warms the model, then measures with one embed
   * Azurite: Index.add_paths on az://bench/photos (listing, downloads ahead of decoding, decode, embed, write);
   * rerun: az://bench/photos again with nothing changed (one listing, no object downloaded);
 and prints images/s for both, their ratio (the goal: >= 0.9), and the rerun time. Writes bench/results/cloud.json.
+
+    python bench/cloud.py --rerun-only [--objects 1000] [--side 64] [--reruns 5]
+
+measures only the rerun with nothing changed (small photos, no local run; every rerun timed, with the load
+average, since a shared machine's load moves these numbers): writes bench/results/cloud-rerun.json.
 Azurite is installed by `make tools/azurite`; it is started here on a free 127.0.0.1 port with a temporary workspace.
 """
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -51,14 +57,55 @@ def _timed(index, source) -> tuple[float, object]:
     return time.perf_counter() - t0, report
 
 
+def rerun_only(args, files: list[Path], work: Path) -> dict:
+    """Index the objects once, then time `--reruns` reruns with nothing changed."""
+    emulator = azurite()
+    store = next(emulator)
+    try:
+        connection = azurite_connection_string(store.direct_port)
+        os.environ["AZURE_STORAGE_CONNECTION_STRING"] = connection
+        _upload(connection, "bench", files)
+        with Engine(Settings.load(home=work / "home", batch_size=args.batch_size)) as engine:
+            index = engine.index("bench-cloud", create=True)
+            first = index.add_paths(["az://bench/photos"])
+            assert first.added == len(files) and not first.failed, (first.added, first.failed[:3])
+            times = []
+            for _ in range(args.reruns):
+                seconds, rerun = _timed(index, "az://bench/photos")
+                assert rerun.unchanged == len(files), rerun.unchanged
+                times.append(round(seconds, 3))
+            lookups = []  # the rerun's lookup of local paths to fold (ingest/changes.py fold_spellings), alone
+            for _ in range(args.reruns):
+                t0 = time.perf_counter()
+                rows = len(index.store.paths_not_normal())
+                lookups.append(round(time.perf_counter() - t0, 4))
+    finally:
+        emulator.close()
+    return {"objects": len(files), "rerun_seconds": times, "median": statistics.median(times),
+            "paths_not_normal": {"rows": rows, "seconds": lookups, "median": statistics.median(lookups)},
+            "load_average": os.getloadavg(), "cores": os.cpu_count()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--objects", type=int, default=1000)
-    parser.add_argument("--side", type=int, default=1024)
+    parser.add_argument("--side", type=int, help="long side in px (default 1024; 64 with --rerun-only)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rerun-only", action="store_true", help="time only reruns with nothing changed")
+    parser.add_argument("--reruns", type=int, default=5)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="pixsearch-bench-cloud-"))
+    if args.rerun_only:
+        files = make_photos(work / "photos", args.objects, args.side or 64)
+        results = rerun_only(args, files, work)
+        print(f"rerun, nothing changed, {len(files)} objects: {results['rerun_seconds']} s "
+              f"(median {results['median']} s; load average {results['load_average']}); "
+              f"paths_not_normal: {results['paths_not_normal']}")
+        (HERE / "results").mkdir(exist_ok=True)
+        (HERE / "results" / "cloud-rerun.json").write_text(json.dumps(results, indent=2) + "\n")
+        return
+    args.side = args.side or 1024
     files = make_photos(work / "photos", args.objects, args.side)
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     print(f"{len(files)} photos, {megabytes:.0f} MB, long side {args.side} px", flush=True)

@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -70,6 +71,8 @@ class CountingProxy:
         self.upstream_port = upstream_port
         self.seen: list[Seen] = []
         self.faults: list[Fault] = []
+        self.latency = 0.0  # seconds each request passed on waits first: a slow network
+        self.in_flight = 0  # requests being answered (a killed client's may still be)
         self.lock = threading.Lock()
         proxy = self
 
@@ -80,6 +83,15 @@ class CountingProxy:
                 pass
 
             def _any(self) -> None:
+                with proxy.lock:
+                    proxy.in_flight += 1
+                try:
+                    self._answer()
+                finally:
+                    with proxy.lock:
+                        proxy.in_flight -= 1
+
+            def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 with proxy.lock:
@@ -94,6 +106,8 @@ class CountingProxy:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if proxy.latency:
+                    time.sleep(proxy.latency)
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
                 upstream.request(self.command, self.path, body=body, headers=headers)
@@ -122,10 +136,18 @@ class CountingProxy:
         with self.lock:
             self.seen.append(Seen(method, target, status, time.monotonic()))
 
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Until no request is being answered: what a killed client left in flight is recorded before a reset."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not self.in_flight, f"{self.in_flight} requests still in flight after {timeout} s"
+
     def reset(self) -> None:
         with self.lock:
             self.seen.clear()
             self.faults.clear()
+            self.latency = 0.0
 
     def close(self) -> None:
         self.server.shutdown()
@@ -141,6 +163,7 @@ class Store:
     env: dict[str, str]  # the environment pixsearch reads its credentials and endpoint from
     direct_port: int
     bucket: str = "photos"
+    s3_keys: tuple[str, str] = ("testing", "testing")  # what uploads sign with (an IAM user's, when moto checks)
 
     def url(self, prefix: str = "") -> str:
         return f"{self.scheme}://{self.bucket}/{prefix}".rstrip("/")
@@ -154,7 +177,7 @@ class Store:
         import boto3
 
         return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{self.direct_port}", region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+                            aws_access_key_id=self.s3_keys[0], aws_secret_access_key=self.s3_keys[1])
 
     def create_bucket(self) -> None:
         if self.scheme == "az":
@@ -248,6 +271,48 @@ def moto_s3() -> Iterator[Store]:
             proxy.close()
     finally:
         server.stop()
+
+
+# What moto_s3_with_iam does before authentication starts: CreateUser, PutUserPolicy, CreateAccessKey.
+IAM_SETUP_ACTIONS = 3
+
+
+def moto_s3_with_iam() -> Iterator[Store]:
+    """moto's S3 server in its own process, checking every request's signature against IAM: the first
+    IAM_SETUP_ACTIONS requests (INITIAL_NO_AUTH_ACTION_COUNT, in the server's environment) create an IAM user allowed
+    s3:* and its access key through moto's IAM API; every request after that, the tests' uploads included, must be
+    signed with that key's secret. The Store's env holds the real key."""
+    import boto3
+
+    port = free_port()
+    exe = Path(os.environ.get("PIXSEARCH_MOTO_SERVER", Path(sys.executable).with_name("moto_server")))
+    process = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                               env={**without_cloud_variables(os.environ),
+                                    "INITIAL_NO_AUTH_ACTION_COUNT": str(IAM_SETUP_ACTIONS)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port, process)
+        iam = boto3.client("iam", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                           aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="pixsearch")
+        iam.put_user_policy(UserName="pixsearch", PolicyName="s3", PolicyDocument=(
+            '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'))
+        key = iam.create_access_key(UserName="pixsearch")["AccessKey"]
+        proxy = CountingProxy(port)
+        try:
+            yield Store("s3", proxy, {"AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                                      "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+                                      "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}", "AWS_REGION": "us-east-1",
+                                      "AWS_EC2_METADATA_DISABLED": "true"}, port,
+                        s3_keys=(key["AccessKeyId"], key["SecretAccessKey"]))
+        finally:
+            proxy.close()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 # Every variable an object store client reads: the tests set exactly the ones they mean.

@@ -2,22 +2,29 @@
 each behind a loopback proxy that counts requests and injects throttling. Every test runs on both services."""
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import os
 import queue
 import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from dataclasses import replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from object_stores import AZURITE_KEY, CLOUD_VARIABLES, Fault, azurite, azurite_connection_string, moto_s3
+from helpers import noise_images
+from hosted_fakes import FakeService, colour_photos, image_vector
+from object_stores import (AZURITE_ACCOUNT, AZURITE_KEY, CLOUD_VARIABLES, Fault, azurite, azurite_connection_string,
+                           moto_s3, moto_s3_with_iam)
 from pixsearch.config import Settings
 from pixsearch.ingest.scan import photo_id
 from pixsearch.service import Engine
@@ -91,6 +98,8 @@ def test_index_search_thumbnail_regions_and_a_rerun_that_downloads_nothing(store
 
     with _engine(home, embedder) as engine:
         assert _row(engine, index_name, store.url("trip/flower.jpg"))["title"] == SIDECAR_TITLE
+        # every object URL holds a "//": none may be taken for a misspelled local path (each run would read them all)
+        assert engine.index(index_name).store.paths_not_normal() == []
         from pixsearch.api import create_app
         from pixsearch.api.server import serving_in_thread
 
@@ -195,7 +204,8 @@ def test_a_wrong_or_missing_credential_is_one_clear_error_naming_the_variable_an
             monkeypatch.delenv(variable)
     else:
         if problem == "wrong":
-            pytest.skip("moto's S3 server accepts any credentials unless IAM authentication is set up")
+            pytest.skip("this moto server accepts any credentials: a wrong S3 secret is tested against IAM "
+                        "authentication in test_key_credentials_index_and_a_wrong_secret_is_one_error_that_never_shows_it")
         variable = "AWS_ACCESS_KEY_ID"
         monkeypatch.delenv("AWS_ACCESS_KEY_ID")
         monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -216,6 +226,243 @@ def test_a_wrong_or_missing_credential_is_one_clear_error_naming_the_variable_an
         for secret in secrets:
             assert secret not in settings
         assert engine.index(index_name).store.count() == 0
+
+
+@pytest.fixture(params=["s3-iam", "az-account-key"])
+def keyed_store(request, monkeypatch):
+    """A service that checks a secret, and the environment naming it the way a deployment would: an IAM user's
+    access key against moto's S3 server with IAM authentication on; Azurite's account name and key with the blob
+    endpoint from AZURE_STORAGE_SERVICE_ENDPOINT (the az CLI's variable), not a connection string."""
+    emulator = moto_s3_with_iam() if request.param == "s3-iam" else azurite()
+    store = next(emulator)
+    try:
+        store.create_bucket()
+        for name in list(os.environ):
+            if CLOUD_VARIABLES.match(name):
+                monkeypatch.delenv(name)
+        if store.scheme == "s3":
+            env = store.env
+        else:
+            env = {"AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY,
+                   "AZURE_STORAGE_SERVICE_ENDPOINT": f"http://127.0.0.1:{store.proxy.port}/{AZURITE_ACCOUNT}"}
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        yield store
+    finally:
+        emulator.close()
+
+
+def _database_text(engine: Engine) -> str:
+    """Every row of every table of pixsearch's schema, as text."""
+    with engine.db.connection() as conn:
+        tables = [row[0] for row in conn.execute(
+            "SELECT quote_ident(table_name) FROM information_schema.tables WHERE table_schema = current_schema()")]
+        return "\n".join(repr(conn.execute(f"SELECT * FROM {table}").fetchall()) for table in tables)
+
+
+def test_key_credentials_index_and_a_wrong_secret_is_one_error_that_never_shows_it(
+        keyed_store, home, embedder, samples, index_name, monkeypatch, caplog):
+    from pixsearch.sources import CredentialsError
+
+    store = keyed_store
+    _upload(store, samples, names=PHOTOS[:1])
+    if store.scheme == "s3":
+        variables, secret_variable = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"], "AWS_SECRET_ACCESS_KEY"
+        wrong = uuid.uuid4().hex + uuid.uuid4().hex[:8]
+    else:
+        variables, secret_variable = ["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY"], \
+            "AZURE_STORAGE_ACCOUNT_KEY"
+        wrong = base64.b64encode(os.urandom(64)).decode()  # a key of the right form, not the account's
+    right = os.environ[secret_variable]
+
+    good = _cli(home, "index", store.url("trip"), "--index", index_name, "--json")
+    assert good.returncode == 0, good.stderr
+    assert _report(good)["added"] == 1
+    assert right not in good.stdout + good.stderr
+
+    monkeypatch.setenv(secret_variable, wrong)
+    store.proxy.reset()
+    proc = _cli(home, "index", store.url("trip"), "--index", index_name, "--json")
+    assert store.proxy.seen and {seen.status for seen in store.proxy.seen} == {403}  # the service refused the secret
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in proc.stderr, proc.stderr
+    assert all(variable in lines[0] for variable in variables), lines[0]
+    assert "refused" in lines[0]
+
+    caplog.set_level(logging.DEBUG)  # every library's log records, botocore's and the Azure SDK's included
+    with _engine(home, embedder) as engine:
+        with pytest.raises(CredentialsError) as raised:
+            engine.index(index_name).add_paths([store.url("trip")])
+        assert all(variable in str(raised.value) for variable in variables)
+        assert caplog.records  # the libraries did log: what they logged was looked at
+        database = _database_text(engine)
+        assert store.url("trip") in database and _row(engine, index_name, store.url(f"trip/{PHOTOS[0]}"))
+    for secret in (wrong, right):
+        for text in (proc.stdout, proc.stderr, str(raised.value), caplog.text, database):
+            assert secret not in text
+
+
+def test_a_killed_run_resumes_without_downloading_what_it_wrote(store, home, embedder, index_name, tmp_path):
+    count = 40
+    for path in noise_images(tmp_path / "noise", count, 48, 48, seed=21):
+        store.put(f"trip/{path.name}", path.read_bytes())
+    urls = {store.url(f"trip/p{i:03d}.png") for i in range(count)}
+    store.proxy.latency = 0.3  # a slow network, so that the run is killed between batches
+    exe = Path(sys.executable).with_name("pixsearch")
+    log = tmp_path / "killed-run.log"
+    with _engine(home, embedder) as engine:
+        engine.list_indexes()  # the database is set up before the run starts, not by both at once
+        proc = subprocess.Popen([str(exe), "index", store.url("trip"), "--index", index_name, "--json"],
+                                stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "PIXSEARCH_HOME": str(home), "PIXSEARCH_BATCH_SIZE": "4",
+                                     "PIXSEARCH_DOWNLOAD_CONCURRENCY": "2"})
+        try:
+            while proc.poll() is None and not _written(engine, index_name, urls):
+                time.sleep(0.05)  # poll: the first batch written is what is waited for, however long it takes
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            written = _written(engine, index_name, urls)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert 0 < len(written) < count, (f"the run was to be killed mid-way: {len(written)} of {count} written",
+                                      log.read_text())
+
+    store.proxy.wait_idle()  # the killed run's last downloads are not the rerun's
+    store.proxy.reset()
+    again = _cli(home, "index", store.url("trip"), "--index", index_name, "--json")
+    assert again.returncode == 0, again.stderr
+    report = _report(again)
+    assert (report["unchanged"], report["added"], report["failed"]) == (len(written), count - len(written), [])
+    reads = {url: len(store.object_reads(url.split("/", 3)[3])) for url in urls}
+    assert {url: n for url, n in reads.items() if url in written and n} == {}  # nothing written is read again
+    assert {url: n for url, n in reads.items() if url not in written and n != 1} == {}  # the rest: once each
+    with _engine(home, embedder) as engine:
+        assert _written(engine, index_name, urls) == urls and engine.index(index_name).store.count() == count
+
+
+def _written(engine: Engine, index: str, urls: set[str]) -> set[str]:
+    """Which of these objects have a row (none while the index is not yet created)."""
+    if index not in {spec.name for spec in engine.list_indexes()}:
+        return set()
+    rows = engine.index(index).store.select([photo_id(url) for url in urls], ["path"])
+    return {row["path"] for row in rows.values()}
+
+
+VISION_KEY = "az-" + uuid.uuid4().hex
+
+
+def test_a_hosted_model_is_given_a_short_lived_read_only_url_of_each_object_photo_that_shows_nowhere(
+        store, home, embedder, index_name, tmp_path):
+    from urllib.parse import parse_qs, urlsplit
+
+    colours = colour_photos(tmp_path / "p", names=("red", "blue"))
+    for colour, path in colours.items():
+        store.put(f"trip/{colour}.png", Path(path).read_bytes())
+    with FakeService(azure_key=VISION_KEY) as vision:
+        model = f"azure-vision:{vision.url}"
+        plain = _cli(home, "index", store.url("trip"), "--index", index_name + "-bytes", "--model", model,
+                     env={"AZURE_AI_VISION_KEY": VISION_KEY})  # send_photo_urls is off by default: bytes are sent
+        assert plain.returncode == 0, plain.stderr
+        assert {r.headers["content-type"] for r in vision.requests} == {"application/octet-stream"}
+        assert vision.fetched == []
+
+        vision.requests.clear()
+        store.proxy.reset()
+        proc = _cli(home, "index", store.url("trip"), "--index", index_name, "--model", model, "--json",
+                    env={"AZURE_AI_VISION_KEY": VISION_KEY, "PIXSEARCH_SEND_PHOTO_URLS": "true"})
+        assert proc.returncode == 0, proc.stderr
+        assert _report(proc)["added"] == 2
+        sent = [r.json()["url"] for r in vision.requests_to("vectorizeImage")]
+        assert all(r.headers["content-type"] == "application/json" for r in vision.requests_to("vectorizeImage"))
+        assert sorted(vision.fetched) == sorted(sent) and len(sent) == 2
+    signatures = []
+    for url in sent:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        assert parts.netloc == f"127.0.0.1:{store.proxy.port}"  # fetched from the store, through the proxy
+        if store.scheme == "az":
+            assert query["sp"] == ["r"] and "sig" in query  # a read-only SAS
+            lifetime = datetime.fromisoformat(query["se"][0].replace("Z", "+00:00")) - datetime.now(timezone.utc)
+            signatures.append(query["sig"][0])
+        else:
+            assert "X-Amz-Signature" in query  # a presigned GET
+            lifetime = timedelta(seconds=int(query["X-Amz-Expires"][0]))
+            signatures.append(query["X-Amz-Signature"][0])
+        assert timedelta(minutes=50) < lifetime <= timedelta(hours=1)
+    # the service read each photo from the store with its URL (the emulator checked the signature)
+    fetched = [seen for seen in store.object_reads() if "sig=" in seen.target or "X-Amz-Signature=" in seen.target]
+    assert sorted(seen.status for seen in fetched) == [200, 200]
+
+    with _engine(home, embedder) as engine:
+        index = engine.index(index_name)
+        vectors, keys = index.all_vectors("azure_vision")
+        by_path = {_row(engine, index_name, store.url(f"trip/{c}.png"))["path"]: c for c in colours}
+        paths = {key: row["path"] for key, row in index.store.select(keys, ["path"]).items()}
+        for key, vector in zip(keys, vectors):  # each photo holds the vector of the photo fetched by its URL
+            expected = image_vector(by_path[paths[key]])
+            assert np.allclose(vector, expected / np.linalg.norm(expected), atol=1e-6)
+        database = _database_text(engine)
+    for signature in signatures:
+        for text in (proc.stdout, proc.stderr, database):  # the run's output, --json, log lines (stderr), rows
+            assert signature not in text
+
+
+def test_a_signed_photo_url_is_scrubbed_from_what_a_hosted_service_says():
+    from pixsearch.models.hosted import HostedOptions, ServiceClient
+
+    client = ServiceClient("Azure AI Vision", "http://127.0.0.1:9", {}, HostedOptions(), secrets=[VISION_KEY])
+    try:
+        for url in ("http://127.0.0.1:10000/devstoreaccount1/c/a%20b.jpg?se=2026-01-01T00%3A00%3A00Z&sp=r&sv=2025"
+                    "-01-05&sr=b&sig=SECRETsig%2Bvalue%3D",
+                    "https://b.s3.amazonaws.com/k.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA%2F2026"
+                    "&X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=SECRETsig"):
+            said = client.scrub(f'InvalidImageUrl: cannot fetch "{url}" (403), key {VISION_KEY}')
+            assert "SECRET" not in said and "AKIA" not in said and VISION_KEY not in said, said
+            assert url.split("?")[0] in said  # which photo it was is still said
+    finally:
+        client.close()
+
+
+def test_dry_run_on_object_urls_lists_reads_nothing_and_counts_the_caption_requests(store, home, samples, index_name):
+    _upload(store, samples)
+    store.put("trip/copy-of-flower.jpg", (samples / "flower.jpg").read_bytes())  # one content, two photos
+    openai_key = "sk-" + uuid.uuid4().hex
+    with FakeService(openai_key=openai_key) as service:
+        env = {"OPENAI_API_KEY": openai_key, "OPENAI_BASE_URL": service.url + "/v1"}
+
+        def dry_run(*args: str) -> dict:
+            proc = _cli(home, "index", store.url("trip"), "--index", index_name, "--dry-run", "--json", *args, env=env)
+            assert proc.returncode == 0, proc.stderr
+            assert "(dry run)" in proc.stderr
+            return json.loads(proc.stdout)
+
+        plan = dry_run()
+        assert (plan["files"], plan["to_embed"], plan["exists"]) == (4, 4, False)
+        assert (plan["captioner"], plan["caption_requests"]) == (None, 0)
+        plan = dry_run("--captioner", "openai:vision-model")
+        assert (plan["captioner"], plan["caption_requests"]) == ("openai:vision-model", 3)  # distinct contents
+        assert plan["caption_service"] == service.url.removeprefix("http://")
+        assert store.object_reads() == [] and service.requests == []  # listed only: nothing read, nothing sent
+
+        run = _cli(home, "index", store.url("trip"), "--index", index_name, "--captioner", "openai:vision-model",
+                   "--json", env=env)
+        assert run.returncode == 0, run.stderr
+        assert len(service.requests_to("/chat/completions")) == 3, run.stdout  # what the dry run said
+
+        store.put("trip/later.jpg", (samples / "rocket.jpg").read_bytes())
+        store.put("trip/flower-again.jpg", (samples / "flower.jpg").read_bytes())  # its caption is in the cache
+        store.proxy.reset()
+        plan = dry_run()  # the index's own captioner, remembered
+        assert (plan["to_embed"], plan["unchanged"], plan["captioner"], plan["caption_requests"]) == (
+            2, 4, "openai:vision-model", 1)
+        assert dry_run("--caption-prompt", "Name the colours only.")["caption_requests"] == 4  # new settings: all
+        assert dry_run("--no-captioner")["caption_requests"] == 0
+        store.delete("trip/china-temple.jpg")  # pruned by the run: never captioned
+        assert dry_run("--caption-prompt", "Name the colours only.")["caption_requests"] == 3
+        assert store.object_reads() == [] and len(service.requests_to("/chat/completions")) == 3
 
 
 def test_python_api_indexes_object_store_and_folder_together(store, home, embedder, samples, tmp_path):
@@ -285,3 +532,12 @@ def test_faces_are_found_in_object_store_photos(store, home, embedder, index_nam
             found = index.photo_faces(photo_id(f"{store.url('people')}/{photo.name}"))
             assert len(found) == len(photo.faces), photo.name
         assert index.people()
+
+
+def test_the_store_knows_every_scheme_an_object_url_is_stored_under():
+    """store/ may not import sources/: its patterns for object URLs (kept out of the misspelled-path lookup) must
+    follow every scheme sources/urls.py stores."""
+    from pixsearch.sources.urls import SCHEMES
+    from pixsearch.store.photos import OBJECT_URLS
+
+    assert {pattern.removesuffix("://%") for pattern in OBJECT_URLS} == set(SCHEMES.values())

@@ -70,6 +70,10 @@ class Settings:
     # `pixsearch index --ray`: the image stage runs on this Ray cluster (host:port of its head, or "auto" for
     # RAY_ADDRESS); empty or "local": here. An index's own setting ray_address comes first.
     ray_address: str = ""
+    # Give a hosted model or captioner that can fetch photos itself (Azure AI Vision, OpenAI's chat) a short-lived
+    # read-only URL of each object-store photo (a SAS, a presigned GET) instead of its bytes. Off by default: the
+    # service must be able to reach the store, and the URL is a credential for that one photo for an hour.
+    send_photo_urls: bool = False
 
     @property
     def max_file_bytes(self) -> int:
@@ -122,7 +126,7 @@ def _known(raw: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 _INTEGERS = ("batch_size", "decode_workers", "pool_size", "backup_keep", "hosted_concurrency", "download_concurrency")
-_BOOLEANS = ("distribute",)
+_BOOLEANS = ("distribute", "send_photo_urls")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 _POSITIVE_NUMBERS = ("max_file_mb", "max_image_megapixels", "api_statement_timeout", "thumbnail_cache_mb",
                      "hosted_requests_per_minute", "hosted_timeout", "watch_interval")

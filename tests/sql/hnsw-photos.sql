@@ -413,7 +413,7 @@ WHERE starts_with("path", %s);
 -- TableQueries.rows_where_like: photos.paths_not_normal: paths an older release may have misspelled
 SELECT "id", "path", "size_bytes", "mtime_ns", "content_hash", "sidecar_state"
 FROM "px_photos"
-WHERE "path" LIKE ANY(%s);
+WHERE "path" LIKE ANY(%s) AND NOT "path" LIKE ANY(%s);
 
 -- TableQueries.distinct_values: a photo index's folders
 SELECT DISTINCT "folder"

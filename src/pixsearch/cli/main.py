@@ -251,7 +251,8 @@ def index_cmd(
         from pixsearch.service.plan import plan_index_run
 
         with open_engine(index) as engine:
-            plan = plan_index_run(engine, paths, index=index, model=model, follow_symlinks=follow_symlinks)
+            plan = plan_index_run(engine, paths, index=index, model=model, follow_symlinks=follow_symlinks,
+                                  captioner=False if no_captioner else captioner, caption_prompt=caption_prompt)
         if as_json:
             print_json(plan.to_json())
         err.print(f"[bold]{escape(plan.index)}[/] (dry run): {escape(plan.describe())}", highlight=False)

@@ -27,8 +27,8 @@ from pixsearch.sources import (Downloads, ObjectEntry, ObjectReadError, ReadOpti
                                normal_url, object_exists, read_object, url_inside)
 from pixsearch.store import IndexStore
 
-__all__ = ["ObjectFile", "SourcesScan", "describe_found", "object_digest", "object_gone_check", "prefetching",
-           "prune_objects", "read_object_file", "read_options", "scan_sources", "split_roots"]
+__all__ = ["ObjectFile", "SourcesScan", "describe_found", "holds_content", "object_digest", "object_gone_check",
+           "prefetching", "prune_objects", "read_object_file", "read_options", "scan_sources", "split_roots"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,12 @@ def object_digest(file: ObjectFile, data: bytes) -> str:
     if file.md5 is not None and hashlib.md5(data, usedforsecurity=False).hexdigest() == file.md5:
         return file.md5
     return content_hash(data)
+
+
+def holds_content(data: bytes, digest: str) -> bool:
+    """Whether `data` are the bytes a row's content hash names: the usual content hash, or for an object-store
+    photo the MD5 its service stated (object_digest)."""
+    return content_hash(data) == digest or hashlib.md5(data, usedforsecurity=False).hexdigest() == digest
 
 
 def _sidecar_bytes(file: ObjectFile, options: ReadOptions) -> list[tuple[str, bytes | DecodeError]]:

@@ -20,6 +20,7 @@ import io
 import ipaddress
 import logging
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,10 @@ MAX_BACKOFF_S = 60.0
 # A Retry-After longer than this is not waited for: the run stops and says when to try again (a quota, not a burst).
 MAX_RETRY_AFTER_S = 600.0
 _MESSAGE_CHARS = 300  # of a service's error message quoted in ours
+# The query of a URL that is a credential: a photo's SAS (sig=) or presigned GET (X-Amz-Signature=, Signature=)
+# sent to a service that fetches it (ImageAtURL). A service may quote a URL it could not fetch in its error.
+SIGNED_QUERY = re.compile(r"\?[^\s\"'<>]*?\b(?:sig|x-amz-signature|signature|x-amz-credential|x-amz-security-token)="
+                          r"[^\s\"'<>]*", re.IGNORECASE)
 
 
 class ServiceError(RuntimeError):
@@ -187,7 +192,7 @@ class ServiceClient:
     def scrub(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
-        return text
+        return SIGNED_QUERY.sub("?***", text)
 
     def post(self, path: str, *, params: Mapping[str, str] | None = None, json_body: Any = None,
              content: bytes | None = None, content_type: str | None = None) -> Any:

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pixsearch.ingest import IngestProgress, NoProgress
-from pixsearch.ingest.decode import content_hash, decode_bytes
+from pixsearch.ingest.decode import decode_bytes
+from pixsearch.ingest.objects import holds_content
 from pixsearch.ingest.descriptions import caption_text, with_generated
 from pixsearch.ingest.stage import ITEM_FAILURES
 from pixsearch.models.captioner import CAPTION_DRAFT, DEFAULT_PROMPT, CaptionError, CaptionUsage, OpenAICaptioner, \
@@ -167,7 +168,7 @@ def _buy(index: IndexCore, captioner: OpenAICaptioner, row: dict[str, Any],
             image: Any = ImageAtURL(url)
         else:
             data = read_stored_photo(index, row["path"])
-            if content_hash(data) != digest:
+            if not holds_content(data, digest):  # an object-store photo's hash may be its stated MD5
                 return "the file changed since it was indexed (index it again)"
             image = decode_bytes(data, digest, max_pixels=index.settings.max_image_pixels, draft=CAPTION_DRAFT).image
         caption, cost = captioner.caption(image)

@@ -23,6 +23,7 @@ from pixsearch.service.core import IndexCore, ModelMismatchError
 from pixsearch.service.duplicates import DuplicateGroup, duplicate_groups
 from pixsearch.service.regions import RegionReport
 from pixsearch.service.reindex import ReindexReport
+from pixsearch.service.roots import photo_urls
 from pixsearch.store import Filter, QueryOptions, SchemaError, SearchResult
 from pixsearch.store.tables import iter_chunks
 
@@ -94,7 +95,8 @@ class Index(IndexCore):
         if captioner is None:
             return None
         try:
-            return captioning.caption_photos(self, captioner, progress=progress, photo_url=photo_url)
+            return captioning.caption_photos(self, captioner, progress=progress,
+                                             photo_url=photo_urls(self, photo_url))
         finally:
             captioner.client.close()
 

@@ -14,7 +14,7 @@ from pixsearch.service.captions import upgrade_photo_index
 from pixsearch.service.core import IndexCore
 from pixsearch.service.faces import detect_faces, set_faces
 from pixsearch.service.regions import add_regions
-from pixsearch.service.roots import record_roots
+from pixsearch.service.roots import photo_urls, record_roots
 from pixsearch.sources import is_object_url, normal_url
 from pixsearch.store import SchemaError
 from pixsearch.store.schema import CAPTION_FIELD
@@ -68,6 +68,7 @@ def add_paths(
     if faces is not None:
         set_faces(index, faces)  # loads the face model first: a missing install fails before any work
     settings = index.settings
+    photo_url = photo_urls(index, photo_url)
     model = index.model()
     # On a GPU, batches as large as its free memory allows (models/device.py). Asking resolves the device now, so
     # `--device cuda` where CUDA does not work is one error before any file is read. On Ray the actors embed, each

@@ -3,7 +3,13 @@ requests a hosted model would send for them — before any photo leaves the mach
 
 Counts are upper bounds: a new file whose bytes equal an indexed photo that moved is recognised by its content
 while indexing and costs nothing, which only reading every new file would tell. Captions are read from the files'
-sidecars and embedded metadata (no pixels are decoded).
+sidecars and embedded metadata (no pixels are decoded); an object-store photo is not downloaded for a plan (that
+is the run's cost, not the plan's), so each one is counted as having a caption.
+
+With a captioner (given, or the index's own), the plan also counts the caption requests the captioning pass would
+send (service/captioning.py): one per distinct content among the photos the index would hold after the run that
+have no cached caption for the captioner's settings (model, prompt, server). The content of a file to embed is
+known from the listing for an object with a stated MD5, else counted as new.
 """
 from __future__ import annotations
 
@@ -12,10 +18,14 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlsplit
 
-from pixsearch.ingest.objects import describe_found, read_options, scan_sources
+from pixsearch.ingest.objects import ObjectFile, SourcesScan, describe_found, read_options, scan_sources, split_roots
+from pixsearch.ingest.scan import FoundFile, inside, normal_path
 from pixsearch.models import HOSTED_PREFIXES, model_capabilities, parse_model_name, service_requests
+from pixsearch.models.captioner import load_captioner
 from pixsearch.models.hosted import HostedOptions
+from pixsearch.sources import url_inside
 from pixsearch.store import IndexNotFoundError, get_index
+from pixsearch.store.generated import cached_captions
 from pixsearch.store.index_store import IndexStore
 
 _LOOKUP_CHUNK = 1000
@@ -35,6 +45,9 @@ class RunPlan:
     service: str | None  # where they would go (host), None for a local model
     requests_per_minute: float | None
     failed: int  # files the scan could not read
+    captioner: str | None = None  # the captioner the run would use (None: no captions generated)
+    caption_requests: int = 0  # requests it would send (at most: one per distinct content without a cached caption)
+    caption_service: str | None = None  # where they would go (host)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -42,15 +55,20 @@ class RunPlan:
     def describe(self) -> str:
         what = (f"{self.files} image files: {self.to_embed} to embed, {self.captions_changed} with changed captions, "
                 f"{self.unchanged} unchanged; {self.captions} captions to embed as text")
+        captions = (f"; captioner {self.captioner}: at most {self.caption_requests} caption requests to "
+                    f"{self.caption_service}" if self.captioner else "")
         if self.service is None:
-            return f"{what}; {self.model} runs here: no requests"
+            return f"{what}; {self.model} runs here: no requests{captions}"
         pace = (f", at most {self.requests_per_minute:g} a minute" if self.requests_per_minute else "")
-        return f"{what}; at most {self.requests} requests to {self.service}{pace}"
+        return f"{what}; at most {self.requests} requests to {self.service}{pace}{captions}"
 
 
 def plan_index_run(engine, paths: Sequence[str | Path], *, index: str | None = None, model: str | None = None,
-                   follow_symlinks: bool = False) -> RunPlan:
-    """What `pixsearch index PATHS` would embed and send, reading the folders and the index only."""
+                   follow_symlinks: bool = False, captioner: str | bool | None = None,
+                   caption_prompt: str | None = None) -> RunPlan:
+    """What `pixsearch index PATHS` would embed and send, reading the folders (or listing the object store
+    prefixes) and the index only. captioner / caption_prompt as `pixsearch index` takes them (None: the index's
+    own; False: none)."""
     settings = engine.settings
     name = index or settings.index
     try:
@@ -79,6 +97,8 @@ def plan_index_run(engine, paths: Sequence[str | Path], *, index: str | None = N
             embed.append(f)
 
     def has_caption(found) -> bool:
+        if isinstance(found, ObjectFile):
+            return True  # its embedded metadata would take a download: counted, at most
         return bool(describe_found(found, objects, follow_symlinks=follow_symlinks).searchable_text().strip())
 
     batch = settings.batch_size
@@ -95,7 +115,49 @@ def plan_index_run(engine, paths: Sequence[str | Path], *, index: str | None = N
         target = argument if prefix == "azure-vision" else (HostedOptions.from_settings(settings).openai_base_url
                                                              or "https://api.openai.com/v1")
         service = urlsplit(target.partition("?")[0]).netloc or target
-    return RunPlan(index=name, model=model_name, exists=spec is not None, files=len(scanned.found),
+    plan = RunPlan(index=name, model=model_name, exists=spec is not None, files=len(scanned.found),
                    unchanged=unchanged, to_embed=len(embed), captions_changed=len(describe), captions=captions,
                    requests=requests, service=service, requests_per_minute=settings.hosted_requests_per_minute,
                    failed=len(scanned.failures))
+    chosen = (spec.settings.get("captioner") if spec is not None else None) or {}
+    caption_name = None if captioner is False else captioner or chosen.get("name")
+    if caption_name:
+        prompt = (caption_prompt if caption_prompt is not None else chosen.get("prompt")) or settings.caption_prompt
+        client = load_captioner(caption_name, hosted=HostedOptions.from_settings(settings), prompt=prompt or None)
+        try:
+            plan.captioner, plan.caption_service = client.name, urlsplit(client.client.base_url).netloc
+            store = IndexStore(engine.db, spec) if spec is not None else None
+            plan.caption_requests = _caption_requests(engine.db, store, client.settings_id, scanned, paths, embed)
+        finally:
+            client.client.close()
+    return plan
+
+
+def _caption_requests(db, store: IndexStore | None, settings_id: str, scanned: SourcesScan,
+                      paths: Sequence[str | Path], embed: list[FoundFile]) -> int:
+    """Caption requests the pass after the run would send (see the module docstring): the distinct contents,
+    without a cached caption for `settings_id`, of the photos the index would hold that lack one."""
+    to_embed = {f.id for f in embed}
+    found = {f.id for f in scanned.found}
+    local, remote = split_roots(paths)
+    folders = [normal_path(p) for p in local]
+
+    def pruned(path: str) -> bool:  # under a scanned root, but not found there any more
+        return any(url_inside(path, root) for root in remote) or any(inside(path, folder) for folder in folders)
+
+    contents: set[str] = set()
+    after = None
+    while store is not None:
+        page = store.not_captioned(settings_id, after, _LOOKUP_CHUNK, extra=("path", "content_hash"))
+        if not page:
+            break
+        after = page[-1][0]
+        contents.update(row["content_hash"] for key, row in page
+                        if key not in to_embed and (key in found or not pruned(row["path"])))
+    unknown = 0
+    for f in embed:
+        if isinstance(f, ObjectFile) and f.md5:
+            contents.add(f.md5)  # an object's content hash is the MD5 the listing states (ingest/objects.py)
+        else:
+            unknown += 1  # its content is known once it is read: counted as new
+    return len(contents) - len(cached_captions(db, settings_id, sorted(contents))) + unknown

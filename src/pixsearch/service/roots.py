@@ -8,15 +8,17 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from pixsearch.ingest.decode import DecodeError, read_file
 from pixsearch.ingest.scan import inside, normal_path
 from pixsearch.ingest.stage import PhotoNotFound
 from pixsearch.service.core import IndexCore
-from pixsearch.sources import ObjectReadError, ReadOptions, is_object_url, normal_url, read_object, url_inside
+from pixsearch.sources import (ObjectReadError, ReadOptions, SourceError, is_object_url, normal_url, read_object,
+                               signed_read_url, url_inside)
 
-__all__ = ["PhotoNotFound", "indexed_roots", "photo_file", "read_stored_photo", "record_roots", "stored_object"]
+__all__ = ["PhotoNotFound", "indexed_roots", "photo_file", "photo_urls", "read_stored_photo", "record_roots",
+           "stored_object"]
 
 
 def _roots_json(paths: Sequence[Path | str], follow_symlinks: bool) -> list[dict[str, Any]]:
@@ -111,3 +113,23 @@ def stored_object(index: IndexCore, stored_path: str) -> str:
             if is_object_url(root["path"]) and url_inside(url, root["path"]):
                 return url
     raise PhotoNotFound("the photo's object is not under the object store locations this index was built from")
+
+
+def photo_urls(index: IndexCore, given: Callable[[str], str | None] | None = None
+               ) -> Callable[[str], str | None] | None:
+    """The photo_url for ingest and captioning: `given`, else, with the setting send_photo_urls, a short-lived
+    read-only URL (sources.signed_read_url) of each object-store photo under the index's roots, for a hosted model
+    or captioner that fetches photos itself. None for a local photo, or when no URL can be signed: its bytes are
+    sent then. The URLs are credentials: they go into the service's request body and nowhere else."""
+    if given is not None or not index.settings.send_photo_urls:
+        return given
+
+    def signed(stored_path: str) -> str | None:
+        if not is_object_url(stored_path):
+            return None
+        try:
+            return signed_read_url(stored_object(index, stored_path))
+        except (PhotoNotFound, SourceError, ObjectReadError):
+            return None
+
+    return signed

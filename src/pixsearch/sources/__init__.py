@@ -7,7 +7,8 @@ names a source (a URL, the ReadOptions) carries a secret, and a worker elsewhere
 This package knows nothing of images or indexes: ingest/ decides what the objects mean, service/ where they may
 be read from.
 """
-from pixsearch.sources.access import Downloads, Listing, check_listing, list_objects, object_exists, read_object
+from pixsearch.sources.access import (Downloads, Listing, check_listing, list_objects, object_exists, read_object,
+                                      signed_read_url)
 from pixsearch.sources.entry import ObjectEntry, ReadOptions
 from pixsearch.sources.errors import CredentialsError, MissingExtra, ObjectReadError, SourceError
 from pixsearch.sources.retry import RetryPolicy
@@ -15,4 +16,4 @@ from pixsearch.sources.urls import ObjectUrl, is_object_url, normal_url, parse_u
 
 __all__ = ["CredentialsError", "Downloads", "Listing", "MissingExtra", "ObjectEntry", "ObjectReadError", "ObjectUrl",
            "ReadOptions", "RetryPolicy", "SourceError", "check_listing", "is_object_url", "list_objects", "normal_url",
-           "object_exists", "parse_url", "read_object", "url_inside"]
+           "object_exists", "parse_url", "read_object", "signed_read_url", "url_inside"]

@@ -121,6 +121,19 @@ def read_object(url: str, options: ReadOptions = ReadOptions(), size_hint: int |
     return _run(source, _read(source, parsed, size_hint, options))
 
 
+def signed_read_url(url: str, expires_s: int = 3600) -> str | None:
+    """A URL that lets whoever holds it GET this one object, and nothing else, for `expires_s` seconds: a read-only
+    SAS (Azure: signed with the account key, or a user delegation key under azure-identity) or a presigned GET (S3).
+    None when the environment's credentials cannot sign one (a SAS token of the user's own). The URL is a
+    credential: it must never be logged, stored or shown."""
+    parsed = parse_url(url)
+    source = source_for(parsed.scheme)
+    try:
+        return _run(source, source.signed_read_url(parsed, expires_s))
+    except Exception as exc:  # noqa: BLE001 - said without secrets
+        raise source.source_error(exc, parsed) from None
+
+
 def object_exists(url: str, options: ReadOptions = ReadOptions()) -> bool:
     """Whether an object is there now (one HEAD-like request); True when that cannot be told, so nothing is taken
     for deleted on a failed request."""

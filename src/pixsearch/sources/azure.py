@@ -6,6 +6,10 @@
 3. AZURE_STORAGE_ACCOUNT_NAME alone: azure-identity's DefaultAzureCredential (environment, managed identity,
    `az login`, ...) when azure-identity is installed.
 
+With 2 and 3 the blob endpoint is https://ACCOUNT.blob.core.windows.net, or AZURE_STORAGE_SERVICE_ENDPOINT when
+set (the az CLI's variable for --blob-endpoint: a sovereign cloud, a private endpoint, Azurite). adlfs' own
+account_host cannot say this (it is always https), which is one reason the client is made here.
+
 The SDK's own retries are off (retry_total=0): sources/retry.py retries with the status and Retry-After in view.
 Listing goes through the container client rather than adlfs' find(), which answers a missing container with an
 empty listing — that would read as "every photo deleted" and prune the index.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pixsearch.sources.entry import ObjectEntry, ReadOptions, md5_hex, object_mtime_ns
@@ -22,6 +27,7 @@ from pixsearch.sources.retry import RETRIED_STATUSES, HttpFailure, exception_cha
 from pixsearch.sources.urls import ObjectUrl
 
 CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
+SERVICE_ENDPOINT = "AZURE_STORAGE_SERVICE_ENDPOINT"
 HOW_TO_SIGN_IN = (f"set {CONNECTION_STRING}, or AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or "
                   "AZURE_STORAGE_SAS_TOKEN, or AZURE_STORAGE_ACCOUNT_NAME alone to sign in with azure-identity's "
                   "DefaultAzureCredential (pip install azure-identity)")
@@ -41,7 +47,7 @@ def _first(*names: str) -> tuple[str | None, str | None]:
 def credential_variables() -> tuple[str, ...]:
     """The environment variables a filesystem is made from, in the order they are looked at (for caching)."""
     return (CONNECTION_STRING, "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ACCOUNT_KEY",
-            "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN", "AZURE_CLIENT_ID", "AZURE_TENANT_ID")
+            "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN", SERVICE_ENDPOINT, "AZURE_CLIENT_ID", "AZURE_TENANT_ID")
 
 
 class AzureSource:
@@ -80,6 +86,35 @@ class AzureSource:
     async def read(self, url: ObjectUrl, size_hint: int | None, options: ReadOptions) -> bytes:
         path = f"{url.bucket}/{url.key}"
         return await self.fs._cat_file(path, start=0, end=options.max_bytes + 1)
+
+    async def signed_read_url(self, url: ObjectUrl, expires_s: int) -> str | None:
+        """The blob's URL with a read-only SAS (sp=r) expiring in `expires_s`: signed with the account key when the
+        credential is one, else with a user delegation key (azure-identity; kept until near its own expiry). None
+        for a SAS token's credential (it cannot sign another, and is the user's own to hand out)."""
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        client = self.fs.service_client
+        expiry = datetime.now(timezone.utc) + timedelta(seconds=expires_s)
+        signing: dict[str, Any] = {}
+        account_key = getattr(client.credential, "account_key", None)
+        if account_key:
+            signing["account_key"] = account_key
+        elif hasattr(client.credential, "get_token"):
+            signing["user_delegation_key"] = await self._delegation_key(client, expiry)
+        else:
+            return None
+        sas = generate_blob_sas(client.account_name, url.bucket, url.key, permission=BlobSasPermissions(read=True),
+                                expiry=expiry, **signing)
+        return f"{client.get_blob_client(url.bucket, url.key).url}?{sas}"
+
+    async def _delegation_key(self, client: Any, needed_until: datetime) -> Any:
+        key, valid_until = getattr(self, "_user_delegation", (None, None))
+        if key is None or valid_until < needed_until:
+            start = datetime.now(timezone.utc) - timedelta(minutes=5)
+            valid_until = needed_until + timedelta(hours=6)  # at most 7 days; one key signs many photos' URLs
+            key = await client.get_user_delegation_key(start, valid_until)
+            self._user_delegation = (key, valid_until)
+        return key
 
     async def exists(self, url: ObjectUrl) -> bool:
         blob = self.fs.service_client.get_blob_client(url.bucket, url.key)
@@ -143,7 +178,7 @@ def _client_factory(BlobServiceClient: Any) -> tuple[str, Any]:
     account_var, account = _first("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT")
     if not account:
         raise CredentialsError(f"no credentials for Azure Blob Storage: {HOW_TO_SIGN_IN}")
-    url = f"https://{account}.blob.core.windows.net"
+    url = os.environ.get(SERVICE_ENDPOINT) or f"https://{account}.blob.core.windows.net"
     key_var, key = _first("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_KEY")
     if key:
         return f"{account_var} and {key_var}", lambda: BlobServiceClient(

@@ -58,7 +58,8 @@ class S3Source:
         if region:
             client["region_name"] = region
         self.fs = S3FileSystem(skip_instance_cache=True, use_listings_cache=False, client_kwargs=client,
-                               config_kwargs={"retries": {"total_max_attempts": 1}})
+                               # SigV4 for presigned URLs too (botocore may presign with the deprecated SigV2)
+                               config_kwargs={"retries": {"total_max_attempts": 1}, "signature_version": "s3v4"})
         self.fs.retries = 1  # s3fs' own retry loop (a class attribute, not a constructor argument)
 
     @property
@@ -86,6 +87,10 @@ class S3Source:
             return await body.read()
         finally:
             body.close()
+
+    async def signed_read_url(self, url: ObjectUrl, expires_s: int) -> str:
+        """A presigned GetObject URL (s3fs' sign, awaited on its loop)."""
+        return await self.fs._url(f"{url.bucket}/{url.key}", expires=expires_s)
 
     async def exists(self, url: ObjectUrl) -> bool:
         try:

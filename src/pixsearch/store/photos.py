@@ -86,11 +86,15 @@ def paths_under(conn: psycopg.Connection, table: Table, prefix: str) -> list[tup
 # What an absolute path not in its normal form holds (a "." or ".." part, a doubled or trailing separator), as LIKE
 # patterns; ingest (scan.normal_path) decides which of the rows they match really are.
 NOT_NORMAL_PATHS = ("%/./%", "%/../%", "%/.", "%/..", "%//%", "%/")
+# Object URLs, in the one spelling sources/urls.py stores (`az://c/k`, `s3://b/k`): every one holds the "//" above,
+# yet none is a misspelled local path; matching them would read every object's row again on each run.
+OBJECT_URLS = ("az://%", "s3://%")
 
 
 def paths_not_normal(conn: psycopg.Connection, table: Table) -> list[StoredState]:
-    """The photos whose stored path may be spelled other than normally (`/a/home/../p/x.jpg`)."""
-    return [_state(table, row) for row in table.queries.rows_where_like(conn, "path", NOT_NORMAL_PATHS, STATE_COLUMNS)]
+    """The photos whose stored local path may be spelled other than normally (`/a/home/../p/x.jpg`)."""
+    rows = table.queries.rows_where_like(conn, "path", NOT_NORMAL_PATHS, STATE_COLUMNS, unless=OBJECT_URLS)
+    return [_state(table, row) for row in rows]
 
 
 def _state(table: Table, row: dict[str, Any]) -> StoredState:

@@ -114,9 +114,10 @@ def rows_where_in_sql(shape: TableShape, column: str, columns: Sequence[str]) ->
 
 
 def rows_where_like_sql(shape: TableShape, column: str, columns: Sequence[str]) -> sql.Composed:
-    """The key and `columns` of the rows whose `column` matches any of the LIKE patterns in %s."""
-    return sql.SQL("SELECT {} FROM {} WHERE {} LIKE ANY(%s)").format(
-        sql.SQL(", ").join([shape.key, *map(sql.Identifier, columns)]), shape.table, sql.Identifier(column))
+    """The key and `columns` of the rows whose `column` matches any of the LIKE patterns in the first %s and none
+    of those in the second."""
+    return sql.SQL("SELECT {} FROM {} WHERE {c} LIKE ANY(%s) AND NOT {c} LIKE ANY(%s)").format(
+        sql.SQL(", ").join([shape.key, *map(sql.Identifier, columns)]), shape.table, c=sql.Identifier(column))
 
 
 def rows_where_prefix_sql(shape: TableShape, column: str) -> sql.Composed:
@@ -214,11 +215,12 @@ class TableQueries:
         rows = conn.execute(rows_where_in_sql(self.shape, column, others), (list(values),))
         return [dict(zip(names, row)) for row in rows]
 
-    def rows_where_like(self, conn: psycopg.Connection, column: str, patterns: Sequence[str], columns: Sequence[str]
-                        ) -> list[dict[str, Any]]:
-        """The rows whose `column` matches any of the LIKE `patterns`, with their key and `columns`."""
+    def rows_where_like(self, conn: psycopg.Connection, column: str, patterns: Sequence[str], columns: Sequence[str],
+                        unless: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """The rows whose `column` matches any of the LIKE `patterns` and none of `unless`, with their key and
+        `columns`."""
         names = [self.shape.spec.key_field, *columns]
-        rows = conn.execute(rows_where_like_sql(self.shape, column, columns), (list(patterns),))
+        rows = conn.execute(rows_where_like_sql(self.shape, column, columns), (list(patterns), list(unless)))
         return [dict(zip(names, row)) for row in rows]
 
     def rows_where_prefix(self, conn: psycopg.Connection, column: str, prefix: str) -> list[tuple[str, Any]]:
