@@ -23,6 +23,6 @@ cp scripts/check_wheel.py "$work/"
 
 echo "wheel $(du -h "$wheel" | cut -f1); clean venv with the default + demo dependencies: $(du -sh "$work/venv" | cut -f1)"
 echo "largest packages:"
-du -sm "$work"/venv/lib/python3*/site-packages/* | sort -rn | head -8 | awk '{printf "  %5d MB  %s\n", $1, $2}' \
+du -sm "$work"/venv/lib/python3*/site-packages/* | sort -rn | awk 'NR <= 8 {printf "  %5d MB  %s\n", $1, $2}' \
     | sed "s|$work/venv/lib/python3[^/]*/site-packages/||"
 echo "wheel check: $((installed - start)) s to build and install, $((SECONDS - installed)) s to run"

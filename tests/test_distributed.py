@@ -252,7 +252,8 @@ def test_through_citus_the_writes_land_in_the_shards(ray_cluster, citus_cluster,
                 "$$SELECT count(*) FROM %%s$$) r JOIN citus_shards s USING (shardid) GROUP BY 1",
                 (idx.spec.table_name,)).fetchall()
         assert sum(count for _, count in per_node) == report.added
-        assert len([count for _, count in per_node if count > 0]) == 2, per_node  # rows on both workers
+        # rows on several workers (the session's cluster has 2 or 3, as another test adds one)
+        assert len([count for _, count in per_node if count > 0]) >= 2, per_node
 
 
 def _node(name: str, cpus: float, gpus: float = 0, alive: bool = True) -> dict:
