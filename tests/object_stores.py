@@ -225,6 +225,14 @@ class Store:
         return reads
 
 
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def azurite_connection_string(port: int, key: str = AZURITE_KEY) -> str:
     return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={key};"
             f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};")
@@ -246,11 +254,7 @@ def azurite() -> Iterator[Store]:
         finally:
             proxy.close()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop(process)
         shutil.rmtree(workspace, ignore_errors=True)
 
 
@@ -308,11 +312,7 @@ def moto_s3_with_iam() -> Iterator[Store]:
         finally:
             proxy.close()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop(process)
 
 
 # Every variable an object store client reads: the tests set exactly the ones they mean.
