@@ -7,7 +7,6 @@ elsewhere is treated as missing.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import io
 import logging
 import os
@@ -22,6 +21,7 @@ from PIL import Image
 from pixsearch.file_errors import storage_reason
 from pixsearch.ingest import IngestReport
 from pixsearch.ingest.decode import DecodeError, content_hash, decode_bytes
+from pixsearch.ingest.objects import holds_content
 from pixsearch.ingest.changes import apply_watched_changes
 from pixsearch.ingest.formats import SUPPORTED_FORMATS_TEXT
 from pixsearch.ingest.scan import photo_id
@@ -211,10 +211,9 @@ def thumbnail(index: IndexCore, key: str, size: int) -> bytes:
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, "WEBP", quality=80)
-    digest = content_hash(data)
-    if digest != stored_hash and isinstance(stored_hash, str) and HEX_HASH.fullmatch(stored_hash) \
-            and hashlib.md5(data, usedforsecurity=False).hexdigest() == stored_hash:
-        digest = stored_hash  # an object store photo's hash is the MD5 its service states (ingest/objects.py)
+    # an object store photo's stored hash may be the MD5 its service states (ingest/objects.holds_content)
+    digest = stored_hash if isinstance(stored_hash, str) and HEX_HASH.fullmatch(stored_hash) \
+        and holds_content(data, stored_hash) else content_hash(data)
     cache.put(thumbnail_name(digest, size), buffer.getvalue())
     return buffer.getvalue()
 
