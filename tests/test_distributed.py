@@ -3,7 +3,9 @@ on loopback, 1 CPU each, no dashboard; tests/ray_cluster.py), against a local ru
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -103,11 +105,12 @@ def test_a_rerun_embeds_nothing_and_moves_follow_their_files(engine, ray_cluster
     assert engine.index(index_name).count() == first.added
 
 
-def test_a_node_dying_mid_run_still_ends_with_every_file_once(home, embedder, tmp_path, index_name):
+@pytest.mark.parametrize("reads", ["auto", "driver"])  # the workers read, or the driver sends the bytes
+def test_a_node_dying_mid_run_still_ends_with_every_file_once(home, embedder, tmp_path, index_name, reads):
     folder = tmp_path / "noise"
     noise_images(folder, 64, 120, 160, seed=5)
     with LocalRayCluster(nodes=2, env=NODE_ENV) as cluster, \
-            Engine(Settings.load(home=home, batch_size=4), embedder=embedder) as engine:
+            Engine(Settings.load(home=home, batch_size=4, ray_reads=reads), embedder=embedder) as engine:
         second = cluster.started[1]
         killed: list[int] = []
 
@@ -190,24 +193,82 @@ def test_an_address_that_answers_but_is_not_a_ray_head_is_one_clear_error_not_a_
     assert engine.index(index_name).count() == 0
 
 
-def test_a_node_that_cannot_see_the_folder_or_runs_another_pixsearch_is_refused_before_any_work(
-        engine, photos, tmp_path_factory, index_name):
+def _hiding(folder: Path) -> list[str]:
+    """A command prefix for a node's `ray start`: it runs in a mount namespace of its own, where an empty tmpfs
+    hides `folder` (a node whose machine does not mount the photos' share)."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"',
+            str(folder)]
+
+
+def test_with_ray_reads_workers_a_node_that_cannot_see_the_folder_or_runs_another_pixsearch_is_refused(
+        home, embedder, photos, tmp_path_factory, index_name):
     other = tmp_path_factory.mktemp("other-src")
     shutil.copytree(SRC, other, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
     version = other / "pixsearch" / "__init__.py"
     version.write_text(version.read_text().replace('__version__ = "', '__version__ = "0.0.0-other+'))
-    # The second node runs in a mount namespace of its own where an empty tmpfs hides the folder holding the photos.
-    hide = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"',
-            str(photos.parent)]
-    with LocalRayCluster(nodes=2, env=NODE_ENV, node_prefix={1: hide},
-                         node_env={1: {"PYTHONPATH": str(other)}}) as cluster:
+    with LocalRayCluster(nodes=2, env=NODE_ENV, node_prefix={1: _hiding(photos.parent)},
+                         node_env={1: {"PYTHONPATH": str(other)}}) as cluster, \
+            Engine(Settings.load(home=home, ray_reads="workers"), embedder=embedder) as engine:
         with pytest.raises(ClusterError) as refused:
             engine.index(index_name, create=True).add_paths([photos], ray=cluster.address)
+        assert engine.index(index_name).count() == 0
     message = str(refused.value)
     assert f"cannot see {photos}" in message and "pixsearch 0.0.0-other+" in message, message
     problems = message.splitlines()[1:]
     assert len(problems) == 2 and problems[0].split(":")[0] == problems[1].split(":")[0], message  # one node's
-    assert engine.index(index_name).count() == 0
+
+
+def _work_of_nodes(caplog) -> dict[str, tuple[int, int]]:
+    """node id prefix: (batches finished, of them with bytes sent from the driver), from the stage's last report."""
+    line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("image stage on Ray: ")][-1]
+    found = re.findall(r"node \S+ \((\w+)\): (\d+) batches, (\d+) of them read here and sent", line)
+    return {node: (int(batches), int(sent)) for node, batches, sent in found}
+
+
+def test_a_node_that_cannot_see_the_folder_gets_its_photos_through_rays_object_store(
+        home, embedder, photos, index_name, caplog):
+    """ray_reads auto (the default): the driver reads the photos (and their sidecars) of the hidden node's batches
+    and sends them; the rows, captions and failures are a local run's."""
+    for number, path in enumerate(sorted((photos / "a").glob("*.jpg"))):
+        path.with_suffix(".txt").write_text(f"caption {number} from a sidecar beside the photo")
+    caplog.set_level(logging.INFO, logger="pixsearch.ingest.distributed")
+    with LocalRayCluster(nodes=2, env=NODE_ENV, node_prefix={1: _hiding(photos.parent)}) as cluster, \
+            Engine(Settings.load(home=home, batch_size=4), embedder=embedder) as engine:
+        local = engine.index(index_name + "-local", create=True).add_paths([photos])
+        assert local.added > 30 and len(local.failed) == 3
+        there = engine.index(index_name, create=True).add_paths([photos], ray=cluster.address)
+        assert _without_times(there.to_json()) == _without_times(local.to_json())
+        here_rows, there_rows = _rows(engine, index_name + "-local"), _rows(engine, index_name)
+        assert here_rows.keys() == there_rows.keys() and len(here_rows) == local.added
+        assert_same_rows(here_rows, there_rows, [vf.name for vf in engine.index(index_name).spec.vector_fields])
+        described = [row for row in there_rows.values() if (row.get("description") or "").endswith("beside the photo")]
+        # every sidecar read, wherever its photo was decoded (one photo's XMP description outranks its .txt)
+        assert len(described) >= len(list((photos / "a").glob("*.txt"))) - 1 > 10
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "cannot see" in r.getMessage()]
+    assert len(warned) == 1 and f"cannot see {photos}" in warned[0] and "object store" in warned[0], warned
+    hidden = re.search(r"node \S+ \((\w+)\)", warned[0]).group(1)
+    work = _work_of_nodes(caplog)
+    assert hidden in work and len(work) == 2, work
+    batches, sent = work.pop(hidden)
+    assert batches >= 1 and sent == batches, (hidden, batches, sent)  # it decoded and embedded bytes sent to it
+    [(others, sent_to_others)] = work.values()
+    assert others >= 1 and sent_to_others == 0  # the node that sees the folder read its own
+
+
+def test_with_ray_reads_driver_every_batch_travels_from_the_driver(home, embedder, ray_cluster, tmp_path, caplog,
+                                                                   index_name):
+    folder = tmp_path / "noise"
+    noise_images(folder, 24, 120, 160, seed=11)
+    (folder / "broken.jpg").write_bytes(b"not a photo")
+    caplog.set_level(logging.INFO, logger="pixsearch.ingest.distributed")
+    with Engine(Settings.load(home=home, batch_size=4, ray_reads="driver"), embedder=embedder) as engine:
+        local = engine.index(index_name + "-local", create=True).add_paths([folder])
+        there = engine.index(index_name, create=True).add_paths([folder], ray=ray_cluster.address)
+        assert _without_times(there.to_json()) == _without_times(local.to_json()) and len(there.failed) == 1
+        assert_same_rows(_rows(engine, index_name + "-local"), _rows(engine, index_name),
+                         [vf.name for vf in engine.index(index_name).spec.vector_fields])
+    work = _work_of_nodes(caplog)
+    assert len(work) == 2 and all(batches >= 1 and sent == batches for batches, sent in work.values()), work
 
 
 def test_sigterm_cancels_the_run_cleanly(home, tmp_path, index_name, engine):

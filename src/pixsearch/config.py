@@ -20,6 +20,9 @@ from pixsearch.limits import (
 DEFAULT_INDEX = "photos"
 # Where local models run (pixsearch.models.device): the GPU when it works, else the CPU; the CPU; a GPU or an error.
 DEVICES = ("auto", "cpu", "cuda")
+# Who reads the photos of a Ray run (ingest/distributed.py): each node what it can, this process the rest; every node
+# all of it, or an error; this process all of it. Those read here travel to the nodes through Ray's object store.
+RAY_READS = ("auto", "workers", "driver")
 
 
 def default_home() -> Path:
@@ -70,6 +73,8 @@ class Settings:
     # `pixsearch index --ray`: the image stage runs on this Ray cluster (host:port of its head, or "auto" for
     # RAY_ADDRESS); empty or "local": here. An index's own setting ray_address comes first.
     ray_address: str = ""
+    # Who reads the photos on the cluster: auto, workers or driver (RAY_READS; README "Scaling the embedding").
+    ray_reads: str = "auto"
     # Give a hosted model or captioner that can fetch photos itself (Azure AI Vision, OpenAI's chat) a short-lived
     # read-only URL of each object-store photo (a SAS, a presigned GET) instead of its bytes. Off by default: the
     # service must be able to reach the store, and the URL is a credential for that one photo for an hour.
@@ -134,11 +139,12 @@ _POSITIVE_NUMBERS = ("max_file_mb", "max_image_megapixels", "api_statement_timeo
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
-    if "device" in out:
-        device = str(out["device"]).strip().lower()
-        if device not in DEVICES:
-            raise ValueError(f"setting device must be one of {', '.join(DEVICES)}, got {out['device']!r}")
-        out["device"] = device
+    for name, choices in (("device", DEVICES), ("ray_reads", RAY_READS)):
+        if name in out:
+            choice = str(out[name]).strip().lower()
+            if choice not in choices:
+                raise ValueError(f"setting {name} must be one of {', '.join(choices)}, got {out[name]!r}")
+            out[name] = choice
     for name in _BOOLEANS:
         if name in out and not isinstance(out[name], bool):
             text = str(out[name]).strip().lower()

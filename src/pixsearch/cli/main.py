@@ -236,8 +236,14 @@ def index_cmd(
     ),
     ray: Optional[str] = typer.Option(
         None, "--ray", metavar="ADDRESS", help="Read, decode and embed the photos on a Ray cluster: host:port of its "
-        "head, or auto (RAY_ADDRESS); local: here. Every node must see the folders at the same paths. Default: the "
-        "setting ray_address. Needs pip install 'pixsearch[ray]'."
+        "head, or auto (RAY_ADDRESS); local: here. Default: the setting ray_address. Needs pip install "
+        "'pixsearch[ray]'."
+    ),
+    ray_reads: Optional[str] = typer.Option(
+        None, "--ray-reads", metavar="auto|workers|driver", help="With --ray, who reads the photos: auto (each node "
+        "what it can see or list, this process the rest, sent through Ray's object store; the default), workers "
+        "(every node all of it, else an error before any work) or driver (this process all of it). Setting "
+        "ray_reads."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (one line per batch)."),
     device: Optional[str] = DeviceOption,
@@ -266,7 +272,7 @@ def index_cmd(
             check_address(ray)  # before the index is opened or created
         except ClusterError as exc:
             raise fail(str(exc)) from None
-    with open_engine(index, device=device) as engine:
+    with open_engine(index, device=device, ray_reads=ray_reads) as engine:
         metrics = _serve_ingest_metrics(engine, index, metrics_port) if metrics_port is not None else None
         status = _index_paths(engine, paths, index, prune, as_json, follow_symlinks, model, regions, ocr,
                               False if no_captioner else captioner, caption_prompt, metrics, ray, faces)

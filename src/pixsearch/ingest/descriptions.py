@@ -229,10 +229,9 @@ def read_descriptions(
     found: list[_Found] = []
     warned: list[str] = []
     if sidecars is None:
-        found += _read_sidecars(path, follow_symlinks, warned)
-    else:
-        for name, content in sidecars:
-            found += _sidecar(name, content, warned)
+        sidecars = read_sidecar_files(path, follow_symlinks=follow_symlinks)
+    for name, content in sidecars:
+        found += _sidecar(name, content, warned)
     if image is None:
         image = _open_for_metadata(path, warned, data)
     if image is not None:
@@ -385,8 +384,11 @@ def _hierarchy_list(values: Iterable[str | None], separator: str) -> list[str]:
 # ======================================================================================================================
 
 
-def _read_sidecars(path: str, follow_symlinks: bool, warned: list[str]) -> list[_Found]:
-    found: list[_Found] = []
+def read_sidecar_files(path: str, *, follow_symlinks: bool = False) -> list[tuple[str, bytes | DecodeError]]:
+    """The sidecars of the photo at `path` that exist, as read_descriptions' `sidecars` takes them: (name, bytes or
+    why they could not be read), in sidecar_paths order. For a caller that reads the files on one machine and
+    describes the photo on another (ingest on a Ray cluster whose workers cannot see the folder)."""
+    contents: list[tuple[str, bytes | DecodeError]] = []
     seen: set[tuple[int, int]] = set()
     for sidecar in sidecar_paths(path):
         try:
@@ -400,8 +402,8 @@ def _read_sidecars(path: str, follow_symlinks: bool, warned: list[str]) -> list[
             data: bytes | DecodeError = read_file(sidecar, max_bytes=MAX_SIDECAR_BYTES, follow_symlinks=follow_symlinks)
         except DecodeError as exc:
             data = exc
-        found += _sidecar(os.path.basename(sidecar), data, warned)
-    return found
+        contents.append((os.path.basename(sidecar), data))
+    return contents
 
 
 def _sidecar(name: str, data: bytes | DecodeError, warned: list[str]) -> list[_Found]:

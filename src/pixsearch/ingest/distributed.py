@@ -8,15 +8,21 @@ A batch of files takes two calls on one actor:
   read    the files read and hashed there (the actor keeps their bytes); the items come back (a few hundred bytes)
   finish  after this process has looked up which of them are photos that moved (a database question, asked here),
           the others decoded, prepared and embedded there; the results come back, in input order
-Workers read the files themselves, from a folder mounted at the same path on every node (checked before any work,
-one error naming each node that cannot see a folder); the read step is a plain picklable function of the item.
-Object store photos (az://, s3://) are read by each worker with the credentials in ITS OWN environment, the one its
-node's `ray start` ran in (Ray does not pass this process's environment on, and no secret travels with the job):
-before any work, every node lists each object store root once (one request), and a node that cannot is named in
-the error with the variables to set there.
+Workers read the files themselves where they can: a folder mounted at the same path on every node, or object store
+photos (az://, s3://), which each worker reads with the credentials in ITS OWN environment, the one its node's
+`ray start` ran in (Ray does not pass this process's environment on, and no secret travels with the job). Before
+any work every node says which folders it sees and lists each object store root once (one request). A node that
+cannot read every source (RayOptions.reads):
+  auto     gets its batches from this process: read here (photo and sidecars, the same read step), they travel to
+           it through Ray's object store, and it decodes and embeds them; one warning names the node and why
+  workers  stops the run before any work, in one error naming each node and what it cannot read
+  driver   (every node, whatever it sees) as auto: for when the cluster is across a slow link from the photos
+The read step is a plain picklable function of the item, and what it gives (ImageBytes) describes the photo without
+opening any file, so it can be read on one machine and decoded on another.
 
 Faults: an actor that dies (its node gone) loses only the calls in flight; its batches go to the other actors, and
-a batch already looked up keeps its lookup and is read again there. Nothing on the cluster writes, so each batch is
+a batch already looked up keeps its lookup and is read again there (or here, for a node that cannot read it; bytes
+already sent through the object store are sent to the next actor as they are). Nothing on the cluster writes, so each batch is
 written once (by this process) or not at all, and then the next run still finds its files new. A cluster that cannot
 be reached, or whose Python, pixsearch, Ray or model differ from this process's, is one error before any work.
 """
@@ -37,6 +43,7 @@ from typing import Any, ContextManager, Iterable, Iterator, Sequence
 
 from PIL import Image
 
+from pixsearch.config import RAY_READS
 from pixsearch.ingest.stage import ImageBytes, ImageStage, Read, Sift, StageBatch, StageOptions, StageResult, Views, \
     whole_image
 from pixsearch.models.base import Embedder
@@ -48,6 +55,7 @@ CONNECT_TIMEOUT_S = 10.0  # for the address to answer at all
 WORKER_START_TIMEOUT_S = 600.0  # for every node's actor to start and load the model (a first ONNX export is slow)
 IN_FLIGHT_PER_ACTOR = 2  # batches queued on each actor: one being worked on, one ready to start
 MAX_ATTEMPTS = 3  # a batch whose actors keep dying (a file that crashes the decoder?) stops the run after this
+READ_THREADS_HERE = 8  # this process's reads for nodes that cannot read a source: I/O (disk, downloads), not CPU
 
 
 class ClusterError(RuntimeError):
@@ -64,6 +72,11 @@ class RayOptions:
     address: str
     cache_dir: str | None = None
     device: str = "auto"  # the device setting (models/device.py): GPUs are requested only where the cluster has them
+    reads: str = "auto"  # who reads the photos (config.RAY_READS, the setting ray_reads): see the module docstring
+
+    def __post_init__(self) -> None:
+        if self.reads not in RAY_READS:
+            raise ClusterError(f"ray_reads must be one of {', '.join(RAY_READS)}, not {self.reads!r}")
 
 
 def resolve_address(address: str) -> str:
@@ -223,16 +236,17 @@ class StageWorker:
         return [_sent(result) for result in results]
 
     def finish(self, number: int, results: list[StageResult], read: Read, views: Views) -> list[StageBatch]:
-        """Decode and embed the results this process kept for decoding (data set): with the bytes held since
-        their read, or read again here when another actor read them (and is gone)."""
+        """Decode and embed the results the driver kept for decoding (data set): with the bytes sent along (the
+        driver read them), with the bytes held since their read here, or read again here when another actor read
+        them (and is gone)."""
         held = self.held.pop(number, None)
         if held is not None:
             for result, mine in zip(results, held):
-                result.data = mine.data if result.data is not None else None
-        else:
-            wanted = [result for result in results if result.data is not None]
-            for result, again in zip(wanted, self.stage.read_batch([r.item for r in wanted], read)):
-                result.data, result.error, result.seconds = again.data, again.error, result.seconds + again.seconds
+                if isinstance(result.data, _HeldByWorker):
+                    result.data = mine.data
+        again = [result for result in results if isinstance(result.data, _HeldByWorker)]
+        for result, reread in zip(again, self.stage.read_batch([r.item for r in again], read)):
+            result.data, result.error, result.seconds = reread.data, reread.error, result.seconds + reread.seconds
         return self.stage.finish_batch(results, views)
 
 
@@ -242,13 +256,17 @@ def _gray_png() -> bytes:
     return out.getvalue()
 
 
-_READ = ImageBytes(b"")  # stands for bytes an actor holds: the result was read and may be decoded
+class _HeldByWorker(ImageBytes):
+    """Stands for the bytes of a result read by an actor, which keeps them: the result may be decoded there."""
+
+
+_HELD = _HeldByWorker(b"")
 
 
 def _sent(result: StageResult) -> StageResult:
     """A read result as sent back: everything but the bytes."""
     return StageResult(result.item, result.error, seconds=result.seconds,
-                       data=_READ if result.data is not None else None)
+                       data=_HELD if result.data is not None else None)
 
 
 # -- the driver side --------------------------------------------------------------------------------------------------
@@ -256,7 +274,9 @@ def _sent(result: StageResult) -> StageResult:
 class _Batch:
     number: int
     items: list
-    results: list[StageResult] | None = None  # read and sifted: ready to finish
+    read_here: list[StageResult] | None = None  # read by this process (bytes and all), waiting to be sifted
+    results: list[StageResult] | None = None  # read and sifted: ready to finish (their bytes: on the actor that
+    shipped: Any = None  # read them, or this ObjectRef of the results with their bytes, read by this process)
     actor: Any = None
     call: Any = None  # the ObjectRef of the call in flight
     attempts: int = 0
@@ -269,6 +289,13 @@ class _Worker:
     host: str
     cpus: int
     facts: dict[str, Any] = field(default_factory=dict)
+    reads_here: bool = False  # this process reads its batches and sends it the bytes (it cannot read a source)
+    batches: int = 0  # finished
+    sent: int = 0  # finished with bytes sent from here
+
+    @property
+    def name(self) -> str:
+        return f"node {self.host} ({self.node[:8]})"
 
 
 class RayImageStage:
@@ -277,7 +304,9 @@ class RayImageStage:
     def __init__(self, embedder: Embedder, options: StageOptions, ray_options: RayOptions, roots: Sequence[Path]):
         if getattr(embedder, "hosted", False):
             raise ClusterError(f"{embedder.name} is a hosted model (the service embeds): --ray is for local models")
-        self.embedder, self.options = embedder, options
+        self.embedder, self.options, self.reads = embedder, options, ray_options.reads
+        # this process's reads for the nodes that cannot read a source (the pixels are never decoded here)
+        self.here = ImageStage(embedder, replace(options, workers=READ_THREADS_HERE))
         self.ray = ray = import_ray()
         self.address = resolve_address(ray_options.address)
         _check_reachable(self.address)
@@ -306,7 +335,8 @@ class RayImageStage:
             self.workers.append(_Worker(actor, plan.node, plan.host, threads))
 
     def _check(self, roots: Sequence[Path]) -> None:
-        """Every node's versions, model and view of the folders, or one error listing what differs where."""
+        """Every node's versions and model, or one error listing what differs where; what each node can read
+        decides who reads its batches (see the module docstring)."""
         from pixsearch.ingest.scan import normal_path
         from pixsearch.sources import is_object_url
 
@@ -319,9 +349,10 @@ class RayImageStage:
         problems = [f"node {calls[ref].host} ({calls[ref].node[:8]}): did not start a worker within "
                     f"{WORKER_START_TIMEOUT_S:.0f} s (are its CPUs taken by another job?)" for ref in late]
         here = _node_facts([])
+        unread: dict[str, list[str]] = {}  # node name: what it cannot read
         for ref in ready:
             worker = calls[ref]
-            name = f"node {worker.host} ({worker.node[:8]})"
+            name = worker.name
             try:
                 worker.facts = facts = ray.get(ref)
             except ray.exceptions.RayError as exc:
@@ -335,12 +366,22 @@ class RayImageStage:
             elif facts["model_id"] != self.embedder.model_id:
                 problems.append(f"{name}: the model {self.embedder.name} is {facts['model_id']} there, "
                                 f"{self.embedder.model_id} here")
-            problems += [f"{name}: cannot see {path} (mount it at the same path on every node)"
-                         for path in facts["unseen"]]
-            problems += [f"{name}: cannot list {root}: {why} (workers read object stores with the credentials in "
-                         "the environment their node's `ray start` ran in)" for root, why in facts["unlisted"].items()]
+            cannot = [f"cannot see {path} (mount it at the same path on every node)" for path in facts["unseen"]]
+            cannot += [f"cannot list {root}: {why} (workers read object stores with the credentials in the "
+                       "environment their node's `ray start` ran in)" for root, why in facts["unlisted"].items()]
+            if cannot:
+                unread[name] = cannot
+                worker.reads_here = True
+        if self.reads == "workers":
+            problems += [f"{name}: {what}" for name, cannot in unread.items() for what in cannot]
         if problems:
             raise ClusterError(f"the Ray cluster at {self.address} cannot run this job:\n  " + "\n  ".join(problems))
+        for name, cannot in unread.items():
+            log.warning("Ray %s %s: this process reads the photos of its batches and sends them through Ray's "
+                        "object store", name, "; ".join(cannot))
+        if self.reads == "driver":
+            for worker in self.workers:
+                worker.reads_here = True
         on_gpus = [w.facts["images_per_batch"] for w in self.workers if w.facts.get("images_per_batch")]
         if on_gpus:  # batches that fill the smallest GPU (a CPU actor takes them as well)
             self.options = replace(self.options, batch_size=max(self.options.batch_size, min(on_gpus)))
@@ -366,17 +407,24 @@ class RayImageStage:
         ray = self.ray
         source = _batched(items, self.options.batch_size)
         self._window = window = deque()  # in input order: reading, or sifted and finishing
+        self._read = read
         read_ref, views_ref = ray.put(read), ray.put(views)
         while True:
             while len(window) < IN_FLIGHT_PER_ACTOR * len(self.workers):
                 batch = next(source, None)
                 if batch is None:
                     break
-                self._send(batch, read_ref, views_ref)
                 window.append(batch)
+                self._send(batch, read_ref, views_ref)
             if not window:
+                self._log_work()
                 return
             unsifted = next((b for b in window if b.results is None), None)
+            if unsifted is not None and unsifted.read_here is not None:  # read here: its bytes go with its finish
+                results, unsifted.read_here = _sifted(unsifted.read_here, sift), None
+                self._ship(unsifted, results)
+                self._send(unsifted, read_ref, views_ref, again=False)
+                continue
             head = window[0]
             waiting = list({id(b): b for b in (unsifted, head) if b is not None}.values())
             ready, _ = ray.wait([b.call for b in waiting], num_returns=1)
@@ -391,11 +439,12 @@ class RayImageStage:
                 self._send(done, read_ref, views_ref, again=False)
             else:
                 window.popleft()
+                self._count(done)
                 yield from value
 
     def _send(self, batch: _Batch, read_ref: Any, views_ref: Any, *, again: bool = True) -> None:
-        """Start the batch's next call: its read, or (once sifted) its finish; on the least busy actor when it
-        has none yet or its actor is gone."""
+        """Start the batch's next step: its read (on its actor, or here for an actor that cannot read it), or
+        (once sifted) its finish; on the least busy actor when it has none yet or its actor is gone."""
         if batch.actor is None or again:
             if batch.attempts >= MAX_ATTEMPTS:
                 first = getattr(batch.items[0], "file", batch.items[0])
@@ -404,10 +453,47 @@ class RayImageStage:
                                    "the next run")
             batch.attempts += 1
             batch.actor = self._least_busy()
+        batch.call = None
         if batch.results is None:
-            batch.call = batch.actor.read.remote(batch.number, batch.items, read_ref)
-        else:
-            batch.call = batch.actor.finish.remote(batch.number, batch.results, read_ref, views_ref)
+            if batch.read_here is not None:
+                return  # read here already: waiting for its sift
+            if self._worker(batch.actor).reads_here:
+                batch.read_here = self.here.read_batch(batch.items, self._read)
+            else:
+                batch.call = batch.actor.read.remote(batch.number, batch.items, read_ref)
+            return
+        if batch.shipped is None and self._worker(batch.actor).reads_here:
+            self._read_again_here(batch)  # the actor that read it is gone, and this one cannot read it
+        sent = batch.shipped if batch.shipped is not None else batch.results
+        batch.call = batch.actor.finish.remote(batch.number, sent, read_ref, views_ref)
+
+    def _ship(self, batch: _Batch, results: list[StageResult]) -> None:
+        """The batch's results, read here, into Ray's object store with their bytes, to be finished by any actor."""
+        batch.shipped = self.ray.put(results)
+        batch.results = [_sent(result) for result in results]  # what this process keeps: no bytes
+
+    def _read_again_here(self, batch: _Batch) -> None:
+        """Read here what the batch still needs decoded (after its sift), and ship it."""
+        results = [replace(result) for result in batch.results]
+        wanted = [result for result in results if result.data is not None]
+        for result, reread in zip(wanted, self.here.read_batch([r.item for r in wanted], self._read)):
+            result.data, result.error, result.seconds = reread.data, reread.error, result.seconds + reread.seconds
+        self._ship(batch, results)
+
+    def _worker(self, actor: Any) -> _Worker:
+        return next(w for w in self.workers if w.actor is actor)
+
+    def _count(self, batch: _Batch) -> None:
+        worker = next((w for w in self.workers if w.actor is batch.actor), None)
+        if worker is not None:
+            worker.batches += 1
+            worker.sent += batch.shipped is not None
+
+    def _log_work(self) -> None:
+        """Which node did how much, and how its photos were read (the report is a local run's: it says nothing
+        of the cluster)."""
+        log.info("image stage on Ray: %s", "; ".join(
+            f"{w.name}: {w.batches} batches, {w.sent} of them read here and sent" for w in self.workers))
 
     def _least_busy(self) -> Any:
         busy = {id(w.actor): 0 for w in self.workers}
@@ -428,7 +514,7 @@ class RayImageStage:
                                "the files not yet written are left for the next run")
         for batch in window:
             if batch.actor is actor:
-                self._send(batch, read_ref, views_ref)
+                self._send(batch, read_ref, views_ref)  # a batch read here keeps its bytes (read_here, shipped)
 
 
 def _sifted(results: list[StageResult], sift: Sift | None) -> list[StageResult]:

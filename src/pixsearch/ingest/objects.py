@@ -21,14 +21,16 @@ from PIL import Image
 
 from pixsearch.ingest.changes import gone_from_disk
 from pixsearch.ingest.decode import DecodeError, content_hash
-from pixsearch.ingest.descriptions import MAX_SIDECAR_BYTES, Descriptions, read_descriptions, sidecar_paths
+from pixsearch.ingest.descriptions import (MAX_SIDECAR_BYTES, Descriptions, read_descriptions, read_sidecar_files,
+                                           sidecar_paths)
 from pixsearch.ingest.scan import FoundFile, ScanResult, is_image_name, photo_id, scan
 from pixsearch.sources import (Downloads, ObjectEntry, ObjectReadError, ReadOptions, is_object_url, list_objects,
                                normal_url, object_exists, read_object, url_inside)
 from pixsearch.store import IndexStore
 
 __all__ = ["ObjectFile", "SourcesScan", "describe_found", "holds_content", "object_digest", "object_gone_check",
-           "prefetching", "prune_objects", "read_object_file", "read_options", "scan_sources", "split_roots"]
+           "prefetching", "prune_objects", "read_object_file", "read_options", "read_sidecars", "scan_sources",
+           "split_roots"]
 
 
 @dataclass(frozen=True)
@@ -149,23 +151,29 @@ def _sidecar_bytes(file: ObjectFile, options: ReadOptions) -> list[tuple[str, by
     return out
 
 
+def read_sidecars(file: FoundFile, options: ReadOptions, *, follow_symlinks: bool = False
+                  ) -> list[tuple[str, bytes | DecodeError]]:
+    """The photo's sidecars (files beside it, or sibling objects) read, as read_descriptions' `sidecars` takes
+    them: the photo can then be described wherever it is decoded (on a Ray worker that cannot see its folder)."""
+    if isinstance(file, ObjectFile):
+        return _sidecar_bytes(file, options)
+    return read_sidecar_files(file.path, follow_symlinks=follow_symlinks)
+
+
 def describe_found(file: FoundFile, options: ReadOptions, image: Image.Image | None = None,
                    exif: Image.Exif | None = None, *, follow_symlinks: bool = False,
                    data: bytes | None = None) -> Descriptions:
-    """read_descriptions for a found file, local or in an object store (its sidecar objects read; the photo itself
-    read too when neither `image` nor `data` is given, for its embedded metadata)."""
-    if not isinstance(file, ObjectFile):
-        return read_descriptions(file.path, image, exif, follow_symlinks=follow_symlinks)
-    if image is None and data is None:
+    """read_descriptions for a found file, local or in an object store (its sidecars read; the photo itself read
+    too when neither `image` nor `data` is given, for its embedded metadata)."""
+    sidecars = read_sidecars(file, options, follow_symlinks=follow_symlinks)
+    if isinstance(file, ObjectFile) and image is None and data is None:
         try:
             data = read_object_file(file, options)
         except ObjectReadError as exc:
-            data = b""
-            sidecars = _sidecar_bytes(file, options)
-            described = read_descriptions(file.path, None, exif, sidecars=sidecars, data=data)
+            described = read_descriptions(file.path, None, exif, sidecars=sidecars, data=b"")
             described.warnings.append(f"file: not read: {exc}")
             return described
-    return read_descriptions(file.path, image, exif, sidecars=_sidecar_bytes(file, options), data=data)
+    return read_descriptions(file.path, image, exif, sidecars=sidecars, data=data)
 
 
 def prefetching(items: Iterable[Any], file_of: Callable[[Any], FoundFile | None], downloads: Downloads

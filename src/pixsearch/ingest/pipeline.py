@@ -16,13 +16,13 @@ import numpy as np
 
 from pixsearch.ingest.changes import MovedFiles, fold_spellings, location, prune
 from pixsearch.ingest.decode import DRAFT_SIZE, DecodedImage, content_hash, read_file_with_stat
-from pixsearch.ingest.descriptions import GENERATED_CAPTION_FIELDS, Descriptions, with_generated
+from pixsearch.ingest.descriptions import GENERATED_CAPTION_FIELDS, Descriptions, read_descriptions, with_generated
 from pixsearch.ingest.distributed import RayOptions, open_image_stage
 from pixsearch.ingest.formats import companion_key
 from pixsearch.ingest.layout import layout_signature
 from pixsearch.ingest.objects import (ObjectFile, SourcesScan, describe_found, object_digest, object_gone_check,
-                                      prefetching, prune_objects, read_object_file, read_options, scan_sources,
-                                      split_roots)
+                                      prefetching, prune_objects, read_object_file, read_options, read_sidecars,
+                                      scan_sources, split_roots)
 from pixsearch.ingest.ocr import OcrError, OcrUnavailable, TextBox, joined_text, shared_reader
 from pixsearch.ingest.scan import FoundFile
 from pixsearch.ingest.stage import ImageBytes, ImageStage, StageOptions
@@ -345,8 +345,10 @@ def _read(work: _Work, options: IngestOptions, downloads: Downloads | None = Non
             work.described = _describe(work.file, options, data=data)
         return None
 
-    # describe(image, exif) as a partial, not a closure: it may be sent to the machine that decodes the photo
-    return ImageBytes(data, digest, partial(_describe, work.file, options))
+    # The sidecars are read with the photo, so that describe(image, exif) needs no file: it may run on a machine
+    # that decodes the photo but cannot see its folder (ingest/distributed.py); a partial, not a closure, to travel.
+    sidecars = read_sidecars(work.file, _object_options(options), follow_symlinks=options.follow_symlinks)
+    return ImageBytes(data, digest, partial(read_descriptions, work.file.path, sidecars=sidecars))
 
 
 def _claimed(moved_files: MovedFiles, options: IngestOptions, works: list[_Work]) -> list[bool]:

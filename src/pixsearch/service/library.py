@@ -136,4 +136,5 @@ def _ray_options(index: IndexCore, ray: str | None) -> RayOptions | None:
     address = (address or "").strip()
     if address in ("", "local"):
         return None
-    return RayOptions(address, cache_dir=str(index.settings.cache_dir), device=index.settings.device)
+    return RayOptions(address, cache_dir=str(index.settings.cache_dir), device=index.settings.device,
+                      reads=index.settings.ray_reads)
