@@ -2,9 +2,11 @@
 
     python bench/distributed.py [--images 500] [--side 1600] [--rows 4000] [--skip-citus]
 
-1. The same --images photos (the sample photos scaled to --side px and made distinct, JPEG q90) indexed locally and
+1. The same --images photos (the sample photos scaled to --side px and made distinct, JPEG q90) indexed locally,
    through a 2-node local Ray cluster (tests/ray_cluster.py: a head and a second node, 1 CPU each, on this machine's
-   cores), both with the default model, after a warm-up; prints images/s, the ratio, the stage split the pipeline
+   cores) whose workers read the photos, and through the same cluster with the driver reading every photo and
+   sending the bytes through Ray's object store (ray_reads driver: what a node that cannot see the folder gets),
+   all with the default model, after a warm-up; prints images/s, the ratios, the stage split the pipeline
    records (read+decode, embed, write; seconds summed over the workers) and, separately, how long reading and hashing
    alone takes and how long joining the cluster and starting the actors takes.
 2. Writers into Citus (tests/citus_cluster.py: a coordinator and two workers): --rows synthetic photo rows (the
@@ -178,18 +180,22 @@ def main() -> None:
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH", "")) if p)}
     results: dict = {"machine": {"cores": os.cpu_count(), "python": platform.python_version()},
                      "images": args.images, "side": args.side}
-    with LocalRayCluster(nodes=2, env=env) as cluster, Engine(Settings.load(home=home)) as engine:
+    with LocalRayCluster(nodes=2, env=env) as cluster, Engine(Settings.load(home=home)) as engine, \
+            Engine(Settings.load(home=home, ray_reads="driver"), embedder=engine.embedder) as sending:
         engine.index("warm", create=True).add_paths([warm])  # the model loaded and its ONNX export cached
         results["read_and_hash_seconds"] = read_seconds(paths)
         results["ray_startup_seconds"] = stage_startup(engine, cluster.address, folder)
-        runs: dict[str, list] = {"local": [], "ray": []}
+        runs: dict[str, list] = {"local": [], "ray": [], "ray_driver_reads": []}
         for turn in range(args.repeat):
             runs["local"].append(index_run(engine, f"local{turn}", folder, None))
             runs["ray"].append(index_run(engine, f"ray{turn}", folder, cluster.address))
+            runs["ray_driver_reads"].append(index_run(sending, f"sent{turn}", folder, cluster.address))
             print(json.dumps({k: v[-1] for k, v in runs.items()}), flush=True)
         results["runs"] = runs
-        results["local"] = max(runs["local"], key=lambda r: r["images_per_s"])
-        results["ray"] = max(runs["ray"], key=lambda r: r["images_per_s"])
+        for kind in runs:
+            results[kind] = max(runs[kind], key=lambda r: r["images_per_s"])
+        results["ratio_driver_reads_to_workers"] = round(
+            results["ray_driver_reads"]["images_per_s"] / results["ray"]["images_per_s"], 3)
         results["ray"]["images_per_s_without_startup"] = round(
             args.images / (results["ray"]["seconds"] - results["ray_startup_seconds"]), 2)
         results["ratio"] = round(results["ray"]["images_per_s"] / results["local"]["images_per_s"], 3)

@@ -168,6 +168,19 @@ def test_a_wrong_address_is_one_clear_error_before_any_work(home, engine, photos
     assert engine.index(index_name).count() == 0
 
 
+def test_ray_reads_is_one_of_three_wherever_it_comes_from(home, ray_cluster, photos, index_name, monkeypatch):
+    assert Settings.load(home=home).ray_reads == "auto"
+    monkeypatch.setenv("PIXSEARCH_RAY_READS", " Driver ")
+    assert Settings.load(home=home).ray_reads == "driver"
+    assert Settings.load(home=home, ray_reads="workers").ray_reads == "workers"
+    with pytest.raises(ValueError, match="setting ray_reads must be one of auto, workers, driver"):
+        Settings.load(home=home, ray_reads="nodes")
+    done = run_cli("index", str(photos), "--index", index_name, "--ray", ray_cluster.address, "--ray-reads", "all",
+                   home=home)
+    assert done.returncode == 1 and "setting ray_reads must be one of auto, workers, driver, got 'all'" in \
+        done.stderr, done.stderr
+
+
 def test_an_address_that_answers_but_is_not_a_ray_head_is_one_clear_error_not_a_hang(home, engine, photos,
                                                                                      index_name):
     """A web server, and a port that accepts connections but never says a word: ray.init would retry either for
@@ -244,7 +257,8 @@ def test_a_node_that_cannot_see_the_folder_gets_its_photos_through_rays_object_s
         described = [row for row in there_rows.values() if (row.get("description") or "").endswith("beside the photo")]
         # every sidecar read, wherever its photo was decoded (one photo's XMP description outranks its .txt)
         assert len(described) >= len(list((photos / "a").glob("*.txt"))) - 1 > 10
-    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "cannot see" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and "cannot see" in r.getMessage()]
     assert len(warned) == 1 and f"cannot see {photos}" in warned[0] and "object store" in warned[0], warned
     hidden = re.search(r"node \S+ \((\w+)\)", warned[0]).group(1)
     work = _work_of_nodes(caplog)

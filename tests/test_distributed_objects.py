@@ -4,6 +4,7 @@ local run of the same container. One cluster and one emulator for the module, a 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from dataclasses import replace
@@ -13,9 +14,11 @@ import pytest
 from conftest import run_cli
 from helpers import broken_files, xmp_packet
 from object_stores import CLOUD_VARIABLES, azurite, moto_s3, without_cloud_variables
+from pixsearch.config import Settings
 from pixsearch.ingest.distributed import ClusterError
+from pixsearch.service import Engine
 from ray_cluster import LocalRayCluster
-from test_distributed import NODE_ENV, _rows, _without_times, assert_same_rows
+from test_distributed import NODE_ENV, _rows, _without_times, _work_of_nodes, assert_same_rows
 
 PHOTOS = ["flower.jpg", "china-temple.jpg", "imagenet-11-630.jpg", "rocket.jpg"]
 NO_AWS_FILES = {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/pixsearch-test", "AWS_CONFIG_FILE":
@@ -76,17 +79,19 @@ def test_a_container_indexed_on_the_cluster_is_what_a_local_run_gives(engine, az
 
 
 def test_nodes_without_the_credentials_are_one_error_naming_each_node_and_the_variable(
-        engine, object_cluster, samples, index_name, cloud_env):
-    """The driver can read the bucket; the nodes were started without AWS credentials (and Ray does not pass the
-    driver's environment on): refused before any work, the driver's secret in no message."""
+        home, embedder, object_cluster, samples, index_name, cloud_env):
+    """ray_reads workers: the driver can read the bucket; the nodes were started without AWS credentials (and Ray
+    does not pass the driver's environment on): refused before any work, the driver's secret in no message."""
     secret = "driver-only-secret-" + uuid.uuid4().hex[:8]
     for store in moto_s3():
         store.create_bucket()
         store.put("trip/flower.jpg", (samples / "flower.jpg").read_bytes())
         for name, value in {**store.env, "AWS_SECRET_ACCESS_KEY": secret}.items():
             cloud_env.setenv(name, value)
-        with pytest.raises(ClusterError) as refused:
-            engine.index(index_name, create=True).add_paths([store.url("trip")], ray=object_cluster.address)
+        with Engine(Settings.load(home=home, ray_reads="workers"), embedder=embedder) as engine:
+            with pytest.raises(ClusterError) as refused:
+                engine.index(index_name, create=True).add_paths([store.url("trip")], ray=object_cluster.address)
+            assert engine.index(index_name).count() == 0
         assert not store.object_reads()  # nothing was read
     message = str(refused.value)
     problems = message.splitlines()[1:]
@@ -94,4 +99,36 @@ def test_nodes_without_the_credentials_are_one_error_naming_each_node_and_the_va
     for problem in problems:
         assert f"cannot list {store.url('trip')}" in problem and "AWS_ACCESS_KEY_ID" in problem, message
     assert secret not in message and "testing" not in message
-    assert engine.index(index_name).count() == 0
+
+
+def test_nodes_without_the_credentials_get_the_photos_from_the_driver(home, embedder, object_cluster, samples,
+                                                                      index_name, cloud_env, caplog):
+    """ray_reads auto (the default): the same nodes embed the photos the driver reads with its credentials and
+    sends through Ray's object store; one warning per node names the variable, no message the secret."""
+    secret = "driver-only-secret-" + uuid.uuid4().hex[:8]
+    caplog.set_level(logging.INFO)
+    for store in moto_s3():
+        store.create_bucket()
+        for name in PHOTOS:
+            store.put(f"trip/{name}", (samples / name).read_bytes())
+        store.put("trip/flower.txt", b"a flower, described beside it")
+        for name, value in {**store.env, "AWS_SECRET_ACCESS_KEY": secret}.items():
+            cloud_env.setenv(name, value)
+        with Engine(Settings.load(home=home, batch_size=2), embedder=embedder) as engine:  # a batch for each node
+            local = engine.index(index_name + "-local", create=True).add_paths([store.url("trip")])
+            reads_before = len(store.object_reads("trip/"))
+            there = engine.index(index_name, create=True).add_paths([store.url("trip")], ray=object_cluster.address)
+            assert _without_times(there.to_json()) == _without_times(local.to_json()) and there.added == len(PHOTOS)
+            assert len(store.object_reads("trip/")) - reads_before >= len(PHOTOS) + 1  # photos, sidecar: the driver
+            here_rows = _rows(engine, index_name + "-local", store.url("trip"))
+            there_rows = _rows(engine, index_name, store.url("trip"))
+            fields = [vf.name for vf in engine.index(index_name).spec.vector_fields]
+    assert here_rows.keys() == there_rows.keys() and len(there_rows) == len(PHOTOS)
+    assert_same_rows(here_rows, there_rows, fields)
+    assert any(row.get("description") == "a flower, described beside it" for row in there_rows.values())
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and "cannot list" in r.getMessage()]
+    assert len(warned) == 2 and all("AWS_ACCESS_KEY_ID" in w and "object store" in w for w in warned), warned
+    assert not any(secret in r.getMessage() for r in caplog.records)
+    work = _work_of_nodes(caplog)
+    assert len(work) == 2 and all(batches >= 1 and sent == batches for batches, sent in work.values()), work

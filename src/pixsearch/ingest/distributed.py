@@ -22,7 +22,7 @@ opening any file, so it can be read on one machine and decoded on another.
 
 Faults: an actor that dies (its node gone) loses only the calls in flight; its batches go to the other actors, and
 a batch already looked up keeps its lookup and is read again there (or here, for a node that cannot read it; bytes
-already sent through the object store are sent to the next actor as they are). Nothing on the cluster writes, so each batch is
+already in the object store go to the next actor as they are). Nothing on the cluster writes, so each batch is
 written once (by this process) or not at all, and then the next run still finds its files new. A cluster that cannot
 be reached, or whose Python, pixsearch, Ray or model differ from this process's, is one error before any work.
 """
@@ -275,8 +275,8 @@ class _Batch:
     number: int
     items: list
     read_here: list[StageResult] | None = None  # read by this process (bytes and all), waiting to be sifted
-    results: list[StageResult] | None = None  # read and sifted: ready to finish (their bytes: on the actor that
-    shipped: Any = None  # read them, or this ObjectRef of the results with their bytes, read by this process)
+    results: list[StageResult] | None = None  # read and sifted, no bytes: ready to finish
+    shipped: Any = None  # when this process read them: the ObjectRef of the sifted results with their bytes
     actor: Any = None
     call: Any = None  # the ObjectRef of the call in flight
     attempts: int = 0
@@ -346,7 +346,7 @@ class RayImageStage:
         object_roots = [str(root) for root in roots if is_object_url(root)]
         calls = {w.actor.facts.remote(paths, object_roots): w for w in self.workers}
         ready, late = ray.wait(list(calls), num_returns=len(calls), timeout=WORKER_START_TIMEOUT_S)
-        problems = [f"node {calls[ref].host} ({calls[ref].node[:8]}): did not start a worker within "
+        problems = [f"{calls[ref].name}: did not start a worker within "
                     f"{WORKER_START_TIMEOUT_S:.0f} s (are its CPUs taken by another job?)" for ref in late]
         here = _node_facts([])
         unread: dict[str, list[str]] = {}  # node name: what it cannot read
