@@ -105,37 +105,45 @@ def test_a_rerun_embeds_nothing_and_moves_follow_their_files(engine, ray_cluster
     assert engine.index(index_name).count() == first.added
 
 
+class KillOnFirstWrite:
+    """An IngestProgress that kills a Ray node's raylet (what dies when its machine dies) once the first file is
+    done, i.e. mid-run, with batches in flight on every node."""
+
+    def __init__(self, node) -> None:
+        self.node, self.killed, self.done = node, [], 0
+
+    def start(self, total: int) -> None:
+        self.done = 0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if not self.killed:
+            self.killed.extend(self.node.raylet_pids())
+            for pid in self.killed:
+                os.kill(pid, signal.SIGKILL)
+
+    def failure(self, path: str, reason: str) -> None:
+        pass
+
+
+def assert_every_file_once(engine: Engine, name: str, count: int) -> None:
+    idx = engine.index(name)
+    with engine.db.connection() as conn:
+        total, paths = conn.execute(f"SELECT count(*), count(DISTINCT path) FROM {idx.spec.table_name}").fetchone()
+    assert total == paths == count
+
+
 @pytest.mark.parametrize("reads", ["auto", "driver"])  # the workers read, or the driver sends the bytes
 def test_a_node_dying_mid_run_still_ends_with_every_file_once(home, embedder, tmp_path, index_name, reads):
     folder = tmp_path / "noise"
     noise_images(folder, 64, 120, 160, seed=5)
     with LocalRayCluster(nodes=2, env=NODE_ENV) as cluster, \
             Engine(Settings.load(home=home, batch_size=4, ray_reads=reads), embedder=embedder) as engine:
-        second = cluster.started[1]
-        killed: list[int] = []
-
-        class KillTheSecondNodeOnFirstWrite:
-            def start(self, total: int) -> None:
-                self.done = 0
-
-            def advance(self, n: int = 1) -> None:
-                self.done += n
-                if not killed:
-                    killed.extend(second.raylet_pids())
-                    for pid in killed:
-                        os.kill(pid, signal.SIGKILL)
-
-            def failure(self, path: str, reason: str) -> None:
-                pass
-
-        progress = KillTheSecondNodeOnFirstWrite()
+        progress = KillOnFirstWrite(cluster.started[1])
         report = engine.index(index_name, create=True).add_paths([folder], ray=cluster.address, progress=progress)
-        assert killed and progress.done == 64
+        assert progress.killed and progress.done == 64
         assert (report.added, report.failed) == (64, [])
-        idx = engine.index(index_name)
-        with engine.db.connection() as conn:
-            total, paths = conn.execute(f"SELECT count(*), count(DISTINCT path) FROM {idx.spec.table_name}").fetchone()
-        assert total == paths == 64
+        assert_every_file_once(engine, index_name, 64)
 
 
 def test_without_ray_installed_the_error_says_how_to_install_it(home, tmp_path, index_name):

@@ -12,13 +12,14 @@ from dataclasses import replace
 import pytest
 
 from conftest import run_cli
-from helpers import broken_files, xmp_packet
+from helpers import broken_files, noise_images, xmp_packet
 from object_stores import CLOUD_VARIABLES, azurite, moto_s3, without_cloud_variables
 from pixsearch.config import Settings
 from pixsearch.ingest.distributed import ClusterError
 from pixsearch.service import Engine
 from ray_cluster import LocalRayCluster
-from test_distributed import NODE_ENV, _rows, _without_times, _work_of_nodes, assert_same_rows
+from test_distributed import (NODE_ENV, KillOnFirstWrite, _rows, _without_times, _work_of_nodes,
+                              assert_every_file_once, assert_same_rows)
 
 PHOTOS = ["flower.jpg", "china-temple.jpg", "imagenet-11-630.jpg", "rocket.jpg"]
 NO_AWS_FILES = {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/pixsearch-test", "AWS_CONFIG_FILE":
@@ -76,6 +77,23 @@ def test_a_container_indexed_on_the_cluster_is_what_a_local_run_gives(engine, az
     assert any(row.get("title") == "Harbour at dawn" for row in there.values())  # the sidecar read on a worker
     again = run_cli("index", url, "--index", index_name, "--ray", object_cluster.address, "--json", home=home)
     assert json.loads(again.stdout)["added"] == 0 and json.loads(again.stdout)["unchanged"] == len(PHOTOS)
+
+
+def test_a_node_dying_mid_run_on_a_container_still_ends_with_every_photo_once(home, embedder, azure_store, tmp_path,
+                                                                             index_name, cloud_env):
+    for path in noise_images(tmp_path / "noise", 48, 120, 160, seed=7):
+        azure_store.put(f"many/{path.name}", path.read_bytes())
+    for name, value in azure_store.env.items():
+        cloud_env.setenv(name, value)
+    env = {**NODE_ENV, **azure_store.env, **NO_AWS_FILES}
+    with LocalRayCluster(nodes=2, env=env, base_env=without_cloud_variables(dict(os.environ))) as cluster, \
+            Engine(Settings.load(home=home, batch_size=4), embedder=embedder) as engine:
+        progress = KillOnFirstWrite(cluster.started[1])
+        report = engine.index(index_name, create=True).add_paths([azure_store.url("many")], ray=cluster.address,
+                                                                 progress=progress)
+        assert progress.killed and progress.done == 48
+        assert (report.added, report.failed) == (48, [])
+        assert_every_file_once(engine, index_name, 48)
 
 
 def test_nodes_without_the_credentials_are_one_error_naming_each_node_and_the_variable(
