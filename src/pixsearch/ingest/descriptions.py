@@ -219,7 +219,7 @@ def read_descriptions(
     """Titles, descriptions and keywords of the photo at `path` from its sidecars and its embedded metadata.
 
     `sidecars`: (name, bytes or why they could not be read) of the photo's sidecars, in sidecar_paths order, when
-    the caller read them (an object store's photo: ingest/objects.py); then no file is looked at. `data`: the
+    the caller read them (ingest reads them with the photo: objects.read_sidecars); then no file is looked at. `data`: the
     photo's bytes, when the caller has them and gives no `image`.
 
     `image` should be the image as Image.open returned it (before convert/transpose: XMP, IPTC and comments live in
