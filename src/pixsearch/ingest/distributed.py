@@ -43,7 +43,6 @@ from typing import Any, ContextManager, Iterable, Iterator, Sequence
 
 from PIL import Image
 
-from pixsearch.config import RAY_READS
 from pixsearch.ingest.stage import ImageBytes, ImageStage, Read, Sift, StageBatch, StageOptions, StageResult, Views, \
     whole_image
 from pixsearch.models.base import Embedder
@@ -72,11 +71,7 @@ class RayOptions:
     address: str
     cache_dir: str | None = None
     device: str = "auto"  # the device setting (models/device.py): GPUs are requested only where the cluster has them
-    reads: str = "auto"  # who reads the photos (config.RAY_READS, the setting ray_reads): see the module docstring
-
-    def __post_init__(self) -> None:
-        if self.reads not in RAY_READS:
-            raise ClusterError(f"ray_reads must be one of {', '.join(RAY_READS)}, not {self.reads!r}")
+    reads: str = "auto"  # who reads the photos (one of config.RAY_READS, checked with the settings): see above
 
 
 def resolve_address(address: str) -> str:
@@ -484,10 +479,9 @@ class RayImageStage:
         return next(w for w in self.workers if w.actor is actor)
 
     def _count(self, batch: _Batch) -> None:
-        worker = next((w for w in self.workers if w.actor is batch.actor), None)
-        if worker is not None:
-            worker.batches += 1
-            worker.sent += batch.shipped is not None
+        worker = self._worker(batch.actor)  # alive: its call just returned
+        worker.batches += 1
+        worker.sent += batch.shipped is not None
 
     def _log_work(self) -> None:
         """Which node did how much, and how its photos were read (the report is a local run's: it says nothing
