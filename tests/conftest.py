@@ -145,3 +145,14 @@ def citus_home():
     path = Path(tempfile.mkdtemp(prefix="pixsearch-citus-home-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium (Playwright) for the page tests of one module."""
+    from helpers import CHROMIUM, chromium_browser
+
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (or set PIXSEARCH_CHROMIUM)")
+    with chromium_browser() as chromium:
+        yield chromium

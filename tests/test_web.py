@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import shutil
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CHROMIUM, altered_copy, chromium_browser
+from helpers import altered_copy
 from pixsearch.api import create_app
 from pixsearch.api.server import serving_in_thread
 from pixsearch.config import Settings
@@ -53,14 +52,6 @@ def site(home, embedder, photos):
         with serving_in_thread(create_app(engine, query_keys=[QUERY], page_index=name)) as url:
             yield url
         engine.delete_index(name)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (or set PIXSEARCH_CHROMIUM)")
-    with chromium_browser() as chromium:
-        yield chromium
 
 
 @pytest.fixture

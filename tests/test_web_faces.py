@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,6 @@ import httpx
 import pytest
 
 from face_photos import SOURCES, compose, iou
-from helpers import CHROMIUM, chromium_browser
 from pixsearch.api import create_app
 from pixsearch.api.server import serving_in_thread
 from pixsearch.config import Settings
@@ -103,14 +101,6 @@ def collins_unnamed(site):
     site.unname("collins")
     yield
     site.unname("collins")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (or set PIXSEARCH_CHROMIUM)")
-    with chromium_browser() as chromium:
-        yield chromium
 
 
 @contextmanager
